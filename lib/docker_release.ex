@@ -1,0 +1,259 @@
+defmodule DockerRelease do
+  @moduledoc """
+  Turns an Elixir release into a minimal container image, without a base image or a Dockerfile.
+
+  The data flow, one module per arrow:
+
+      config (mix.exs + flags)       DockerRelease.Config
+        -> release (host build)      DockerRelease.HostBuild
+        -> runtime files, layers,    the Rust NIF (DockerRelease.Native): image_core plans the
+           image, output             runtime files and writes layers; image_io loads the image
+                                     into the engine or writes an archive
+
+  Most users run `mix docker.release`; `build/2` is the same thing as a function.
+  """
+
+  alias DockerRelease.{Config, Error, HostBuild, Native}
+
+  @typedoc "What a successful build produced (also what `--metadata-file` writes, as JSON)."
+  @type outcome :: %{
+          image_id: String.t(),
+          manifest_digest: String.t(),
+          platform: String.t(),
+          tags: [String.t()],
+          created: String.t(),
+          layers: [map],
+          compressed_size: non_neg_integer,
+          uncompressed_size: non_neg_integer,
+          output: :engine | :archive,
+          engine: String.t() | nil,
+          engine_size: non_neg_integer | nil,
+          archive: String.t() | nil,
+          archive_size: non_neg_integer | nil,
+          runtime_files: [{String.t(), String.t()}]
+        }
+
+  # A fixed timestamp for projects outside git with no SOURCE_DATE_EPOCH: 1980-01-01, the
+  # earliest time every archive format can store.
+  @default_epoch 315_532_800
+
+  @doc """
+  Builds the release (unless `config.from_release` is set), assembles the image and sends it to
+  its output. `project` is the project's `project/0` keyword list.
+
+  Progress goes to `Mix.shell()`. Returns `{:ok, outcome}` or `{:error, %DockerRelease.Error{}}`.
+
+      config = DockerRelease.Config.new!(Mix.Project.config(), tags: ["hello:dev"])
+      {:ok, %{image_id: "sha256:" <> _}} = DockerRelease.build(config, Mix.Project.config())
+  """
+  @spec build(Config.t(), keyword) :: {:ok, outcome} | {:error, Error.t()}
+  def build(%Config{} = config, project) do
+    request = request!(config, project)
+    run(request)
+  rescue
+    e in Error -> {:error, e}
+  end
+
+  defp request!(config, project) do
+    {release_name, release_dir} =
+      case config.from_release do
+        nil ->
+          ensure_linux_host!()
+          {name, dir} = HostBuild.release!(config, project)
+          HostBuild.build!(config, name)
+          {name, dir}
+
+        dir ->
+          {config.release || release_name_in(dir), dir}
+      end
+
+    work_dir = Path.join([config.project_dir, "_build", "docker_release", release_name])
+    File.rm_rf!(Path.join(work_dir, "blobs"))
+
+    %Native.Request{
+      release_dir: release_dir,
+      release_name: release_name,
+      own_apps: own_apps(config, project),
+      otp_apps: otp_apps(),
+      extra_files: config.extra_files,
+      uid: config.uid,
+      gid: config.gid,
+      env: Enum.map(config.container_env, fn {k, v} -> "#{k}=#{v}" end),
+      labels: labels(config),
+      exposed_ports: Enum.map(config.expose, &"#{&1}/tcp"),
+      created: created(config.project_dir),
+      compression_level: config.compression_level,
+      tags: config.tags,
+      work_dir: work_dir,
+      output: config.output,
+      fallback_output:
+        Path.join(work_dir, "#{release_name}-#{String.replace(config.version, "+", "_")}.tar"),
+      metadata_file: config.metadata_file
+    }
+  end
+
+  defp run(request) do
+    {:ok, job, id} = Native.image_build(request)
+    await(job, id)
+  end
+
+  defp await(job, id) do
+    receive do
+      {:docker_release, ^id, {:step, text}} ->
+        Mix.shell().info("==> " <> text)
+        await(job, id)
+
+      {:docker_release, ^id, {:notice, text}} ->
+        Mix.shell().info([:yellow, "==> " <> text, :reset])
+        await(job, id)
+
+      {:docker_release, ^id, {:bytes, _step, _done}} ->
+        await(job, id)
+
+      # `job` is referenced by every clause that waits on: were it garbage-collected while the
+      # build runs, the build would be cancelled.
+      {:docker_release, ^id, {:ok, outcome}} ->
+        {:ok, outcome}
+
+      {:docker_release, ^id, {:error, reason, message}} ->
+        {:error, %Error{reason: reason, message: message}}
+    end
+  end
+
+  defp ensure_linux_host! do
+    case :os.type() do
+      {:unix, :linux} ->
+        :ok
+
+      other ->
+        raise Error,
+          reason: :unsupported_host,
+          message:
+            "this host (#{inspect(other)}) cannot build a release for a Linux image: a release " <>
+              "carries the ERTS of the machine that built it. Build it in a Linux builder container, " <>
+              "or pass --from-release with a release built on Linux"
+    end
+  end
+
+  defp release_name_in(dir) do
+    scripts =
+      dir
+      |> Path.join("bin/*")
+      |> Path.wildcard()
+      |> Enum.reject(&String.ends_with?(&1, ".bat"))
+      |> Enum.map(&Path.basename/1)
+
+    case scripts do
+      [name] ->
+        name
+
+      [] ->
+        raise Error,
+          reason: :not_a_release,
+          message: "#{dir} is not an assembled release: it has no bin/ script. Run `mix release` or pass the release's directory"
+
+      names ->
+        raise Error,
+          reason: :invalid_config,
+          message: "#{dir}/bin holds several scripts (#{Enum.join(names, ", ")}): name the release with --release NAME"
+    end
+  end
+
+  defp own_apps(config, project) do
+    if Keyword.has_key?(project, :apps_path) do
+      apps_path = Path.expand(project[:apps_path], config.project_dir)
+
+      apps_path
+      |> File.ls!()
+      |> Enum.filter(&File.exists?(Path.join([apps_path, &1, "mix.exs"])))
+    else
+      [to_string(config.app)]
+    end
+  end
+
+  # Applications that ship with OTP and Elixir: they change with the toolchain, not the project.
+  defp otp_apps do
+    otp =
+      :code.root_dir()
+      |> Path.join("lib/*")
+      |> Path.wildcard()
+      |> Enum.map(&(&1 |> Path.basename() |> String.replace(~r/-[^-]*$/, "")))
+
+    otp ++ ~w(elixir eex ex_unit iex logger mix)
+  end
+
+  defp created(dir) do
+    with epoch when is_binary(epoch) <- System.get_env("SOURCE_DATE_EPOCH"),
+         {n, ""} when n >= 0 <- Integer.parse(String.trim(epoch)) do
+      n
+    else
+      _ ->
+        case git(dir, ["log", "-1", "--format=%ct"]) do
+          {:ok, out} -> String.to_integer(out)
+          :error -> @default_epoch
+        end
+    end
+  end
+
+  defp labels(config) do
+    base = [
+      {"org.opencontainers.image.title", to_string(config.app)},
+      {"org.opencontainers.image.version", config.version}
+    ]
+
+    git_labels =
+      with {:ok, rev} <- git(config.project_dir, ["rev-parse", "HEAD"]) do
+        source =
+          case git(config.project_dir, ["config", "--get", "remote.origin.url"]) do
+            {:ok, url} -> [{"org.opencontainers.image.source", public_url(url)}]
+            :error -> []
+          end
+
+        [{"org.opencontainers.image.revision", rev} | source]
+      else
+        _ -> []
+      end
+
+    Enum.uniq_by(base ++ git_labels ++ config.labels, &elem(&1, 0))
+  end
+
+  @doc """
+  A git remote URL without credentials, as https where it can be.
+
+      iex> DockerRelease.public_url("https://user:token@github.com/acme/hello.git")
+      "https://github.com/acme/hello.git"
+      iex> DockerRelease.public_url("git@github.com:acme/hello.git")
+      "https://github.com/acme/hello.git"
+      iex> DockerRelease.public_url("ssh://git@example.com:2222/acme/hello.git")
+      "ssh://example.com:2222/acme/hello.git"
+  """
+  @spec public_url(String.t()) :: String.t()
+  def public_url(url) do
+    cond do
+      url =~ ~r{^[a-z][a-z0-9+.-]*://}i ->
+        %URI{URI.parse(url) | userinfo: nil} |> URI.to_string()
+
+      match = Regex.run(~r{^(?:[^@/]+@)?([^:/]+):(.+)$}, url) ->
+        [_, host, path] = match
+        "https://#{host}/#{path}"
+
+      true ->
+        url
+    end
+  end
+
+  defp git(dir, args) do
+    case System.find_executable("git") do
+      nil ->
+        :error
+
+      git ->
+        case System.cmd(git, args, cd: dir, stderr_to_stdout: true) do
+          {out, 0} -> {:ok, String.trim(out)}
+          _ -> :error
+        end
+    end
+  rescue
+    _ -> :error
+  end
+end

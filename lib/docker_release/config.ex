@@ -1,0 +1,196 @@
+defmodule DockerRelease.Config do
+  @moduledoc """
+  The settings of one `mix docker.release` run: the `docker_release:` keyword list of the
+  project's `project/0`, overridden by command-line flags, validated as a whole.
+
+      def project do
+        [
+          app: :hello,
+          version: "0.1.0",
+          docker_release: [
+            tags: ["ghcr.io/acme/hello:0.1.0"],
+            expose: [4000],
+            extra_files: ["/usr/share/zoneinfo"]
+          ]
+        ]
+      end
+
+  Keys (each also a flag of `mix docker.release`, see `mix help docker.release`):
+
+    * `:env` - the Mix environment the release is built in. Default `"prod"`.
+    * `:release` - which release of `releases:` to build, when there are several.
+    * `:from_release` - an already-assembled release directory: skip the build.
+    * `:tags` - image references `NAME[:TAG]`. Default `APP:VERSION` and `APP:latest`.
+    * `:output` - write an image archive at this path instead of loading into the engine.
+    * `:metadata_file` - write a JSON summary (tags, image ID, digests, layers, sizes) here.
+    * `:extra_files` - paths of the build environment to copy into the image at the same path,
+      for what the library closure cannot see (libraries opened with `dlopen`, data files).
+    * `:uid`, `:gid` - the numeric user and group the container runs as. Default `65532`.
+    * `:expose` - ports the image declares, e.g. `[4000]`.
+    * `:container_env` - extra environment of the image, `[{"NAME", "value"}]`.
+    * `:labels` - extra image labels, `[{"key", "value"}]`.
+    * `:compression_level` - gzip level of the layers, 1 (fast, default) to 9 (small).
+  """
+
+  @type t :: %__MODULE__{}
+
+  defstruct app: nil,
+            version: nil,
+            project_dir: nil,
+            env: "prod",
+            release: nil,
+            from_release: nil,
+            tags: nil,
+            output: nil,
+            metadata_file: nil,
+            extra_files: [],
+            uid: 65532,
+            gid: 65532,
+            expose: [],
+            container_env: [],
+            labels: [],
+            compression_level: 1
+
+  @keys [
+    :env,
+    :release,
+    :from_release,
+    :tags,
+    :output,
+    :metadata_file,
+    :extra_files,
+    :uid,
+    :gid,
+    :expose,
+    :container_env,
+    :labels,
+    :compression_level
+  ]
+
+  @doc """
+  Builds and validates the configuration from a project's `project/0` keyword list and the
+  options parsed from the command line (which win). Raises `DockerRelease.Error` with reason
+  `:invalid_config` or `:invalid_reference` on bad input.
+
+      iex> config = DockerRelease.Config.new!([app: :hello, version: "1.0.0+build.1"], [])
+      iex> config.tags
+      ["hello:1.0.0_build.1", "hello:latest"]
+      iex> DockerRelease.Config.new!([app: :hello, version: "1.0.0"], uid: -1)
+      ** (DockerRelease.Error) invalid uid: expected an integer from 0 to 4294967295, got: -1
+  """
+  @spec new!(keyword, keyword, Path.t()) :: t
+  def new!(project, opts, project_dir \\ File.cwd!()) do
+    app = Keyword.get(project, :app)
+    version = Keyword.get(project, :version)
+
+    file_config =
+      case Keyword.get(project, :docker_release, []) do
+        list when is_list(list) ->
+          list
+
+        other ->
+          invalid!("the docker_release: key of project/0 must be a keyword list, got: #{inspect(other)}")
+      end
+
+    unless Keyword.keyword?(file_config) do
+      invalid!("the docker_release: key of project/0 must be a keyword list, got: #{inspect(file_config)}")
+    end
+
+    case Keyword.keys(file_config) -- @keys do
+      [] ->
+        :ok
+
+      unknown ->
+        invalid!(
+          "unknown key(s) #{Enum.map_join(unknown, ", ", &inspect/1)} under docker_release: in mix.exs; " <>
+            "known keys: #{Enum.map_join(@keys, ", ", &inspect/1)}"
+        )
+    end
+
+    merged = Keyword.merge(file_config, Enum.reject(opts, fn {_k, v} -> v in [nil, []] end))
+
+    config = struct!(__MODULE__, [app: app, version: version, project_dir: project_dir] ++ merged)
+    validate!(config)
+  end
+
+  defp validate!(%__MODULE__{} = c) do
+    unless is_atom(c.app) and c.app != nil,
+      do: invalid!("the project has no :app in project/0 (umbrella roots need a release name: --release NAME)")
+
+    unless is_binary(c.version), do: invalid!("the project has no :version in project/0")
+
+    c = %{
+      c
+      | env: to_string(c.env),
+        release: c.release && to_string(c.release),
+        tags: c.tags || default_tags(c),
+        from_release: expand(c.from_release, c),
+        output: expand(c.output, c),
+        metadata_file: expand(c.metadata_file, c),
+        extra_files: Enum.map(List.wrap(c.extra_files), &Path.expand(to_string(&1), c.project_dir))
+    }
+
+    unless c.env =~ ~r/^[a-z][a-z0-9_]*$/,
+      do: invalid!("invalid env: expected a Mix environment name like prod, got: #{inspect(c.env)}")
+
+    if c.release && not (c.release =~ ~r/^[a-z][a-z0-9_]*$/),
+      do: invalid!("invalid release name: it must start with a lowercase letter and contain only lowercase letters, digits and _, got: #{inspect(c.release)}")
+
+    uint!(:uid, c.uid, 0, 4_294_967_295)
+    uint!(:gid, c.gid, 0, 4_294_967_295)
+    uint!(:compression_level, c.compression_level, 1, 9)
+
+    unless is_list(c.expose) and Enum.all?(c.expose, &(is_integer(&1) and &1 in 1..65535)),
+      do: invalid!("invalid expose: expected a list of port numbers from 1 to 65535, got: #{inspect(c.expose)}")
+
+    pairs!(:container_env, c.container_env)
+    pairs!(:labels, c.labels)
+
+    tags = List.wrap(c.tags)
+
+    if tags == [], do: invalid!("tags: give at least one NAME[:TAG]")
+
+    Enum.each(tags, fn tag ->
+      unless is_binary(tag), do: invalid!("invalid tag: expected a string NAME[:TAG], got: #{inspect(tag)}")
+
+      case DockerRelease.Native.reference_parse(tag) do
+        {:ok, _} ->
+          :ok
+
+        {:error, message} ->
+          raise DockerRelease.Error,
+            reason: :invalid_reference,
+            message: message <> ". A reference is [HOST[:PORT]/]PATH[:TAG], e.g. ghcr.io/acme/hello:1.0"
+      end
+    end)
+
+    %{c | tags: tags}
+  end
+
+  defp default_tags(c) do
+    name = c.app |> to_string() |> String.downcase()
+    [name <> ":" <> String.replace(c.version, "+", "_"), name <> ":latest"]
+  end
+
+  defp expand(nil, _c), do: nil
+  defp expand(path, c), do: Path.expand(to_string(path), c.project_dir)
+
+  defp uint!(key, value, min, max) do
+    unless is_integer(value) and value >= min and value <= max,
+      do: invalid!("invalid #{key}: expected an integer from #{min} to #{max}, got: #{inspect(value)}")
+  end
+
+  defp pairs!(key, value) do
+    ok =
+      is_list(value) and
+        Enum.all?(value, fn
+          {k, v} -> is_binary(k) and k != "" and is_binary(v) and not String.contains?(k, "=")
+          _ -> false
+        end)
+
+    unless ok,
+      do: invalid!("invalid #{key}: expected a list of {\"NAME\", \"value\"} string pairs, got: #{inspect(value)}")
+  end
+
+  defp invalid!(message), do: raise(DockerRelease.Error, reason: :invalid_config, message: message)
+end

@@ -1,0 +1,77 @@
+defmodule DockerRelease.Native do
+  # Every NIF of the Rust crate `docker_release_nif` has a stub here with the same name and
+  # arity, prefixed by area (`image_`, `reference_`). The library is loaded on first use (not
+  # @on_load, which would also fire while compiling, before cargo has run).
+  @moduledoc false
+
+  defmodule Request do
+    @moduledoc false
+    # Mirrors `NifRequest` in native/docker_release_nif/src/lib.rs: every key is always present.
+    @enforce_keys [:release_dir, :release_name, :tags, :work_dir, :fallback_output, :created]
+    defstruct release_dir: nil,
+              release_name: nil,
+              own_apps: [],
+              otp_apps: [],
+              extra_files: [],
+              uid: 65532,
+              gid: 65532,
+              env: [],
+              labels: [],
+              exposed_ports: [],
+              created: 0,
+              compression_level: 1,
+              tags: [],
+              work_dir: nil,
+              output: nil,
+              fallback_output: nil,
+              metadata_file: nil
+  end
+
+  @lib "libdocker_release_nif"
+
+  @doc false
+  def image_build(request), do: load_and_apply(:image_build, [request])
+  @doc false
+  def image_cancel(job), do: load_and_apply(:image_cancel, [job])
+  @doc false
+  def reference_parse(input), do: load_and_apply(:reference_parse, [input])
+
+  defp load_and_apply(fun, args) do
+    case load() do
+      :ok ->
+        # After a successful load the stubs are replaced: this call reaches the NIF. If it did
+        # not (the library lacks this function), load/0 would have failed with bad_lib.
+        if Process.get({__MODULE__, :applying}) do
+          :erlang.nif_error(:nif_not_loaded)
+        else
+          Process.put({__MODULE__, :applying}, true)
+
+          try do
+            apply(__MODULE__, fun, args)
+          after
+            Process.delete({__MODULE__, :applying})
+          end
+        end
+
+      {:error, message} ->
+        raise DockerRelease.Error, reason: :nif_not_loaded, message: message
+    end
+  end
+
+  defp load do
+    path = Path.join(:code.priv_dir(:docker_release), "native/#{@lib}")
+
+    case :erlang.load_nif(String.to_charlist(path), 0) do
+      :ok ->
+        :ok
+
+      {:error, {:reload, _}} ->
+        :ok
+
+      {:error, {reason, text}} ->
+        {:error,
+         "cannot load docker_release's native library #{path}.so (#{reason}: #{text}). " <>
+           "Recompile docker_release (`mix deps.compile docker_release --force`); it needs cargo."}
+    end
+  end
+end

@@ -1,0 +1,168 @@
+defmodule Mix.Tasks.Docker.Release do
+  @shortdoc "Builds the release into a minimal container image"
+
+  @moduledoc """
+  Builds the project's release and turns it into a minimal container image: no base image, no
+  Dockerfile. The image holds the release at `/app` and, beside it, only the runtime files the
+  release needs, copied from the environment that built it (so its libraries always match ERTS
+  and the NIFs): the shared-library closure of every ELF file, `/bin/sh` and the utilities the
+  release scripts call, a CA bundle, the UTF-8 locale, and `/etc/passwd`, `/etc/group` with a
+  non-root user.
+
+      mix docker.release
+
+  builds `MIX_ENV=prod mix release` in a separate `mix` process, loads the image into the Docker
+  engine and tags it `APP:VERSION` and `APP:latest`. Then:
+
+      docker run --rm -p 4000:4000 APP:latest            # runs `bin/APP start`
+      docker run --rm APP:latest eval 'IO.puts(:ok)'     # any release command
+
+  The image's user is numeric (`65532:65532` by default). No cookie from the build is in the
+  image: set `RELEASE_COOKIE` to connect nodes; without it each container generates its own at
+  start (kept in `/run/release`, used by `rpc` and `remote` in the same container).
+
+  Without a Docker engine (no socket at `DOCKER_HOST`, the current context's endpoint, or
+  `/var/run/docker.sock`) the image is written as an archive under `_build/docker_release/`
+  instead; `docker load -i`, `podman load -i` and `skopeo` read it.
+
+  ## Options
+
+    * `--env ENV` - the Mix environment of the release build. Default `prod`.
+    * `--release NAME` - which release to build when `releases:` has several.
+    * `--from-release DIR` - use an already-assembled release; skip the build.
+    * `--tag NAME[:TAG]` - tag the image; repeat for several. Replaces the default tags.
+    * `--output PATH` - write an image archive at PATH instead of loading into the engine. A
+      failed run leaves an existing file at PATH untouched.
+    * `--metadata-file PATH` - write a JSON summary for CI: tags, image ID, manifest digest,
+      layers with digests and sizes, and every runtime file with why it is there.
+    * `--extra-file PATH` - copy this file or directory of the build environment into the image
+      at the same path (for `dlopen`ed libraries and data files); repeatable.
+    * `--uid N`, `--gid N` - the numeric user and group the container runs as. Default 65532.
+    * `--expose PORT` - declare a port; repeatable.
+    * `--compression-level N` - gzip level of the layers, 1 (default, fast) to 9 (smallest).
+    * `--list-files` - print the runtime files outside `/app` and why each is there.
+
+  Every option can also be set under `docker_release:` in `project/0` (see
+  `DockerRelease.Config`); flags win.
+
+  Note: this task is usually a dev-only dependency. With `MIX_ENV=prod` exported in your shell,
+  Mix does not see it ("The task docker.release could not be found"): run it without `MIX_ENV`.
+  """
+
+  use Mix.Task
+
+  @switches [
+    env: :string,
+    release: :string,
+    from_release: :string,
+    tag: :keep,
+    output: :string,
+    metadata_file: :string,
+    extra_file: :keep,
+    uid: :integer,
+    gid: :integer,
+    expose: :keep,
+    compression_level: :integer,
+    list_files: :boolean
+  ]
+
+  @aliases [t: :tag, o: :output]
+
+  @impl true
+  def run(args) do
+    opts = parse!(args)
+    project = Mix.Project.config()
+    {list_files?, opts} = Keyword.pop(opts, :list_files, false)
+
+    config =
+      try do
+        DockerRelease.Config.new!(project, opts)
+      rescue
+        e in DockerRelease.Error -> Mix.raise(e.message)
+      end
+
+    case DockerRelease.build(config, project) do
+      {:ok, outcome} ->
+        report(outcome, config, list_files?)
+
+      {:error, %DockerRelease.Error{message: message}} ->
+        Mix.raise(message)
+    end
+  end
+
+  @doc false
+  # Parses the command line into DockerRelease.Config options; an unknown flag is an error.
+  def parse!(args) do
+    {opts, rest} =
+      try do
+        OptionParser.parse!(args, strict: @switches, aliases: @aliases)
+      rescue
+        e in OptionParser.ParseError ->
+          Mix.raise("#{Exception.message(e)}. See `mix help docker.release` for the options")
+      end
+
+    if rest != [] do
+      Mix.raise(
+        "unexpected argument(s) #{Enum.join(rest, " ")}. See `mix help docker.release` for the options"
+      )
+    end
+
+    expose =
+      for port <- Keyword.get_values(opts, :expose) do
+        case Integer.parse(port) do
+          {n, ""} -> n
+          _ -> Mix.raise("--expose takes a port number, got: #{inspect(port)}")
+        end
+      end
+
+    [
+      tags: Keyword.get_values(opts, :tag),
+      extra_files: Keyword.get_values(opts, :extra_file),
+      expose: expose
+    ] ++ Keyword.drop(opts, [:tag, :extra_file, :expose])
+  end
+
+  defp report(outcome, config, list_files?) do
+    shell = Mix.shell()
+
+    if list_files? do
+      shell.info("\nRuntime files outside /app:")
+
+      for {path, reason} <- outcome.runtime_files do
+        shell.info("  #{path}  (#{reason})")
+      end
+    end
+
+    size =
+      case outcome do
+        %{engine_size: n} when is_integer(n) -> "#{mb(n)} in the engine"
+        %{archive_size: n} -> "#{mb(n)} archive"
+      end
+
+    layers = Enum.map_join(outcome.layers, ", ", &"#{&1.name} #{mb(&1.size)}")
+    first_tag = hd(outcome.tags)
+
+    shell.info("""
+
+    Image     #{Enum.join(outcome.tags, ", ")}
+    ID        #{outcome.image_id}
+    Digest    #{outcome.manifest_digest}
+    Platform  #{outcome.platform}
+    Size      #{size}; layers (compressed): #{layers}
+    """)
+
+    case outcome do
+      %{output: :engine} ->
+        ports = Enum.map_join(config.expose, "", &" -p #{&1}:#{&1}")
+        shell.info("Run it:   docker run --rm#{ports} #{first_tag}")
+
+      %{archive: path} ->
+        shell.info("Archive   #{path}\nLoad it:  docker load -i #{path} && docker run --rm #{first_tag}")
+    end
+
+    if config.metadata_file, do: shell.info("Metadata  #{config.metadata_file}")
+    :ok
+  end
+
+  defp mb(bytes), do: :io_lib.format("~.1f MB", [bytes / 1_000_000]) |> to_string()
+end

@@ -1,0 +1,287 @@
+//! The NIF: decodes terms, starts jobs on one shared tokio runtime, sends messages back.
+//!
+//! A job's messages to its caller are `{:docker_release, id, payload}` with payload one of
+//! `{:step, text}`, `{:notice, text}`, `{:bytes, step, done}` (throttled), and finally exactly one
+//! of `{:ok, outcome}` or `{:error, reason, message}` — also when the job panics.
+
+use image_core::plan::Settings;
+use image_core::reference::Reference;
+use image_io::pipeline::{self, Event, Failure, Outcome, Output, Request};
+use rustler::{
+    Atom, Encoder, Env, LocalPid, Monitor, NifMap, NifStruct, OwnedEnv, Resource, ResourceArc, Term,
+};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+mod atoms {
+    rustler::atoms! { ok, error, docker_release, step, notice, bytes, nil, engine, archive }
+}
+
+/// Mirrors `DockerRelease.Native.Request` (all keys always present).
+#[derive(NifStruct)]
+#[module = "DockerRelease.Native.Request"]
+struct NifRequest {
+    release_dir: String,
+    release_name: String,
+    own_apps: Vec<String>,
+    otp_apps: Vec<String>,
+    extra_files: Vec<String>,
+    uid: u32,
+    gid: u32,
+    env: Vec<String>,
+    labels: Vec<(String, String)>,
+    exposed_ports: Vec<String>,
+    created: u64,
+    compression_level: u32,
+    tags: Vec<String>,
+    work_dir: String,
+    output: Option<String>,
+    fallback_output: String,
+    metadata_file: Option<String>,
+}
+
+impl From<NifRequest> for Request {
+    fn from(r: NifRequest) -> Request {
+        Request {
+            settings: Settings {
+                release_dir: r.release_dir.into(),
+                release_name: r.release_name,
+                own_apps: r.own_apps,
+                otp_apps: r.otp_apps,
+                extra_files: r.extra_files.into_iter().map(PathBuf::from).collect(),
+                uid: r.uid,
+                gid: r.gid,
+                env: r.env,
+                labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                exposed_ports: r.exposed_ports,
+            },
+            created: r.created,
+            compression_level: r.compression_level.clamp(1, 9),
+            tags: r.tags,
+            work_dir: r.work_dir.into(),
+            output: match r.output {
+                Some(p) => Output::Archive(p.into()),
+                None => Output::Engine {
+                    fallback: r.fallback_output.into(),
+                },
+            },
+            metadata_file: r.metadata_file.map(PathBuf::from),
+        }
+    }
+}
+
+#[derive(NifMap)]
+struct NifLayer {
+    name: String,
+    digest: String,
+    diff_id: String,
+    size: u64,
+    uncompressed_size: u64,
+    entries: usize,
+}
+
+#[derive(NifMap)]
+struct NifOutcome {
+    image_id: String,
+    manifest_digest: String,
+    platform: String,
+    tags: Vec<String>,
+    created: String,
+    layers: Vec<NifLayer>,
+    compressed_size: u64,
+    uncompressed_size: u64,
+    output: Atom,
+    engine: Option<String>,
+    engine_size: Option<u64>,
+    archive: Option<String>,
+    archive_size: Option<u64>,
+    runtime_files: Vec<(String, String)>,
+}
+
+impl From<Outcome> for NifOutcome {
+    fn from(o: Outcome) -> NifOutcome {
+        let s = o.summary;
+        NifOutcome {
+            image_id: s.image_id.to_string(),
+            manifest_digest: s.manifest_digest.to_string(),
+            platform: s.platform,
+            tags: s.tags,
+            created: s.created,
+            layers: s
+                .layers
+                .into_iter()
+                .map(|l| NifLayer {
+                    name: l.name,
+                    digest: l.digest.to_string(),
+                    diff_id: l.diff_id.to_string(),
+                    size: l.size,
+                    uncompressed_size: l.uncompressed_size,
+                    entries: l.entries,
+                })
+                .collect(),
+            compressed_size: s.compressed_size,
+            uncompressed_size: s.uncompressed_size,
+            output: if o.output == "engine" {
+                atoms::engine()
+            } else {
+                atoms::archive()
+            },
+            engine: o.engine,
+            engine_size: o.engine_size,
+            archive: o.archive.map(|p| p.display().to_string()),
+            archive_size: o.archive_size,
+            runtime_files: o
+                .runtime_files
+                .into_iter()
+                .map(|f| (f.path.display().to_string(), f.reason))
+                .collect(),
+        }
+    }
+}
+
+/// A running job, held by the caller. When the caller dies (monitored) or drops every
+/// reference, the job is cancelled.
+struct Job {
+    cancelled: Arc<AtomicBool>,
+}
+
+#[rustler::resource_impl]
+impl Resource for Job {
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("docker_release")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the docker_release runtime: {e}"))
+    })
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Sends `{:docker_release, id, payload}` to the caller from runtime threads.
+#[derive(Clone)]
+struct Reply {
+    pid: LocalPid,
+    id: u64,
+}
+
+impl Reply {
+    fn send<F>(&self, payload: F)
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+    {
+        let mut env = OwnedEnv::new();
+        let id = self.id;
+        // A dead caller is not an error: the job is being cancelled.
+        let _ = env.send_and_clear(&self.pid, |env| {
+            (atoms::docker_release(), id, payload(env)).encode(env)
+        });
+    }
+
+    fn failure(&self, f: Failure) {
+        self.send(move |env| {
+            let reason = Atom::from_str(env, f.reason).unwrap_or_else(|_| atoms::error());
+            (atoms::error(), reason, f.message).encode(env)
+        });
+    }
+}
+
+/// Start a build; returns `{:ok, job, id}` at once. Messages follow as described above.
+#[rustler::nif]
+fn image_build(env: Env, request: NifRequest) -> (Atom, ResourceArc<Job>, u64) {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let job = ResourceArc::new(Job {
+        cancelled: cancelled.clone(),
+    });
+    let pid = env.pid();
+    let _ = env.monitor(&job, &pid);
+    let reply = Reply { pid, id };
+    let request: Request = request.into();
+
+    let events_reply = reply.clone();
+    let last_bytes = Mutex::new(Instant::now() - Duration::from_secs(1));
+    let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |event| match event {
+        Event::Step(s) => events_reply.send(move |env| (atoms::step(), s).encode(env)),
+        Event::Notice(s) => events_reply.send(move |env| (atoms::notice(), s).encode(env)),
+        Event::Bytes { step, done } => {
+            // At most ten progress messages a second.
+            let due = match last_bytes.lock() {
+                Ok(mut last) if last.elapsed() >= Duration::from_millis(100) => {
+                    *last = Instant::now();
+                    true
+                }
+                _ => false,
+            };
+            if due {
+                events_reply.send(move |env| (atoms::bytes(), step, done).encode(env));
+            }
+        }
+    });
+
+    let rt = runtime();
+    let work = rt.spawn(pipeline::run(request, events, cancelled.clone()));
+    rt.spawn(async move {
+        let abort = work.abort_handle();
+        let watch = async {
+            while !cancelled.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let result = tokio::select! {
+            r = work => r,
+            _ = watch => {
+                // Dropping the work closes any engine connection: the engine discards a partial load.
+                abort.abort();
+                return reply.failure(Failure { reason: "cancelled", message: "the build was cancelled".into() });
+            }
+        };
+        match result {
+            Ok(Ok(outcome)) => {
+                let outcome = NifOutcome::from(outcome);
+                reply.send(move |env| (atoms::ok(), outcome).encode(env));
+            }
+            Ok(Err(failure)) => reply.failure(failure),
+            Err(e) => reply.failure(Failure {
+                reason: "internal",
+                message: format!("the build crashed: {e}; please report this as a bug"),
+            }),
+        }
+    });
+    (atoms::ok(), job, id)
+}
+
+/// Cancel a job (it ends with `{:error, :cancelled, _}`).
+#[rustler::nif]
+fn image_cancel(job: ResourceArc<Job>) -> Atom {
+    job.cancelled.store(true, Ordering::Relaxed);
+    atoms::ok()
+}
+
+/// Parse an image reference: `{:ok, {repository, tag}}` or `{:error, message}`.
+#[rustler::nif]
+fn reference_parse(env: Env, input: String) -> Term {
+    match Reference::parse(&input) {
+        Ok(r) => (atoms::ok(), (r.repository(), r.tag)).encode(env),
+        Err(e) => (atoms::error(), e.to_string()).encode(env),
+    }
+}
+
+rustler::init!("Elixir.DockerRelease.Native");

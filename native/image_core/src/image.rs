@@ -1,0 +1,218 @@
+//! The image value: platform, run configuration and layers, and the JSON documents derived from it.
+//!
+//! An [`Image`] is immutable once built; every output (archive file, engine, registry) takes the
+//! same value and reads layer blobs through a [`crate::archive::BlobSource`].
+
+use crate::digest::Digest;
+use crate::elf::Platform;
+use crate::layer::LayerInfo;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// OCI media types used in manifests and indexes.
+pub mod media_type {
+    /// OCI image manifest.
+    pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// OCI image index.
+    pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// OCI image config.
+    pub const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// gzip-compressed layer.
+    pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+}
+
+/// How a container of the image runs (the `config` object of an OCI image config).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd` (the default arguments).
+    pub cmd: Vec<String>,
+    /// `Env`, as `NAME=value`.
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+    /// `User`, numeric `UID:GID`.
+    pub user: String,
+    /// `Labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `ExposedPorts`, as `4000/tcp`.
+    pub exposed_ports: Vec<String>,
+    /// `StopSignal`, if not the default SIGTERM.
+    pub stop_signal: Option<String>,
+}
+
+/// An assembled image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Platform, from the ERTS executable's ELF header.
+    pub platform: Platform,
+    /// Creation time in seconds since the epoch (from `SOURCE_DATE_EPOCH` or the last commit).
+    pub created: u64,
+    /// Run configuration.
+    pub config: RunConfig,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerInfo>,
+}
+
+impl Image {
+    /// The OCI image config, serialised deterministically (fixed key order, no whitespace).
+    pub fn config_json(&self) -> Vec<u8> {
+        let c = &self.config;
+        let mut config = serde_json::Map::new();
+        config.insert("User".into(), json!(c.user));
+        if !c.exposed_ports.is_empty() {
+            let ports: BTreeMap<&str, Value> = c
+                .exposed_ports
+                .iter()
+                .map(|p| (p.as_str(), json!({})))
+                .collect();
+            config.insert("ExposedPorts".into(), json!(ports));
+        }
+        config.insert("Env".into(), json!(c.env));
+        config.insert("Entrypoint".into(), json!(c.entrypoint));
+        config.insert("Cmd".into(), json!(c.cmd));
+        config.insert("WorkingDir".into(), json!(c.working_dir));
+        config.insert("Labels".into(), json!(c.labels));
+        if let Some(sig) = &c.stop_signal {
+            config.insert("StopSignal".into(), json!(sig));
+        }
+        let created = rfc3339(self.created);
+        let history: Vec<Value> = self
+            .layers
+            .iter()
+            .map(|l| json!({"created": created, "created_by": format!("docker_release: {} layer", l.name)}))
+            .collect();
+        let mut doc = serde_json::Map::new();
+        doc.insert("created".into(), json!(created));
+        doc.insert("architecture".into(), json!(self.platform.architecture));
+        if let Some(v) = &self.platform.variant {
+            doc.insert("variant".into(), json!(v));
+        }
+        doc.insert("os".into(), json!(self.platform.os));
+        doc.insert("config".into(), Value::Object(config));
+        doc.insert(
+            "rootfs".into(),
+            json!({"type": "layers", "diff_ids": self.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()}),
+        );
+        doc.insert("history".into(), json!(history));
+        to_bytes(&Value::Object(doc))
+    }
+
+    /// The image ID as the engine reports it: the digest of the config bytes.
+    pub fn id(&self) -> Digest {
+        Digest::of(&self.config_json())
+    }
+
+    /// The OCI image manifest bytes.
+    pub fn manifest_json(&self) -> Vec<u8> {
+        let config = self.config_json();
+        let layers: Vec<Value> = self
+            .layers
+            .iter()
+            .map(|l| {
+                json!({"mediaType": media_type::LAYER_GZIP, "digest": l.digest.to_string(), "size": l.size})
+            })
+            .collect();
+        to_bytes(&json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::MANIFEST,
+            "config": {
+                "mediaType": media_type::CONFIG,
+                "digest": Digest::of(&config).to_string(),
+                "size": config.len(),
+            },
+            "layers": layers,
+        }))
+    }
+
+    /// The manifest's digest (what a registry and `skopeo inspect --raw | sha256sum` report).
+    pub fn manifest_digest(&self) -> Digest {
+        Digest::of(&self.manifest_json())
+    }
+
+    /// Sum of the compressed layer sizes plus config and manifest: the bytes a push uploads.
+    pub fn compressed_size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum::<u64>()
+            + self.config_json().len() as u64
+            + self.manifest_json().len() as u64
+    }
+
+    /// A summary for `--metadata-file` and the task's final report.
+    pub fn summary(&self, tags: &[String]) -> Summary {
+        Summary {
+            image_id: self.id(),
+            manifest_digest: self.manifest_digest(),
+            platform: self.platform.to_string(),
+            tags: tags.to_vec(),
+            created: rfc3339(self.created),
+            layers: self.layers.clone(),
+            compressed_size: self.compressed_size(),
+            uncompressed_size: self.layers.iter().map(|l| l.uncompressed_size).sum(),
+        }
+    }
+}
+
+/// What a build produced, for people and CI.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The engine's image ID (config digest).
+    pub image_id: Digest,
+    /// The OCI manifest digest.
+    pub manifest_digest: Digest,
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// Tags applied.
+    pub tags: Vec<String>,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerInfo>,
+    /// Bytes a registry stores (layers compressed, config, manifest).
+    pub compressed_size: u64,
+    /// Bytes of all layers uncompressed.
+    pub uncompressed_size: u64,
+}
+
+pub(crate) fn to_bytes(v: &Value) -> Vec<u8> {
+    // serde_json without `preserve_order` keeps object keys sorted: deterministic by construction.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC timestamp.
+///
+/// ```
+/// assert_eq!(image_core::image::rfc3339(0), "1970-01-01T00:00:00Z");
+/// assert_eq!(image_core::image::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+/// ```
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
+}

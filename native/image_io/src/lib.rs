@@ -1,0 +1,6 @@
+//! The IO edge of docker_release: the Docker Engine API, archive files and the end-to-end
+//! pipeline. Image logic lives in `image_core`; this crate only moves bytes.
+#![deny(missing_docs)]
+pub mod engine;
+pub mod pipeline;
+pub mod sink;

@@ -1,0 +1,293 @@
+//! One build, end to end: plan → layers → image → output(s) → metadata.
+//!
+//! The NIF decodes a [`Request`], calls [`run`] on the shared runtime and forwards [`Event`]s and
+//! the final result to the calling process.
+
+use crate::engine::{resolve_endpoint, DockerEngine, Endpoint, EngineError};
+use crate::sink::{self, Built, SinkError};
+use image_core::archive::BlobDir;
+use image_core::build::{build, BuildError, Progress as BuildProgress};
+use image_core::fs::HostFs;
+use image_core::image::Summary;
+use image_core::layer::LayerError;
+use image_core::plan::{plan, PlanError, RuntimeFile, Settings};
+use image_core::reference::{Reference, ReferenceError};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Where the image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Load into the engine; when no engine socket exists, write the archive at this path instead.
+    Engine {
+        /// Fallback archive path.
+        fallback: PathBuf,
+    },
+    /// Write an archive file.
+    Archive(PathBuf),
+}
+
+/// Everything one build needs.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// What goes into the image.
+    pub settings: Settings,
+    /// Timestamp of the image and of every file in it.
+    pub created: u64,
+    /// gzip level 1–9.
+    pub compression_level: u32,
+    /// Tags (`NAME[:TAG]`).
+    pub tags: Vec<String>,
+    /// Scratch directory for layer blobs.
+    pub work_dir: PathBuf,
+    /// Destination.
+    pub output: Output,
+    /// Where to write the JSON summary, if anywhere.
+    pub metadata_file: Option<PathBuf>,
+}
+
+/// Progress, for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A step starts.
+    Step(String),
+    /// Bytes done in the current step (uncompressed layer bytes, or archive bytes sent).
+    Bytes {
+        /// Step name (`runtime layer`, `load`, `archive`).
+        step: String,
+        /// Bytes so far.
+        done: u64,
+    },
+    /// Something the user should know (a fallback was taken).
+    Notice(String),
+}
+
+/// What a successful build produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The image.
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// `engine` or `archive`.
+    pub output: &'static str,
+    /// The engine's address, when loaded.
+    pub engine: Option<String>,
+    /// Image size as the engine reports it, when loaded.
+    pub engine_size: Option<u64>,
+    /// The archive's path, when written.
+    pub archive: Option<PathBuf>,
+    /// The archive's size, when written.
+    pub archive_size: Option<u64>,
+    /// Runtime files outside `/app` and why each is there.
+    pub runtime_files: Vec<RuntimeFile>,
+}
+
+/// A failed build: a reason the caller can match on and a message a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Machine-readable reason (an atom on the Elixir side).
+    pub reason: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(reason: &'static str, message: impl ToString) -> Failure {
+        Failure {
+            reason,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<PlanError> for Failure {
+    fn from(e: PlanError) -> Failure {
+        let reason = match &e {
+            PlanError::NotARelease { .. } => "not_a_release",
+            PlanError::NotLinux { .. } => "not_linux",
+            PlanError::Read { .. } => "read_error",
+            PlanError::Closure(_) => "missing_runtime_file",
+            PlanError::MissingTool(_) => "missing_runtime_file",
+        };
+        Failure::new(reason, e)
+    }
+}
+
+impl From<BuildError> for Failure {
+    fn from(e: BuildError) -> Failure {
+        let reason = match &e {
+            BuildError::Layer {
+                source: LayerError::Cancelled,
+                ..
+            } => "cancelled",
+            BuildError::Layer { .. } => "read_error",
+            BuildError::Blobs { .. } => "output_error",
+        };
+        Failure::new(reason, e)
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Failure {
+        let reason = match &e {
+            EngineError::Config(_) => "engine_config",
+            EngineError::Unreachable { .. } => "engine_unreachable",
+            EngineError::Api { .. } => "engine_error",
+            EngineError::Load(_) => "load_failed",
+            EngineError::Platform { .. } => "platform_mismatch",
+        };
+        Failure::new(reason, e)
+    }
+}
+
+impl From<SinkError> for Failure {
+    fn from(e: SinkError) -> Failure {
+        match e {
+            SinkError::Engine(e) => e.into(),
+            SinkError::File { .. } | SinkError::Archive(_) => Failure::new("output_error", e),
+            SinkError::IdMismatch { .. } => Failure::new("load_failed", e),
+            SinkError::Internal(_) => Failure::new("internal", e),
+        }
+    }
+}
+
+impl From<ReferenceError> for Failure {
+    fn from(e: ReferenceError) -> Failure {
+        Failure::new("invalid_reference", e)
+    }
+}
+
+/// Run one build. `events` receives progress; `cancelled` stops the work at the next file.
+pub async fn run(
+    req: Request,
+    events: Arc<dyn Fn(Event) + Send + Sync>,
+    cancelled: Arc<AtomicBool>,
+) -> Result<Outcome, Failure> {
+    let tags = req
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Decide the destination before the work, so a refusing engine fails fast.
+    let (engine, archive_path) = match &req.output {
+        Output::Archive(p) => (None, Some(p.clone())),
+        Output::Engine { fallback } => match resolve_endpoint(&|k| std::env::var(k).ok())? {
+            Endpoint::Missing(sock) => {
+                events(Event::Notice(format!(
+                        "no Docker engine socket at {}: writing an image archive to {} instead (load it with `docker load -i {}`)",
+                        sock.display(),
+                        fallback.display(),
+                        fallback.display()
+                    )));
+                (None, Some(fallback.clone()))
+            }
+            endpoint => {
+                events(Event::Step(format!(
+                    "connecting to the Docker engine at {endpoint}"
+                )));
+                (Some(DockerEngine::connect(&endpoint).await?), None)
+            }
+        },
+    };
+
+    events(Event::Step("resolving runtime files".into()));
+    let blobs = BlobDir {
+        root: req.work_dir.join("blobs"),
+    };
+    let (image, runtime_files) = {
+        let events = events.clone();
+        let cancelled = cancelled.clone();
+        let req = req.clone();
+        let blobs = blobs.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, Failure> {
+            let fs = HostFs::new("/");
+            let plan = plan(&fs, &req.settings)?;
+            let mut last_step = usize::MAX;
+            let mut progress = |p: BuildProgress| {
+                let BuildProgress::Layer {
+                    name,
+                    index,
+                    count,
+                    bytes,
+                } = p;
+                if index != last_step {
+                    last_step = index;
+                    events(Event::Step(format!(
+                        "writing layer {}/{count}: {name}",
+                        index + 1
+                    )));
+                }
+                events(Event::Bytes {
+                    step: format!("{name} layer"),
+                    done: bytes,
+                });
+                !cancelled.load(Ordering::Relaxed)
+            };
+            let image = build(
+                &fs,
+                &plan,
+                req.created,
+                req.compression_level,
+                &blobs,
+                &mut progress,
+            )?;
+            Ok((image, plan.runtime_files))
+        })
+        .await
+        .map_err(|e| Failure::new("internal", format!("the layer writer failed: {e}")))??
+    };
+    let built = Arc::new(Built {
+        image,
+        blobs,
+        tags: tags.clone(),
+    });
+
+    let mut outcome = Outcome {
+        summary: built
+            .image
+            .summary(&tags.iter().map(|t| t.to_string()).collect::<Vec<_>>()),
+        output: "archive",
+        engine: None,
+        engine_size: None,
+        archive: None,
+        archive_size: None,
+        runtime_files,
+    };
+    let bytes_event = |step: &'static str| -> sink::Progress {
+        let events = events.clone();
+        Arc::new(move |done| {
+            events(Event::Bytes {
+                step: step.into(),
+                done,
+            })
+        })
+    };
+    if let Some(engine) = &engine {
+        events(Event::Step("loading the image into the engine".into()));
+        let loaded = sink::engine(engine, built.clone(), bytes_event("load")).await?;
+        outcome.output = "engine";
+        outcome.engine = Some(engine.endpoint().to_string());
+        outcome.engine_size = Some(loaded.size);
+    }
+    if let Some(path) = archive_path {
+        events(Event::Step(format!("writing {}", path.display())));
+        let size = sink::archive_file(built.clone(), path.clone(), bytes_event("archive")).await?;
+        outcome.archive = Some(path);
+        outcome.archive_size = Some(size);
+    }
+    if let Some(path) = &req.metadata_file {
+        let json = serde_json::to_vec_pretty(&outcome)
+            .map_err(|e| Failure::new("internal", e.to_string()))?;
+        sink::write_atomically(path, |w| {
+            use std::io::Write;
+            w.write_all(&json).map_err(|source| SinkError::File {
+                path: path.clone(),
+                source,
+            })
+        })?;
+    }
+    Ok(outcome)
+}
