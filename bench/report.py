@@ -163,6 +163,12 @@ def main():
           " sampling included).")
     w("")
 
+    notes = [detail for (metric, _), rows in data.items() if metric == "note" for _, _, detail in rows]
+    if notes:
+        w("## Notes on this run\n")
+        for detail in notes:
+            w(f"- {md_cell(detail)}")
+        w("")
     if not_run:
         w("## Not run\n")
         for variant, detail in not_run:

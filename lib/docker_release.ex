@@ -150,12 +150,14 @@ defmodule DockerRelease do
       [] ->
         raise Error,
           reason: :not_a_release,
-          message: "#{dir} is not an assembled release: it has no bin/ script. Run `mix release` or pass the release's directory"
+          message:
+            "#{dir} is not an assembled release: it has no bin/ script. Run `mix release` or pass the release's directory"
 
       names ->
         raise Error,
           reason: :invalid_config,
-          message: "#{dir}/bin holds several scripts (#{Enum.join(names, ", ")}): name the release with --release NAME"
+          message:
+            "#{dir}/bin holds several scripts (#{Enum.join(names, ", ")}): name the release with --release NAME"
     end
   end
 

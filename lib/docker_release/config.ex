@@ -89,11 +89,15 @@ defmodule DockerRelease.Config do
           list
 
         other ->
-          invalid!("the docker_release: key of project/0 must be a keyword list, got: #{inspect(other)}")
+          invalid!(
+            "the docker_release: key of project/0 must be a keyword list, got: #{inspect(other)}"
+          )
       end
 
     unless Keyword.keyword?(file_config) do
-      invalid!("the docker_release: key of project/0 must be a keyword list, got: #{inspect(file_config)}")
+      invalid!(
+        "the docker_release: key of project/0 must be a keyword list, got: #{inspect(file_config)}"
+      )
     end
 
     case Keyword.keys(file_config) -- @keys do
@@ -115,7 +119,10 @@ defmodule DockerRelease.Config do
 
   defp validate!(%__MODULE__{} = c) do
     unless is_atom(c.app) and c.app != nil,
-      do: invalid!("the project has no :app in project/0 (umbrella roots need a release name: --release NAME)")
+      do:
+        invalid!(
+          "the project has no :app in project/0 (umbrella roots need a release name: --release NAME)"
+        )
 
     unless is_binary(c.version), do: invalid!("the project has no :version in project/0")
 
@@ -127,21 +134,29 @@ defmodule DockerRelease.Config do
         from_release: expand(c.from_release, c),
         output: expand(c.output, c),
         metadata_file: expand(c.metadata_file, c),
-        extra_files: Enum.map(List.wrap(c.extra_files), &Path.expand(to_string(&1), c.project_dir))
+        extra_files:
+          Enum.map(List.wrap(c.extra_files), &Path.expand(to_string(&1), c.project_dir))
     }
 
     unless c.env =~ ~r/^[a-z][a-z0-9_]*$/,
-      do: invalid!("invalid env: expected a Mix environment name like prod, got: #{inspect(c.env)}")
+      do:
+        invalid!("invalid env: expected a Mix environment name like prod, got: #{inspect(c.env)}")
 
     if c.release && not (c.release =~ ~r/^[a-z][a-z0-9_]*$/),
-      do: invalid!("invalid release name: it must start with a lowercase letter and contain only lowercase letters, digits and _, got: #{inspect(c.release)}")
+      do:
+        invalid!(
+          "invalid release name: it must start with a lowercase letter and contain only lowercase letters, digits and _, got: #{inspect(c.release)}"
+        )
 
     uint!(:uid, c.uid, 0, 4_294_967_295)
     uint!(:gid, c.gid, 0, 4_294_967_295)
     uint!(:compression_level, c.compression_level, 1, 9)
 
     unless is_list(c.expose) and Enum.all?(c.expose, &(is_integer(&1) and &1 in 1..65535)),
-      do: invalid!("invalid expose: expected a list of port numbers from 1 to 65535, got: #{inspect(c.expose)}")
+      do:
+        invalid!(
+          "invalid expose: expected a list of port numbers from 1 to 65535, got: #{inspect(c.expose)}"
+        )
 
     pairs!(:container_env, c.container_env)
     pairs!(:labels, c.labels)
@@ -151,7 +166,8 @@ defmodule DockerRelease.Config do
     if tags == [], do: invalid!("tags: give at least one NAME[:TAG]")
 
     Enum.each(tags, fn tag ->
-      unless is_binary(tag), do: invalid!("invalid tag: expected a string NAME[:TAG], got: #{inspect(tag)}")
+      unless is_binary(tag),
+        do: invalid!("invalid tag: expected a string NAME[:TAG], got: #{inspect(tag)}")
 
       case DockerRelease.Native.reference_parse(tag) do
         {:ok, _} ->
@@ -160,7 +176,8 @@ defmodule DockerRelease.Config do
         {:error, message} ->
           raise DockerRelease.Error,
             reason: :invalid_reference,
-            message: message <> ". A reference is [HOST[:PORT]/]PATH[:TAG], e.g. ghcr.io/acme/hello:1.0"
+            message:
+              message <> ". A reference is [HOST[:PORT]/]PATH[:TAG], e.g. ghcr.io/acme/hello:1.0"
       end
     end)
 
@@ -177,7 +194,10 @@ defmodule DockerRelease.Config do
 
   defp uint!(key, value, min, max) do
     unless is_integer(value) and value >= min and value <= max,
-      do: invalid!("invalid #{key}: expected an integer from #{min} to #{max}, got: #{inspect(value)}")
+      do:
+        invalid!(
+          "invalid #{key}: expected an integer from #{min} to #{max}, got: #{inspect(value)}"
+        )
   end
 
   defp pairs!(key, value) do
@@ -189,8 +209,12 @@ defmodule DockerRelease.Config do
         end)
 
     unless ok,
-      do: invalid!("invalid #{key}: expected a list of {\"NAME\", \"value\"} string pairs, got: #{inspect(value)}")
+      do:
+        invalid!(
+          "invalid #{key}: expected a list of {\"NAME\", \"value\"} string pairs, got: #{inspect(value)}"
+        )
   end
 
-  defp invalid!(message), do: raise(DockerRelease.Error, reason: :invalid_config, message: message)
+  defp invalid!(message),
+    do: raise(DockerRelease.Error, reason: :invalid_config, message: message)
 end

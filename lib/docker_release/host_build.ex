@@ -21,23 +21,31 @@ defmodule DockerRelease.HostBuild do
 
     name =
       cond do
-        config.release && (config.release in names or (names == [] and not umbrella? and config.release == to_string(config.app))) ->
+        config.release &&
+            (config.release in names or
+               (names == [] and not umbrella? and config.release == to_string(config.app))) ->
           config.release
 
         config.release ->
-          no_release!("the project has no release named #{inspect(config.release)}; its releases: #{list(names)}")
+          no_release!(
+            "the project has no release named #{inspect(config.release)}; its releases: #{list(names)}"
+          )
 
         length(names) == 1 ->
           hd(names)
 
         names == [] and umbrella? ->
-          no_release!("this umbrella project defines no release: add one under releases: in mix.exs (see `mix help release`)")
+          no_release!(
+            "this umbrella project defines no release: add one under releases: in mix.exs (see `mix help release`)"
+          )
 
         names == [] ->
           to_string(config.app)
 
         true ->
-          no_release!("the project defines several releases (#{list(names)}): pick one with --release NAME")
+          no_release!(
+            "the project defines several releases (#{list(names)}): pick one with --release NAME"
+          )
       end
 
     release_opts = Keyword.get(releases, String.to_atom(name), [])
@@ -45,7 +53,9 @@ defmodule DockerRelease.HostBuild do
     dir =
       case Keyword.get(release_opts, :path) do
         nil ->
-          build_path = Path.expand(Keyword.get(project, :build_path, "_build"), config.project_dir)
+          build_path =
+            Path.expand(Keyword.get(project, :build_path, "_build"), config.project_dir)
+
           Path.join([build_path, config.env, "rel", name])
 
         path ->
@@ -66,7 +76,10 @@ defmodule DockerRelease.HostBuild do
         raise Error, reason: :release_build_failed, message: "`mix` was not found on PATH"
 
     args = ["release", name, "--overwrite"]
-    Mix.shell().info("==> building release #{name} (MIX_ENV=#{config.env} mix #{Enum.join(args, " ")})")
+
+    Mix.shell().info(
+      "==> building release #{name} (MIX_ENV=#{config.env} mix #{Enum.join(args, " ")})"
+    )
 
     {_, status} =
       System.cmd(mix, args,
@@ -89,7 +102,9 @@ defmodule DockerRelease.HostBuild do
 
   # Stream output live when printing to a terminal; other shells (tests) get whole lines.
   defp shell_lines do
-    if Mix.shell() == Mix.Shell.IO, do: IO.stream(:stdio, :line), else: %DockerRelease.ShellLines{}
+    if Mix.shell() == Mix.Shell.IO,
+      do: IO.stream(:stdio, :line),
+      else: %DockerRelease.ShellLines{}
   end
 
   defp list([]), do: "none"

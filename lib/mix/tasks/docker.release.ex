@@ -157,7 +157,9 @@ defmodule Mix.Tasks.Docker.Release do
         shell.info("Run it:   docker run --rm#{ports} #{first_tag}")
 
       %{archive: path} ->
-        shell.info("Archive   #{path}\nLoad it:  docker load -i #{path} && docker run --rm #{first_tag}")
+        shell.info(
+          "Archive   #{path}\nLoad it:  docker load -i #{path} && docker run --rm #{first_tag}"
+        )
     end
 
     if config.metadata_file, do: shell.info("Metadata  #{config.metadata_file}")

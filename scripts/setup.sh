@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs what docker_release's demo and tests need on Debian/Ubuntu (as root), and starts a
+# Docker engine if none answers. Idempotent: a second run installs nothing and returns quickly.
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*"; }
+
+PACKAGES=(
+  elixir erlang-dev            # Elixir 1.14 / OTP 25 (the host build and the tests)
+  docker.io                    # dockerd, containerd, runc
+  skopeo umoci podman          # independent readers of our archives
+  docker-registry              # a local registry for push tests
+  debootstrap busybox-static pigz
+  gcc musl-tools               # ELF fixtures for the closure tests
+  git curl ca-certificates procps
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/setup.sh installs packages and starts dockerd: run it as root (sudo)." >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust (for the NIF): rustup's toolchain, 1.91 or newer.
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if ! command -v cargo >/dev/null 2>&1; then
+  log "installing Rust with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+  . "$HOME/.cargo/env"
+fi
+rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+if [ "$rust_minor" -lt 91 ]; then
+  echo "Rust 1.91 or newer is needed, found $(rustc --version): run \`rustup update stable\`." >&2
+  exit 1
+fi
+
+# A Docker engine.
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  nohup dockerd >/var/log/dockerd-docker_release.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || {
+    echo "dockerd did not start; see /var/log/dockerd-docker_release.log" >&2
+    exit 1
+  }
+fi
+log "ready: $(elixir --version | tail -1), $(rustc --version), Docker $(docker version -f '{{.Server.Version}}')"
