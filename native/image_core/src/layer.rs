@@ -135,8 +135,8 @@ pub enum LayerError {
     /// Two entries claim the same image path with different content.
     #[error("two different entries for {0} in one layer")]
     Duplicate(PathBuf),
-    /// An entry path is not absolute or contains `..`.
-    #[error("invalid image path {0}: it must be absolute and must not contain '..'")]
+    /// An entry path is not absolute, contains `..`, or lies under a file or symlink entry.
+    #[error("invalid image path {0}: it must be absolute, must not contain '..' and must not lie under a file or symlink")]
     BadPath(PathBuf),
     /// The caller asked to stop.
     #[error("cancelled")]
@@ -207,15 +207,20 @@ fn complete(entries: &[Entry]) -> Result<BTreeMap<Vec<u8>, Entry>, LayerError> {
             if dir == Path::new("/") {
                 break;
             }
-            parents.push(dir.to_path_buf());
+            parents.push((dir.to_path_buf(), e.path.clone()));
             p = dir.parent();
         }
     }
-    for dir in parents {
+    for (dir, child) in parents {
         let rel = relative(&dir)?;
         let key = rel.as_os_str().as_encoded_bytes().to_vec();
-        map.entry(key)
+        let parent = map
+            .entry(key)
             .or_insert_with(|| Entry::new(dir, Source::Dir, 0o755));
+        // A file or symlink as a parent would make extraction fail or write through the link.
+        if parent.source != Source::Dir {
+            return Err(LayerError::BadPath(child));
+        }
     }
     Ok(map)
 }

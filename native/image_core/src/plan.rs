@@ -445,7 +445,8 @@ fn layer_of(rel: &Path, erts_dir: &str, s: &Settings) -> Which {
     let Some(app_dir) = comps.next() else {
         return Which::Otp; // `lib` itself
     };
-    let name = app_dir.rsplit_once('-').map_or(&*app_dir, |(n, _)| n);
+    // Application names cannot contain '-', versions can (`hello-0.1.0-rc.1`).
+    let name = app_dir.split_once('-').map_or(&*app_dir, |(n, _)| n);
     if s.own_apps.iter().any(|a| a == name) {
         Which::App
     } else if s.otp_apps.iter().any(|a| a == name) {

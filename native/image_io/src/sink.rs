@@ -180,7 +180,14 @@ pub async fn engine<E: Engine>(
         (Ok(_), Ok(_)) => {}
     }
     let want = built.image.id().to_string();
-    let (id, size) = engine.inspect(&want).await?;
+    let (id, size) = engine.inspect(&want).await.map_err(|e| match e {
+        // The load succeeded but the engine has no image with our ID: it stored something else.
+        EngineError::Api { message, .. } => SinkError::IdMismatch {
+            want: want.clone(),
+            got: format!("none ({message})"),
+        },
+        other => other.into(),
+    })?;
     if id != want {
         return Err(SinkError::IdMismatch { want, got: id });
     }

@@ -1,0 +1,677 @@
+//! Shared test helpers: an independent invariant checker for image archives
+//! ([`validate_archive`], in the spirit of go-containerregistry's `validate.Image`), a small
+//! sample image, and lookups for external tools.
+//!
+//! The checker reads archives with `tar`, `flate2`, `sha2` and `serde_json` directly and never
+//! calls `image_core`, so it does not share bugs with the code it checks. It is included by
+//! `image_core`'s and `image_io`'s integration tests (`#[path]`), so every helper is not used by
+//! every test crate.
+#![allow(dead_code)]
+
+use flate2::read::GzDecoder;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// One entry of a layer tar, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarEntry {
+    /// Path in the image, without a leading `/` or trailing `/`.
+    pub path: String,
+    /// `'f'` regular file, `'d'` directory, `'l'` symlink.
+    pub kind: char,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Symlink target.
+    pub link: Option<String>,
+    /// File contents.
+    pub data: Vec<u8>,
+}
+
+/// A layer as read back from an archive.
+#[derive(Debug, Clone)]
+pub struct CheckedLayer {
+    /// Blob digest (compressed).
+    pub digest: String,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: String,
+    /// Entries in archive order.
+    pub entries: Vec<TarEntry>,
+}
+
+impl CheckedLayer {
+    /// The entry at image path `path` (leading `/` optional).
+    pub fn get(&self, path: &str) -> Option<&TarEntry> {
+        let path = path.trim_start_matches('/');
+        self.entries.iter().find(|e| e.path == path)
+    }
+}
+
+/// What [`validate_archive`] found, once every invariant held.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The OCI manifest's digest.
+    pub manifest_digest: String,
+    /// The config's digest (the engine's image ID).
+    pub config_digest: String,
+    /// The manifest bytes.
+    pub manifest: Vec<u8>,
+    /// The config bytes.
+    pub config_bytes: Vec<u8>,
+    /// The config, parsed.
+    pub config: Value,
+    /// `created`, in seconds since the epoch.
+    pub created: u64,
+    /// `RepoTags` of `manifest.json`.
+    pub repo_tags: Vec<String>,
+    /// `org.opencontainers.image.ref.name` of each index entry, if any.
+    pub ref_names: Vec<String>,
+    /// Layers, bottom first.
+    pub layers: Vec<CheckedLayer>,
+}
+
+impl Checked {
+    /// The topmost entry for `path` across all layers (what a container sees), if any.
+    pub fn file(&self, path: &str) -> Option<&TarEntry> {
+        self.layers.iter().rev().find_map(|l| l.get(path))
+    }
+}
+
+/// Open the archive at `path` and check every invariant; see [`validate_archive_bytes`].
+pub fn validate_archive(path: &Path) -> Result<Checked, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    validate_archive_bytes(&bytes)
+}
+
+/// Check an archive written by `image_core::archive::write_archive` from scratch:
+///
+/// - the outer tar holds only `oci-layout`, `index.json`, `manifest.json`, `blobs/`,
+///   `blobs/sha256/` and blobs, each once, with mtime = the image's `created`;
+/// - every blob's sha256 equals its file name and every blob is referenced;
+/// - `oci-layout` is version 1.0.0; `index.json` → manifest digest, size and media type;
+///   manifest → config and layer digests, sizes and media types;
+/// - config `rootfs.diff_ids` = sha256 of each gunzipped layer, one history entry per layer;
+/// - Docker `manifest.json` points at the same config and layers in the same order, and its
+///   `RepoTags` agree with the index's `org.opencontainers.image.ref.name` annotations;
+/// - every layer is gzip with header mtime 0, holds a readable tar of regular files,
+///   directories and symlinks only, sorted by path bytes, with each parent directory before its
+///   children, no absolute, `.` or `..` paths, every mtime = `created`, numeric uid/gid and empty
+///   owner names.
+pub fn validate_archive_bytes(bytes: &[u8]) -> Result<Checked, String> {
+    // The outer tar.
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    let mut outer_mtimes: Vec<(String, u64)> = Vec::new();
+    let mut ar = tar::Archive::new(bytes);
+    for e in ar.entries().map_err(|e| format!("outer tar: {e}"))? {
+        let mut e = e.map_err(|e| format!("outer tar entry: {e}"))?;
+        let path = String::from_utf8(e.path_bytes().into_owned())
+            .map_err(|_| "outer tar: non-UTF-8 path".to_string())?;
+        let path = path.trim_end_matches('/').to_string();
+        let mtime = e
+            .header()
+            .mtime()
+            .map_err(|e| format!("{path}: mtime: {e}"))?;
+        outer_mtimes.push((path.clone(), mtime));
+        match e.header().entry_type() {
+            tar::EntryType::Directory => {
+                if !dirs.insert(path.clone()) {
+                    return Err(format!("outer tar: {path} appears twice"));
+                }
+            }
+            tar::EntryType::Regular => {
+                let mut data = Vec::new();
+                e.read_to_end(&mut data)
+                    .map_err(|e| format!("outer tar: reading {path}: {e}"))?;
+                if files.insert(path.clone(), data).is_some() {
+                    return Err(format!("outer tar: {path} appears twice"));
+                }
+            }
+            other => return Err(format!("outer tar: {path} has entry type {other:?}")),
+        }
+    }
+    for d in ["blobs", "blobs/sha256"] {
+        if !dirs.contains(d) {
+            return Err(format!("outer tar: directory {d}/ is missing"));
+        }
+    }
+    if dirs.len() != 2 {
+        return Err(format!("outer tar: unexpected directories {dirs:?}"));
+    }
+
+    // oci-layout.
+    let layout = json(&files, "oci-layout")?;
+    if layout != serde_json::json!({"imageLayoutVersion": "1.0.0"}) {
+        return Err(format!("oci-layout is {layout}"));
+    }
+
+    // Blobs: name = digest.
+    let mut blobs: BTreeMap<String, &Vec<u8>> = BTreeMap::new();
+    for (path, data) in &files {
+        if let Some(hex) = path.strip_prefix("blobs/sha256/") {
+            let digest = sha256(data);
+            if digest != format!("sha256:{hex}") {
+                return Err(format!("blob {path} has digest {digest}"));
+            }
+            blobs.insert(digest, data);
+        } else if !["oci-layout", "index.json", "manifest.json"].contains(&path.as_str()) {
+            return Err(format!("outer tar: unexpected file {path}"));
+        }
+    }
+    let mut unreferenced: BTreeSet<String> = blobs.keys().cloned().collect();
+    let blob = |d: &str, size: Option<u64>, what: &str| -> Result<Vec<u8>, String> {
+        let b = blobs
+            .get(d)
+            .ok_or_else(|| format!("{what} {d} is not in blobs/sha256"))?;
+        if let Some(size) = size {
+            if b.len() as u64 != size {
+                return Err(format!(
+                    "{what} {d}: size {size} recorded, {} stored",
+                    b.len()
+                ));
+            }
+        }
+        Ok(b.to_vec())
+    };
+
+    // index.json → manifest.
+    let index = json(&files, "index.json")?;
+    expect(
+        &index["schemaVersion"],
+        &Value::from(2),
+        "index.json schemaVersion",
+    )?;
+    expect(
+        &index["mediaType"],
+        &Value::from("application/vnd.oci.image.index.v1+json"),
+        "index.json mediaType",
+    )?;
+    let descriptors = index["manifests"]
+        .as_array()
+        .filter(|m| !m.is_empty())
+        .ok_or("index.json has no manifests")?;
+    let mut manifest_digest = None;
+    let mut ref_names = Vec::new();
+    for d in descriptors {
+        expect(
+            &d["mediaType"],
+            &Value::from("application/vnd.oci.image.manifest.v1+json"),
+            "index.json manifest mediaType",
+        )?;
+        let digest = str_of(&d["digest"], "index.json manifest digest")?;
+        blob(
+            digest,
+            Some(u64_of(&d["size"], "index.json size")?),
+            "manifest",
+        )?;
+        match &manifest_digest {
+            None => manifest_digest = Some(digest.to_string()),
+            Some(m) if m == digest => {}
+            Some(m) => return Err(format!("index.json names two manifests: {m} and {digest}")),
+        }
+        if let Some(name) = d["annotations"]["org.opencontainers.image.ref.name"].as_str() {
+            ref_names.push(name.to_string());
+        }
+    }
+    let manifest_digest = manifest_digest.expect("checked non-empty");
+    let manifest_bytes = blob(&manifest_digest, None, "manifest")?;
+    unreferenced.remove(&manifest_digest);
+    let manifest: Value = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| format!("manifest is not JSON: {e}"))?;
+    expect(
+        &manifest["schemaVersion"],
+        &Value::from(2),
+        "manifest schemaVersion",
+    )?;
+    expect(
+        &manifest["mediaType"],
+        &Value::from("application/vnd.oci.image.manifest.v1+json"),
+        "manifest mediaType",
+    )?;
+
+    // manifest → config.
+    let c = &manifest["config"];
+    expect(
+        &c["mediaType"],
+        &Value::from("application/vnd.oci.image.config.v1+json"),
+        "config mediaType",
+    )?;
+    let config_digest = str_of(&c["digest"], "config digest")?.to_string();
+    let config_bytes = blob(
+        &config_digest,
+        Some(u64_of(&c["size"], "config size")?),
+        "config",
+    )?;
+    unreferenced.remove(&config_digest);
+    let config: Value =
+        serde_json::from_slice(&config_bytes).map_err(|e| format!("config is not JSON: {e}"))?;
+    let created_str = str_of(&config["created"], "config created")?;
+    let created = parse_rfc3339(created_str)?;
+    for key in ["architecture", "os"] {
+        str_of(&config[key], key)?;
+    }
+    for (path, mtime) in &outer_mtimes {
+        if *mtime != created {
+            return Err(format!(
+                "outer tar: {path} has mtime {mtime}, the image was created at {created}"
+            ));
+        }
+    }
+    expect(
+        &config["rootfs"]["type"],
+        &Value::from("layers"),
+        "rootfs.type",
+    )?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .ok_or("config has no rootfs.diff_ids")?;
+    let history_layers = config["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|e| !e["empty_layer"].as_bool().unwrap_or(false))
+                .count()
+        })
+        .unwrap_or(0);
+
+    // manifest → layers.
+    let layer_descs = manifest["layers"]
+        .as_array()
+        .ok_or("manifest has no layers array")?;
+    if layer_descs.len() != diff_ids.len() {
+        return Err(format!(
+            "manifest has {} layers, config {} diff_ids",
+            layer_descs.len(),
+            diff_ids.len()
+        ));
+    }
+    if history_layers != diff_ids.len() {
+        return Err(format!(
+            "config history describes {history_layers} layers, rootfs has {}",
+            diff_ids.len()
+        ));
+    }
+    let mut layers = Vec::new();
+    for (i, (desc, diff_id)) in layer_descs.iter().zip(diff_ids).enumerate() {
+        expect(
+            &desc["mediaType"],
+            &Value::from("application/vnd.oci.image.layer.v1.tar+gzip"),
+            "layer mediaType",
+        )?;
+        let digest = str_of(&desc["digest"], "layer digest")?.to_string();
+        let gz = blob(&digest, Some(u64_of(&desc["size"], "layer size")?), "layer")?;
+        unreferenced.remove(&digest);
+        if gz.len() < 10 || gz[..2] != [0x1f, 0x8b] {
+            return Err(format!("layer {i} ({digest}) is not gzip"));
+        }
+        if gz[4..8] != [0, 0, 0, 0] {
+            return Err(format!("layer {i} ({digest}): gzip header mtime is not 0"));
+        }
+        let mut tar_bytes = Vec::new();
+        GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut tar_bytes)
+            .map_err(|e| format!("layer {i} ({digest}): gunzip: {e}"))?;
+        let want = str_of(diff_id, "diff_id")?;
+        let got = sha256(&tar_bytes);
+        if got != want {
+            return Err(format!(
+                "layer {i}: diff_id {want} in config, gunzipped layer is {got}"
+            ));
+        }
+        let entries =
+            check_layer_tar(&tar_bytes, created).map_err(|e| format!("layer {i}: {e}"))?;
+        layers.push(CheckedLayer {
+            digest,
+            diff_id: got,
+            entries,
+        });
+    }
+    if !unreferenced.is_empty() {
+        return Err(format!("blobs nothing refers to: {unreferenced:?}"));
+    }
+
+    // Docker manifest.json → the same blobs.
+    let docker = json(&files, "manifest.json")?;
+    let docker = docker
+        .as_array()
+        .filter(|a| a.len() == 1)
+        .ok_or("manifest.json is not an array of one image")?;
+    let d = &docker[0];
+    let want_config = format!("blobs/sha256/{}", hex_of(&config_digest));
+    expect(
+        &d["Config"],
+        &Value::from(want_config),
+        "manifest.json Config",
+    )?;
+    let want_layers: Vec<Value> = layers
+        .iter()
+        .map(|l| Value::from(format!("blobs/sha256/{}", hex_of(&l.digest))))
+        .collect();
+    expect(
+        &d["Layers"],
+        &Value::from(want_layers),
+        "manifest.json Layers",
+    )?;
+    let repo_tags: Vec<String> = match &d["RepoTags"] {
+        Value::Null => vec![],
+        v => v
+            .as_array()
+            .ok_or("manifest.json RepoTags is not an array")?
+            .iter()
+            .map(|t| str_of(t, "RepoTags entry").map(str::to_string))
+            .collect::<Result<_, _>>()?,
+    };
+    let tags_of_repo_tags: Vec<&str> = repo_tags
+        .iter()
+        .map(|t| t.rsplit_once(':').map_or("latest", |(_, tag)| tag))
+        .collect();
+    if !repo_tags.is_empty() && tags_of_repo_tags != ref_names {
+        return Err(format!(
+            "manifest.json RepoTags {repo_tags:?} disagree with index.json ref names {ref_names:?}"
+        ));
+    }
+
+    Ok(Checked {
+        manifest_digest,
+        config_digest,
+        manifest: manifest_bytes,
+        config_bytes,
+        config,
+        created,
+        repo_tags,
+        ref_names,
+        layers,
+    })
+}
+
+/// Check one uncompressed layer tar; returns its entries.
+pub fn check_layer_tar(tar_bytes: &[u8], created: u64) -> Result<Vec<TarEntry>, String> {
+    let mut out: Vec<TarEntry> = Vec::new();
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    let mut ar = tar::Archive::new(tar_bytes);
+    for e in ar.entries().map_err(|e| format!("tar: {e}"))? {
+        let mut e = e.map_err(|e| format!("tar entry: {e}"))?;
+        let raw = e.path_bytes().into_owned();
+        let path = String::from_utf8(raw).map_err(|_| "non-UTF-8 path".to_string())?;
+        if path.starts_with('/') {
+            return Err(format!("{path}: absolute path"));
+        }
+        let trimmed = path.trim_end_matches('/').to_string();
+        if trimmed.is_empty()
+            || trimmed
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(format!("{path:?}: empty, `.` or `..` component"));
+        }
+        if let Some(prev) = out.last() {
+            if prev.path.as_bytes() >= trimmed.as_bytes() {
+                return Err(format!(
+                    "{trimmed} comes after {}: entries are not sorted by path bytes (or repeat)",
+                    prev.path
+                ));
+            }
+        }
+        if let Some((parent, _)) = trimmed.rsplit_once('/') {
+            if !dirs.contains(parent) {
+                return Err(format!(
+                    "{trimmed} comes before its parent directory {parent}"
+                ));
+            }
+        }
+        let h = e.header();
+        let mtime = h.mtime().map_err(|e| format!("{trimmed}: mtime: {e}"))?;
+        if mtime != created {
+            return Err(format!(
+                "{trimmed}: mtime {mtime}, image created at {created}"
+            ));
+        }
+        let uid = h
+            .uid()
+            .map_err(|e| format!("{trimmed}: uid is not numeric: {e}"))?;
+        let gid = h
+            .gid()
+            .map_err(|e| format!("{trimmed}: gid is not numeric: {e}"))?;
+        for (what, name) in [("user", h.username_bytes()), ("group", h.groupname_bytes())] {
+            if name.is_some_and(|n| !n.is_empty()) {
+                return Err(format!(
+                    "{trimmed}: {what} name {:?} (must be empty)",
+                    String::from_utf8_lossy(name.unwrap_or_default())
+                ));
+            }
+        }
+        let mode = h.mode().map_err(|e| format!("{trimmed}: mode: {e}"))?;
+        let kind = match h.entry_type() {
+            tar::EntryType::Regular => 'f',
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            other => return Err(format!("{trimmed}: entry type {other:?}")),
+        };
+        let link = e
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned());
+        if kind == 'l' && link.as_deref().is_none_or(str::is_empty) {
+            return Err(format!("{trimmed}: symlink without a target"));
+        }
+        let mut data = Vec::new();
+        e.read_to_end(&mut data)
+            .map_err(|e| format!("{trimmed}: reading: {e}"))?;
+        if kind == 'd' {
+            dirs.insert(trimmed.clone());
+        }
+        out.push(TarEntry {
+            path: trimmed,
+            kind,
+            mode,
+            uid,
+            gid,
+            link,
+            data,
+        });
+    }
+    Ok(out)
+}
+
+fn json(files: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<Value, String> {
+    let bytes = files
+        .get(name)
+        .ok_or_else(|| format!("{name} is missing"))?;
+    serde_json::from_slice(bytes).map_err(|e| format!("{name} is not JSON: {e}"))
+}
+
+fn expect(got: &Value, want: &Value, what: &str) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: expected {want}, found {got}"))
+    }
+}
+
+fn str_of<'a>(v: &'a Value, what: &str) -> Result<&'a str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("{what}: expected a string, found {v}"))
+}
+
+fn u64_of(v: &Value, what: &str) -> Result<u64, String> {
+    v.as_u64()
+        .ok_or_else(|| format!("{what}: expected a size, found {v}"))
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// Parse `YYYY-MM-DDTHH:MM:SSZ` (the only form the writer produces) to seconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
+    let bad = || format!("created {s:?} is not YYYY-MM-DDTHH:MM:SSZ");
+    let b = s.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        s[r].parse::<i64>().map_err(|_| bad())
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (proleptic Gregorian), independent of the writer's inverse.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs).map_err(|_| bad())
+}
+
+/// The path of an external tool, or `None` after printing a SKIP message.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    println!("SKIP: {name} is not installed");
+    None
+}
+
+/// Run `cmd`, panicking with its output when it fails; returns stdout.
+pub fn run(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The image's timestamp in every sample: 2023-11-14T22:13:20Z.
+pub const CREATED: u64 = 1_700_000_000;
+
+/// A path longer than a tar header's name field.
+pub const LONG_PATH: &str = "/app/lib/a_dependency_with_a_rather_long_name-10.20.30/priv/static/assets/some-fingerprinted-file-0123456789abcdef.js";
+
+/// Write a small source tree into `dir`: an executable script, a text file and a data file,
+/// with the given permission bits for the text file.
+pub fn sample_tree(dir: &Path, text_mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("bin/hello.sh"), b"#!/bin/sh\necho hello\n").unwrap();
+    std::fs::set_permissions(dir.join("bin/hello.sh"), PermissionsExt::from_mode(0o775)).unwrap();
+    std::fs::write(dir.join("etc/greeting.txt"), b"hello, world\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("etc/greeting.txt"),
+        PermissionsExt::from_mode(text_mode),
+    )
+    .unwrap();
+    let data: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(dir.join("etc/data.bin"), data).unwrap();
+}
+
+/// A two-layer plan over [`sample_tree`] at `dir`.
+pub fn sample_plan(dir: &Path) -> image_core::plan::Plan {
+    use image_core::layer::{Entry, LayerSpec, Source};
+    let base = LayerSpec {
+        name: "runtime".into(),
+        entries: vec![
+            Entry::new("/bin/hello", Source::File(dir.join("bin/hello.sh")), 0o775),
+            Entry::new("/tmp", Source::Dir, 0).owned(0o1777, 0, 0),
+            Entry::new(
+                "/etc/passwd",
+                Source::Bytes(
+                    b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n".to_vec(),
+                ),
+                0o644,
+            ),
+        ],
+    };
+    let app = LayerSpec {
+        name: "app".into(),
+        entries: vec![
+            Entry::new(
+                "/app/etc/greeting.txt",
+                Source::File(dir.join("etc/greeting.txt")),
+                0o664,
+            ),
+            Entry::new(
+                "/app/etc/data.bin",
+                Source::File(dir.join("etc/data.bin")),
+                0o644,
+            ),
+            Entry::new(
+                "/app/etc/greeting",
+                Source::Symlink("greeting.txt".into()),
+                0o777,
+            ),
+            Entry::new("/app/tmp", Source::Dir, 0).owned(0o755, 1000, 1000),
+            Entry::new("/app/secret", Source::Bytes(b"s3cret\n".to_vec()), 0)
+                .owned(0o600, 1000, 1000),
+            // Longer than a tar header's 100-byte name field: GNU long-name entries.
+            Entry::new(LONG_PATH, Source::Bytes(b"long\n".to_vec()), 0o644),
+            Entry::new("/app/long-link", Source::Symlink(LONG_PATH.into()), 0o777),
+        ],
+    };
+    image_core::plan::Plan {
+        platform: image_core::elf::Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        },
+        layers: vec![base, app],
+        run_config: image_core::image::RunConfig {
+            entrypoint: vec!["/bin/hello".into()],
+            cmd: vec!["start".into()],
+            env: vec!["PATH=/bin".into()],
+            working_dir: "/app".into(),
+            user: "1000:1000".into(),
+            labels: [(
+                "org.opencontainers.image.title".to_string(),
+                "hello".to_string(),
+            )]
+            .into(),
+            exposed_ports: vec!["4000/tcp".into()],
+            stop_signal: None,
+        },
+        runtime_files: vec![],
+    }
+}
+
+/// Build [`sample_plan`] over a fresh [`sample_tree`] in `dir/src`, blobs in `dir/blobs`.
+pub fn sample_image(dir: &Path) -> (image_core::image::Image, image_core::archive::BlobDir) {
+    let src = dir.join("src");
+    sample_tree(&src, 0o664);
+    let blobs = image_core::archive::BlobDir {
+        root: dir.join("blobs"),
+    };
+    let image = image_core::build::build(
+        &image_core::fs::HostFs::new("/"),
+        &sample_plan(&src),
+        CREATED,
+        6,
+        &blobs,
+        &mut |_| true,
+    )
+    .expect("build the sample image");
+    (image, blobs)
+}

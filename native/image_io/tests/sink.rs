@@ -1,0 +1,402 @@
+//! Outputs: the atomic archive file and the engine loader, the latter against a fake [`Engine`].
+
+#[path = "../../image_core/tests/support/mod.rs"]
+mod support;
+
+use futures_util::StreamExt;
+use image_core::archive::ArchiveError;
+use image_core::image::Image;
+use image_core::layer::{write_layer, Entry, LayerSpec, Source};
+use image_core::reference::Reference;
+use image_io::engine::{Body, Engine, EngineError};
+use image_io::sink::{self, Built, Progress, SinkError};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+fn partial_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-"))
+        .collect()
+}
+
+fn built(dir: &Path, tags: &[&str]) -> Arc<Built> {
+    let (image, blobs) = support::sample_image(dir);
+    Arc::new(Built {
+        image,
+        blobs,
+        tags: tags.iter().map(|t| Reference::parse(t).unwrap()).collect(),
+    })
+}
+
+/// An image whose archive is several MiB, more than the loader buffers, so a failing load
+/// really stops the writer part-way.
+fn big_built(dir: &Path) -> Arc<Built> {
+    let (mut image, blobs) = support::sample_image(dir);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let spec = LayerSpec {
+        name: "noise".into(),
+        entries: vec![Entry::new("/noise", Source::Bytes(noise), 0o644)],
+    };
+    let tmp = blobs.root.join("noise.partial");
+    let file = std::fs::File::create(&tmp).unwrap();
+    let fs = image_core::fs::HostFs::new("/");
+    let (info, mut file) =
+        write_layer(&fs, &spec, support::CREATED, 0, file, &mut |_| true).unwrap();
+    file.flush().unwrap();
+    std::fs::rename(&tmp, blobs.path(&info.digest)).unwrap();
+    image.layers.push(info);
+    Arc::new(Built {
+        image,
+        blobs,
+        tags: vec![Reference::parse("hello:big").unwrap()],
+    })
+}
+
+fn recording_progress() -> (Progress, Arc<Mutex<Vec<u64>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    (Arc::new(move |n| s.lock().unwrap().push(n)), seen)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Archive files.
+
+#[test]
+fn write_atomically_keeps_the_old_file_when_the_writer_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("image.tar");
+    std::fs::write(&path, b"the previous archive").unwrap();
+    let err = sink::write_atomically(&path, |w| -> Result<(), SinkError> {
+        w.write_all(&vec![7u8; 3 << 20]).unwrap(); // past the buffer: bytes reach the temp file
+        Err(SinkError::Internal("boom".into()))
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, SinkError::Internal(ref m) if m == "boom"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"the previous archive");
+    assert_eq!(partial_files(tmp.path()), Vec::<String>::new());
+}
+
+#[test]
+fn write_atomically_replaces_the_file_on_success() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("image.tar");
+    std::fs::write(&path, b"old").unwrap();
+    let n = sink::write_atomically(&path, |w| {
+        w.write_all(b"new").unwrap();
+        Ok(3)
+    })
+    .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    assert_eq!(partial_files(tmp.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn archive_file_writes_a_valid_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(
+        &tmp.path().join("build"),
+        &["example.com/hello:1.0", "hello"],
+    );
+    let path = tmp.path().join("out/hello.tar");
+    std::fs::create_dir(tmp.path().join("out")).unwrap();
+    let (progress, seen) = recording_progress();
+    let size = sink::archive_file(b.clone(), path.clone(), progress)
+        .await
+        .unwrap();
+    assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+    assert_eq!(seen.lock().unwrap().last(), Some(&size));
+    let checked = support::validate_archive(&path).unwrap_or_else(|e| panic!("invalid: {e}"));
+    assert_eq!(
+        checked.manifest_digest,
+        b.image.manifest_digest().to_string()
+    );
+    assert_eq!(checked.repo_tags, ["example.com/hello:1.0", "hello:latest"]);
+    assert_eq!(partial_files(&tmp.path().join("out")), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn archive_file_in_a_missing_directory_names_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello"]);
+    let path = tmp.path().join("no/such/dir/hello.tar");
+    let err = sink::archive_file(b, path.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SinkError::File { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&*path.to_string_lossy()),
+        "the message should name {}: {err}",
+        path.display()
+    );
+}
+
+#[tokio::test]
+async fn archive_file_with_a_missing_blob_keeps_the_old_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(&tmp.path().join("build"), &["hello"]);
+    std::fs::remove_file(b.blobs.path(&b.image.layers[0].digest)).unwrap();
+    let path = tmp.path().join("hello.tar");
+    std::fs::write(&path, b"old").unwrap();
+    let err = sink::archive_file(b, path.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SinkError::Archive(ArchiveError::Blob { .. })),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    assert_eq!(partial_files(tmp.path()), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine, faked.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Platform,
+    Load,
+    Inspect(String),
+    Tag(String, String, String),
+}
+
+#[derive(Clone, Copy)]
+enum LoadBehaviour {
+    /// Read the whole body, then succeed.
+    Ok,
+    /// Read one chunk, then fail as if the engine reported an error part-way.
+    FailAfterFirstChunk,
+    /// Read nothing, then claim success.
+    HangUpAndSayOk,
+}
+
+struct FakeEngine {
+    platform: String,
+    load: LoadBehaviour,
+    /// The ID `inspect` reports; `None` to echo what was asked.
+    inspect_id: Option<String>,
+    calls: Mutex<Vec<Call>>,
+    received: Mutex<Vec<u8>>,
+    /// Whether the body stream carried an error item (the writer aborting the upload).
+    body_error: Mutex<Option<String>>,
+}
+
+impl FakeEngine {
+    fn new(load: LoadBehaviour) -> FakeEngine {
+        FakeEngine {
+            platform: "linux/amd64".into(),
+            load,
+            inspect_id: None,
+            calls: Mutex::new(vec![]),
+            received: Mutex::new(vec![]),
+            body_error: Mutex::new(None),
+        }
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn tags(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Tag(..)))
+            .collect()
+    }
+
+    fn record(&self, c: Call) {
+        self.calls.lock().unwrap().push(c);
+    }
+}
+
+impl Engine for FakeEngine {
+    async fn platform(&self) -> Result<String, EngineError> {
+        self.record(Call::Platform);
+        Ok(self.platform.clone())
+    }
+
+    async fn load(&self, mut body: Body) -> Result<String, EngineError> {
+        self.record(Call::Load);
+        match self.load {
+            LoadBehaviour::HangUpAndSayOk => return Ok(String::new()),
+            LoadBehaviour::FailAfterFirstChunk => {
+                if let Some(Ok(chunk)) = body.next().await {
+                    self.received.lock().unwrap().extend_from_slice(&chunk);
+                }
+                return Err(EngineError::Load("no space left on device".into()));
+            }
+            LoadBehaviour::Ok => {}
+        }
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => self.received.lock().unwrap().extend_from_slice(&chunk),
+                Err(e) => {
+                    *self.body_error.lock().unwrap() = Some(e.to_string());
+                    return Err(EngineError::Load(format!("unexpected EOF: {e}")));
+                }
+            }
+        }
+        Ok("Loaded image ID: sha256:...\n".into())
+    }
+
+    async fn tag(&self, id: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+        self.record(Call::Tag(id.into(), repo.into(), tag.into()));
+        Ok(())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<(String, u64), EngineError> {
+        self.record(Call::Inspect(id.into()));
+        let reported = self.inspect_id.clone().unwrap_or_else(|| id.to_string());
+        Ok((reported, 4242))
+    }
+}
+
+fn image_id(image: &Image) -> String {
+    image.id().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_load_tags_once_per_tag_after_a_complete_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(
+        tmp.path(),
+        &[
+            "example.com/team/hello:1.0",
+            "hello",
+            "localhost:5000/hello:dev",
+        ],
+    );
+    let fake = FakeEngine::new(LoadBehaviour::Ok);
+    let (progress, seen) = recording_progress();
+    let loaded = sink::engine(&fake, b.clone(), progress).await.unwrap();
+    let id = image_id(&b.image);
+    assert_eq!(loaded.id, id);
+    assert_eq!(loaded.size, 4242);
+    assert_eq!(
+        fake.calls(),
+        vec![
+            Call::Platform,
+            Call::Load,
+            Call::Inspect(id.clone()),
+            Call::Tag(id.clone(), "example.com/team/hello".into(), "1.0".into()),
+            Call::Tag(id.clone(), "hello".into(), "latest".into()),
+            Call::Tag(id.clone(), "localhost:5000/hello".into(), "dev".into()),
+        ]
+    );
+    // What the engine received is a complete, valid archive without tags (tags are set after
+    // the load, by the tag calls).
+    let received = fake.received.lock().unwrap().clone();
+    assert_eq!(seen.lock().unwrap().last(), Some(&(received.len() as u64)));
+    let checked = support::validate_archive_bytes(&received)
+        .unwrap_or_else(|e| panic!("the engine received an invalid archive: {e}"));
+    assert_eq!(checked.config_digest, id);
+    assert!(checked.repo_tags.is_empty(), "{:?}", checked.repo_tags);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_of_another_platform_is_refused_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello"]);
+    let mut fake = FakeEngine::new(LoadBehaviour::Ok);
+    fake.platform = "linux/arm64".into();
+    let err = sink::engine(&fake, b, Arc::new(|_| {})).await.unwrap_err();
+    match &err {
+        SinkError::Engine(EngineError::Platform { image, engine }) => {
+            assert_eq!(image, "linux/amd64");
+            assert_eq!(engine, "linux/arm64");
+        }
+        other => panic!("expected a platform error, got {other:?}"),
+    }
+    assert_eq!(fake.calls(), vec![Call::Platform], "nothing is loaded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_load_failing_mid_stream_is_an_error_and_tags_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = big_built(tmp.path());
+    let fake = FakeEngine::new(LoadBehaviour::FailAfterFirstChunk);
+    let err = sink::engine(&fake, b.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Engine(EngineError::Load(m)) if m.contains("no space left")),
+        "the engine's own reason is reported: {err:?}"
+    );
+    assert_eq!(fake.calls(), vec![Call::Platform, Call::Load]);
+    let received = fake.received.lock().unwrap().len() as u64;
+    let layer_bytes: u64 = b.image.layers.iter().map(|l| l.size).sum();
+    assert!(
+        received > 0 && received < layer_bytes,
+        "the load stopped part-way ({received} of more than {layer_bytes} bytes)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_that_stops_reading_but_reports_success_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = big_built(tmp.path());
+    let fake = FakeEngine::new(LoadBehaviour::HangUpAndSayOk);
+    let err = sink::engine(&fake, b, Arc::new(|_| {})).await.unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Archive(ArchiveError::Write(_))),
+        "{err:?}"
+    );
+    assert!(fake.tags().is_empty());
+    assert_eq!(fake.calls(), vec![Call::Platform, Call::Load]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_reporting_another_id_is_a_mismatch_and_tags_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello:1", "hello:2"]);
+    let mut fake = FakeEngine::new(LoadBehaviour::Ok);
+    let other = format!("sha256:{}", "0".repeat(64));
+    fake.inspect_id = Some(other.clone());
+    let err = sink::engine(&fake, b.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap_err();
+    match &err {
+        SinkError::IdMismatch { want, got } => {
+            assert_eq!(*want, image_id(&b.image));
+            assert_eq!(*got, other);
+        }
+        other => panic!("expected IdMismatch, got {other:?}"),
+    }
+    assert!(fake.tags().is_empty(), "{:?}", fake.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_missing_during_load_aborts_the_upload_and_tags_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello"]);
+    std::fs::remove_file(b.blobs.path(&b.image.layers[1].digest)).unwrap();
+    let fake = FakeEngine::new(LoadBehaviour::Ok);
+    let err = sink::engine(&fake, b, Arc::new(|_| {})).await.unwrap_err();
+    assert!(
+        matches!(err, SinkError::Archive(ArchiveError::Blob { .. })),
+        "the writer's error wins over the engine's: {err:?}"
+    );
+    assert!(
+        fake.body_error.lock().unwrap().is_some(),
+        "the request body ends with an error, so the engine discards the partial upload"
+    );
+    assert!(fake.tags().is_empty());
+    assert!(!fake.calls().iter().any(|c| matches!(c, Call::Inspect(_))));
+}

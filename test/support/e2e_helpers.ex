@@ -1,0 +1,369 @@
+defmodule DockerRelease.E2E do
+  @moduledoc """
+  Helpers for the end-to-end tests in `test/e2e/` (all tagged `:engine`): run
+  `mix docker.release` in `examples/hello` as a user would, drive the `docker` CLI with time
+  limits, wait for containers, and clean up what a test created.
+
+  Every external command runs under coreutils' `timeout` (which signals the command's whole
+  process group), so a hung engine or VM fails the test instead of stalling the suite.
+  """
+
+  import ExUnit.Assertions
+
+  @root Path.expand("../..", __DIR__)
+
+  @doc "The docker_release repository."
+  def root, do: @root
+
+  @doc "The example project the tests build."
+  def hello_dir, do: Path.join(@root, "examples/hello")
+
+  @doc "The release `mix release` assembles in examples/hello."
+  def hello_release_dir, do: Path.join(hello_dir(), "_build/prod/rel/hello")
+
+  @doc "A short random lowercase suffix, valid in image names, container names and hostnames."
+  # :rand, not :crypto: the docker_release application does not depend on :crypto.
+  def rand(bytes \\ 5), do: bytes |> :rand.bytes() |> Base.encode32(case: :lower, padding: false)
+
+  @doc "A tag prefix unique to this run, e.g. `dr-e2e-abcd1234`."
+  def unique_repo(prefix \\ "dr-e2e"), do: "#{prefix}-#{rand()}"
+
+  @doc "A fresh temporary directory, removed when the calling test (or setup_all) ends."
+  def tmp_dir!(prefix \\ "dr-e2e") do
+    dir = Path.join(System.tmp_dir!(), "#{prefix}-#{rand()}")
+    File.mkdir_p!(dir)
+    ExUnit.Callbacks.on_exit(fn -> File.rm_rf(dir) end)
+    dir
+  end
+
+  @doc "A TCP port on 127.0.0.1 that was free a moment ago."
+  def free_port do
+    {:ok, s} = :gen_tcp.listen(0, ip: {127, 0, 0, 1}, reuseaddr: true)
+    {:ok, port} = :inet.port(s)
+    :ok = :gen_tcp.close(s)
+    port
+  end
+
+  ## Commands
+
+  @doc """
+  Runs `exe args` with a time limit (seconds). Returns `{output, exit_status}`; stderr is merged
+  into the output unless `stderr: false`. Options: `:cd`, `:env` (a nil value unsets),
+  `:timeout` (default 120), `:stderr`.
+  """
+  def cmd(exe, args, opts \\ []) do
+    timeout = Keyword.get(opts, :timeout, 120)
+    path = System.find_executable(exe) || flunk("#{exe} is not on PATH")
+
+    cmd_opts =
+      [stderr_to_stdout: Keyword.get(opts, :stderr, true)] ++
+        Keyword.take(opts, [:cd, :env])
+
+    {out, status} = System.cmd("timeout", ["-k", "5", "#{timeout}", path | args], cmd_opts)
+
+    if status == 124,
+      do: flunk("#{exe} #{Enum.join(args, " ")} timed out after #{timeout}s:\n#{out}")
+
+    {out, status}
+  end
+
+  @doc """
+  Runs `mix docker.release ARGS` in examples/hello (or `:cd`) as a separate OS process, with
+  MIX_ENV unset and `:env` added. Returns `{output, exit_status}`.
+  """
+  def mix_release(args, opts \\ []) do
+    env = [{"MIX_ENV", nil} | Keyword.get(opts, :env, [])]
+
+    cmd("mix", ["docker.release" | args],
+      cd: Keyword.get(opts, :cd, hello_dir()),
+      env: env,
+      timeout: Keyword.get(opts, :timeout, 300)
+    )
+  end
+
+  @doc "Like `mix_release/2`, asserting success. Returns `{output, printed_image_id}`."
+  def mix_release!(args, opts \\ []) do
+    {out, status} = mix_release(args, opts)
+    assert status == 0, "mix docker.release #{Enum.join(args, " ")} failed (#{status}):\n#{out}"
+    {out, printed_id!(out)}
+  end
+
+  @doc "The image ID the task printed (`ID        sha256:...`)."
+  def printed_id!(out) do
+    case Regex.run(~r/^ID\s+(sha256:[0-9a-f]{64})\s*$/m, out) do
+      [_, id] -> id
+      nil -> flunk("no image ID in the output:\n#{out}")
+    end
+  end
+
+  @doc "The manifest digest the task printed (`Digest    sha256:...`)."
+  def printed_digest!(out) do
+    case Regex.run(~r/^Digest\s+(sha256:[0-9a-f]{64})\s*$/m, out) do
+      [_, d] -> d
+      nil -> flunk("no manifest digest in the output:\n#{out}")
+    end
+  end
+
+  @doc """
+  Assembles the hello release (`MIX_ENV=prod mix release hello --overwrite` in examples/hello)
+  and copies it to `dest` (a directory that must not exist yet), so the tests build from a copy
+  nobody else rebuilds while they run. Returns `dest`.
+  """
+  def release_copy!(dest) do
+    {out, status} =
+      cmd("mix", ["release", "hello", "--overwrite"],
+        cd: hello_dir(),
+        env: [{"MIX_ENV", "prod"}],
+        timeout: 300
+      )
+
+    assert status == 0, "mix release failed:\n#{out}"
+    File.mkdir_p!(Path.dirname(dest))
+    {out, status} = cmd("cp", ["-a", hello_release_dir(), dest])
+    assert status == 0, out
+    dest
+  end
+
+  ## docker
+
+  @doc "`docker ARGS` → `{output, status}` (stderr merged unless `stderr: false`)."
+  def docker(args, opts \\ []), do: cmd("docker", args, Keyword.put_new(opts, :timeout, 60))
+
+  @doc "`docker ARGS`, asserting success; returns the trimmed output."
+  def docker!(args, opts \\ []) do
+    {out, status} = docker(args, opts)
+    assert status == 0, "docker #{Enum.join(args, " ")} failed (#{status}):\n#{out}"
+    String.trim(out)
+  end
+
+  @doc "Starts a detached container (`docker run -d ARGS`), removed when the test ends. Returns its ID."
+  def run_detached!(args) do
+    id = docker!(["run", "-d" | args])
+    ExUnit.Callbacks.on_exit(fn -> rm_containers([id]) end)
+    id
+  end
+
+  @doc "`docker rm -f` each container (ignores ones already gone)."
+  def rm_containers(ids) do
+    if ids != [], do: docker(["rm", "-f" | ids])
+    :ok
+  end
+
+  @doc "Removes image references (tags) from the engine, if present; never forces."
+  def rm_images(refs) do
+    for ref <- refs, image_exists?(ref), do: docker(["image", "rm", ref])
+    :ok
+  end
+
+  @doc "Whether the engine has an image (ID or reference)."
+  def image_exists?(ref), do: match?({_, 0}, docker(["image", "inspect", "-f", "{{.Id}}", ref]))
+
+  @doc "`docker image inspect -f FORMAT REF`."
+  def image_inspect!(ref, format), do: docker!(["image", "inspect", "-f", format, ref])
+
+  @doc "Every container of the engine, running or not."
+  def all_containers, do: docker!(["ps", "-aq", "--no-trunc"]) |> String.split()
+
+  @doc "A container's logs (stdout and stderr)."
+  def logs(container), do: docker!(["logs", container])
+
+  @doc "Polls `fun` every 100 ms until it returns a truthy value; fails after `timeout_ms`."
+  def wait_until(what, timeout_ms \\ 30_000, fun) do
+    deadline = System.monotonic_time(:millisecond) + timeout_ms
+    do_wait(what, deadline, fun, timeout_ms)
+  end
+
+  defp do_wait(what, deadline, fun, timeout_ms) do
+    case fun.() do
+      result when result not in [nil, false] ->
+        result
+
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline,
+          do: flunk("timed out after #{timeout_ms} ms waiting for #{what}")
+
+        Process.sleep(100)
+        do_wait(what, deadline, fun, timeout_ms)
+    end
+  end
+
+  @doc "Waits until the hello server in `container` has logged that it listens."
+  def wait_listening!(container, timeout_ms \\ 30_000) do
+    wait_until("#{container} to listen", timeout_ms, fn ->
+      case docker(["logs", container]) do
+        {out, 0} ->
+          if out =~ "hello listening on port", do: true, else: running_or_flunk(container, out)
+
+        _ ->
+          false
+      end
+    end)
+  end
+
+  defp running_or_flunk(container, logs) do
+    case docker(["inspect", "-f", "{{.State.Status}}", container]) do
+      {"exited" <> _, 0} -> flunk("container #{container} exited before listening:\n#{logs}")
+      _ -> false
+    end
+  end
+
+  ## HTTP
+
+  @doc "GET `path` from 127.0.0.1:`port` once: `{:ok, status, body}` or `{:error, reason}`."
+  def http_get(port, path \\ "/") do
+    with {:ok, s} <- :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], 2_000),
+         :ok <-
+           :gen_tcp.send(
+             s,
+             "GET #{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+           ),
+         {:ok, resp} <- recv_all(s, "") do
+      case Regex.run(~r/\AHTTP\/1\.[01] (\d{3})[^\r]*\r\n.*?\r\n\r\n(.*)\z/s, resp) do
+        [_, status, body] -> {:ok, String.to_integer(status), body}
+        nil -> {:error, {:bad_response, resp}}
+      end
+    end
+  end
+
+  defp recv_all(s, acc) do
+    case :gen_tcp.recv(s, 0, 5_000) do
+      {:ok, data} -> recv_all(s, acc <> data)
+      {:error, :closed} -> {:ok, acc}
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
+  @doc "Polls until GET `path` on `port` answers 200; returns the body."
+  def wait_http!(port, path \\ "/", timeout_ms \\ 30_000) do
+    wait_until("HTTP 200 on 127.0.0.1:#{port}#{path}", timeout_ms, fn ->
+      case http_get(port, path) do
+        {:ok, 200, body} -> body
+        _ -> false
+      end
+    end)
+  end
+
+  ## Archives
+
+  @doc "The files of a tar archive, in memory: `%{name => bytes}`."
+  def tar_files!(path) do
+    {:ok, files} = :erl_tar.extract(String.to_charlist(path), [:memory])
+    Map.new(files, fn {name, bytes} -> {to_string(name), bytes} end)
+  end
+
+  @doc "`{config_path, [layer_path]}` of the first image of an archive's manifest.json."
+  def manifest_paths!(manifest_json) do
+    [_, config] = Regex.run(~r/"Config"\s*:\s*"(blobs\/sha256\/[0-9a-f]{64})"/, manifest_json)
+    [_, layers] = Regex.run(~r/"Layers"\s*:\s*\[([^\]]*)\]/, manifest_json)
+    {config, Regex.scan(~r/"([^"]+)"/, layers, capture: :all_but_first) |> List.flatten()}
+  end
+end
+
+defmodule DockerRelease.E2E.FakeEngine do
+  @moduledoc """
+  A fake Docker engine on a Unix socket: answers the version negotiation (`GET /version`,
+  `GET /vX.Y/version`) and `/_ping` like Engine 20.10, then on `POST .../images/load` reads
+  `:cut_after` bytes of the upload and hangs up. Every request is reported to `owner` as
+  `{:fake_engine, method, path}`; the hang-up as `{:fake_engine, :cut, bytes_read}`.
+  """
+
+  @version ~s({"ApiVersion":"1.41","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64","Version":"20.10.24"})
+
+  @doc "Starts listening at `path`. Returns the listener pid (linked to the caller)."
+  def start!(path, owner, cut_after \\ 256 * 1024) do
+    File.rm(path)
+
+    {:ok, listen} =
+      :gen_tcp.listen(0, [:binary, ifaddr: {:local, path}, active: false, packet: :raw])
+
+    pid = spawn_link(fn -> accept(listen, owner, cut_after) end)
+    :ok = :gen_tcp.controlling_process(listen, pid)
+    pid
+  end
+
+  @doc "Stops the fake engine started at `path`."
+  def stop(pid, path) do
+    Process.unlink(pid)
+    Process.exit(pid, :kill)
+    File.rm(path)
+    :ok
+  end
+
+  defp accept(listen, owner, cut_after) do
+    case :gen_tcp.accept(listen) do
+      {:ok, s} ->
+        pid = spawn(fn -> receive(do: (:go -> serve(s, "", owner, cut_after))) end)
+        :ok = :gen_tcp.controlling_process(s, pid)
+        send(pid, :go)
+        accept(listen, owner, cut_after)
+
+      {:error, _} ->
+        :ok
+    end
+  end
+
+  defp serve(s, buf, owner, cut_after) do
+    case :binary.split(buf, "\r\n\r\n") do
+      [head, rest] ->
+        [request_line | header_lines] = String.split(head, "\r\n")
+        [method, path | _] = String.split(request_line, " ")
+        headers = Map.new(header_lines, &header/1)
+        send(owner, {:fake_engine, method, path})
+
+        if method == "POST" and path =~ ~r{/images/load} do
+          n = read_at_least(s, byte_size(rest), cut_after)
+          send(owner, {:fake_engine, :cut, n})
+          :gen_tcp.close(s)
+        else
+          rest = skip_body(s, rest, String.to_integer(Map.get(headers, "content-length", "0")))
+          :gen_tcp.send(s, response(path))
+          serve(s, rest, owner, cut_after)
+        end
+
+      [_incomplete] ->
+        case :gen_tcp.recv(s, 0, 30_000) do
+          {:ok, data} -> serve(s, buf <> data, owner, cut_after)
+          {:error, _} -> :gen_tcp.close(s)
+        end
+    end
+  end
+
+  defp header(line) do
+    [k, v] = String.split(line, ":", parts: 2)
+    {String.downcase(String.trim(k)), String.trim(v)}
+  end
+
+  defp read_at_least(_s, n, want) when n >= want, do: n
+
+  defp read_at_least(s, n, want) do
+    case :gen_tcp.recv(s, 0, 30_000) do
+      {:ok, data} -> read_at_least(s, n + byte_size(data), want)
+      {:error, _} -> n
+    end
+  end
+
+  defp skip_body(_s, rest, len) when byte_size(rest) >= len,
+    do: binary_part(rest, len, byte_size(rest) - len)
+
+  defp skip_body(s, rest, len) do
+    {:ok, data} = :gen_tcp.recv(s, 0, 30_000)
+    skip_body(s, rest <> data, len)
+  end
+
+  defp response(path) do
+    {status, type, body} =
+      cond do
+        path =~ ~r{/_ping$} -> {"200 OK", "text/plain", "OK"}
+        path =~ ~r{/version$} -> {"200 OK", "application/json", @version}
+        true -> {"404 Not Found", "application/json", ~s({"message":"not found"})}
+      end
+
+    [
+      "HTTP/1.1 #{status}\r\n",
+      "Content-Type: #{type}\r\n",
+      "Api-Version: 1.41\r\n",
+      "Content-Length: #{byte_size(body)}\r\n\r\n",
+      body
+    ]
+  end
+end
