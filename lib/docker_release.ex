@@ -25,11 +25,11 @@ defmodule DockerRelease do
           layers: [map],
           compressed_size: non_neg_integer,
           uncompressed_size: non_neg_integer,
-          output: :engine | :archive,
           engine: String.t() | nil,
           engine_size: non_neg_integer | nil,
           archive: String.t() | nil,
           archive_size: non_neg_integer | nil,
+          pushed: map | nil,
           runtime_files: [{String.t(), String.t()}]
         }
 
@@ -88,6 +88,10 @@ defmodule DockerRelease do
       output: config.output,
       fallback_output:
         Path.join(work_dir, "#{release_name}-#{String.replace(config.version, "+", "_")}.tar"),
+      load: config.load,
+      push: config.push,
+      insecure_registry: config.insecure_registry,
+      registry_ca: config.registry_ca,
       metadata_file: config.metadata_file
     }
   end

@@ -30,6 +30,11 @@ defmodule DockerRelease.Config do
     * `:container_env` - extra environment of the image, `[{"NAME", "value"}]`.
     * `:labels` - extra image labels, `[{"key", "value"}]`.
     * `:compression_level` - gzip level of the layers, 1 (fast, default) to 9 (small).
+    * `:push` - push to the registry the tags name, over the distribution API (no engine needed).
+    * `:load` - also load into the engine when `:push` or `:output` is given.
+    * `:insecure_registry` - allow plain HTTP to the registry (loopback registries always may).
+    * `:registry_ca` - a PEM file of CA certificates the registry's TLS certificate is checked
+      against, besides the system's.
   """
 
   @type t :: %__MODULE__{}
@@ -49,7 +54,11 @@ defmodule DockerRelease.Config do
             expose: [],
             container_env: [],
             labels: [],
-            compression_level: 1
+            compression_level: 1,
+            load: false,
+            push: false,
+            insecure_registry: false,
+            registry_ca: nil
 
   @keys [
     :env,
@@ -64,7 +73,11 @@ defmodule DockerRelease.Config do
     :expose,
     :container_env,
     :labels,
-    :compression_level
+    :compression_level,
+    :load,
+    :push,
+    :insecure_registry,
+    :registry_ca
   ]
 
   @doc """
@@ -80,7 +93,6 @@ defmodule DockerRelease.Config do
   """
   @spec new!(keyword, keyword, Path.t()) :: t
   def new!(project, opts, project_dir \\ File.cwd!()) do
-    app = Keyword.get(project, :app)
     version = Keyword.get(project, :version)
 
     file_config =
@@ -112,16 +124,29 @@ defmodule DockerRelease.Config do
     end
 
     merged = Keyword.merge(file_config, Enum.reject(opts, fn {_k, v} -> v in [nil, []] end))
+    app = Keyword.get(project, :app) || umbrella_name(project, merged)
 
     config = struct!(__MODULE__, [app: app, version: version, project_dir: project_dir] ++ merged)
     validate!(config)
+  end
+
+  # An umbrella root has no :app: its image is named after the release it builds.
+  defp umbrella_name(project, config) do
+    releases = Keyword.get(project, :releases, [])
+
+    case {config[:release], Keyword.keys(releases)} do
+      {nil, [only]} -> only
+      {nil, _} -> nil
+      {name, _} -> name |> to_string() |> String.to_atom()
+    end
   end
 
   defp validate!(%__MODULE__{} = c) do
     unless is_atom(c.app) and c.app != nil,
       do:
         invalid!(
-          "the project has no :app in project/0 (umbrella roots need a release name: --release NAME)"
+          "the project has no :app in project/0 and no single release to name the image after: " <>
+            "pick a release with --release NAME"
         )
 
     unless is_binary(c.version), do: invalid!("the project has no :version in project/0")
@@ -134,6 +159,7 @@ defmodule DockerRelease.Config do
         from_release: expand(c.from_release, c),
         output: expand(c.output, c),
         metadata_file: expand(c.metadata_file, c),
+        registry_ca: expand(c.registry_ca, c),
         extra_files:
           Enum.map(List.wrap(c.extra_files), &Path.expand(to_string(&1), c.project_dir))
     }
@@ -157,6 +183,12 @@ defmodule DockerRelease.Config do
         invalid!(
           "invalid expose: expected a list of port numbers from 1 to 65535, got: #{inspect(c.expose)}"
         )
+
+    for key <- [:load, :push, :insecure_registry] do
+      unless is_boolean(Map.fetch!(c, key)),
+        do:
+          invalid!("invalid #{key}: expected true or false, got: #{inspect(Map.fetch!(c, key))}")
+    end
 
     pairs!(:container_env, c.container_env)
     pairs!(:labels, c.labels)

@@ -24,6 +24,10 @@ defmodule DockerRelease.Native do
               work_dir: nil,
               output: nil,
               fallback_output: nil,
+              load: false,
+              push: false,
+              insecure_registry: false,
+              registry_ca: nil,
               metadata_file: nil
   end
 

@@ -129,6 +129,19 @@ defmodule DockerRelease.ConfigTest do
     end
   end
 
+  test "an umbrella root is named after its release" do
+    umbrella = [
+      apps_path: "apps",
+      version: "0.1.0",
+      releases: [shop: [applications: [web: :permanent]]]
+    ]
+
+    c = Config.new!(umbrella, [], "/p")
+    assert c.app == :shop
+    assert c.tags == ["shop:0.1.0", "shop:latest"]
+    assert {"shop", "/p/_build/prod/rel/shop"} = DockerRelease.HostBuild.release!(c, umbrella)
+  end
+
   describe "release selection" do
     alias DockerRelease.HostBuild
 
@@ -160,14 +173,16 @@ defmodule DockerRelease.ConfigTest do
 
       assert e.message =~ ~s(no release named "nope")
 
-      umbrella = [apps_path: "apps", version: "0.1.0", app: :umbrella]
+      umbrella = [apps_path: "apps", version: "0.1.0"]
+      e = assert_raise Error, fn -> Config.new!(umbrella, [], "/p") end
+      assert e.message =~ "no single release to name the image after"
 
       e =
         assert_raise Error, fn ->
-          HostBuild.release!(Config.new!(umbrella, [], "/p"), umbrella)
+          HostBuild.release!(Config.new!(umbrella, [release: "r"], "/p"), umbrella)
         end
 
-      assert e.message =~ "umbrella project defines no release"
+      assert e.message =~ ~s(no release named "r")
     end
   end
 end

@@ -105,6 +105,67 @@ defmodule DockerRelease.E2E do
   end
 
   @doc """
+  Starts `mix docker.release ARGS` in the background (like `mix_release/2`) and returns a
+  handle for `await_output/3` and `await_exit/2`; its output arrives line by line.
+  """
+  def start_mix_release(args, opts \\ []) do
+    env =
+      [{"MIX_ENV", false} | Keyword.get(opts, :env, [])]
+      |> Enum.map(fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("timeout")}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        {:line, 65_536},
+        args: ["-k", "5", "300", System.find_executable("mix"), "docker.release" | args],
+        cd: Keyword.get(opts, :cd, hello_dir()),
+        env: env
+      ])
+
+    {port, make_ref()}
+  end
+
+  @doc "Waits until the background run printed a line matching `regex`; returns its output so far."
+  def await_output({port, ref}, regex, timeout_ms \\ 60_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout_ms
+    do_await_output(port, ref, regex, deadline)
+  end
+
+  defp do_await_output(port, ref, regex, deadline) do
+    left = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {^port, {:data, {_, line}}} ->
+        acc = [line | Process.get(ref, [])]
+        Process.put(ref, acc)
+        if line =~ regex, do: output(ref), else: do_await_output(port, ref, regex, deadline)
+
+      {^port, {:exit_status, status}} ->
+        flunk("the run ended (#{status}) before printing #{inspect(regex)}:\n#{output(ref)}")
+    after
+      left -> flunk("no line matching #{inspect(regex)} in time:\n#{output(ref)}")
+    end
+  end
+
+  @doc "Waits for the background run to end: `{whole_output, exit_status}`."
+  def await_exit({port, ref}, timeout_ms \\ 300_000) do
+    receive do
+      {^port, {:data, {_, line}}} ->
+        Process.put(ref, [line | Process.get(ref, [])])
+        await_exit({port, ref}, timeout_ms)
+
+      {^port, {:exit_status, status}} ->
+        {output(ref), status}
+    after
+      timeout_ms -> flunk("the run did not end in time:\n#{output(ref)}")
+    end
+  end
+
+  defp output(ref), do: ref |> Process.get([]) |> Enum.reverse() |> Enum.join("\n")
+
+  @doc """
   Assembles the hello release (`MIX_ENV=prod mix release hello --overwrite` in examples/hello)
   and copies it to `dest` (a directory that must not exist yet), so the tests build from a copy
   nobody else rebuilds while they run. Returns `dest`.

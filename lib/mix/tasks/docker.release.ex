@@ -41,6 +41,16 @@ defmodule Mix.Tasks.Docker.Release do
     * `--expose PORT` - declare a port; repeatable.
     * `--compression-level N` - gzip level of the layers, 1 (default, fast) to 9 (smallest).
     * `--list-files` - print the runtime files outside `/app` and why each is there.
+    * `--push` - push the image to the registry its tags name (`--tag
+      registry.example.com/team/app:1.0`), straight over the registry API: no engine needed,
+      and the pushed digests are the archive's. Only blobs the registry lacks are uploaded.
+      Credentials come from `DOCKER_RELEASE_REGISTRY_USERNAME` and
+      `DOCKER_RELEASE_REGISTRY_PASSWORD` when both are set, else from `~/.docker/config.json`
+      (or `$DOCKER_CONFIG/config.json`): credential helpers, `credsStore`, `auths`.
+    * `--load` - with `--push` or `--output`, also load the image into the engine.
+    * `--insecure-registry` - allow plain HTTP to the registry (registries on loopback
+      addresses always may).
+    * `--registry-ca FILE` - also trust the CA certificates in this PEM file for the registry.
 
   Every option can also be set under `docker_release:` in `project/0` (see
   `DockerRelease.Config`); flags win.
@@ -63,7 +73,11 @@ defmodule Mix.Tasks.Docker.Release do
     gid: :integer,
     expose: :keep,
     compression_level: :integer,
-    list_files: :boolean
+    list_files: :boolean,
+    push: :boolean,
+    load: :boolean,
+    insecure_registry: :boolean,
+    registry_ca: :string
   ]
 
   @aliases [t: :tag, o: :output]
@@ -133,11 +147,14 @@ defmodule Mix.Tasks.Docker.Release do
       end
     end
 
-    size =
-      case outcome do
-        %{engine_size: n} when is_integer(n) -> "#{mb(n)} in the engine"
-        %{archive_size: n} -> "#{mb(n)} archive"
-      end
+    sizes =
+      [
+        outcome.engine_size && "#{mb(outcome.engine_size)} in the engine",
+        outcome.archive_size && "#{mb(outcome.archive_size)} archive",
+        "#{mb(outcome.compressed_size)} compressed"
+      ]
+      |> Enum.filter(& &1)
+      |> Enum.join(", ")
 
     layers = Enum.map_join(outcome.layers, ", ", &"#{&1.name} #{mb(&1.size)}")
     first_tag = hd(outcome.tags)
@@ -148,18 +165,25 @@ defmodule Mix.Tasks.Docker.Release do
     ID        #{outcome.image_id}
     Digest    #{outcome.manifest_digest}
     Platform  #{outcome.platform}
-    Size      #{size}; layers (compressed): #{layers}
+    Size      #{sizes}; layers (compressed): #{layers}
     """)
 
-    case outcome do
-      %{output: :engine} ->
-        ports = Enum.map_join(config.expose, "", &" -p #{&1}:#{&1}")
-        shell.info("Run it:   docker run --rm#{ports} #{first_tag}")
+    if pushed = outcome.pushed do
+      shell.info(
+        "Pushed    #{Enum.join(pushed.tags, ", ")}: uploaded #{pushed.uploaded_blobs} blob(s), " <>
+          "#{mb(pushed.uploaded_bytes)}; #{pushed.skipped_blobs} already there"
+      )
+    end
 
-      %{archive: path} ->
-        shell.info(
-          "Archive   #{path}\nLoad it:  docker load -i #{path} && docker run --rm #{first_tag}"
-        )
+    if outcome.engine do
+      ports = Enum.map_join(config.expose, "", &" -p #{&1}:#{&1}")
+      shell.info("Run it:   docker run --rm#{ports} #{first_tag}")
+    end
+
+    if path = outcome.archive do
+      shell.info(
+        "Archive   #{path}\nLoad it:  docker load -i #{path} && docker run --rm #{first_tag}"
+      )
     end
 
     if config.metadata_file, do: shell.info("Metadata  #{config.metadata_file}")

@@ -6,7 +6,8 @@
 
 use image_core::plan::Settings;
 use image_core::reference::Reference;
-use image_io::pipeline::{self, Event, Failure, Outcome, Output, Request};
+use image_io::pipeline::{self, EngineOutput, Event, Failure, Outcome, Outputs, Request};
+use image_io::registry::PushOptions;
 use rustler::{
     Atom, Encoder, Env, LocalPid, Monitor, NifMap, NifStruct, OwnedEnv, Resource, ResourceArc, Term,
 };
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 mod atoms {
-    rustler::atoms! { ok, error, docker_release, step, notice, bytes, nil, engine, archive }
+    rustler::atoms! { ok, error, docker_release, step, notice, bytes }
 }
 
 /// Mirrors `DockerRelease.Native.Request` (all keys always present).
@@ -40,6 +41,10 @@ struct NifRequest {
     work_dir: String,
     output: Option<String>,
     fallback_output: String,
+    load: bool,
+    push: bool,
+    insecure_registry: bool,
+    registry_ca: Option<String>,
     metadata_file: Option<String>,
 }
 
@@ -62,11 +67,21 @@ impl From<NifRequest> for Request {
             compression_level: r.compression_level.clamp(1, 9),
             tags: r.tags,
             work_dir: r.work_dir.into(),
-            output: match r.output {
-                Some(p) => Output::Archive(p.into()),
-                None => Output::Engine {
-                    fallback: r.fallback_output.into(),
+            outputs: Outputs {
+                // The engine is the default output; asked for explicitly, it must be there.
+                engine: if r.load {
+                    EngineOutput::Load
+                } else if r.output.is_none() && !r.push {
+                    EngineOutput::LoadOrArchive(r.fallback_output.into())
+                } else {
+                    EngineOutput::Off
                 },
+                archive: r.output.map(PathBuf::from),
+                push: r.push.then(|| PushOptions {
+                    insecure: r.insecure_registry,
+                    ca_file: r.registry_ca.map(PathBuf::from),
+                    ..Default::default()
+                }),
             },
             metadata_file: r.metadata_file.map(PathBuf::from),
         }
@@ -93,12 +108,21 @@ struct NifOutcome {
     layers: Vec<NifLayer>,
     compressed_size: u64,
     uncompressed_size: u64,
-    output: Atom,
     engine: Option<String>,
     engine_size: Option<u64>,
     archive: Option<String>,
     archive_size: Option<u64>,
+    pushed: Option<NifPushed>,
     runtime_files: Vec<(String, String)>,
+}
+
+#[derive(NifMap)]
+struct NifPushed {
+    manifest_digest: String,
+    uploaded_bytes: u64,
+    uploaded_blobs: usize,
+    skipped_blobs: usize,
+    tags: Vec<String>,
 }
 
 impl From<Outcome> for NifOutcome {
@@ -124,15 +148,17 @@ impl From<Outcome> for NifOutcome {
                 .collect(),
             compressed_size: s.compressed_size,
             uncompressed_size: s.uncompressed_size,
-            output: if o.output == "engine" {
-                atoms::engine()
-            } else {
-                atoms::archive()
-            },
             engine: o.engine,
             engine_size: o.engine_size,
             archive: o.archive.map(|p| p.display().to_string()),
             archive_size: o.archive_size,
+            pushed: o.pushed.map(|p| NifPushed {
+                manifest_digest: p.manifest_digest.to_string(),
+                uploaded_bytes: p.uploaded_bytes,
+                uploaded_blobs: p.uploaded_blobs,
+                skipped_blobs: p.skipped_blobs,
+                tags: p.tags,
+            }),
             runtime_files: o
                 .runtime_files
                 .into_iter()

@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod build;
 pub mod closure;
+pub mod context;
 pub mod digest;
 pub mod elf;
 pub mod fs;

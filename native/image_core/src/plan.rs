@@ -383,8 +383,11 @@ fn release_layers(
         for name in names {
             let rel = rel.join(&name);
             let src = root.join(&rel);
-            if rel == cookie {
-                continue; // never ship the build-time cookie
+            if rel == cookie || rel == Path::new("tmp") {
+                // Never ship the build-time cookie, nor the release's `tmp/` (RELEASE_TMP): a
+                // release run on the build machine leaves logs there whose command lines carry
+                // the cookie. The image gets an empty, app-owned `/app/tmp` instead.
+                continue;
             }
             let meta = fs.lstat(&src).map_err(|source| PlanError::Read {
                 path: src.clone(),

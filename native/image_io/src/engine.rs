@@ -164,7 +164,7 @@ pub trait Engine: Send + Sync {
 
 /// The real engine, over bollard.
 pub struct DockerEngine {
-    docker: Docker,
+    pub(crate) docker: Docker,
     endpoint: String,
 }
 

@@ -1,6 +1,11 @@
-//! The IO edge of docker_release: the Docker Engine API, archive files and the end-to-end
-//! pipeline. Image logic lives in `image_core`; this crate only moves bytes.
+//! The IO edge of docker_release: the Docker Engine API, registries, archive files and the
+//! end-to-end pipeline. Image logic lives in `image_core`; this crate only moves bytes.
 #![deny(missing_docs)]
+pub mod builder;
+pub mod credentials;
+pub mod dockerfiles;
 pub mod engine;
 pub mod pipeline;
+pub mod registry;
+pub mod rootfs;
 pub mod sink;

@@ -4,6 +4,7 @@
 //! the final result to the calling process.
 
 use crate::engine::{resolve_endpoint, DockerEngine, Endpoint, EngineError};
+use crate::registry::{self, PushOptions, PushOutcome, RegistryError};
 use crate::sink::{self, Built, SinkError};
 use image_core::archive::BlobDir;
 use image_core::build::{build, BuildError, Progress as BuildProgress};
@@ -17,16 +18,26 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Where the image goes.
+/// How the engine is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// Load into the engine; when no engine socket exists, write the archive at this path instead.
-    Engine {
-        /// Fallback archive path.
-        fallback: PathBuf,
-    },
-    /// Write an archive file.
-    Archive(PathBuf),
+pub enum EngineOutput {
+    /// Not at all.
+    Off,
+    /// Load the image; no engine is an error.
+    Load,
+    /// Load the image; when no engine socket exists, write the archive at this path instead.
+    LoadOrArchive(PathBuf),
+}
+
+/// Where the image goes: any combination, each output taking the same image.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// The local engine.
+    pub engine: EngineOutput,
+    /// An archive file.
+    pub archive: Option<PathBuf>,
+    /// A registry (the tags name it).
+    pub push: Option<PushOptions>,
 }
 
 /// Everything one build needs.
@@ -42,8 +53,8 @@ pub struct Request {
     pub tags: Vec<String>,
     /// Scratch directory for layer blobs.
     pub work_dir: PathBuf,
-    /// Destination.
-    pub output: Output,
+    /// Destinations.
+    pub outputs: Outputs,
     /// Where to write the JSON summary, if anywhere.
     pub metadata_file: Option<PathBuf>,
 }
@@ -70,8 +81,6 @@ pub struct Outcome {
     /// The image.
     #[serde(flatten)]
     pub summary: Summary,
-    /// `engine` or `archive`.
-    pub output: &'static str,
     /// The engine's address, when loaded.
     pub engine: Option<String>,
     /// Image size as the engine reports it, when loaded.
@@ -80,6 +89,8 @@ pub struct Outcome {
     pub archive: Option<PathBuf>,
     /// The archive's size, when written.
     pub archive_size: Option<u64>,
+    /// What a registry push did, when pushed.
+    pub pushed: Option<PushOutcome>,
     /// Runtime files outside `/app` and why each is there.
     pub runtime_files: Vec<RuntimeFile>,
 }
@@ -153,6 +164,12 @@ impl From<SinkError> for Failure {
     }
 }
 
+impl From<RegistryError> for Failure {
+    fn from(e: RegistryError) -> Failure {
+        Failure::new(e.reason(), e)
+    }
+}
+
 impl From<ReferenceError> for Failure {
     fn from(e: ReferenceError) -> Failure {
         Failure::new("invalid_reference", e)
@@ -171,24 +188,26 @@ pub async fn run(
         .map(|t| Reference::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
 
-    // Decide the destination before the work, so a refusing engine fails fast.
-    let (engine, archive_path) = match &req.output {
-        Output::Archive(p) => (None, Some(p.clone())),
-        Output::Engine { fallback } => match resolve_endpoint(&|k| std::env::var(k).ok())? {
-            Endpoint::Missing(sock) => {
+    // Decide the destinations before the work, so a refusing engine fails fast.
+    let mut archive_path = req.outputs.archive.clone();
+    let engine = match &req.outputs.engine {
+        EngineOutput::Off => None,
+        mode => match (resolve_endpoint(&|k| std::env::var(k).ok())?, mode) {
+            (Endpoint::Missing(sock), EngineOutput::LoadOrArchive(fallback)) => {
                 events(Event::Notice(format!(
-                        "no Docker engine socket at {}: writing an image archive to {} instead (load it with `docker load -i {}`)",
-                        sock.display(),
-                        fallback.display(),
-                        fallback.display()
-                    )));
-                (None, Some(fallback.clone()))
+                    "no Docker engine socket at {}: writing an image archive to {} instead (load it with `docker load -i {}`)",
+                    sock.display(),
+                    fallback.display(),
+                    fallback.display()
+                )));
+                archive_path.get_or_insert_with(|| fallback.clone());
+                None
             }
-            endpoint => {
+            (endpoint, _) => {
                 events(Event::Step(format!(
                     "connecting to the Docker engine at {endpoint}"
                 )));
-                (Some(DockerEngine::connect(&endpoint).await?), None)
+                Some(DockerEngine::connect(&endpoint).await?)
             }
         },
     };
@@ -249,11 +268,11 @@ pub async fn run(
         summary: built
             .image
             .summary(&tags.iter().map(|t| t.to_string()).collect::<Vec<_>>()),
-        output: "archive",
         engine: None,
         engine_size: None,
         archive: None,
         archive_size: None,
+        pushed: None,
         runtime_files,
     };
     let bytes_event = |step: &'static str| -> sink::Progress {
@@ -265,29 +284,53 @@ pub async fn run(
             })
         })
     };
+    // Every file output is prepared before anything is committed or tagged: an output path that
+    // cannot be written fails the run before the engine is touched, and a failure anywhere
+    // leaves existing files at those paths as they were.
+    let metadata = match &req.metadata_file {
+        Some(path) => Some(sink::PendingFile::create(path)?),
+        None => None,
+    };
+    let archive = match archive_path {
+        Some(path) => {
+            events(Event::Step(format!("writing {}", path.display())));
+            let pending = sink::PendingFile::create(&path)?;
+            Some(sink::archive_into(built.clone(), pending, bytes_event("archive")).await?)
+        }
+        None => None,
+    };
     if let Some(engine) = &engine {
         events(Event::Step("loading the image into the engine".into()));
         let loaded = sink::engine(engine, built.clone(), bytes_event("load")).await?;
-        outcome.output = "engine";
         outcome.engine = Some(engine.endpoint().to_string());
         outcome.engine_size = Some(loaded.size);
     }
-    if let Some(path) = archive_path {
-        events(Event::Step(format!("writing {}", path.display())));
-        let size = sink::archive_file(built.clone(), path.clone(), bytes_event("archive")).await?;
-        outcome.archive = Some(path);
-        outcome.archive_size = Some(size);
+    if let Some(opts) = &req.outputs.push {
+        events(Event::Step("pushing to the registry".into()));
+        outcome.pushed = Some(registry::push(built.clone(), opts, bytes_event("push")).await?);
     }
-    if let Some(path) = &req.metadata_file {
+    let mut archive = archive;
+    if let Some(pending) = &mut archive {
+        outcome.archive = Some(pending.path().to_path_buf());
+        outcome.archive_size = Some(pending.flushed_len()?);
+    }
+    if let Some(mut pending) = metadata {
         let json = serde_json::to_vec_pretty(&outcome)
             .map_err(|e| Failure::new("internal", e.to_string()))?;
-        sink::write_atomically(path, |w| {
-            use std::io::Write;
-            w.write_all(&json).map_err(|source| SinkError::File {
-                path: path.clone(),
+        use std::io::Write;
+        pending
+            .writer()
+            .write_all(&json)
+            .map_err(|source| SinkError::File {
+                path: pending.path().to_path_buf(),
                 source,
-            })
-        })?;
+            })?;
+        if let Some(archive) = archive {
+            archive.commit()?;
+        }
+        pending.commit()?;
+    } else if let Some(archive) = archive {
+        archive.commit()?;
     }
     Ok(outcome)
 }

@@ -54,44 +54,135 @@ pub enum SinkError {
     Internal(String),
 }
 
-/// Write `bytes`-producing `f` to `path` atomically: into a temporary file in the same directory,
-/// synced, then renamed over `path`. On any error the temporary file is removed and whatever was
-/// at `path` stays as it was.
+/// A file being written next to its final path, moved into place only by [`PendingFile::commit`].
+///
+/// Until then whatever is at the final path stays as it was; a `PendingFile` dropped without
+/// a commit removes its temporary file. Several outputs of one run commit together, at the end,
+/// so a failure in any of them changes none.
+pub struct PendingFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<io::BufWriter<std::fs::File>>,
+    committed: bool,
+}
+
+impl PendingFile {
+    /// Start writing `path`: creates the temporary file now, so an unwritable path fails early.
+    pub fn create(path: &Path) -> Result<PendingFile, SinkError> {
+        let file_err = |source| SinkError::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().ok_or_else(|| {
+            file_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a file name",
+            ))
+        })?;
+        let tmp = dir.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = std::fs::File::create(&tmp).map_err(file_err)?;
+        Ok(PendingFile {
+            path: path.to_path_buf(),
+            tmp,
+            writer: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            committed: false,
+        })
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The writer of the temporary file.
+    pub fn writer(&mut self) -> &mut io::BufWriter<std::fs::File> {
+        match &mut self.writer {
+            Some(w) => w,
+            // `writer` is only taken by `commit`, which consumes `self`.
+            None => unreachable!("PendingFile used after commit"),
+        }
+    }
+
+    /// Flush what was written so far and return the temporary file's size.
+    pub fn flushed_len(&mut self) -> Result<u64, SinkError> {
+        let path = self.path.clone();
+        let file_err = |source| SinkError::File {
+            path: path.clone(),
+            source,
+        };
+        let w = self.writer();
+        w.flush().map_err(file_err)?;
+        w.get_ref().metadata().map(|m| m.len()).map_err(file_err)
+    }
+
+    /// Flush, sync and rename over the final path. Returns the file's size.
+    pub fn commit(mut self) -> Result<u64, SinkError> {
+        let file_err = |source| SinkError::File {
+            path: self.path.clone(),
+            source,
+        };
+        let mut w = self
+            .writer
+            .take()
+            .ok_or_else(|| file_err(io::Error::other("already committed")))?;
+        w.flush().map_err(file_err)?;
+        let file = w.into_inner().map_err(|e| file_err(e.into_error()))?;
+        file.sync_all().map_err(file_err)?;
+        let size = file.metadata().map_err(file_err)?.len();
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path).map_err(file_err)?;
+        self.committed = true;
+        Ok(size)
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write `path` atomically with `f`: see [`PendingFile`].
 pub fn write_atomically<T>(
     path: &Path,
     f: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> Result<T, SinkError>,
 ) -> Result<T, SinkError> {
-    let file_err = |source| SinkError::File {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| {
-        file_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a file name",
-        ))
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let file = std::fs::File::create(&tmp).map_err(file_err)?;
-    let mut w = io::BufWriter::with_capacity(1 << 20, file);
-    let result = f(&mut w).and_then(|v| {
-        w.flush().map_err(file_err)?;
-        w.get_ref().sync_all().map_err(file_err)?;
-        std::fs::rename(&tmp, path).map_err(file_err)?;
-        Ok(v)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut pending = PendingFile::create(path)?;
+    let value = f(pending.writer())?;
+    pending.commit()?;
+    Ok(value)
+}
+
+/// Write the image as an archive into `pending` (not yet committed). Returns it for the caller
+/// to commit once every output of the run has succeeded.
+pub async fn archive_into(
+    built: Arc<Built>,
+    mut pending: PendingFile,
+    progress: Progress,
+) -> Result<PendingFile, SinkError> {
+    tokio::task::spawn_blocking(move || {
+        let mut report = |n| progress(n);
+        write_archive(
+            &built.image,
+            &built.tags,
+            &built.blobs,
+            pending.writer(),
+            &mut report,
+        )?;
+        Ok(pending)
+    })
+    .await
+    .map_err(|e| SinkError::Internal(e.to_string()))?
 }
 
 /// Write the image as an archive file at `path` (atomically). Returns the archive's size.
@@ -100,18 +191,9 @@ pub async fn archive_file(
     path: PathBuf,
     progress: Progress,
 ) -> Result<u64, SinkError> {
-    tokio::task::spawn_blocking(move || {
-        write_atomically(&path, |w| {
-            let mut report = |n| progress(n);
-            write_archive(&built.image, &built.tags, &built.blobs, w, &mut report)?;
-            Ok(())
-        })?;
-        std::fs::metadata(&path)
-            .map(|m| m.len())
-            .map_err(|source| SinkError::File { path, source })
-    })
-    .await
-    .map_err(|e| SinkError::Internal(e.to_string()))?
+    let pending = PendingFile::create(&path)?;
+    let pending = archive_into(built, pending, progress).await?;
+    pending.commit()
 }
 
 /// What the engine reports for a loaded image.

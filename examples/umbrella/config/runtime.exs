@@ -1,0 +1,5 @@
+import Config
+
+if config_env() != :test do
+  config :web, port: String.to_integer(System.get_env("PORT", "4000"))
+end

@@ -1,0 +1,1826 @@
+//! Building the release inside a builder container, over the Engine API.
+//!
+//! `mix docker.release --builder IMAGE` must build the release where its runtime files come
+//! from, so the libraries in the image match the ERTS that was compiled against them.
+//! [`build_release`] runs the whole container lifecycle and hands back the container's
+//! filesystem as a local directory; `image_core::plan` then reads it through
+//! `HostFs::new(&built.rootfs)` with `release_dir` [`RELEASE_DIR`].
+//!
+//! # Lifecycle
+//!
+//! 1. Inspect the builder image (missing → [`BuilderError::BuilderImageMissing`]).
+//! 2. Cache volumes (see [Cache](#cache)); `cache: false` removes and recreates them.
+//! 3. Create the container: PID 1 is `sh -c 'exec cat >/dev/null'`, with `OpenStdin`,
+//!    `StdinOnce`, `AttachStdin` and `AutoRemove`, labelled [`LABEL_TEMPORARY`] and
+//!    [`LABEL_OWNER`] (`HOSTNAME:PID`).
+//! 4. **Attach to its stdin before starting it** and hold that connection for the whole build.
+//!    When this OS process dies for any reason (SIGKILL included), the socket closes, the
+//!    engine closes the container's stdin (`StdinOnce`), `cat` exits, PID 1's exit kills every
+//!    exec in the container, and `AutoRemove` deletes it. No exit handler is needed.
+//! 5. Upload the project ([`image_core::context::write_context`], streamed) to [`SRC_DIR`].
+//! 6. One exec runs, under `flock` on the cache, `mix deps.get --only ENV` then
+//!    `mix release NAME --overwrite --path /release`; output is streamed line by line.
+//! 7. Read the builder's OTP release with `erl`.
+//! 8. Export the container's filesystem and unpack it locally ([`crate::rootfs`]). The release is
+//!    in `/release`, on the container's own filesystem: exports do not include volumes.
+//! 9. Remove the container — on success, failure and cancellation; if this future is dropped
+//!    instead, a removal is started in the background and the closed stdin does the rest.
+//!
+//! [`sweep_leftovers`] removes labelled containers whose owner process is gone (for engines or
+//! paths where step 4 could not act, e.g. a container created but never started).
+//!
+//! # Cache
+//!
+//! Two named volumes per (project directory, `MIX_ENV`, builder image ID):
+//! `docker_release-cache-KEY-build` on `/src/_build` and `docker_release-cache-KEY-deps` on
+//! `/src/deps`, where KEY is the first 16 hex digits of
+//! `sha256(canonical project dir ++ "\0" ++ MIX_ENV ++ "\0" ++ image ID)`. They are labelled
+//! [`LABEL_CACHE`]`=true` plus the project, env and image, so `docker volume ls --filter
+//! label=docker_release.cache` lists them. Two builds sharing a cache run one after the
+//! other: the build holds `flock` on [`LOCK_FILE`] (util-linux, present in every Debian
+//! image; without it the build runs unlocked and says so).
+//!
+//! The context keeps real mtimes, so Mix in the container recompiles exactly what changed
+//! since the cached `_build`.
+
+use crate::engine::{Body, DockerEngine};
+use crate::rootfs::{self, UnpackError};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use image_core::context::{write_context, ContextError, ContextStats, Excludes};
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Label on every temporary container docker_release creates (value `true`).
+pub const LABEL_TEMPORARY: &str = "docker_release.temporary";
+/// Label naming the process that owns a temporary container: `HOSTNAME:PID`.
+pub const LABEL_OWNER: &str = "docker_release.owner";
+/// Label on cache volumes (value `true`).
+pub const LABEL_CACHE: &str = "docker_release.cache";
+/// Label on cache volumes: the project directory on the host.
+pub const LABEL_CACHE_PROJECT: &str = "docker_release.cache.project";
+/// Label on cache volumes: the `MIX_ENV`.
+pub const LABEL_CACHE_MIX_ENV: &str = "docker_release.cache.mix_env";
+/// Label on cache volumes: the builder image ID.
+pub const LABEL_CACHE_IMAGE: &str = "docker_release.cache.image";
+/// Where the project is uploaded in the container.
+pub const SRC_DIR: &str = "/src";
+/// Where the release is assembled in the container (outside the volumes, so exports hold it).
+pub const RELEASE_DIR: &str = "/release";
+/// The lock that serialises builds sharing a cache.
+pub const LOCK_FILE: &str = "/src/_build/.docker_release.lock";
+/// How many output lines a [`BuilderError::BuildFailed`] keeps.
+pub const LAST_LINES: usize = 20;
+
+/// A container that has been stopped for this long without being removed is swept even when
+/// its owner still runs (it was created and then abandoned).
+const ABANDONED_AFTER_SECS: i64 = 600;
+/// How often the cancel flag is polled.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+/// Output lines longer than this are cut (a minified asset dumped to the terminal).
+const MAX_LINE: usize = 16 * 1024;
+
+/// What to build, and where.
+#[derive(Debug, Clone)]
+pub struct BuilderSpec {
+    /// The builder image reference (must exist in the engine: nothing is pulled).
+    pub image: String,
+    /// The project root on the host (uploaded to [`SRC_DIR`]).
+    pub project_dir: PathBuf,
+    /// `MIX_ENV` for the build.
+    pub mix_env: String,
+    /// The release to assemble.
+    pub release_name: String,
+    /// `false` (`--no-cache`): start from fresh cache volumes.
+    pub cache: bool,
+    /// What to leave out of the upload (usually `Excludes::for_project(&project_dir)`).
+    pub excludes: Excludes,
+    /// Where to unpack the container's filesystem (a temporary directory is made inside);
+    /// `None` for the system's temporary directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// A release built in a builder container.
+#[derive(Debug)]
+pub struct BuiltRelease {
+    /// The builder container's filesystem, unpacked (removed when dropped). Read it with
+    /// `HostFs::new(rootfs.path())`.
+    pub rootfs: tempfile::TempDir,
+    /// The release, as a path inside `rootfs` ([`RELEASE_DIR`]).
+    pub release_dir: PathBuf,
+    /// The builder's OTP release, e.g. `25`.
+    pub otp_release: String,
+    /// What was uploaded.
+    pub context: ContextStats,
+}
+
+/// Why a build in a builder container failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuilderError {
+    /// The builder image is not in the engine.
+    #[error("the builder image {image:?} is not in the Docker engine ({message}); nothing is pulled: build or pull it first (`docker image ls` lists what the engine has)")]
+    BuilderImageMissing {
+        /// The reference given.
+        image: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// A step of the build exited with a non-zero status.
+    #[error("`{command}` failed in the builder container ({image}) with exit status {status}. Last lines of its output:\n{}", indent(last_lines))]
+    BuildFailed {
+        /// The step (`deps.get`, `release`).
+        step: String,
+        /// The command that failed.
+        command: String,
+        /// The builder image.
+        image: String,
+        /// Its exit status.
+        status: i64,
+        /// The last [`LAST_LINES`] lines of the step's output.
+        last_lines: Vec<String>,
+    },
+    /// A setting cannot be used.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// The project could not be read or sent.
+    #[error("uploading the project failed: {0}")]
+    Context(#[from] ContextError),
+    /// An engine call failed.
+    #[error("the Docker engine refused {action}: {message}")]
+    Engine {
+        /// What was asked.
+        action: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// Something in the builder container did not behave (e.g. `erl` is missing).
+    #[error("{0}")]
+    Builder(String),
+    /// Local files could not be written (the exported filesystem).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The cancel flag was raised.
+    #[error("the build in the builder container was cancelled")]
+    Cancelled,
+}
+
+impl BuilderError {
+    /// The reason the Elixir side matches on: `builder_image_missing`, `release_build_failed`,
+    /// `cancelled`, or `builder_error` for everything else.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BuilderError::BuilderImageMissing { .. } => "builder_image_missing",
+            BuilderError::BuildFailed { .. } => "release_build_failed",
+            BuilderError::Cancelled => "cancelled",
+            _ => "builder_error",
+        }
+    }
+}
+
+fn indent(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return "    (no output)".into();
+    }
+    lines
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn engine_err(action: &str, message: impl ToString) -> BuilderError {
+    BuilderError::Engine {
+        action: action.to_string(),
+        message: message.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine calls the builder makes.
+// ---------------------------------------------------------------------------------------------
+
+/// A builder image, as the engine describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Image ID (`sha256:…`).
+    pub id: String,
+    /// The image's configured user (`""` for root).
+    pub user: String,
+}
+
+/// The temporary container to create. The engine implementation always adds `AutoRemove`,
+/// `OpenStdin`, `StdinOnce` and `AttachStdin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Image reference.
+    pub image: String,
+    /// PID 1 (replaces the image's entrypoint and command).
+    pub entrypoint: Vec<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Named volumes: `(volume, mount path)`.
+    pub volumes: Vec<(String, String)>,
+    /// Working directory.
+    pub working_dir: String,
+}
+
+/// One command to run in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Command and arguments.
+    pub cmd: Vec<String>,
+    /// `NAME=value` entries.
+    pub env: Vec<String>,
+    /// User (`None`: the container's).
+    pub user: Option<String>,
+    /// Working directory.
+    pub working_dir: String,
+}
+
+/// A chunk of exec output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// From stdout.
+    Stdout(Bytes),
+    /// From stderr.
+    Stderr(Bytes),
+}
+
+/// Exec output, as it arrives.
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Output, BuilderError>> + Send>>;
+/// A tar byte stream from the engine.
+pub type TarStream = Pin<Box<dyn Stream<Item = Result<Bytes, BuilderError>> + Send>>;
+
+/// An open attach connection to a container's stdin: the container lives while it is held.
+/// Dropping it closes the connection.
+pub struct StdinHold(#[allow(dead_code)] Box<dyn std::any::Any + Send>);
+
+impl StdinHold {
+    /// Wrap whatever keeps the connection open.
+    pub fn new(conn: impl std::any::Any + Send) -> StdinHold {
+        StdinHold(Box::new(conn))
+    }
+}
+
+impl std::fmt::Debug for StdinHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StdinHold")
+    }
+}
+
+/// A labelled container, as [`ContainerEngine::list_containers`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledContainer {
+    /// Container ID.
+    pub id: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// `true` while running (or paused, restarting).
+    pub running: bool,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+}
+
+/// The engine calls [`build_release`] and [`sweep_leftovers`] make; [`DockerEngine`]
+/// implements them with bollard, tests with a fake.
+pub trait ContainerEngine: Send + Sync {
+    /// The image's ID and user, or `None` when the engine has no such image (the `String` is
+    /// the engine's message).
+    fn inspect_image(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Result<ImageInfo, String>, BuilderError>> + Send;
+    /// Create a container (not started); returns its ID.
+    fn create_container(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, BuilderError>> + Send;
+    /// Attach to the container's stdin (stream mode, nothing else) and hold the connection.
+    fn attach_stdin(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<StdinHold, BuilderError>> + Send;
+    /// Start the container.
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<(), BuilderError>> + Send;
+    /// Extract the tar stream `tar` into directory `dir` of the container (`PUT …/archive`).
+    fn upload(
+        &self,
+        id: &str,
+        dir: &str,
+        tar: Body,
+    ) -> impl Future<Output = Result<(), BuilderError>> + Send;
+    /// Start a command; returns the exec ID and its stdout/stderr.
+    fn exec(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+    ) -> impl Future<Output = Result<(String, OutputStream), BuilderError>> + Send;
+    /// The exit status of a finished exec (`None` while it runs).
+    fn exec_status(
+        &self,
+        exec_id: &str,
+    ) -> impl Future<Output = Result<Option<i64>, BuilderError>> + Send;
+    /// The container's filesystem as a tar stream (`GET …/export`).
+    fn export(&self, id: &str) -> TarStream;
+    /// Remove the container (forced, with anonymous volumes) and wait until it is gone. A
+    /// container that is already gone is not an error.
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), BuilderError>> + Send;
+    /// Start removing a container in the background (used when a build's future is dropped).
+    fn remove_container_detached(&self, id: String);
+    /// Create a named volume (an existing one is kept).
+    fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), BuilderError>> + Send;
+    /// Remove a named volume; a missing one is not an error.
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), BuilderError>> + Send;
+    /// Names of the volumes carrying label `key=value`.
+    fn list_volumes(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<String>, BuilderError>> + Send;
+    /// Containers, running or not, carrying label `key=value`.
+    fn list_containers(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<LabelledContainer>, BuilderError>> + Send;
+}
+
+fn status_of(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn message_of(e: bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+impl ContainerEngine for DockerEngine {
+    async fn inspect_image(
+        &self,
+        reference: &str,
+    ) -> Result<Result<ImageInfo, String>, BuilderError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(Ok(ImageInfo {
+                id: i.id.unwrap_or_default(),
+                user: i.config.and_then(|c| c.user).unwrap_or_default(),
+            })),
+            Err(e) if status_of(&e) == Some(404) => Ok(Err(message_of(e))),
+            Err(e) => Err(engine_err("the image inspection", message_of(e))),
+        }
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, BuilderError> {
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(spec.entrypoint.clone()),
+            working_dir: Some(spec.working_dir.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect::<HashMap<_, _>>()),
+            // The lifeline: stdin open for one attach; EOF on it ends PID 1.
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            tty: Some(false),
+            host_config: Some(HostConfig {
+                auto_remove: Some(true),
+                mounts: Some(
+                    spec.volumes
+                        .iter()
+                        .map(|(name, target)| Mount {
+                            typ: Some(MountType::VOLUME),
+                            source: Some(name.clone()),
+                            target: Some(target.clone()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default().build();
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(r) => Ok(r.id),
+            Err(e) => Err(engine_err("creating the builder container", message_of(e))),
+        }
+    }
+
+    async fn attach_stdin(&self, id: &str) -> Result<StdinHold, BuilderError> {
+        let opts = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(false)
+            .stderr(false)
+            .stream(true)
+            .logs(false)
+            .build();
+        let conn = self
+            .docker
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(|e| engine_err("attaching to the builder container", message_of(e)))?;
+        Ok(StdinHold::new(conn))
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), BuilderError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| engine_err("starting the builder container", message_of(e)))
+    }
+
+    async fn upload(&self, id: &str, dir: &str, tar: Body) -> Result<(), BuilderError> {
+        let opts = UploadToContainerOptionsBuilder::default().path(dir).build();
+        self.docker
+            .upload_to_container(id, Some(opts), bollard::body_try_stream(tar))
+            .await
+            .map_err(|e| engine_err("the upload of the project", message_of(e)))
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+    ) -> Result<(String, OutputStream), BuilderError> {
+        let config = bollard::exec::CreateExecOptions::<String> {
+            cmd: Some(spec.cmd.clone()),
+            env: Some(spec.env.clone()),
+            user: spec.user.clone(),
+            working_dir: Some(spec.working_dir.clone()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            tty: Some(false),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(id, config)
+            .await
+            .map_err(|e| engine_err("creating an exec in the builder", message_of(e)))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| engine_err("starting an exec in the builder", message_of(e)))?;
+        match started {
+            bollard::exec::StartExecResults::Attached { output, .. } => {
+                let stream = output.filter_map(|item| async move {
+                    use bollard::container::LogOutput;
+                    match item {
+                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                            Some(Ok(Output::Stdout(message)))
+                        }
+                        Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        Err(e) => Some(Err(engine_err("reading exec output", message_of(e)))),
+                    }
+                });
+                Ok((created.id, Box::pin(stream)))
+            }
+            bollard::exec::StartExecResults::Detached => Err(BuilderError::Builder(
+                "the engine started the exec detached: no output to read".into(),
+            )),
+        }
+    }
+
+    async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>, BuilderError> {
+        let i = self
+            .docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(|e| engine_err("inspecting an exec", message_of(e)))?;
+        if i.running == Some(true) {
+            return Ok(None);
+        }
+        Ok(i.exit_code)
+    }
+
+    fn export(&self, id: &str) -> TarStream {
+        Box::pin(self.docker.export_container(id).map(|r| {
+            r.map_err(|e| engine_err("exporting the builder's filesystem", message_of(e)))
+        }))
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), BuilderError> {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            // 409 "removal already in progress": AutoRemove raced us. Wait for it below.
+            Err(e) if status_of(&e) == Some(409) => {}
+            Err(e) => return Err(engine_err("removing the builder container", message_of(e))),
+        }
+        for _ in 0..100 {
+            match self.docker.inspect_container(id, None).await {
+                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        Err(engine_err(
+            "removing the builder container",
+            format!("container {id} is still there after 10 s"),
+        ))
+    }
+
+    fn remove_container_detached(&self, id: String) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let docker = self.docker.clone();
+            rt.spawn(async move {
+                let opts = RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build();
+                let _ = docker.remove_container(&id, Some(opts)).await;
+            });
+        }
+    }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), BuilderError> {
+        let req = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(req)
+            .await
+            .map(|_| ())
+            .map_err(|e| engine_err(&format!("creating the cache volume {name}"), message_of(e)))
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), BuilderError> {
+        let opts = RemoveVolumeOptionsBuilder::default().force(false).build();
+        match self.docker.remove_volume(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(engine_err(
+                &format!("removing the cache volume {name} (is another build using it?)"),
+                message_of(e),
+            )),
+        }
+    }
+
+    async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<String>, BuilderError> {
+        let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
+        let opts = ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let r = self
+            .docker
+            .list_volumes(Some(opts))
+            .await
+            .map_err(|e| engine_err("listing volumes", message_of(e)))?;
+        Ok(r.volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    async fn list_containers(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<LabelledContainer>, BuilderError> {
+        use bollard::models::ContainerSummaryStateEnum as S;
+        let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| engine_err("listing containers", message_of(e)))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                Some(LabelledContainer {
+                    id: c.id?,
+                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                    running: matches!(c.state, Some(S::RUNNING | S::PAUSED | S::RESTARTING)),
+                    created: c.created.unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The build.
+// ---------------------------------------------------------------------------------------------
+
+/// The cache volumes for a project: `[(name, mount path)]` for `_build` and `deps`.
+///
+/// ```
+/// use image_io::builder::cache_volumes;
+/// let v = cache_volumes(std::path::Path::new("/p"), "prod", "sha256:abc");
+/// assert_eq!(v[0].1, "/src/_build");
+/// assert!(v[0].0.starts_with("docker_release-cache-") && v[0].0.ends_with("-build"));
+/// assert_ne!(v[0].0, cache_volumes(std::path::Path::new("/p"), "dev", "sha256:abc")[0].0);
+/// ```
+pub fn cache_volumes(project_dir: &Path, mix_env: &str, image_id: &str) -> [(String, String); 2] {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = Sha256::new();
+    h.update(project_dir.as_os_str().as_bytes());
+    h.update(b"\0");
+    h.update(mix_env.as_bytes());
+    h.update(b"\0");
+    h.update(image_id.as_bytes());
+    let key = &hex::encode(h.finalize())[..16];
+    [
+        (
+            format!("docker_release-cache-{key}-build"),
+            format!("{SRC_DIR}/_build"),
+        ),
+        (
+            format!("docker_release-cache-{key}-deps"),
+            format!("{SRC_DIR}/deps"),
+        ),
+    ]
+}
+
+/// This process as [`LABEL_OWNER`] names it: `HOSTNAME:PID`.
+pub fn owner() -> String {
+    format!("{}:{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Whether `pid` names a live process on this host.
+fn alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Names Mix accepts for releases and environments (and that are safe in a shell word).
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The script of the build exec. `$1` is the release name, `$2` the step marker; `MIX_ENV`
+/// comes from the environment. Everything goes to stdout so lines keep their order.
+const BUILD_SCRIPT: &str = r#"exec 2>&1
+set -e
+if command -v flock >/dev/null 2>&1; then
+  exec 9>>/src/_build/.docker_release.lock
+  if ! flock -n 9; then
+    echo "$2 wait"
+    flock 9
+  fi
+else
+  echo "$2 noflock"
+fi
+echo "$2 deps.get"
+mix deps.get --only "$MIX_ENV"
+echo "$2 release"
+mix release "$1" --overwrite --path /release
+"#;
+
+const OTP_EVAL: &str = "io:put_chars(erlang:system_info(otp_release)), halt().";
+
+/// Removes the container if the build's future is dropped before it could.
+struct ContainerGuard<'a, E: ContainerEngine> {
+    engine: &'a E,
+    id: Option<String>,
+}
+
+impl<E: ContainerEngine> Drop for ContainerGuard<'_, E> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.engine.remove_container_detached(id);
+        }
+    }
+}
+
+async fn until_cancelled(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
+/// Build the release of `spec.project_dir` in a container of `spec.image` and return the
+/// container's filesystem (see the module docs for the lifecycle).
+///
+/// `on_step` gets one human-readable line per step (including `warning: …` lines);
+/// `on_line` gets `(step, line)` for every line of build output, with step `deps.get` or
+/// `release`. `cancelled` is polled: when it is raised the build stops, the container is
+/// removed and [`BuilderError::Cancelled`] is returned.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use image_io::builder::{build_release, BuilderSpec};
+/// use image_io::engine::{resolve_endpoint, DockerEngine};
+/// use std::sync::{atomic::AtomicBool, Arc};
+/// let engine = DockerEngine::connect(&resolve_endpoint(&|k| std::env::var(k).ok())?).await?;
+/// let project = std::path::PathBuf::from("examples/hello");
+/// let spec = BuilderSpec {
+///     image: "docker-release-test/builder:bookworm".into(),
+///     excludes: image_core::context::Excludes::for_project(&project)?,
+///     project_dir: project,
+///     mix_env: "prod".into(),
+///     release_name: "hello".into(),
+///     cache: true,
+///     work_dir: None,
+/// };
+/// let built = build_release(
+///     &engine,
+///     &spec,
+///     Arc::new(|step: &str| println!("==> {step}")),
+///     Arc::new(|_step: &str, line: &str| println!("{line}")),
+///     Arc::new(AtomicBool::new(false)),
+/// )
+/// .await?;
+/// let fs = image_core::fs::HostFs::new(built.rootfs.path());
+/// # let _ = fs; Ok(()) }
+/// ```
+pub async fn build_release(
+    engine: &impl ContainerEngine,
+    spec: &BuilderSpec,
+    on_step: Arc<dyn Fn(&str) + Send + Sync>,
+    on_line: Arc<dyn Fn(&str, &str) + Send + Sync>,
+    cancelled: Arc<AtomicBool>,
+) -> Result<BuiltRelease, BuilderError> {
+    if !valid_name(&spec.release_name) {
+        return Err(BuilderError::InvalidSpec(format!(
+            "invalid release name: a release name must start with a lowercase letter or _ and contain only lowercase letters, digits and _, got: {:?}",
+            spec.release_name
+        )));
+    }
+    if !valid_name(&spec.mix_env) {
+        return Err(BuilderError::InvalidSpec(format!(
+            "invalid MIX_ENV: it must start with a lowercase letter or _ and contain only lowercase letters, digits and _, got: {:?}",
+            spec.mix_env
+        )));
+    }
+    let project_dir =
+        std::fs::canonicalize(&spec.project_dir).map_err(|source| BuilderError::Io {
+            what: format!(
+                "cannot read the project directory {}",
+                spec.project_dir.display()
+            ),
+            source,
+        })?;
+
+    let prepare = async {
+        on_step(&format!("checking the builder image {}", spec.image));
+        let image = match engine.inspect_image(&spec.image).await? {
+            Ok(i) => i,
+            Err(message) => {
+                return Err(BuilderError::BuilderImageMissing {
+                    image: spec.image.clone(),
+                    message,
+                })
+            }
+        };
+        let volumes = cache_volumes(&project_dir, &spec.mix_env, &image.id);
+        if !spec.cache {
+            on_step("clearing the build cache (--no-cache)");
+            for (name, _) in &volumes {
+                engine.remove_volume(name).await?;
+            }
+        }
+        let labels = BTreeMap::from([
+            (LABEL_CACHE.to_string(), "true".to_string()),
+            (
+                LABEL_CACHE_PROJECT.to_string(),
+                project_dir.display().to_string(),
+            ),
+            (LABEL_CACHE_MIX_ENV.to_string(), spec.mix_env.clone()),
+            (LABEL_CACHE_IMAGE.to_string(), image.id.clone()),
+        ]);
+        for (name, _) in &volumes {
+            engine.create_volume(name, &labels).await?;
+        }
+        Ok((image, volumes))
+    };
+    let (image, volumes) = tokio::select! {
+        r = prepare => r?,
+        _ = until_cancelled(&cancelled) => return Err(BuilderError::Cancelled),
+    };
+
+    on_step(&format!("starting a builder container from {}", spec.image));
+    let container = ContainerSpec {
+        image: spec.image.clone(),
+        entrypoint: vec!["sh".into(), "-c".into(), "exec cat >/dev/null".into()],
+        labels: BTreeMap::from([
+            (LABEL_TEMPORARY.to_string(), "true".to_string()),
+            (LABEL_OWNER.to_string(), owner()),
+        ]),
+        volumes: volumes.to_vec(),
+        working_dir: SRC_DIR.into(),
+    };
+    let id = engine.create_container(&container).await?;
+    let mut guard = ContainerGuard {
+        engine,
+        id: Some(id.clone()),
+    };
+    let run = in_container(
+        engine,
+        &id,
+        spec,
+        &image,
+        &project_dir,
+        &on_step,
+        &on_line,
+        &cancelled,
+    );
+    let result = tokio::select! {
+        r = run => r,
+        _ = until_cancelled(&cancelled) => Err(BuilderError::Cancelled),
+    };
+    let removed = engine.remove_container(&id).await;
+    guard.id = None;
+    let built = result?;
+    removed?;
+    Ok(built)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn in_container(
+    engine: &impl ContainerEngine,
+    id: &str,
+    spec: &BuilderSpec,
+    image: &ImageInfo,
+    project_dir: &Path,
+    on_step: &Arc<dyn Fn(&str) + Send + Sync>,
+    on_line: &Arc<dyn Fn(&str, &str) + Send + Sync>,
+    cancelled: &Arc<AtomicBool>,
+) -> Result<BuiltRelease, BuilderError> {
+    // Attach first, like `docker run -i`: from here on the container dies with us.
+    let _hold = engine.attach_stdin(id).await?;
+    engine.start_container(id).await?;
+
+    on_step(&format!(
+        "uploading {} to the builder",
+        project_dir.display()
+    ));
+    let context = upload_context(engine, id, project_dir, &spec.excludes).await?;
+
+    let as_root = matches!(image.user.as_str(), "" | "root" | "0")
+        || image.user.starts_with("root:")
+        || image.user.starts_with("0:");
+    let mut env = vec![
+        "LANG=C.UTF-8".to_string(),
+        format!("MIX_ENV={}", spec.mix_env),
+    ];
+    if as_root {
+        env.push("HOME=/root".into());
+    } else {
+        // The upload and fresh volumes belong to root: hand them to the image's user.
+        let chown = ExecSpec {
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                r#"mkdir -p /release && chown -R "$1" /src /release"#.into(),
+                "sh".into(),
+                image.user.clone(),
+            ],
+            env: vec![],
+            user: Some("0:0".into()),
+            working_dir: "/".into(),
+        };
+        let (status, out) = run_captured(engine, id, &chown).await?;
+        if status != 0 {
+            return Err(BuilderError::Builder(format!(
+                "giving /src and /release to the builder image's user {:?} failed with exit status {status}: {}",
+                image.user,
+                out.trim()
+            )));
+        }
+    }
+
+    let marker = format!("@@docker_release-{}@@", nonce(id));
+    let build = ExecSpec {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            BUILD_SCRIPT.into(),
+            "docker_release".into(),
+            spec.release_name.clone(),
+            marker.clone(),
+        ],
+        env: env.clone(),
+        user: None,
+        working_dir: SRC_DIR.into(),
+    };
+    let commands = [
+        ("deps.get", format!("mix deps.get --only {}", spec.mix_env)),
+        (
+            "release",
+            format!(
+                "mix release {} --overwrite --path {RELEASE_DIR}",
+                spec.release_name
+            ),
+        ),
+    ];
+    let (exec_id, output) = engine.exec(id, &build).await?;
+    let mut lines = Lines::new(marker);
+    let mut step: Option<&str> = None;
+    let mut last: VecDeque<String> = VecDeque::with_capacity(LAST_LINES);
+    let handle = |line: Line, step: &mut Option<&'static str>, last: &mut VecDeque<String>| {
+        match line {
+            Line::Marker(m) => match m.as_str() {
+                "wait" => on_step(&format!(
+                    "waiting for another build that uses the same cache (lock {LOCK_FILE})"
+                )),
+                "noflock" => on_step(&format!(
+                    "warning: {} has no flock: builds sharing this cache are not serialised; do not run two at once",
+                    spec.image
+                )),
+                name => {
+                    if let Some((s, cmd)) = commands.iter().find(|(s, _)| *s == name) {
+                        *step = Some(s);
+                        last.clear();
+                        on_step(&format!("running `{cmd}` in the builder"));
+                    }
+                }
+            },
+            Line::Text(text) => {
+                let s = step.unwrap_or("prepare");
+                if last.len() == LAST_LINES {
+                    last.pop_front();
+                }
+                last.push_back(text.clone());
+                on_line(s, &text);
+            }
+        }
+    };
+    let mut output = output;
+    while let Some(chunk) = output.next().await {
+        let bytes = match chunk? {
+            Output::Stdout(b) | Output::Stderr(b) => b,
+        };
+        for line in lines.push(&bytes) {
+            handle(line, &mut step, &mut last);
+        }
+    }
+    for line in lines.finish() {
+        handle(line, &mut step, &mut last);
+    }
+    let status = wait_status(engine, &exec_id).await?;
+    if status != 0 {
+        let (step, command) = match step {
+            Some(s) => commands
+                .iter()
+                .find(|(n, _)| *n == s)
+                .map(|(n, c)| (n.to_string(), c.clone()))
+                .unwrap_or_default(),
+            None => (
+                "prepare".to_string(),
+                format!("flock {LOCK_FILE} (preparing the build)"),
+            ),
+        };
+        return Err(BuilderError::BuildFailed {
+            step,
+            command,
+            image: spec.image.clone(),
+            status,
+            last_lines: last.into_iter().collect(),
+        });
+    }
+
+    let otp = ExecSpec {
+        cmd: vec![
+            "erl".into(),
+            "-noshell".into(),
+            "-eval".into(),
+            OTP_EVAL.into(),
+        ],
+        env,
+        user: None,
+        working_dir: "/".into(),
+    };
+    let (status, out) = run_captured(engine, id, &otp).await?;
+    let otp_release = out.trim().to_string();
+    if status != 0 || otp_release.is_empty() {
+        return Err(BuilderError::Builder(format!(
+            "reading the OTP release in the builder (`erl -noshell -eval '{OTP_EVAL}'`) failed with exit status {status}: {}",
+            out.trim()
+        )));
+    }
+
+    on_step("exporting the builder's filesystem");
+    let parent = match &spec.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir(),
+    };
+    std::fs::create_dir_all(&parent).map_err(|source| BuilderError::Io {
+        what: format!("cannot create {}", parent.display()),
+        source,
+    })?;
+    let rootfs = tempfile::Builder::new()
+        .prefix("docker_release-rootfs-")
+        .tempdir_in(&parent)
+        .map_err(|source| BuilderError::Io {
+            what: format!(
+                "cannot create a temporary directory in {}",
+                parent.display()
+            ),
+            source,
+        })?;
+    rootfs::unpack_stream(
+        engine.export(id),
+        rootfs.path().to_path_buf(),
+        cancelled.clone(),
+    )
+    .await
+    .map_err(|e| match e {
+        UnpackError::Cancelled => BuilderError::Cancelled,
+        UnpackError::Io { dir, source } => BuilderError::Io {
+            what: format!("unpacking the builder's filesystem into {}", dir.display()),
+            source,
+        },
+    })?;
+    Ok(BuiltRelease {
+        rootfs,
+        release_dir: PathBuf::from(RELEASE_DIR),
+        otp_release,
+        context,
+    })
+}
+
+/// A per-build marker that no program output will contain by accident.
+fn nonce(id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    h.update(std::process::id().to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(now.as_nanos().to_le_bytes());
+    hex::encode(h.finalize())[..16].to_string()
+}
+
+/// Stream the build context into the container's [`SRC_DIR`]: the tar is written on the
+/// blocking pool into a bounded channel, never whole in memory.
+async fn upload_context(
+    engine: &impl ContainerEngine,
+    id: &str,
+    project_dir: &Path,
+    excludes: &Excludes,
+) -> Result<ContextStats, BuilderError> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let root = project_dir.to_path_buf();
+    let excludes = excludes.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let res = write_context(&root, &excludes, &mut out)
+            .and_then(|s| out.flush().map(|_| s).map_err(ContextError::Write));
+        if let Err(e) = &res {
+            // Abort the request body so the engine does not extract a partial tree.
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+        res
+    });
+    let body: Body = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let uploaded = engine.upload(id, SRC_DIR, body).await;
+    let written = writer.await.map_err(|e| BuilderError::Io {
+        what: "the context writer failed".into(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    match (written, uploaded) {
+        // The engine hung up first: its answer says why.
+        (Err(ContextError::Write(e)), Err(u)) if e.kind() == io::ErrorKind::BrokenPipe => Err(u),
+        (Err(w), _) => Err(w.into()),
+        (Ok(_), Err(u)) => Err(u),
+        (Ok(stats), Ok(())) => Ok(stats),
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// A blocking writer that sends chunks into a channel.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = (CHUNK - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the engine closed the upload"))
+    }
+}
+
+/// Run a short command and collect its output (stdout and stderr together).
+async fn run_captured(
+    engine: &impl ContainerEngine,
+    id: &str,
+    spec: &ExecSpec,
+) -> Result<(i64, String), BuilderError> {
+    let (exec_id, mut output) = engine.exec(id, spec).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = output.next().await {
+        match chunk? {
+            Output::Stdout(b) | Output::Stderr(b) => out.extend_from_slice(&b),
+        }
+    }
+    let status = wait_status(engine, &exec_id).await?;
+    Ok((status, String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// The exit status of an exec whose output has ended (the engine may need a moment).
+async fn wait_status(engine: &impl ContainerEngine, exec_id: &str) -> Result<i64, BuilderError> {
+    for _ in 0..50 {
+        if let Some(s) = engine.exec_status(exec_id).await? {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(BuilderError::Builder(format!(
+        "the engine reports exec {exec_id} as still running after its output ended"
+    )))
+}
+
+/// A line of build output: text, or one of our step markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    Text(String),
+    Marker(String),
+}
+
+/// Splits a byte stream into lines (`\n`, with a trailing `\r` dropped), recognising markers.
+struct Lines {
+    marker: String,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn new(marker: String) -> Lines {
+        Lines {
+            marker,
+            buf: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Vec<Line> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                out.push(self.take());
+            } else {
+                self.buf.push(b);
+                if self.buf.len() >= MAX_LINE {
+                    out.push(self.take());
+                }
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<Line> {
+        if self.buf.is_empty() {
+            vec![]
+        } else {
+            vec![self.take()]
+        }
+    }
+
+    fn take(&mut self) -> Line {
+        let mut bytes = std::mem::take(&mut self.buf);
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        match text
+            .strip_prefix(self.marker.as_str())
+            .and_then(|rest| rest.strip_prefix(' '))
+        {
+            Some(m) => Line::Marker(m.to_string()),
+            None => Line::Text(text),
+        }
+    }
+}
+
+/// Remove temporary containers (labelled [`LABEL_TEMPORARY`]`=true`) that nobody will remove:
+/// those whose [`LABEL_OWNER`] is a process of this host that is gone, and those that are not
+/// running and were created more than ten minutes ago. Running containers of live processes or
+/// of other hosts are left alone. Returns how many were removed.
+///
+/// ```no_run
+/// # async fn f(engine: &image_io::engine::DockerEngine) {
+/// let removed = image_io::builder::sweep_leftovers(engine).await.unwrap_or(0);
+/// # }
+/// ```
+pub async fn sweep_leftovers(engine: &impl ContainerEngine) -> Result<usize, BuilderError> {
+    let host = hostname();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut removed = 0;
+    for c in engine.list_containers(LABEL_TEMPORARY, "true").await? {
+        let owner_gone = c
+            .labels
+            .get(LABEL_OWNER)
+            .and_then(|o| o.rsplit_once(':'))
+            .is_some_and(|(h, pid)| h == host && !pid.parse().is_ok_and(alive));
+        let abandoned = !c.running && now - c.created > ABANDONED_AFTER_SECS;
+        if owner_gone || abandoned {
+            engine.remove_container(&c.id).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn lines_split_across_chunks_and_markers_are_recognised() {
+        let mut l = Lines::new("@@m@@".into());
+        let mut got = l.push(b"hel");
+        got.extend(l.push(b"lo\r\n@@m@@ rel"));
+        got.extend(l.push(b"ease\nCompiling 2 files (.ex)\n@@m@@x\ntail"));
+        got.extend(l.finish());
+        assert_eq!(
+            got,
+            vec![
+                Line::Text("hello".into()),
+                Line::Marker("release".into()),
+                Line::Text("Compiling 2 files (.ex)".into()),
+                Line::Text("@@m@@x".into()),
+                Line::Text("tail".into()),
+            ]
+        );
+        let mut l = Lines::new("@@m@@".into());
+        let long = vec![b'a'; MAX_LINE + 10];
+        let got = l.push(&long);
+        assert_eq!(got.len(), 1);
+        assert_eq!(l.finish(), vec![Line::Text("a".repeat(10))]);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("hello"));
+        assert!(valid_name("_a1"));
+        assert!(!valid_name("Hello"));
+        assert!(!valid_name("a-b"));
+        assert!(!valid_name("a;rm"));
+        assert!(!valid_name(""));
+    }
+
+    #[test]
+    fn cache_key_depends_on_project_env_and_image() {
+        let a = cache_volumes(Path::new("/p"), "prod", "sha256:1");
+        assert_eq!(a, cache_volumes(Path::new("/p"), "prod", "sha256:1"));
+        assert_ne!(
+            a[0].0,
+            cache_volumes(Path::new("/q"), "prod", "sha256:1")[0].0
+        );
+        assert_ne!(
+            a[0].0,
+            cache_volumes(Path::new("/p"), "prod", "sha256:2")[0].0
+        );
+        assert_eq!(a[0].0.len(), "docker_release-cache--build".len() + 16);
+        assert_eq!(a[1].1, "/src/deps");
+    }
+
+    /// What the fake engine was asked, in order.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Inspect(String),
+        RemoveVolume(String),
+        CreateVolume(String),
+        Create(ContainerSpec),
+        Attach(String),
+        Start(String),
+        Upload(String, Vec<String>),
+        Exec(Vec<String>),
+        Export(String),
+        Remove(String),
+        RemoveDetached(String),
+    }
+
+    struct Fake {
+        calls: Mutex<Vec<Call>>,
+        image: Option<ImageInfo>,
+        /// Output and status of the build exec.
+        build_output: Vec<&'static str>,
+        build_status: i64,
+        /// Block the build exec until cancelled.
+        hang: bool,
+        export: Vec<u8>,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let mut t = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o755);
+            h.set_size(3);
+            t.append_data(&mut h, "release/bin/hello", &b"#!x"[..])
+                .unwrap();
+            Fake {
+                calls: Mutex::new(vec![]),
+                image: Some(ImageInfo {
+                    id: "sha256:img".into(),
+                    user: String::new(),
+                }),
+                build_output: vec![],
+                build_status: 0,
+                hang: false,
+                export: t.into_inner().unwrap(),
+            }
+        }
+
+        fn log(&self, c: Call) {
+            self.calls.lock().unwrap().push(c);
+        }
+
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl ContainerEngine for Fake {
+        async fn inspect_image(&self, r: &str) -> Result<Result<ImageInfo, String>, BuilderError> {
+            self.log(Call::Inspect(r.into()));
+            Ok(self
+                .image
+                .clone()
+                .ok_or_else(|| format!("No such image: {r}")))
+        }
+        async fn create_container(&self, spec: &ContainerSpec) -> Result<String, BuilderError> {
+            self.log(Call::Create(spec.clone()));
+            Ok("c1".into())
+        }
+        async fn attach_stdin(&self, id: &str) -> Result<StdinHold, BuilderError> {
+            self.log(Call::Attach(id.into()));
+            Ok(StdinHold::new(()))
+        }
+        async fn start_container(&self, id: &str) -> Result<(), BuilderError> {
+            self.log(Call::Start(id.into()));
+            Ok(())
+        }
+        async fn upload(&self, id: &str, dir: &str, tar: Body) -> Result<(), BuilderError> {
+            let chunks: Vec<_> = tar.collect().await;
+            let bytes: Vec<u8> = chunks
+                .into_iter()
+                .flat_map(|c| c.unwrap().to_vec())
+                .collect();
+            let mut ar = tar::Archive::new(bytes.as_slice());
+            let names = ar
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap().path().unwrap().display().to_string())
+                .collect();
+            self.log(Call::Upload(format!("{id}:{dir}"), names));
+            Ok(())
+        }
+        async fn exec(
+            &self,
+            _id: &str,
+            spec: &ExecSpec,
+        ) -> Result<(String, OutputStream), BuilderError> {
+            self.log(Call::Exec(spec.cmd.clone()));
+            if spec.cmd[0] == "erl" {
+                let s = futures_util::stream::iter(vec![Ok(Output::Stdout(Bytes::from("25")))]);
+                return Ok(("otp".into(), Box::pin(s)));
+            }
+            let marker = spec.cmd[5].clone();
+            let text: String = self
+                .build_output
+                .iter()
+                .map(|l| format!("{}\n", l.replace("@M", &marker)))
+                .collect();
+            let items = vec![Ok(Output::Stdout(Bytes::from(text)))];
+            let s = futures_util::stream::iter(items);
+            if self.hang {
+                return Ok((
+                    "build".into(),
+                    Box::pin(s.chain(futures_util::stream::pending())),
+                ));
+            }
+            Ok(("build".into(), Box::pin(s)))
+        }
+        async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>, BuilderError> {
+            Ok(Some(if exec_id == "build" {
+                self.build_status
+            } else {
+                0
+            }))
+        }
+        fn export(&self, id: &str) -> TarStream {
+            self.log(Call::Export(id.into()));
+            let b = Bytes::from(self.export.clone());
+            Box::pin(futures_util::stream::iter(vec![Ok(b)]))
+        }
+        async fn remove_container(&self, id: &str) -> Result<(), BuilderError> {
+            self.log(Call::Remove(id.into()));
+            Ok(())
+        }
+        fn remove_container_detached(&self, id: String) {
+            self.log(Call::RemoveDetached(id));
+        }
+        async fn create_volume(
+            &self,
+            name: &str,
+            labels: &BTreeMap<String, String>,
+        ) -> Result<(), BuilderError> {
+            assert_eq!(labels.get(LABEL_CACHE).map(String::as_str), Some("true"));
+            self.log(Call::CreateVolume(name.into()));
+            Ok(())
+        }
+        async fn remove_volume(&self, name: &str) -> Result<(), BuilderError> {
+            self.log(Call::RemoveVolume(name.into()));
+            Ok(())
+        }
+        async fn list_volumes(&self, _k: &str, _v: &str) -> Result<Vec<String>, BuilderError> {
+            Ok(vec![])
+        }
+        async fn list_containers(
+            &self,
+            _k: &str,
+            _v: &str,
+        ) -> Result<Vec<LabelledContainer>, BuilderError> {
+            let label = |owner: &str| {
+                BTreeMap::from([
+                    (LABEL_TEMPORARY.to_string(), "true".to_string()),
+                    (LABEL_OWNER.to_string(), owner.to_string()),
+                ])
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            Ok(vec![
+                // Ours, alive: kept.
+                LabelledContainer {
+                    id: "mine".into(),
+                    labels: label(&owner()),
+                    running: true,
+                    created: now,
+                },
+                // Same host, dead pid: removed.
+                LabelledContainer {
+                    id: "dead".into(),
+                    labels: label(&format!("{}:{}", hostname(), i32::MAX)),
+                    running: true,
+                    created: now,
+                },
+                // Another host, running: kept.
+                LabelledContainer {
+                    id: "remote".into(),
+                    labels: label("elsewhere:1"),
+                    running: true,
+                    created: now,
+                },
+                // Another host, stopped for an hour: removed.
+                LabelledContainer {
+                    id: "stale".into(),
+                    labels: label("elsewhere:1"),
+                    running: false,
+                    created: now - 3600,
+                },
+            ])
+        }
+    }
+
+    fn project() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lib")).unwrap();
+        std::fs::create_dir_all(dir.path().join("_build/prod")).unwrap();
+        std::fs::write(dir.path().join("mix.exs"), "x").unwrap();
+        std::fs::write(dir.path().join("lib/a.ex"), "y").unwrap();
+        dir
+    }
+
+    fn spec(dir: &Path) -> BuilderSpec {
+        BuilderSpec {
+            image: "builder:1".into(),
+            project_dir: dir.to_path_buf(),
+            mix_env: "prod".into(),
+            release_name: "hello".into(),
+            cache: true,
+            excludes: Excludes::for_project(dir).unwrap(),
+            work_dir: None,
+        }
+    }
+
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    fn callbacks() -> (
+        Arc<dyn Fn(&str) + Send + Sync>,
+        Arc<dyn Fn(&str, &str) + Send + Sync>,
+        Seen,
+    ) {
+        let seen: Seen = Arc::new(Mutex::new(vec![]));
+        let s1 = seen.clone();
+        let s2 = seen.clone();
+        (
+            Arc::new(move |s: &str| s1.lock().unwrap().push(("step".into(), s.into()))),
+            Arc::new(move |step: &str, l: &str| s2.lock().unwrap().push((step.into(), l.into()))),
+            seen,
+        )
+    }
+
+    #[tokio::test]
+    async fn runs_the_lifecycle_in_order() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.build_output = vec![
+            "@M deps.get",
+            "All dependencies are up to date",
+            "@M release",
+            "Compiling 1 file (.ex)",
+        ];
+        let (on_step, on_line, seen) = callbacks();
+        let built = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(built.otp_release, "25");
+        assert_eq!(built.release_dir, Path::new("/release"));
+        assert!(built.rootfs.path().join("release/bin/hello").is_file());
+        let calls = fake.calls();
+        let vols = cache_volumes(&dir.path().canonicalize().unwrap(), "prod", "sha256:img");
+        assert_eq!(calls[0], Call::Inspect("builder:1".into()));
+        assert_eq!(calls[1], Call::CreateVolume(vols[0].0.clone()));
+        assert_eq!(calls[2], Call::CreateVolume(vols[1].0.clone()));
+        let Call::Create(c) = &calls[3] else {
+            panic!("{calls:?}")
+        };
+        assert_eq!(
+            c.labels.get(LABEL_TEMPORARY).map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(c.labels.get(LABEL_OWNER), Some(&owner()));
+        assert_eq!(c.volumes, vols.to_vec());
+        // Attach strictly before start.
+        assert_eq!(calls[4], Call::Attach("c1".into()));
+        assert_eq!(calls[5], Call::Start("c1".into()));
+        assert_eq!(
+            calls[6],
+            Call::Upload(
+                "c1:/src".into(),
+                vec!["lib".into(), "lib/a.ex".into(), "mix.exs".into()]
+            )
+        );
+        assert!(
+            matches!(&calls[7], Call::Exec(cmd) if cmd[2] == BUILD_SCRIPT && cmd[4] == "hello")
+        );
+        assert!(matches!(&calls[8], Call::Exec(cmd) if cmd[0] == "erl"));
+        assert_eq!(calls[9], Call::Export("c1".into()));
+        assert_eq!(calls[10], Call::Remove("c1".into()));
+        assert_eq!(calls.len(), 11);
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.contains(&("deps.get".into(), "All dependencies are up to date".into())));
+        assert!(seen.contains(&("release".into(), "Compiling 1 file (.ex)".into())));
+        assert!(seen.contains(&(
+            "step".into(),
+            "running `mix release hello --overwrite --path /release` in the builder".into()
+        )));
+        assert!(!seen.iter().any(|(_, l)| l.contains("@@docker_release")));
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_says_which_command_failed_and_removes_the_container() {
+        let dir = project();
+        let mut fake = Fake::new();
+        let mut out = vec!["@M deps.get", "ok", "@M release"];
+        let many: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+        let many: Vec<&'static str> = many
+            .into_iter()
+            .map(|s| &*Box::leak(s.into_boxed_str()))
+            .collect();
+        out.extend(many);
+        out.push("** (SyntaxError) lib/a.ex:1:5: syntax error before: end");
+        fake.build_output = out;
+        fake.build_status = 1;
+        let (on_step, on_line, _) = callbacks();
+        let err = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "release_build_failed");
+        let BuilderError::BuildFailed {
+            step,
+            status,
+            last_lines,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!((step.as_str(), *status), ("release", 1));
+        assert_eq!(last_lines.len(), LAST_LINES);
+        assert!(last_lines.last().unwrap().contains("SyntaxError"));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`mix release hello --overwrite --path /release` failed"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("exit status 1") && msg.contains("    ** (SyntaxError)"),
+            "{msg}"
+        );
+        assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
+        assert!(!fake.calls().iter().any(|c| matches!(c, Call::Export(_))));
+    }
+
+    #[tokio::test]
+    async fn a_missing_image_is_reported_with_what_to_do() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.image = None;
+        let (on_step, on_line, _) = callbacks();
+        let err = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "builder_image_missing");
+        assert!(err.to_string().contains("docker image ls"), "{err}");
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_cache_recreates_the_volumes() {
+        let dir = project();
+        let fake = Fake::new();
+        let mut s = spec(dir.path());
+        s.cache = false;
+        let (on_step, on_line, _) = callbacks();
+        build_release(
+            &fake,
+            &s,
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap();
+        let calls = fake.calls();
+        assert!(matches!(&calls[1], Call::RemoveVolume(n) if n.ends_with("-build")));
+        assert!(matches!(&calls[2], Call::RemoveVolume(n) if n.ends_with("-deps")));
+        assert!(matches!(&calls[3], Call::CreateVolume(n) if n.ends_with("-build")));
+    }
+
+    #[tokio::test]
+    async fn cancelling_stops_the_build_and_removes_the_container() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.build_output = vec!["@M release", "Compiling"];
+        fake.hang = true;
+        let (on_step, on_line, _) = callbacks();
+        let flag = Arc::new(AtomicBool::new(false));
+        let f2 = flag.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            f2.store(true, Ordering::Relaxed);
+        });
+        let err = build_release(&fake, &spec(dir.path()), on_step, on_line, flag)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "cancelled");
+        assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_build_still_removes_its_container() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.hang = true;
+        let (on_step, on_line, _) = callbacks();
+        let s = spec(dir.path());
+        let fut = build_release(
+            &fake,
+            &s,
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(300), fut).await;
+        assert_eq!(
+            fake.calls().last(),
+            Some(&Call::RemoveDetached("c1".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_names_are_refused_before_any_engine_call() {
+        let dir = project();
+        let fake = Fake::new();
+        let mut s = spec(dir.path());
+        s.release_name = "hello; rm -rf /".into();
+        let (on_step, on_line, _) = callbacks();
+        let err = build_release(
+            &fake,
+            &s,
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "builder_error");
+        assert!(
+            err.to_string().contains("got: \"hello; rm -rf /\""),
+            "{err}"
+        );
+        assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_only_what_nobody_will() {
+        let fake = Fake::new();
+        assert_eq!(sweep_leftovers(&fake).await.unwrap(), 2);
+        assert_eq!(
+            fake.calls(),
+            vec![Call::Remove("dead".into()), Call::Remove("stale".into())]
+        );
+    }
+}

@@ -1,0 +1,1591 @@
+//! The two-Dockerfile flow of "How I do releases with Elixir and Docker", over the engine API.
+//!
+//! The article glues two Dockerfiles with a shell script; [`run`] does the same five steps:
+//!
+//! 1. build the *build image* from `Dockerfile.build`, with the project directory as context
+//!    (streamed as tar, `.dockerignore` honoured by [`image_core::context`]) and the build-arg
+//!    `version`;
+//! 2. create a temporary container from it (never started: the archive API works on created
+//!    containers);
+//! 3. copy the release tarball out of `/tmp/NAME` into a temporary file;
+//! 4. remove the container;
+//! 5. build the *final image* from `Dockerfile`, whose context is the project's files plus the
+//!    tarball at the context root (so `ADD NAME /opt/app` unpacks it), and tag it.
+//!
+//! The temporary container carries the labels [`LABEL_TEMPORARY`] and [`LABEL_OWNER`] (shared
+//! with [`crate::builder`]). It is removed on success, on failure and on cancellation (also
+//! when the future is dropped: a drop guard hands the removal to the runtime). If the process
+//! is killed outright, nothing runs at all; every run starts with
+//! [`crate::builder::sweep_leftovers`], which removes labelled containers whose owner process
+//! on this host is gone. Cleanup never depends on code running at exit.
+//!
+//! The engine sits behind [`BuildEngine`] (build, create, download, remove, sweep, plus
+//! [`Engine`]'s tag and inspect), so the flow's ordering and cleanup are tested with a fake.
+
+use crate::builder::{self, BuilderError, LABEL_OWNER, LABEL_TEMPORARY};
+use crate::engine::{Body, DockerEngine, Engine, EngineError};
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use image_core::context::{write_context, ContextError, Excludes};
+use image_core::reference::{Reference, ReferenceError};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Receives one line per step, for people.
+pub type OnStep = Arc<dyn Fn(&str) + Send + Sync>;
+/// Receives `(step key, line)` for each line of build output.
+pub type OnLine = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// One run of the two-Dockerfile flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerfileFlow {
+    /// The project directory: the build context of both builds.
+    pub project_dir: PathBuf,
+    /// The Dockerfile that builds the release (`Dockerfile.build`), relative to `project_dir`.
+    pub build_dockerfile: PathBuf,
+    /// The Dockerfile of the final image (`Dockerfile`), relative to `project_dir`.
+    pub dockerfile: PathBuf,
+    /// The build image's tag, e.g. `hello-build:0.1.0`.
+    pub build_tag: String,
+    /// Passed to the first build as the build-arg `version`.
+    pub version: String,
+    /// The tarball's file name: the first build must leave it at `/tmp/NAME`, the final build
+    /// finds it at its context root. E.g. `hello.tar.gz`.
+    pub release_tarball: String,
+    /// The final image's tags (at least one), e.g. `hello:0.1.0`.
+    pub final_tags: Vec<String>,
+    /// Build both images without the engine's build cache.
+    pub no_cache: bool,
+}
+
+/// What a successful run produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowOutcome {
+    /// The final image's ID (`sha256:…`).
+    pub final_image_id: String,
+    /// The tags the final image received, normalised (`hello:0.1.0`).
+    pub tags: Vec<String>,
+    /// The final image's size as the engine reports it.
+    pub size: u64,
+    /// Size of the release tarball copied out of the build image.
+    pub tarball_bytes: u64,
+}
+
+/// The flow's steps, in order. [`Step::key`] is what `on_line` receives as its first argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Building the build image from `Dockerfile.build`.
+    BuildRelease,
+    /// Creating the temporary container.
+    CreateContainer,
+    /// Copying the tarball out of the container.
+    CopyRelease,
+    /// Removing the temporary container.
+    RemoveContainer,
+    /// Building the final image from `Dockerfile`.
+    BuildFinal,
+}
+
+impl Step {
+    /// A stable key: `build_release`, `create_container`, `copy_release`, `remove_container`,
+    /// `build_final`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Step::BuildRelease => "build_release",
+            Step::CreateContainer => "create_container",
+            Step::CopyRelease => "copy_release",
+            Step::RemoveContainer => "remove_container",
+            Step::BuildFinal => "build_final",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::BuildRelease => "building the release image",
+            Step::CreateContainer => "creating the temporary container",
+            Step::CopyRelease => "copying the release out of the build image",
+            Step::RemoveContainer => "removing the temporary container",
+            Step::BuildFinal => "building the final image",
+        })
+    }
+}
+
+/// Why the flow failed. Each message names the failing step; [`FlowError::reason`] is what the
+/// Elixir side matches on.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// A Dockerfile does not exist (checked before the engine is contacted).
+    #[error("the {role} {} does not exist: {rule}", path.display())]
+    DockerfileMissing {
+        /// The path looked at.
+        path: PathBuf,
+        /// `build Dockerfile` or `Dockerfile`.
+        role: &'static str,
+        /// What is expected.
+        rule: &'static str,
+    },
+    /// A setting of the flow is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// A tag is not a valid image reference.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// The project directory could not be read into a build context.
+    #[error("{step} failed while sending the project as build context: {source}")]
+    Context {
+        /// The build that needed the context.
+        step: Step,
+        /// The cause.
+        source: ContextError,
+    },
+    /// The engine reported a failed build (usually an `errorDetail` inside its 200 stream).
+    #[error("{step} {tag} from {} failed: {message}", dockerfile.display())]
+    BuildFailed {
+        /// [`Step::BuildRelease`] or [`Step::BuildFinal`].
+        step: Step,
+        /// The Dockerfile built.
+        dockerfile: PathBuf,
+        /// The tag it was to get.
+        tag: String,
+        /// The engine's error text.
+        message: String,
+    },
+    /// The build image has no release tarball where the flow looks for it.
+    #[error("{step} failed: the build image {build_tag} has no {path}: {} must leave the release tarball there (the article copies _build/prod/<app>-$version.tar.gz to /tmp/<app>.tar.gz)", build_dockerfile.display())]
+    TarballMissing {
+        /// The step (always [`Step::CopyRelease`]).
+        step: Step,
+        /// `/tmp/NAME`.
+        path: String,
+        /// The build image.
+        build_tag: String,
+        /// The build Dockerfile, for the message.
+        build_dockerfile: PathBuf,
+    },
+    /// The tarball exists but cannot be used (empty, a directory, a symlink).
+    #[error("{step} failed: {path} in the build image {build_tag} {problem}: {} must leave the release tarball itself there", build_dockerfile.display())]
+    TarballUnusable {
+        /// The step (always [`Step::CopyRelease`]).
+        step: Step,
+        /// `/tmp/NAME`.
+        path: String,
+        /// The build image.
+        build_tag: String,
+        /// The build Dockerfile, for the message.
+        build_dockerfile: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// An engine call failed.
+    #[error("{step} failed: {source}")]
+    Engine {
+        /// The step.
+        step: Step,
+        /// The engine's error.
+        source: EngineError,
+    },
+    /// A local temporary file could not be written.
+    #[error("{step} failed: cannot write the temporary file {}: {source}", path.display())]
+    LocalFile {
+        /// The step.
+        step: Step,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The run was cancelled.
+    #[error("the build was cancelled while {step}")]
+    Cancelled {
+        /// The step that was running.
+        step: Step,
+    },
+}
+
+impl FlowError {
+    /// The reason atom: `dockerfile_missing`, `build_failed`, `tarball_missing`, `engine_error`,
+    /// `cancelled`, and for bad input or local IO the project's existing `invalid_config`,
+    /// `invalid_reference`, `read_error` and `output_error`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FlowError::DockerfileMissing { .. } => "dockerfile_missing",
+            FlowError::Invalid(_) => "invalid_config",
+            FlowError::Reference(_) => "invalid_reference",
+            FlowError::Context { .. } => "read_error",
+            FlowError::BuildFailed { .. } => "build_failed",
+            FlowError::TarballMissing { .. } | FlowError::TarballUnusable { .. } => {
+                "tarball_missing"
+            }
+            FlowError::Engine { .. } => "engine_error",
+            FlowError::LocalFile { .. } => "output_error",
+            FlowError::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    /// The step that failed, if the engine was involved.
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            FlowError::Context { step, .. }
+            | FlowError::BuildFailed { step, .. }
+            | FlowError::TarballMissing { step, .. }
+            | FlowError::TarballUnusable { step, .. }
+            | FlowError::Engine { step, .. }
+            | FlowError::LocalFile { step, .. }
+            | FlowError::Cancelled { step } => Some(*step),
+            _ => None,
+        }
+    }
+}
+
+/// How one image build is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// The Dockerfile's path inside the context (`/`-separated).
+    pub dockerfile: String,
+    /// The tag the image gets.
+    pub tag: String,
+    /// Build-args.
+    pub build_args: Vec<(String, String)>,
+    /// Do not use the build cache.
+    pub no_cache: bool,
+}
+
+/// A failed [`BuildEngine::build`].
+#[derive(Debug, thiserror::Error)]
+pub enum BuildCallError {
+    /// The engine ran the build and reported it failed (an `errorDetail` in the stream, or a
+    /// refused request such as a Dockerfile parse error). The text is the engine's.
+    #[error("{0}")]
+    Failed(String),
+    /// Talking to the engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The engine calls the flow makes beyond [`Engine`]'s `tag` and `inspect`.
+pub trait BuildEngine: Engine {
+    /// Build an image from a tar `context` stream, tag it `spec.tag`, pass each output line to
+    /// `on_line`; returns the image ID when the engine reports one.
+    fn build(
+        &self,
+        spec: &BuildSpec,
+        context: Body,
+        on_line: &(dyn Fn(&str) + Send + Sync),
+    ) -> impl Future<Output = Result<Option<String>, BuildCallError>> + Send;
+    /// Create (not start) a container from `image` with `name` and `labels`; returns its ID.
+    fn create_container(
+        &self,
+        image: &str,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> impl Future<Output = Result<String, EngineError>> + Send;
+    /// A tar stream of `path` in `container`, or `None` when the path does not exist.
+    fn download(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<Body>, EngineError>> + Send;
+    /// Remove `container` (forced, with its anonymous volumes). A container that is already
+    /// gone is not an error.
+    fn remove_container(
+        &self,
+        container: &str,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Start removing `container` in the background, without waiting: used when the flow's
+    /// future is dropped before it could remove the container itself.
+    fn remove_container_detached(&self, container: String);
+    /// Remove the leftovers of killed runs ([`crate::builder::sweep_leftovers`]); returns how
+    /// many were removed.
+    fn sweep_leftovers(&self) -> impl Future<Output = Result<usize, BuilderError>> + Send;
+}
+
+/// Run the flow. `on_step` gets one line per step; `on_line` gets `(Step::key, line)` for each
+/// line of build output (and `("sweep", line)` for removed leftovers); `cancelled` stops the
+/// run (the temporary container is still removed).
+///
+/// ```no_run
+/// # async fn f(engine: &image_io::engine::DockerEngine) {
+/// use image_io::dockerfiles::{run, DockerfileFlow};
+/// use std::sync::{atomic::AtomicBool, Arc};
+/// let flow = DockerfileFlow {
+///     project_dir: "/src/hello".into(),
+///     build_dockerfile: "Dockerfile.build".into(),
+///     dockerfile: "Dockerfile".into(),
+///     build_tag: "hello-build:0.1.0".into(),
+///     version: "0.1.0".into(),
+///     release_tarball: "hello.tar.gz".into(),
+///     final_tags: vec!["hello:0.1.0".into(), "hello:latest".into()],
+///     no_cache: false,
+/// };
+/// let outcome = run(
+///     engine,
+///     &flow,
+///     Arc::new(|step| println!("{step}")),
+///     Arc::new(|_step, line| println!("  {line}")),
+///     Arc::new(AtomicBool::new(false)),
+/// )
+/// .await;
+/// # }
+/// ```
+pub async fn run<E: BuildEngine>(
+    engine: &E,
+    flow: &DockerfileFlow,
+    on_step: OnStep,
+    on_line: OnLine,
+    cancelled: Arc<AtomicBool>,
+) -> Result<FlowOutcome, FlowError> {
+    let checked = check(flow)?;
+
+    // Leftovers of killed runs; a failing sweep must not stop this run.
+    if let Ok(n @ 1..) = engine.sweep_leftovers().await {
+        on_line(
+            "sweep",
+            &format!("removed {n} leftover temporary container(s) of runs that were killed"),
+        );
+    }
+
+    // 1. The build image.
+    let step = Step::BuildRelease;
+    on_step(&format!(
+        "building the release in {} from {} (version {})",
+        checked.build_tag,
+        flow.build_dockerfile.display(),
+        flow.version
+    ));
+    let spec = BuildSpec {
+        dockerfile: checked.build_dockerfile.clone(),
+        tag: checked.build_tag.to_string(),
+        build_args: vec![("version".into(), flow.version.clone())],
+        no_cache: flow.no_cache,
+    };
+    let excludes = context_excludes(flow, &checked.build_dockerfile, None)?;
+    build_step(
+        engine,
+        step,
+        &spec,
+        flow,
+        &flow.build_dockerfile,
+        excludes,
+        None,
+        &on_line,
+        &cancelled,
+    )
+    .await?;
+
+    // 2–4. The temporary container, removed whatever happens in between.
+    let step = Step::CreateContainer;
+    check_cancelled(&cancelled, step)?;
+    on_step(&format!(
+        "creating a temporary container from {}",
+        checked.build_tag
+    ));
+    let labels = HashMap::from([
+        (LABEL_TEMPORARY.to_string(), "true".to_string()),
+        (LABEL_OWNER.to_string(), builder::owner()),
+    ]);
+    let name = temporary_name();
+    // Not cancellable: a create cut off mid-request may still make the container, and only an
+    // ID we know can be removed. Creating is quick; a cancellation is seen right after it.
+    let id = engine
+        .create_container(&checked.build_tag.to_string(), &name, &labels)
+        .await
+        .map_err(|source| FlowError::Engine { step, source })?;
+    let container = Temporary {
+        engine,
+        id: Some(id.clone()),
+    };
+
+    let tar_path = format!("/tmp/{}", flow.release_tarball);
+    on_step(&format!("copying {tar_path} from the build image"));
+    let copied = copy_out(engine, &id, &tar_path, flow, &checked, &cancelled).await;
+
+    on_step(&format!("removing the temporary container {name}"));
+    let removed = container.remove().await;
+    let tarball = match (copied, removed) {
+        (Ok(t), Ok(())) => t,
+        (Err(e), removed) => {
+            if let Err(r) = removed {
+                on_line(
+                    Step::RemoveContainer.key(),
+                    &format!("{r}; remove it with `docker rm -f {id}`"),
+                );
+            }
+            return Err(e);
+        }
+        (Ok(_), Err(source)) => {
+            return Err(FlowError::Engine {
+                step: Step::RemoveContainer,
+                source,
+            })
+        }
+    };
+    let tarball_bytes = tarball.bytes;
+
+    // 5. The final image.
+    let step = Step::BuildFinal;
+    check_cancelled(&cancelled, step)?;
+    let first = &checked.final_tags[0];
+    let also: Vec<String> = checked.final_tags[1..]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    on_step(&format!(
+        "building the final image {first} from {}{}",
+        flow.dockerfile.display(),
+        if also.is_empty() {
+            String::new()
+        } else {
+            format!(" (also tagged {})", also.join(", "))
+        }
+    ));
+    let spec = BuildSpec {
+        dockerfile: checked.dockerfile.clone(),
+        tag: first.to_string(),
+        build_args: Vec::new(),
+        no_cache: flow.no_cache,
+    };
+    let excludes = context_excludes(flow, &checked.dockerfile, Some(&flow.release_tarball))?;
+    let extra = Some((
+        flow.release_tarball.clone(),
+        tarball.file.path().to_path_buf(),
+    ));
+    let built = build_step(
+        engine,
+        step,
+        &spec,
+        flow,
+        &flow.dockerfile,
+        excludes,
+        extra,
+        &on_line,
+        &cancelled,
+    )
+    .await?;
+    drop(tarball);
+    let image = built.unwrap_or_else(|| first.to_string());
+    let engine_err = |source| FlowError::Engine { step, source };
+    for t in &checked.final_tags[1..] {
+        engine
+            .tag(&image, &t.repository(), &t.tag)
+            .await
+            .map_err(engine_err)?;
+    }
+    let (final_image_id, size) = engine.inspect(&image).await.map_err(engine_err)?;
+    Ok(FlowOutcome {
+        final_image_id,
+        tags: checked.final_tags.iter().map(|t| t.to_string()).collect(),
+        size,
+        tarball_bytes,
+    })
+}
+
+fn temporary_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "docker_release-tmp-{}-{:x}{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The flow's inputs, validated before the engine is contacted.
+struct Checked {
+    build_dockerfile: String,
+    dockerfile: String,
+    build_tag: Reference,
+    final_tags: Vec<Reference>,
+}
+
+fn check(flow: &DockerfileFlow) -> Result<Checked, FlowError> {
+    let build_dockerfile = dockerfile_in_project(flow, &flow.build_dockerfile, "build Dockerfile")?;
+    let dockerfile = dockerfile_in_project(flow, &flow.dockerfile, "Dockerfile")?;
+    let name = &flow.release_tarball;
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || name.len() > 100
+    {
+        return Err(FlowError::Invalid(format!(
+            "invalid release tarball name {name:?}: it must be a plain file name (up to 100 bytes, no '/'), e.g. hello.tar.gz"
+        )));
+    }
+    if flow.final_tags.is_empty() {
+        return Err(FlowError::Invalid(
+            "no tag for the final image: give at least one, e.g. hello:0.1.0".into(),
+        ));
+    }
+    let build_tag = Reference::parse(&flow.build_tag)?;
+    let final_tags = flow
+        .final_tags
+        .iter()
+        .map(|t| Reference::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Checked {
+        build_dockerfile,
+        dockerfile,
+        build_tag,
+        final_tags,
+    })
+}
+
+/// The Dockerfile's path inside the context, `/`-separated; it must be a file in the project.
+fn dockerfile_in_project(
+    flow: &DockerfileFlow,
+    path: &Path,
+    role: &'static str,
+) -> Result<String, FlowError> {
+    let missing = |rule| FlowError::DockerfileMissing {
+        path: flow.project_dir.join(path),
+        role,
+        rule,
+    };
+    let rel = if path.is_absolute() {
+        path.strip_prefix(&flow.project_dir).map_err(|_| {
+            missing("it must be inside the project directory, which is the build context")
+        })?
+    } else {
+        path
+    };
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(missing(
+            "it must be inside the project directory, which is the build context (no '..')",
+        ));
+    }
+    if !flow.project_dir.join(rel).is_file() {
+        return Err(missing(
+            "give a path relative to the project directory of an existing file",
+        ));
+    }
+    let parts: Vec<String> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    Ok(parts.join("/"))
+}
+
+/// The project's `.dockerignore` rules, adjusted like the docker CLI adjusts them: the
+/// Dockerfile and `.dockerignore` are always sent (the engine drops them again if excluded), and
+/// for the final build a project file named like the tarball is left out, so the tarball copied
+/// from the build image is the only one.
+fn context_excludes(
+    flow: &DockerfileFlow,
+    dockerfile: &str,
+    tarball: Option<&str>,
+) -> Result<Excludes, FlowError> {
+    let context = |source| FlowError::Context {
+        step: if tarball.is_some() {
+            Step::BuildFinal
+        } else {
+            Step::BuildRelease
+        },
+        source,
+    };
+    let mut ex = Excludes::for_project(&flow.project_dir).map_err(context)?;
+    let mut extra = String::new();
+    for keep in [".dockerignore", dockerfile] {
+        if ex.is_excluded(keep) {
+            extra.push_str(&format!("!{}\n", escape_pattern(keep)));
+        }
+    }
+    if let Some(name) = tarball {
+        extra.push_str(&format!("/{}\n", escape_pattern(name)));
+    }
+    ex.extend_dockerignore(extra.as_bytes()).map_err(context)?;
+    Ok(ex)
+}
+
+fn escape_pattern(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '!') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Build one image with the project (plus `extra`, a file at the context root) as context.
+#[allow(clippy::too_many_arguments)]
+async fn build_step<E: BuildEngine>(
+    engine: &E,
+    step: Step,
+    spec: &BuildSpec,
+    flow: &DockerfileFlow,
+    dockerfile: &Path,
+    excludes: Excludes,
+    extra: Option<(String, PathBuf)>,
+    on_line: &OnLine,
+    cancelled: &AtomicBool,
+) -> Result<Option<String>, FlowError> {
+    check_cancelled(cancelled, step)?;
+    let (body, writer) = context_stream(flow.project_dir.clone(), excludes, extra);
+    let lines = {
+        let on_line = on_line.clone();
+        move |l: &str| on_line(step.key(), l)
+    };
+    let built = cancellable(cancelled, step, async {
+        Ok(engine.build(spec, body, &lines).await)
+    })
+    .await;
+    // The writer ends once the body is consumed or dropped.
+    let written = writer.await;
+    let built = built?;
+    match written {
+        // The engine stopped reading: its answer says why.
+        Ok(Err(ContextError::Write(_))) => {}
+        Ok(Err(source)) => return Err(FlowError::Context { step, source }),
+        Ok(Ok(())) => {}
+        Err(e) => {
+            return Err(FlowError::Context {
+                step,
+                source: ContextError::Write(io::Error::other(e.to_string())),
+            })
+        }
+    }
+    built.map_err(|e| match e {
+        BuildCallError::Failed(message) => FlowError::BuildFailed {
+            step,
+            dockerfile: dockerfile.to_path_buf(),
+            tag: spec.tag.clone(),
+            message,
+        },
+        BuildCallError::Engine(source) => FlowError::Engine { step, source },
+    })
+}
+
+/// The build context as a stream: `extra` first (one regular file at the root), then the
+/// project's entries from [`write_context`], written on a blocking thread into a bounded channel
+/// so memory stays flat. If writing fails, the stream ends with an error so the engine discards
+/// the partial context instead of building it.
+fn context_stream(
+    root: PathBuf,
+    excludes: Excludes,
+    extra: Option<(String, PathBuf)>,
+) -> (Body, tokio::task::JoinHandle<Result<(), ContextError>>) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let res = (|| {
+            if let Some((name, path)) = &extra {
+                append_root_file(&mut out, name, path)?;
+            }
+            write_context(&root, &excludes, &mut out)?;
+            out.flush().map_err(ContextError::Write)
+        })();
+        if let Err(e) = &res {
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+        res.map(|_| ())
+    });
+    let body: Body = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    (body, writer)
+}
+
+/// One tar entry (header, data, padding) without an end-of-archive marker: the entries of
+/// [`write_context`] and its end marker follow.
+fn append_root_file(out: &mut impl Write, name: &str, path: &Path) -> Result<(), ContextError> {
+    let read = |source| ContextError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let size = file.metadata().map_err(read)?.len();
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).map_err(ContextError::Write)?;
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    // Fixed, so the engine's cache key for `ADD NAME` depends on the tarball's bytes only.
+    h.set_mtime(0);
+    h.set_cksum();
+    out.write_all(h.as_bytes()).map_err(ContextError::Write)?;
+    let copied = io::copy(&mut file.take(size), out).map_err(ContextError::Write)?;
+    if copied != size {
+        return Err(ContextError::Changed {
+            path: path.to_path_buf(),
+            expected: size,
+        });
+    }
+    let pad = (512 - size % 512) % 512;
+    out.write_all(&[0u8; 512][..pad as usize])
+        .map_err(ContextError::Write)
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// A blocking writer that sends 1 MiB chunks into a channel.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = (CHUNK - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the engine closed the upload"))
+    }
+}
+
+/// The tarball, copied out into a temporary file (deleted on drop).
+struct Tarball {
+    file: tempfile::NamedTempFile,
+    bytes: u64,
+}
+
+async fn copy_out<E: BuildEngine>(
+    engine: &E,
+    container: &str,
+    tar_path: &str,
+    flow: &DockerfileFlow,
+    checked: &Checked,
+    cancelled: &AtomicBool,
+) -> Result<Tarball, FlowError> {
+    let step = Step::CopyRelease;
+    let missing = || FlowError::TarballMissing {
+        step,
+        path: tar_path.to_string(),
+        build_tag: checked.build_tag.to_string(),
+        build_dockerfile: flow.build_dockerfile.clone(),
+    };
+    let unusable = |problem: String| FlowError::TarballUnusable {
+        step,
+        path: tar_path.to_string(),
+        build_tag: checked.build_tag.to_string(),
+        build_dockerfile: flow.build_dockerfile.clone(),
+        problem,
+    };
+    check_cancelled(cancelled, step)?;
+    let body = cancellable(cancelled, step, async {
+        engine
+            .download(container, tar_path)
+            .await
+            .map_err(|source| FlowError::Engine { step, source })
+    })
+    .await?
+    .ok_or_else(missing)?;
+    let file = tempfile::Builder::new()
+        .prefix(".docker_release-")
+        .suffix(&format!("-{}", flow.release_tarball))
+        .tempfile()
+        .map_err(|source| FlowError::LocalFile {
+            step,
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
+    let extract = tokio::task::spawn_blocking(move || extract_single(reader, file));
+    let extracted = cancellable(cancelled, step, async {
+        extract.await.map_err(|e| FlowError::Engine {
+            step,
+            source: EngineError::Load(format!("the copy failed: {e}")),
+        })
+    })
+    .await?;
+    match extracted {
+        Ok(t) if t.bytes == 0 => Err(unusable("is empty".into())),
+        Ok(t) => Ok(t),
+        Err(Extract::NotAFile(what)) => Err(unusable(what)),
+        Err(Extract::Local(path, source)) => Err(FlowError::LocalFile { step, path, source }),
+        Err(Extract::Download(e)) => Err(FlowError::Engine {
+            step,
+            source: EngineError::Api {
+                action: format!("the copy of {tar_path}"),
+                message: e.to_string(),
+            },
+        }),
+    }
+}
+
+enum Extract {
+    NotAFile(String),
+    Local(PathBuf, io::Error),
+    Download(io::Error),
+}
+
+/// Read the archive the engine sends for one path and write its first entry, which must be a
+/// regular file, into `file`.
+fn extract_single(
+    reader: impl Read,
+    mut file: tempfile::NamedTempFile,
+) -> Result<Tarball, Extract> {
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive.entries().map_err(Extract::Download)?;
+    let mut entry = match entries.next() {
+        None => {
+            return Err(Extract::NotAFile(
+                "is missing from the engine's archive".into(),
+            ))
+        }
+        Some(e) => e.map_err(Extract::Download)?,
+    };
+    match entry.header().entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => {}
+        tar::EntryType::Directory => return Err(Extract::NotAFile("is a directory".into())),
+        tar::EntryType::Symlink => {
+            let target = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            return Err(Extract::NotAFile(format!(
+                "is a symbolic link (to {target})"
+            )));
+        }
+        other => {
+            return Err(Extract::NotAFile(format!(
+                "is not a regular file ({other:?})"
+            )))
+        }
+    }
+    let path = file.path().to_path_buf();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let n = entry.read(&mut buf).map_err(Extract::Download)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])
+            .map_err(|e| Extract::Local(path.clone(), e))?;
+        bytes += n as u64;
+    }
+    file.as_file_mut()
+        .sync_all()
+        .map_err(|e| Extract::Local(path, e))?;
+    Ok(Tarball { file, bytes })
+}
+
+/// The temporary container; removed in the background if dropped before [`Temporary::remove`]
+/// finished.
+struct Temporary<'a, E: BuildEngine> {
+    engine: &'a E,
+    id: Option<String>,
+}
+
+impl<E: BuildEngine> Temporary<'_, E> {
+    async fn remove(mut self) -> Result<(), EngineError> {
+        let Some(id) = self.id.clone() else {
+            return Ok(());
+        };
+        self.engine.remove_container(&id).await?;
+        self.id = None;
+        Ok(())
+    }
+}
+
+impl<E: BuildEngine> Drop for Temporary<'_, E> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.engine.remove_container_detached(id);
+        }
+    }
+}
+
+fn check_cancelled(cancelled: &AtomicBool, step: Step) -> Result<(), FlowError> {
+    if cancelled.load(Ordering::Relaxed) {
+        Err(FlowError::Cancelled { step })
+    } else {
+        Ok(())
+    }
+}
+
+/// Run `fut` until it finishes or `cancelled` is set (checked ten times a second); on
+/// cancellation `fut` is dropped, which closes its engine connection.
+async fn cancellable<T>(
+    cancelled: &AtomicBool,
+    step: Step,
+    fut: impl Future<Output = Result<T, FlowError>>,
+) -> Result<T, FlowError> {
+    let watch = async {
+        while !cancelled.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        r = fut => r,
+        _ = watch => Err(FlowError::Cancelled { step }),
+    }
+}
+
+/// Splits build output chunks into lines; a line may span chunks.
+#[derive(Default)]
+struct Lines {
+    partial: String,
+}
+
+impl Lines {
+    fn push(&mut self, chunk: &str, emit: &(dyn Fn(&str) + Send + Sync)) {
+        self.partial.push_str(chunk);
+        while let Some(i) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=i).collect();
+            let line = line.trim_end();
+            if !line.is_empty() {
+                emit(line);
+            }
+        }
+    }
+
+    fn finish(&mut self, emit: &(dyn Fn(&str) + Send + Sync)) {
+        let rest = std::mem::take(&mut self.partial);
+        let rest = rest.trim_end();
+        if !rest.is_empty() {
+            emit(rest);
+        }
+    }
+}
+
+fn bollard_err(action: &str, e: bollard::errors::Error) -> EngineError {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => EngineError::Api {
+            action: action.to_string(),
+            message,
+        },
+        other => EngineError::Api {
+            action: action.to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn remove_options() -> bollard::query_parameters::RemoveContainerOptions {
+    RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build()
+}
+
+impl BuildEngine for DockerEngine {
+    async fn build(
+        &self,
+        spec: &BuildSpec,
+        context: Body,
+        on_line: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Option<String>, BuildCallError> {
+        let args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
+        let opts = BuildImageOptionsBuilder::default()
+            .dockerfile(&spec.dockerfile)
+            .t(&spec.tag)
+            .buildargs(&args)
+            .nocache(spec.no_cache)
+            // Intermediate containers go away also when a step fails.
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(opts, None, Some(bollard::body_try_stream(context)));
+        let mut lines = Lines::default();
+        let mut id = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(s) = info.stream {
+                        lines.push(&s, on_line);
+                    }
+                    if let Some(s) = info.status {
+                        lines.finish(on_line);
+                        on_line(s.trim_end());
+                    }
+                    if let Some(aux) = info.aux.and_then(|a| a.id) {
+                        id = Some(aux);
+                    }
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    lines.finish(on_line);
+                    return Err(BuildCallError::Failed(error.trim_end().to_string()));
+                }
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                    lines.finish(on_line);
+                    return Err(BuildCallError::Failed(message.trim_end().to_string()));
+                }
+                Err(e) => {
+                    lines.finish(on_line);
+                    return Err(bollard_err("the build", e).into());
+                }
+            }
+        }
+        lines.finish(on_line);
+        Ok(id)
+    }
+
+    async fn create_container(
+        &self,
+        image: &str,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<String, EngineError> {
+        let opts = CreateContainerOptionsBuilder::default().name(name).build();
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            labels: Some(labels.clone()),
+            // Never started; a command makes creation work for images without CMD/ENTRYPOINT.
+            cmd: Some(vec!["true".to_string()]),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let r = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| bollard_err("creating a container", e))?;
+        Ok(r.id)
+    }
+
+    async fn download(&self, container: &str, path: &str) -> Result<Option<Body>, EngineError> {
+        let opts = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let mut stream = self.docker.download_from_container(container, Some(opts));
+        let action = format!("the copy of {path}");
+        let first = match stream.next().await {
+            None => Bytes::new(),
+            Some(Ok(b)) => b,
+            Some(Err(e)) if is_not_found(&e) => return Ok(None),
+            Some(Err(e)) => return Err(bollard_err(&action, e)),
+        };
+        let rest = stream.map_err(io::Error::other);
+        let body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>> =
+            Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest));
+        Ok(Some(body))
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
+        match self
+            .docker
+            .remove_container(container, Some(remove_options()))
+            .await
+        {
+            Err(e) if !is_not_found(&e) => Err(bollard_err("removing the container", e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_container_detached(&self, container: String) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let docker = self.docker.clone();
+            rt.spawn(async move {
+                let _ = docker
+                    .remove_container(&container, Some(remove_options()))
+                    .await;
+            });
+        }
+    }
+
+    async fn sweep_leftovers(&self) -> Result<usize, BuilderError> {
+        builder::sweep_leftovers(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A fake engine: records calls, keeps a set of live containers.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+        /// Entry names of each build's context.
+        contexts: Mutex<Vec<Vec<String>>>,
+        live: Mutex<Vec<String>>,
+        detached: Mutex<Vec<String>>,
+        /// Builds of this tag fail with this message.
+        fail_build: Option<(&'static str, &'static str)>,
+        /// The tar the download returns; `None`: the path does not exist.
+        download: Option<Vec<u8>>,
+        /// The download never answers.
+        hang_download: bool,
+    }
+
+    impl Fake {
+        fn call(&self, c: String) {
+            self.calls.lock().unwrap().push(c);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Engine for Fake {
+        async fn platform(&self) -> Result<String, EngineError> {
+            Err(EngineError::Config("not used".into()))
+        }
+        async fn load(&self, _body: Body) -> Result<String, EngineError> {
+            Err(EngineError::Config("not used".into()))
+        }
+        async fn tag(&self, id: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+            self.call(format!("tag {id} {repo}:{tag}"));
+            Ok(())
+        }
+        async fn inspect(&self, id: &str) -> Result<(String, u64), EngineError> {
+            self.call(format!("inspect {id}"));
+            Ok(("sha256:final".into(), 1234))
+        }
+    }
+
+    impl BuildEngine for Fake {
+        async fn build(
+            &self,
+            spec: &BuildSpec,
+            context: Body,
+            on_line: &(dyn Fn(&str) + Send + Sync),
+        ) -> Result<Option<String>, BuildCallError> {
+            self.call(format!(
+                "build {} -f {} {:?} no_cache={}",
+                spec.tag, spec.dockerfile, spec.build_args, spec.no_cache
+            ));
+            let bytes: Vec<Bytes> = context
+                .try_collect()
+                .await
+                .map_err(|e| BuildCallError::Engine(EngineError::Load(e.to_string())))?;
+            let tar = bytes.concat();
+            let mut names = Vec::new();
+            for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+                names.push(e.unwrap().path().unwrap().display().to_string());
+            }
+            self.contexts.lock().unwrap().push(names);
+            on_line("Step 1/2 : FROM x");
+            if let Some((_, msg)) = self.fail_build.filter(|(t, _)| *t == spec.tag) {
+                return Err(BuildCallError::Failed(msg.into()));
+            }
+            Ok(Some(format!("sha256:{}", spec.tag)))
+        }
+        async fn create_container(
+            &self,
+            image: &str,
+            _name: &str,
+            labels: &HashMap<String, String>,
+        ) -> Result<String, EngineError> {
+            assert_eq!(labels[LABEL_TEMPORARY], "true");
+            assert_eq!(labels[LABEL_OWNER], builder::owner());
+            self.call(format!("create {image}"));
+            self.live.lock().unwrap().push("c1".into());
+            Ok("c1".into())
+        }
+        async fn download(&self, container: &str, path: &str) -> Result<Option<Body>, EngineError> {
+            self.call(format!("download {container} {path}"));
+            if self.hang_download {
+                std::future::pending::<()>().await;
+            }
+            Ok(self.download.clone().map(|t| {
+                let b: Body = Box::pin(futures_util::stream::iter(
+                    t.chunks(700)
+                        .map(|c| Ok(Bytes::copy_from_slice(c)))
+                        .collect::<Vec<_>>(),
+                ));
+                b
+            }))
+        }
+        async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
+            self.call(format!("remove {container}"));
+            self.live.lock().unwrap().retain(|c| c != container);
+            Ok(())
+        }
+        fn remove_container_detached(&self, container: String) {
+            self.live.lock().unwrap().retain(|c| *c != container);
+            self.detached.lock().unwrap().push(container);
+        }
+        async fn sweep_leftovers(&self) -> Result<usize, BuilderError> {
+            self.call("sweep".into());
+            Ok(0)
+        }
+    }
+
+    fn tar_with(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn project() -> (tempfile::TempDir, DockerfileFlow) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("lib")).unwrap();
+        std::fs::create_dir_all(p.join("_build/prod")).unwrap();
+        std::fs::write(p.join("mix.exs"), "x").unwrap();
+        std::fs::write(p.join("lib/a.ex"), "x").unwrap();
+        std::fs::write(p.join("secret.env"), "x").unwrap();
+        std::fs::write(
+            p.join("hello.tar.gz"),
+            "stale tarball from an earlier script run",
+        )
+        .unwrap();
+        std::fs::write(p.join("Dockerfile.build"), "FROM b").unwrap();
+        std::fs::write(p.join("Dockerfile"), "FROM r").unwrap();
+        std::fs::write(p.join(".dockerignore"), "secret.env\nDockerfile*\n").unwrap();
+        let flow = DockerfileFlow {
+            project_dir: p.to_path_buf(),
+            build_dockerfile: "Dockerfile.build".into(),
+            dockerfile: "Dockerfile".into(),
+            build_tag: "hello-build:0.1.0".into(),
+            version: "0.1.0".into(),
+            release_tarball: "hello.tar.gz".into(),
+            final_tags: vec![
+                "hello:0.1.0".into(),
+                "reg.example:5000/team/hello:latest".into(),
+            ],
+            no_cache: true,
+        };
+        (dir, flow)
+    }
+
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    async fn go(
+        engine: &Fake,
+        flow: &DockerfileFlow,
+        cancel_at: Option<&'static str>,
+    ) -> (Result<FlowOutcome, FlowError>, Vec<String>, Vec<String>) {
+        let steps: Seen = Default::default();
+        let lines: Seen = Default::default();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (s, l, c) = (steps.clone(), lines.clone(), cancelled.clone());
+        let r = run(
+            engine,
+            flow,
+            Arc::new(move |t| {
+                if cancel_at.is_some_and(|p| t.starts_with(p)) {
+                    c.store(true, Ordering::Relaxed);
+                }
+                s.lock().unwrap().push(t.to_string())
+            }),
+            Arc::new(move |step, line| l.lock().unwrap().push(format!("{step}: {line}"))),
+            cancelled,
+        )
+        .await;
+        let steps = steps.lock().unwrap().clone();
+        let lines = lines.lock().unwrap().clone();
+        (r, steps, lines)
+    }
+
+    #[tokio::test]
+    async fn runs_the_five_steps_in_order_and_removes_the_container() {
+        let (_dir, flow) = project();
+        let engine = Fake {
+            download: Some(tar_with("hello.tar.gz", b"release bytes")),
+            ..Fake::default()
+        };
+        let (r, steps, lines) = go(&engine, &flow, None).await;
+        let out = r.unwrap();
+        assert_eq!(
+            out,
+            FlowOutcome {
+                final_image_id: "sha256:final".into(),
+                tags: vec![
+                    "hello:0.1.0".into(),
+                    "reg.example:5000/team/hello:latest".into()
+                ],
+                size: 1234,
+                tarball_bytes: 13,
+            }
+        );
+        assert_eq!(
+            engine.calls(),
+            vec![
+                "sweep",
+                r#"build hello-build:0.1.0 -f Dockerfile.build [("version", "0.1.0")] no_cache=true"#,
+                "create hello-build:0.1.0",
+                "download c1 /tmp/hello.tar.gz",
+                "remove c1",
+                "build hello:0.1.0 -f Dockerfile [] no_cache=true",
+                "tag sha256:hello:0.1.0 reg.example:5000/team/hello:latest",
+                "inspect sha256:hello:0.1.0",
+            ]
+        );
+        assert_eq!(steps.len(), 5, "{steps:?}");
+        assert!(
+            steps[0].starts_with("building the release in hello-build:0.1.0 from Dockerfile.build")
+        );
+        assert!(
+            steps[4].contains("(also tagged reg.example:5000/team/hello:latest)"),
+            "{steps:?}"
+        );
+        assert!(
+            lines.contains(&"build_release: Step 1/2 : FROM x".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"build_final: Step 1/2 : FROM x".to_string()),
+            "{lines:?}"
+        );
+        let contexts = engine.contexts.lock().unwrap().clone();
+        // .dockerignore honoured (secret.env, _build, the other Dockerfile); the build's own
+        // Dockerfile is sent even though .dockerignore names it, like the docker CLI does.
+        assert_eq!(
+            contexts[0],
+            vec![
+                ".dockerignore",
+                "Dockerfile.build",
+                "hello.tar.gz",
+                "lib",
+                "lib/a.ex",
+                "mix.exs"
+            ]
+        );
+        // The final context: the copied tarball first, the project's stale one left out.
+        assert_eq!(
+            contexts[1],
+            vec![
+                "hello.tar.gz",
+                ".dockerignore",
+                "Dockerfile",
+                "lib",
+                "lib/a.ex",
+                "mix.exs"
+            ]
+        );
+        assert!(engine.live.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_build_names_its_step_and_creates_nothing() {
+        let (_dir, flow) = project();
+        let engine = Fake {
+            fail_build: Some((
+                "hello-build:0.1.0",
+                "The command '/bin/sh -c false' returned a non-zero code: 1",
+            )),
+            ..Fake::default()
+        };
+        let err = go(&engine, &flow, None).await.0.unwrap_err();
+        assert_eq!(err.reason(), "build_failed");
+        assert_eq!(err.step(), Some(Step::BuildRelease));
+        assert_eq!(
+            err.to_string(),
+            "building the release image hello-build:0.1.0 from Dockerfile.build failed: The command '/bin/sh -c false' returned a non-zero code: 1"
+        );
+        assert!(!engine.calls().iter().any(|c| c.starts_with("create")));
+    }
+
+    #[tokio::test]
+    async fn a_failed_final_build_names_its_step_after_the_container_is_gone() {
+        let (_dir, flow) = project();
+        let engine = Fake {
+            download: Some(tar_with("hello.tar.gz", b"x")),
+            fail_build: Some(("hello:0.1.0", "ADD failed: file not found in build context")),
+            ..Fake::default()
+        };
+        let err = go(&engine, &flow, None).await.0.unwrap_err();
+        assert_eq!(err.reason(), "build_failed");
+        assert_eq!(err.step(), Some(Step::BuildFinal));
+        assert_eq!(
+            err.to_string(),
+            "building the final image hello:0.1.0 from Dockerfile failed: ADD failed: file not found in build context"
+        );
+        assert!(!engine.calls().iter().any(|c| c.starts_with("tag")));
+        assert!(engine.live.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_tarball_is_explained_and_the_container_removed() {
+        let (_dir, flow) = project();
+        let engine = Fake::default();
+        let err = go(&engine, &flow, None).await.0.unwrap_err();
+        assert_eq!(err.reason(), "tarball_missing");
+        assert!(
+            matches!(&err, FlowError::TarballMissing { path, build_tag, .. } if path == "/tmp/hello.tar.gz" && build_tag == "hello-build:0.1.0")
+        );
+        assert_eq!(
+            err.to_string(),
+            "copying the release out of the build image failed: the build image hello-build:0.1.0 has no /tmp/hello.tar.gz: Dockerfile.build must leave the release tarball there (the article copies _build/prod/<app>-$version.tar.gz to /tmp/<app>.tar.gz)"
+        );
+        assert_eq!(engine.calls().last().unwrap(), "remove c1");
+        assert!(engine.live.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_empty_tarball_or_a_directory_is_refused() {
+        let (_dir, flow) = project();
+        let engine = Fake {
+            download: Some(tar_with("hello.tar.gz", b"")),
+            ..Fake::default()
+        };
+        let err = go(&engine, &flow, None).await.0.unwrap_err();
+        assert_eq!(err.reason(), "tarball_missing");
+        assert!(
+            err.to_string()
+                .contains("/tmp/hello.tar.gz in the build image hello-build:0.1.0 is empty"),
+            "{err}"
+        );
+        assert!(engine.live.lock().unwrap().is_empty());
+
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_cksum();
+        b.append_data(&mut h, "hello.tar.gz/", &b""[..]).unwrap();
+        let engine = Fake {
+            download: Some(b.into_inner().unwrap()),
+            ..Fake::default()
+        };
+        let err = go(&engine, &flow, None).await.0.unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+        assert!(engine.live.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cancelling_still_removes_the_container() {
+        let (_dir, flow) = project();
+        let engine = Fake {
+            download: Some(tar_with("hello.tar.gz", b"x")),
+            ..Fake::default()
+        };
+        let err = go(&engine, &flow, Some("copying")).await.0.unwrap_err();
+        assert_eq!(err.reason(), "cancelled");
+        assert_eq!(err.step(), Some(Step::CopyRelease));
+        assert!(engine.calls().contains(&"remove c1".to_string()));
+        assert!(engine.live.lock().unwrap().is_empty());
+        // Cancelled before anything was built: no container at all.
+        let engine = Fake::default();
+        let err = go(&engine, &flow, Some("building the release"))
+            .await
+            .0
+            .unwrap_err();
+        assert_eq!(err.step(), Some(Step::BuildRelease));
+        assert!(!engine.calls().iter().any(|c| c.starts_with("create")));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_hands_the_removal_to_the_runtime() {
+        let (_dir, flow) = project();
+        let engine = Fake {
+            hang_download: true,
+            ..Fake::default()
+        };
+        let r = tokio::time::timeout(Duration::from_millis(300), go(&engine, &flow, None)).await;
+        assert!(r.is_err(), "the download hangs, so the run times out");
+        assert_eq!(*engine.detached.lock().unwrap(), vec!["c1".to_string()]);
+        assert!(engine.live.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_before_the_engine_is_asked() {
+        let (_dir, flow) = project();
+        let engine = Fake::default();
+        let mut f = flow.clone();
+        f.build_dockerfile = "Dockerfile.nope".into();
+        let err = go(&engine, &f, None).await.0.unwrap_err();
+        assert_eq!(err.reason(), "dockerfile_missing");
+        assert!(
+            err.to_string().starts_with("the build Dockerfile "),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("Dockerfile.nope does not exist"),
+            "{err}"
+        );
+        let mut f = flow.clone();
+        f.dockerfile = "../Dockerfile".into();
+        assert_eq!(
+            go(&engine, &f, None).await.0.unwrap_err().reason(),
+            "dockerfile_missing"
+        );
+        let mut f = flow.clone();
+        f.dockerfile = flow.project_dir.join("Dockerfile");
+        let mut f2 = f.clone();
+        f2.release_tarball = "a/b.tar.gz".into();
+        assert_eq!(
+            go(&engine, &f2, None).await.0.unwrap_err().reason(),
+            "invalid_config"
+        );
+        let mut f2 = f.clone();
+        f2.final_tags = vec!["Hello:1".into()];
+        assert_eq!(
+            go(&engine, &f2, None).await.0.unwrap_err().reason(),
+            "invalid_reference"
+        );
+        let mut f2 = f;
+        f2.final_tags = vec![];
+        assert_eq!(
+            go(&engine, &f2, None).await.0.unwrap_err().reason(),
+            "invalid_config"
+        );
+        assert!(engine.calls().is_empty(), "{:?}", engine.calls());
+    }
+
+    #[test]
+    fn lines_span_chunks() {
+        let seen = Mutex::new(Vec::new());
+        let emit = |l: &str| seen.lock().unwrap().push(l.to_string());
+        let mut lines = Lines::default();
+        lines.push("Step 1/2 : FR", &emit);
+        lines.push("OM x\n ---> abc\r\n\npartial", &emit);
+        lines.finish(&emit);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["Step 1/2 : FROM x", " ---> abc", "partial"]
+        );
+    }
+
+    #[test]
+    fn patterns_are_escaped_literally() {
+        let ex = Excludes::new([format!("/{}", escape_pattern("a[1]*.tar.gz"))]).unwrap();
+        assert!(ex.is_excluded("a[1]*.tar.gz"));
+        assert!(!ex.is_excluded("a1x.tar.gz"));
+    }
+}

@@ -1,0 +1,778 @@
+//! Registry push against a real `docker-registry` (CNCF distribution 2.8) on 127.0.0.1 — plain
+//! HTTP, TLS with basic auth, token auth with our own token service — and against fake servers
+//! for the failure cases. Every service is started and stopped by its test, on its own port.
+
+mod registry_support;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use image_core::archive::BlobDir;
+use image_core::image::Image;
+use image_core::reference::Reference;
+use image_io::credentials::{Credential, CredentialError, CredentialStore};
+use image_io::registry::{push, PushOptions, PushOutcome, RegistryError};
+use image_io::sink::{Built, Progress};
+use registry_support as rs;
+use registry_support::{count, FakeServer, Registry, Reply};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn built(image: Image, blobs: &BlobDir, tags: &[String]) -> Arc<Built> {
+    Arc::new(Built {
+        image,
+        blobs: blobs.clone(),
+        tags: tags.iter().map(|t| Reference::parse(t).unwrap()).collect(),
+    })
+}
+
+/// Options that never read this machine's credentials.
+fn no_credentials() -> PushOptions {
+    PushOptions {
+        credentials: Some(CredentialStore::default()),
+        ..PushOptions::default()
+    }
+}
+
+fn recording() -> (Progress, Arc<Mutex<Vec<u64>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    (Arc::new(move |n| s.lock().unwrap().push(n)), seen)
+}
+
+fn quiet() -> Progress {
+    Arc::new(|_| {})
+}
+
+async fn push_ok(b: &Arc<Built>, opts: &PushOptions) -> PushOutcome {
+    match push(b.clone(), opts, quiet()).await {
+        Ok(o) => o,
+        Err(e) => panic!("push failed ({}): {e}", e.reason()),
+    }
+}
+
+async fn push_err(b: &Arc<Built>, opts: &PushOptions) -> RegistryError {
+    match push(b.clone(), opts, quiet()).await {
+        Ok(o) => panic!("push succeeded, expected an error: {o:?}"),
+        Err(e) => e,
+    }
+}
+
+fn skopeo_raw_digest(reference: &str) -> String {
+    let raw = rs::run(Command::new(rs::need("skopeo", "skopeo")).args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]));
+    rs::sha256(&raw)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain HTTP.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_push_keeps_digests_uploads_once_and_skips_known_blobs() {
+    let Some(bin) = rs::registry_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&bin, tmp.path(), "");
+    let blobs = BlobDir {
+        root: tmp.path().join("blobs"),
+    };
+    let image = rs::three_layer_image(&blobs, 1);
+    let want = image.manifest_digest();
+    let layer_bytes: u64 = image.layers.iter().map(|l| l.size).sum();
+    let config_len = image.config_json().len() as u64;
+    let tags = [
+        format!("{}/team/app:t1", reg.host),
+        format!("{}/team/app:t2", reg.host),
+    ];
+    let b = built(image, &blobs, &tags);
+
+    // First push: every blob uploaded once for two tags.
+    let (progress, seen) = recording();
+    let first = push(b.clone(), &no_credentials(), progress).await.unwrap();
+    assert_eq!(first.manifest_digest, want);
+    assert_eq!(first.uploaded_blobs, 4, "3 layers + config");
+    assert_eq!(first.skipped_blobs, 0);
+    assert_eq!(first.uploaded_bytes, layer_bytes + config_len);
+    assert_eq!(first.tags, tags.to_vec());
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress is cumulative"
+    );
+    assert_eq!(seen.last().copied(), Some(first.uploaded_bytes));
+    let reqs = reg.our_requests(2);
+    assert_eq!(count(&reqs, "HEAD", "/blobs/sha256:"), 4, "{reqs:#?}");
+    assert_eq!(count(&reqs, "POST", "/blobs/uploads/"), 4, "{reqs:#?}");
+    assert_eq!(count(&reqs, "PUT", "/blobs/uploads/"), 4, "{reqs:#?}");
+    assert_eq!(count(&reqs, "PUT", "/manifests/"), 2, "{reqs:#?}");
+    println!(
+        "full push: {} bytes in {} blobs ({} layer bytes, {} config bytes)",
+        first.uploaded_bytes, first.uploaded_blobs, layer_bytes, config_len
+    );
+
+    // An independent client sees our exact manifest under both tags, and can pull it.
+    for t in &tags {
+        assert_eq!(skopeo_raw_digest(t), want.to_string(), "{t}");
+    }
+    let oci = tmp.path().join("oci");
+    rs::run(Command::new(rs::need("skopeo", "skopeo")).args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}", tags[0]),
+        &format!("oci:{}:t1", oci.display()),
+    ]));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], want.to_string());
+
+    // Second push of the same image: one HEAD per blob, no upload, only the manifests.
+    reg.clear_log();
+    let second = push_ok(&b, &no_credentials()).await;
+    assert_eq!(second.manifest_digest, want);
+    assert_eq!((second.uploaded_blobs, second.skipped_blobs), (0, 4));
+    assert_eq!(second.uploaded_bytes, 0);
+    let reqs = reg.our_requests(2);
+    let heads: Vec<&String> = reqs.iter().filter(|r| r.starts_with("HEAD ")).collect();
+    assert_eq!(heads.len(), 4, "{reqs:#?}");
+    let distinct: std::collections::BTreeSet<&&String> = heads.iter().collect();
+    assert_eq!(distinct.len(), 4, "exactly one HEAD per blob: {reqs:#?}");
+    assert_eq!(count(&reqs, "POST", "/blobs/"), 0, "{reqs:#?}");
+    assert_eq!(count(&reqs, "PUT", "/blobs/"), 0, "{reqs:#?}");
+    assert_eq!(count(&reqs, "PUT", "/manifests/"), 2, "{reqs:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incremental_push_uploads_only_the_changed_layer_and_config() {
+    let Some(bin) = rs::registry_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&bin, tmp.path(), "");
+    let blobs = BlobDir {
+        root: tmp.path().join("blobs"),
+    };
+    let tag = [format!("{}/team/app:1", reg.host)];
+    let v1 = rs::three_layer_image(&blobs, 1);
+    let full = push_ok(&built(v1.clone(), &blobs, &tag), &no_credentials()).await;
+
+    let v2 = rs::three_layer_image(&blobs, 2);
+    assert_eq!(v1.layers[..2], v2.layers[..2]);
+    assert_ne!(v1.layers[2].digest, v2.layers[2].digest);
+    reg.clear_log();
+    let tag2 = [format!("{}/team/app:2", reg.host)];
+    let (progress, seen) = recording();
+    let inc = push(
+        built(v2.clone(), &blobs, &tag2),
+        &no_credentials(),
+        progress,
+    )
+    .await
+    .unwrap();
+    let expected = v2.layers[2].size + v2.config_json().len() as u64;
+    assert_eq!((inc.uploaded_blobs, inc.skipped_blobs), (2, 2));
+    assert_eq!(inc.uploaded_bytes, expected);
+    assert_eq!(seen.lock().unwrap().last().copied(), Some(expected));
+    let reqs = reg.our_requests(1);
+    assert_eq!(count(&reqs, "POST", "/blobs/uploads/"), 2, "{reqs:#?}");
+    assert_eq!(
+        count(
+            &reqs,
+            "PUT",
+            &format!("digest={}", v2.layers[2].digest).replace(':', "%3A")
+        ),
+        1,
+        "{reqs:#?}"
+    );
+    assert_eq!(
+        skopeo_raw_digest(&tag2[0]),
+        v2.manifest_digest().to_string()
+    );
+    println!(
+        "incremental push: {} bytes in {} blobs, full push: {} bytes in {} blobs",
+        inc.uploaded_bytes, inc.uploaded_blobs, full.uploaded_bytes, full.uploaded_blobs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_in_several_repositories_upload_blobs_per_repository() {
+    let Some(bin) = rs::registry_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&bin, tmp.path(), "");
+    let blobs = BlobDir {
+        root: tmp.path().join("blobs"),
+    };
+    let image = rs::image(vec![rs::layer(&blobs, "app", "/app", b"x".to_vec())]);
+    let tags = [
+        format!("{}/one/app:a", reg.host),
+        format!("{}/two/app:b", reg.host),
+        format!("{}/one/app:c", reg.host),
+    ];
+    let out = push_ok(&built(image.clone(), &blobs, &tags), &no_credentials()).await;
+    // Each repository checks (and here uploads) every blob itself: the registry may keep
+    // repositories apart.
+    assert_eq!(out.uploaded_blobs, 4);
+    let reqs = reg.our_requests(3);
+    assert_eq!(count(&reqs, "POST", "/v2/one/app/blobs/uploads/"), 2);
+    assert_eq!(count(&reqs, "POST", "/v2/two/app/blobs/uploads/"), 2);
+    for t in &tags {
+        assert_eq!(skopeo_raw_digest(t), image.manifest_digest().to_string());
+    }
+}
+
+#[tokio::test]
+async fn a_tag_without_a_registry_host_is_refused_before_any_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blobs = BlobDir {
+        root: tmp.path().join("blobs"),
+    };
+    let image = rs::image(vec![rs::layer(&blobs, "app", "/app", b"x".to_vec())]);
+    let tags = ["localhost:1/ok:1".to_string(), "team/app:1".to_string()];
+    let err = push_err(&built(image, &blobs, &tags), &no_credentials()).await;
+    assert!(matches!(err, RegistryError::NoRegistry { .. }), "{err:?}");
+    assert_eq!(err.reason(), "registry_no_host");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("team/app:1") && msg.contains("--tag registry.example.com/"),
+        "{msg}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS and basic auth; credential helpers.
+
+struct TlsRegistry {
+    reg: Registry,
+    dir: tempfile::TempDir,
+}
+
+fn tls_registry(bin: &Path) -> TlsRegistry {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    rs::make_tls(d);
+    rs::make_htpasswd(&d.join("htpasswd"), "user", "pass");
+    let extra = format!(
+        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+        d.join("server.crt").display(),
+        d.join("server.key").display(),
+        d.join("htpasswd").display()
+    );
+    let reg = Registry::start(bin, d, &extra);
+    TlsRegistry { reg, dir }
+}
+
+fn docker_config(dir: &Path, json: serde_json::Value) -> std::path::PathBuf {
+    let cfg = dir.join("docker-config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(cfg.join("config.json"), json.to_string()).unwrap();
+    cfg
+}
+
+fn store_for(config_dir: &Path, path: Option<&Path>) -> CredentialStore {
+    let (config_dir, path) = (
+        config_dir.display().to_string(),
+        path.map(|p| p.display().to_string()),
+    );
+    CredentialStore::from_env(&move |k| match k {
+        "DOCKER_CONFIG" => Some(config_dir.clone()),
+        "PATH" => path.clone(),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_registry_with_basic_auth() {
+    let Some(bin) = rs::registry_binary() else {
+        return;
+    };
+    let t = tls_registry(&bin);
+    let host = t.reg.host.clone();
+    let blobs = BlobDir {
+        root: t.dir.path().join("blobs"),
+    };
+    let image = rs::image(vec![
+        rs::layer(&blobs, "runtime", "/lib/x", rs::noise(7, 300_000)),
+        rs::layer(&blobs, "app", "/app/y", b"app".to_vec()),
+    ]);
+    let b = built(image.clone(), &blobs, &[format!("{host}/team/app:tls")]);
+    let ca = Some(t.dir.path().join("ca.crt"));
+    let auth = |user: &str, pass: &str| {
+        let key = format!("https://{host}");
+        let cfg = docker_config(
+            &t.dir.path().join(user).join(pass),
+            serde_json::json!({"auths": {key: {"auth": STANDARD.encode(format!("{user}:{pass}"))}}}),
+        );
+        store_for(&cfg, None)
+    };
+
+    // Right credentials (from an `auths` entry keyed `https://host`) and the CA: pushed.
+    let opts = PushOptions {
+        ca_file: ca.clone(),
+        credentials: Some(auth("user", "pass")),
+        ..PushOptions::default()
+    };
+    let out = push_ok(&b, &opts).await;
+    assert_eq!(out.manifest_digest, image.manifest_digest());
+    assert_eq!(out.uploaded_blobs, 3);
+
+    // Wrong password: Unauthorized, naming the host and what to do.
+    let opts = PushOptions {
+        ca_file: ca.clone(),
+        credentials: Some(auth("user", "wrong")),
+        ..PushOptions::default()
+    };
+    let err = push_err(&b, &opts).await;
+    println!("wrong password: {err}");
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+    assert_eq!(err.reason(), "registry_unauthorized");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "the registry at {host} refused the credentials for team/app"
+        )) && msg.contains(&format!("docker login {host}"))
+            && msg.contains("DOCKER_RELEASE_REGISTRY_USERNAME"),
+        "{msg}"
+    );
+
+    // No credentials at all.
+    let opts = PushOptions {
+        ca_file: ca.clone(),
+        ..no_credentials()
+    };
+    let err = push_err(&b, &opts).await;
+    println!("no credentials: {err}");
+    assert!(err.to_string().contains("none are configured"), "{err}");
+
+    // Without the CA: a connection error about the certificate.
+    let opts = PushOptions {
+        credentials: Some(auth("user", "pass")),
+        ..PushOptions::default()
+    };
+    let err = push_err(&b, &opts).await;
+    assert!(matches!(err, RegistryError::Connection { .. }), "{err:?}");
+    assert_eq!(err.reason(), "registry_unreachable");
+    let msg = err.to_string();
+    assert!(msg.contains(&host) && msg.contains("certificate"), "{msg}");
+    println!("without the CA: {msg}");
+
+    // A CA file that is not PEM.
+    std::fs::write(t.dir.path().join("bad.pem"), "not a certificate").unwrap();
+    let opts = PushOptions {
+        ca_file: Some(t.dir.path().join("bad.pem")),
+        ..no_credentials()
+    };
+    let err = push_err(&b, &opts).await;
+    assert_eq!(err.reason(), "registry_ca_file", "{err}");
+}
+
+/// A `docker-credential-fake` helper in a new directory; it logs every host it is asked about.
+fn fake_helper(dir: &Path, known_host: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("docker-credential-fake");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nhost=$(cat)\necho \"$host\" >> {log}\n\
+             if [ \"$host\" = \"{known_host}\" ]; then\n\
+               printf '{{\"ServerURL\":\"%s\",\"Username\":\"user\",\"Secret\":\"pass\"}}' \"$host\"\n\
+             else\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n",
+            log = dir.join("helper.log").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, PermissionsExt::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_helper_supplies_the_tls_registry_credentials() {
+    let Some(bin) = rs::registry_binary() else {
+        return;
+    };
+    let t = tls_registry(&bin);
+    let host = t.reg.host.clone();
+    let helper_bin = fake_helper(t.dir.path(), &host);
+    let blobs = BlobDir {
+        root: t.dir.path().join("blobs"),
+    };
+    let image = rs::image(vec![rs::layer(&blobs, "app", "/app/y", b"app".to_vec())]);
+    let b = built(image.clone(), &blobs, &[format!("{host}/team/app:helper")]);
+    let ca = Some(t.dir.path().join("ca.crt"));
+
+    // credHelpers[host] (with a wrong `auths` entry that must not be used).
+    let cfg = docker_config(
+        &t.dir.path().join("helpers"),
+        serde_json::json!({
+            "credHelpers": {host.clone(): "fake"},
+            "auths": {host.clone(): {"auth": STANDARD.encode("user:wrong")}},
+        }),
+    );
+    let opts = PushOptions {
+        ca_file: ca.clone(),
+        credentials: Some(store_for(&cfg, Some(&helper_bin))),
+        ..PushOptions::default()
+    };
+    let out = push_ok(&b, &opts).await;
+    assert_eq!(out.manifest_digest, image.manifest_digest());
+    let log = std::fs::read_to_string(t.dir.path().join("helper.log")).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        vec![host.as_str()],
+        "asked once"
+    );
+
+    // credsStore, the same way.
+    let cfg = docker_config(
+        &t.dir.path().join("store"),
+        serde_json::json!({"credsStore": "fake"}),
+    );
+    let opts = PushOptions {
+        ca_file: ca.clone(),
+        credentials: Some(store_for(&cfg, Some(&helper_bin))),
+        ..PushOptions::default()
+    };
+    push_ok(&b, &opts).await;
+
+    // A helper that is not installed: a credentials error naming it.
+    let opts = PushOptions {
+        ca_file: ca.clone(),
+        credentials: Some(store_for(&cfg, Some(&t.dir.path().join("empty")))),
+        ..PushOptions::default()
+    };
+    let err = push_err(&b, &opts).await;
+    println!("missing helper: {err}");
+    assert_eq!(err.reason(), "registry_credentials", "{err}");
+    assert!(
+        err.to_string()
+            .contains("docker-credential-fake is not on PATH"),
+        "{err}"
+    );
+}
+
+#[test]
+fn credential_lookup_order_and_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let helper_bin = fake_helper(tmp.path(), "helped.example.com");
+    let cfg = docker_config(
+        tmp.path(),
+        serde_json::json!({
+            "credHelpers": {"helped.example.com": "fake", "other.example.com": "fake"},
+            "auths": {
+                "http://plain.example.com:5000": {"auth": STANDARD.encode("u1:p:1")},
+                "https://fields.example.com/v1/": {"username": "u2", "password": "p2"},
+            },
+        }),
+    );
+    let store = store_for(&cfg, Some(&helper_bin));
+    let get = |h: &str| store.get(h).unwrap();
+    let cred = |u: &str, p: &str| {
+        Some(Credential {
+            username: u.into(),
+            password: p.into(),
+        })
+    };
+    assert_eq!(get("helped.example.com"), cred("user", "pass"));
+    assert_eq!(get("other.example.com"), None, "helper says not found");
+    assert_eq!(get("plain.example.com:5000"), cred("u1", "p:1"));
+    assert_eq!(get("fields.example.com"), cred("u2", "p2"));
+    assert_eq!(get("unknown.example.com"), None);
+    assert!(
+        !format!("{:?}", get("fields.example.com")).contains("p2"),
+        "Debug hides it"
+    );
+
+    // The environment variables win for every registry.
+    let (c, p) = (cfg.display().to_string(), helper_bin.display().to_string());
+    let env_store = CredentialStore::from_env(&move |k| match k {
+        "DOCKER_RELEASE_REGISTRY_USERNAME" => Some("ci".into()),
+        "DOCKER_RELEASE_REGISTRY_PASSWORD" => Some("secret".into()),
+        "DOCKER_CONFIG" => Some(c.clone()),
+        "PATH" => Some(p.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        env_store.get("helped.example.com").unwrap(),
+        cred("ci", "secret")
+    );
+    assert_eq!(env_store.get("anything:1").unwrap(), cred("ci", "secret"));
+
+    // No config file: nothing, no error. A broken one: an error naming it.
+    let none = store_for(&tmp.path().join("absent"), None);
+    assert_eq!(none.get("x").unwrap(), None);
+    std::fs::write(cfg.join("config.json"), "{not json").unwrap();
+    let err = store.get("x").unwrap_err();
+    assert!(matches!(err, CredentialError::Config { .. }), "{err:?}");
+    assert!(err.to_string().contains("config.json"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bearer tokens: the real registry with `auth.token`, and our own token service.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_auth_against_the_real_registry() {
+    let Some(bin) = rs::registry_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    rs::make_token_key(&d);
+    let key_dir = d.clone();
+    let tokens = FakeServer::start(move |req| {
+        let want = format!("Basic {}", STANDARD.encode("user:pass"));
+        if req.header("authorization") != Some(want.as_str()) {
+            return Reply::new(401, &[], b"{\"details\":\"bad credentials\"}");
+        }
+        let q = rs::query(&req.target);
+        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let scope = get("scope").unwrap_or_default();
+        let token = rs::sign_token(&key_dir, "test-issuer", "test-registry", &scope);
+        let body = serde_json::json!({"token": token, "expires_in": 600}).to_string();
+        Reply::new(
+            200,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    });
+    let extra = format!(
+        "auth:\n  token:\n    realm: http://{}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+        tokens.host(),
+        d.join("token.crt").display()
+    );
+    let reg = Registry::start(&bin, &d, &extra);
+    let blobs = BlobDir {
+        root: d.join("blobs"),
+    };
+    let image = rs::image(vec![
+        rs::layer(&blobs, "runtime", "/lib/x", rs::noise(9, 200_000)),
+        rs::layer(&blobs, "app", "/app/y", b"app".to_vec()),
+    ]);
+    let tags = [
+        format!("{}/team/app:1", reg.host),
+        format!("{}/team/app:2", reg.host),
+        format!("{}/other/app:1", reg.host),
+    ];
+    let b = built(image.clone(), &blobs, &tags);
+    let opts = PushOptions {
+        credentials: Some(CredentialStore {
+            fixed: Some(Credential {
+                username: "user".into(),
+                password: "pass".into(),
+            }),
+            ..CredentialStore::default()
+        }),
+        ..PushOptions::default()
+    };
+    let out = push_ok(&b, &opts).await;
+    assert_eq!(out.manifest_digest, image.manifest_digest());
+    assert_eq!(out.uploaded_blobs, 6);
+
+    // One token per repository, for pull and push, with the registry's service name.
+    let token_requests: Vec<Vec<(String, String)>> = tokens
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| rs::query(&r.target))
+        .collect();
+    let scopes: Vec<&str> = token_requests
+        .iter()
+        .flat_map(|q| {
+            q.iter()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.as_str())
+        })
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            "repository:team/app:pull,push",
+            "repository:other/app:pull,push"
+        ]
+    );
+    assert!(token_requests
+        .iter()
+        .all(|q| q.contains(&("service".into(), "test-registry".into()))));
+    // With the token up front, still exactly one HEAD per blob and repository.
+    let reqs = reg.our_requests(3);
+    assert_eq!(count(&reqs, "HEAD", "/blobs/"), 6, "{reqs:#?}");
+
+    // The registry really checks: an anonymous push gets no usable token.
+    let err = push_err(&b, &no_credentials()).await;
+    println!("anonymous, token auth: {err}");
+    assert_eq!(err.reason(), "registry_unauthorized", "{err}");
+    assert!(err.to_string().contains("token service"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures, against fake registries.
+
+/// A fake registry: `/v2/` answers 200, blobs are unknown, and `on` decides the rest.
+fn fake_registry(on: impl Fn(&rs::Request) -> Option<Reply> + Send + Sync + 'static) -> FakeServer {
+    FakeServer::start(move |req| {
+        if let Some(r) = on(req) {
+            return r;
+        }
+        match (req.method.as_str(), req.target.as_str()) {
+            ("GET", "/v2/") => Reply::new(200, &[], b"{}"),
+            ("HEAD", t) if t.contains("/blobs/") => Reply::new(404, &[], b""),
+            ("POST", t) if t.ends_with("/blobs/uploads/") => Reply::new(
+                202,
+                // Relative, with a query: the digest must be appended with `&`.
+                &[("Location", "/v2/team/app/blobs/uploads/u-1?_state=abc")],
+                b"",
+            ),
+            _ => Reply::new(400, &[], b"unexpected"),
+        }
+    })
+}
+
+fn small_built(dir: &Path, host: &str) -> Arc<Built> {
+    let blobs = BlobDir {
+        root: dir.join("blobs"),
+    };
+    let image = rs::image(vec![rs::layer(
+        &blobs,
+        "app",
+        "/app",
+        rs::noise(3, 8 << 20),
+    )]);
+    built(image, &blobs, &[format!("{host}/team/app:1")])
+}
+
+#[tokio::test]
+async fn not_found_names_the_url() {
+    let fake = fake_registry(|req| {
+        (req.method == "POST").then(|| {
+            Reply::new(
+                404,
+                &[("Content-Type", "application/json")],
+                br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#,
+            )
+        })
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let b = small_built(tmp.path(), &fake.host());
+    let started = Instant::now();
+    let err = push_err(&b, &no_credentials()).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    println!("404: {err}");
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
+    assert_eq!(err.reason(), "registry_not_found");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "http://{}/v2/team/app/blobs/uploads/",
+            fake.host()
+        )) && msg.contains("NAME_UNKNOWN"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn server_error_on_blob_upload() {
+    let fake = fake_registry(|req| {
+        (req.method == "PUT").then(|| Reply::new(500, &[], b"storage backend exploded"))
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let b = small_built(tmp.path(), &fake.host());
+    let digest = b.image.layers[0].digest.to_string();
+    let started = Instant::now();
+    let err = push_err(&b, &no_credentials()).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    println!("500: {err}");
+    assert!(
+        matches!(err, RegistryError::Server { status: 500, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), "registry_error");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&fake.host()) && msg.contains("500") && msg.contains("exploded"),
+        "{msg}"
+    );
+    // The PUT went to the Location with the digest appended to its query, with the body size.
+    let put = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.method == "PUT")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        put.target,
+        format!(
+            "/v2/team/app/blobs/uploads/u-1?_state=abc&digest={}",
+            digest.replace(':', "%3A")
+        )
+    );
+    assert_eq!(put.content_length as u64, b.image.layers[0].size);
+    assert_eq!(put.header("content-type"), Some("application/octet-stream"));
+}
+
+#[tokio::test]
+async fn connection_reset_during_a_blob_upload_fails_fast() {
+    let fake = fake_registry(|req| (req.method == "PUT").then_some(Reply::ReadThenClose(64 << 10)));
+    let tmp = tempfile::tempdir().unwrap();
+    let b = small_built(tmp.path(), &fake.host());
+    let started = Instant::now();
+    let err = push_err(&b, &no_credentials()).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(matches!(err, RegistryError::Connection { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&fake.host()), "{msg}");
+    println!("reset after {took:?}: {msg}");
+}
+
+#[tokio::test]
+async fn unreachable_registry() {
+    let port = rs::free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let err = push_err(
+        &small_built(tmp.path(), &format!("127.0.0.1:{port}")),
+        &no_credentials(),
+    )
+    .await;
+    println!("unreachable: {err}");
+    assert_eq!(err.reason(), "registry_unreachable", "{err}");
+    assert!(err.to_string().contains("is the registry running"), "{err}");
+}
+
+#[tokio::test]
+async fn a_manifest_digest_the_registry_disagrees_with_is_an_error() {
+    let fake = fake_registry(|req| match req.method.as_str() {
+        "HEAD" => Some(Reply::new(200, &[], b"")),
+        "PUT" => Some(Reply::new(
+            201,
+            &[("Docker-Content-Digest", "sha256:0000")],
+            b"",
+        )),
+        _ => None,
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let err = push_err(&small_built(tmp.path(), &fake.host()), &no_credentials()).await;
+    assert_eq!(err.reason(), "registry_protocol", "{err}");
+    assert!(err.to_string().contains("sha256:0000"), "{err}");
+    let put = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.method == "PUT")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        put.header("content-type"),
+        Some("application/vnd.oci.image.manifest.v1+json")
+    );
+}
