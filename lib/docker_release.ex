@@ -48,10 +48,36 @@ defmodule DockerRelease do
   """
   @spec build(Config.t(), keyword) :: {:ok, outcome} | {:error, Error.t()}
   def build(%Config{} = config, project) do
-    request = request!(config, project)
-    run(request)
+    if config.build_dockerfile do
+      build_with_dockerfiles(config)
+    else
+      config |> request!(project) |> run()
+    end
   rescue
     e in Error -> {:error, e}
+  end
+
+  @doc """
+  The article's flow for teams that keep their Dockerfiles: build `config.build_dockerfile`
+  (build-arg `version`), copy `/tmp/RELEASE_TARBALL` out of a temporary container, build
+  `config.dockerfile` with the tarball in its context, tag it. Returns `{:ok, outcome}` with
+  `:image_id`, `:tags`, `:size` and `:tarball_bytes`, or `{:error, %DockerRelease.Error{}}`.
+  """
+  @spec build_with_dockerfiles(Config.t()) :: {:ok, map} | {:error, Error.t()}
+  def build_with_dockerfiles(%Config{} = config) do
+    {:ok, job, id} =
+      Native.image_dockerfiles(%Native.DockerfilesRequest{
+        project_dir: config.project_dir,
+        build_dockerfile: config.build_dockerfile,
+        dockerfile: config.dockerfile,
+        build_tag: config.build_tag,
+        version: config.version,
+        release_tarball: config.release_tarball,
+        final_tags: config.tags,
+        no_cache: config.no_cache
+      })
+
+    await(job, id)
   end
 
   defp request!(config, project) do
@@ -109,6 +135,10 @@ defmodule DockerRelease do
 
       {:docker_release, ^id, {:notice, text}} ->
         Mix.shell().info([:yellow, "==> " <> text, :reset])
+        await(job, id)
+
+      {:docker_release, ^id, {:output, _step, line}} ->
+        Mix.shell().info("    " <> line)
         await(job, id)
 
       {:docker_release, ^id, {:bytes, _step, _done}} ->

@@ -33,6 +33,12 @@ defmodule DockerRelease.Config do
     * `:push` - push to the registry the tags name, over the distribution API (no engine needed).
     * `:load` - also load into the engine when `:push` or `:output` is given.
     * `:insecure_registry` - allow plain HTTP to the registry (loopback registries always may).
+    * `:build_dockerfile` - run the two-Dockerfile flow instead (see `mix help docker.release`):
+      build the release with this `Dockerfile.build`, then the image with `:dockerfile`.
+    * `:dockerfile` - the final image's Dockerfile in that flow. Default `"Dockerfile"`.
+    * `:build_tag` - the build image's tag in that flow. Default `APP-build:VERSION`.
+    * `:release_tarball` - the tarball's name under `/tmp` in the build image. Default `APP.tar.gz`.
+    * `:no_cache` - build without the engine's or docker_release's caches.
     * `:registry_ca` - a PEM file of CA certificates the registry's TLS certificate is checked
       against, besides the system's.
   """
@@ -58,7 +64,12 @@ defmodule DockerRelease.Config do
             load: false,
             push: false,
             insecure_registry: false,
-            registry_ca: nil
+            registry_ca: nil,
+            build_dockerfile: nil,
+            dockerfile: "Dockerfile",
+            build_tag: nil,
+            release_tarball: nil,
+            no_cache: false
 
   @keys [
     :env,
@@ -77,7 +88,12 @@ defmodule DockerRelease.Config do
     :load,
     :push,
     :insecure_registry,
-    :registry_ca
+    :registry_ca,
+    :build_dockerfile,
+    :dockerfile,
+    :build_tag,
+    :release_tarball,
+    :no_cache
   ]
 
   @doc """
@@ -156,6 +172,8 @@ defmodule DockerRelease.Config do
       | env: to_string(c.env),
         release: c.release && to_string(c.release),
         tags: c.tags || default_tags(c),
+        build_tag: c.build_tag || "#{c.app}-build:#{String.replace(c.version || "", "+", "_")}",
+        release_tarball: c.release_tarball || "#{c.app}.tar.gz",
         from_release: expand(c.from_release, c),
         output: expand(c.output, c),
         metadata_file: expand(c.metadata_file, c),
@@ -184,7 +202,25 @@ defmodule DockerRelease.Config do
           "invalid expose: expected a list of port numbers from 1 to 65535, got: #{inspect(c.expose)}"
         )
 
-    for key <- [:load, :push, :insecure_registry] do
+    unless is_binary(c.release_tarball) and c.release_tarball =~ ~r/^[A-Za-z0-9._-]+$/,
+      do:
+        invalid!(
+          "invalid release_tarball: expected a file name like app.tar.gz, got: #{inspect(c.release_tarball)}"
+        )
+
+    if c.build_dockerfile do
+      for {key, value} <- [build_tag: c.build_tag] do
+        case DockerRelease.Native.reference_parse(value) do
+          {:ok, _} ->
+            :ok
+
+          {:error, message} ->
+            raise DockerRelease.Error, reason: :invalid_reference, message: "#{key}: #{message}"
+        end
+      end
+    end
+
+    for key <- [:load, :push, :insecure_registry, :no_cache] do
       unless is_boolean(Map.fetch!(c, key)),
         do:
           invalid!("invalid #{key}: expected true or false, got: #{inspect(Map.fetch!(c, key))}")
@@ -218,7 +254,9 @@ defmodule DockerRelease.Config do
 
   defp default_tags(c) do
     name = c.app |> to_string() |> String.downcase()
-    [name <> ":" <> String.replace(c.version, "+", "_"), name <> ":latest"]
+    version_tag = name <> ":" <> String.replace(c.version, "+", "_")
+    # The article's flow names its final image APP:VERSION only.
+    if c.build_dockerfile, do: [version_tag], else: [version_tag, name <> ":latest"]
   end
 
   defp expand(nil, _c), do: nil

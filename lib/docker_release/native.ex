@@ -31,10 +31,26 @@ defmodule DockerRelease.Native do
               metadata_file: nil
   end
 
+  defmodule DockerfilesRequest do
+    @moduledoc false
+    # Mirrors `NifDockerfiles` in native/docker_release_nif/src/lib.rs.
+    @enforce_keys [:project_dir, :build_dockerfile, :dockerfile, :build_tag, :version]
+    defstruct project_dir: nil,
+              build_dockerfile: nil,
+              dockerfile: nil,
+              build_tag: nil,
+              version: nil,
+              release_tarball: nil,
+              final_tags: [],
+              no_cache: false
+  end
+
   @lib "libdocker_release_nif"
 
   @doc false
   def image_build(request), do: load_and_apply(:image_build, [request])
+  @doc false
+  def image_dockerfiles(request), do: load_and_apply(:image_dockerfiles, [request])
   @doc false
   def image_cancel(job), do: load_and_apply(:image_cancel, [job])
   @doc false

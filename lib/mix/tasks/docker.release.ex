@@ -52,6 +52,26 @@ defmodule Mix.Tasks.Docker.Release do
       addresses always may).
     * `--registry-ca FILE` - also trust the CA certificates in this PEM file for the registry.
 
+  ## The two-Dockerfile flow
+
+  Teams that keep the classic `Dockerfile.build` + `Dockerfile` pair (build the release in one
+  image, copy the tarball out of a temporary container, build a small image from it) get that
+  flow over the Engine API, without the shell script:
+
+      mix docker.release --build-dockerfile Dockerfile.build --dockerfile Dockerfile
+
+    * `--build-dockerfile PATH` - build the build image from this file, with the project as
+      context (honouring `.dockerignore`) and build-arg `version`. Runs this flow.
+    * `--dockerfile PATH` - the final image's Dockerfile. Default `Dockerfile`.
+    * `--build-tag NAME[:TAG]` - the build image's tag. Default `APP-build:VERSION`.
+    * `--release-tarball NAME` - the tarball the build image leaves at `/tmp/NAME`, which lands
+      at the root of the final build's context. Default `APP.tar.gz`.
+    * `--tag NAME[:TAG]` - the final image's tag(s). Default `APP:VERSION`.
+    * `--no-cache` - build both images without the engine's cache.
+
+  The temporary container is labelled and removed in every case; one left by a killed run is
+  removed by the next run.
+
   Every option can also be set under `docker_release:` in `project/0` (see
   `DockerRelease.Config`); flags win.
 
@@ -77,7 +97,12 @@ defmodule Mix.Tasks.Docker.Release do
     push: :boolean,
     load: :boolean,
     insecure_registry: :boolean,
-    registry_ca: :string
+    registry_ca: :string,
+    build_dockerfile: :string,
+    dockerfile: :string,
+    build_tag: :string,
+    release_tarball: :string,
+    no_cache: :boolean
   ]
 
   @aliases [t: :tag, o: :output]
@@ -96,6 +121,14 @@ defmodule Mix.Tasks.Docker.Release do
       end
 
     case DockerRelease.build(config, project) do
+      {:ok, %{tarball_bytes: _} = outcome} ->
+        Mix.shell().info("""
+
+        Image     #{Enum.join(outcome.tags, ", ")}
+        ID        #{outcome.image_id}
+        Size      #{mb(outcome.size)} in the engine
+        """)
+
       {:ok, outcome} ->
         report(outcome, config, list_files?)
 

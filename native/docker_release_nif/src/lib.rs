@@ -6,6 +6,7 @@
 
 use image_core::plan::Settings;
 use image_core::reference::Reference;
+use image_io::dockerfiles::DockerfileFlow;
 use image_io::pipeline::{self, EngineOutput, Event, Failure, Outcome, Outputs, Request};
 use image_io::registry::PushOptions;
 use rustler::{
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 mod atoms {
-    rustler::atoms! { ok, error, docker_release, step, notice, bytes }
+    rustler::atoms! { ok, error, docker_release, step, notice, bytes, output }
 }
 
 /// Mirrors `DockerRelease.Native.Request` (all keys always present).
@@ -232,6 +233,71 @@ impl Reply {
 /// Start a build; returns `{:ok, job, id}` at once. Messages follow as described above.
 #[rustler::nif]
 fn image_build(env: Env, request: NifRequest) -> (Atom, ResourceArc<Job>, u64) {
+    let request: Request = request.into();
+    start_job(env, move |events, cancelled| async move {
+        pipeline::run(request, events, cancelled)
+            .await
+            .map(NifOutcome::from)
+    })
+}
+
+/// Mirrors `DockerRelease.Native.DockerfilesRequest`.
+#[derive(NifStruct)]
+#[module = "DockerRelease.Native.DockerfilesRequest"]
+struct NifDockerfiles {
+    project_dir: String,
+    build_dockerfile: String,
+    dockerfile: String,
+    build_tag: String,
+    version: String,
+    release_tarball: String,
+    final_tags: Vec<String>,
+    no_cache: bool,
+}
+
+#[derive(NifMap)]
+struct NifFlowOutcome {
+    image_id: String,
+    tags: Vec<String>,
+    size: u64,
+    tarball_bytes: u64,
+}
+
+/// Start the two-Dockerfile flow; returns `{:ok, job, id}` at once, then messages as above.
+#[rustler::nif]
+fn image_dockerfiles(env: Env, request: NifDockerfiles) -> (Atom, ResourceArc<Job>, u64) {
+    let flow = DockerfileFlow {
+        project_dir: request.project_dir.into(),
+        build_dockerfile: request.build_dockerfile.into(),
+        dockerfile: request.dockerfile.into(),
+        build_tag: request.build_tag,
+        version: request.version,
+        release_tarball: request.release_tarball,
+        final_tags: request.final_tags,
+        no_cache: request.no_cache,
+    };
+    start_job(env, move |events, cancelled| async move {
+        pipeline::run_dockerfiles(flow, events, cancelled)
+            .await
+            .map(|o| NifFlowOutcome {
+                image_id: o.final_image_id,
+                tags: o.tags,
+                size: o.size,
+                tarball_bytes: o.tarball_bytes,
+            })
+    })
+}
+
+type Events = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// Start `work` on the shared runtime for the calling process: events become messages, the
+/// result becomes the one final message (also on panic), the caller's death cancels it.
+fn start_job<W, F, T>(env: Env, work: W) -> (Atom, ResourceArc<Job>, u64)
+where
+    W: FnOnce(Events, Arc<AtomicBool>) -> F,
+    F: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+    T: Encoder + Send + 'static,
+{
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let cancelled = Arc::new(AtomicBool::new(false));
     let job = ResourceArc::new(Job {
@@ -240,13 +306,15 @@ fn image_build(env: Env, request: NifRequest) -> (Atom, ResourceArc<Job>, u64) {
     let pid = env.pid();
     let _ = env.monitor(&job, &pid);
     let reply = Reply { pid, id };
-    let request: Request = request.into();
 
     let events_reply = reply.clone();
     let last_bytes = Mutex::new(Instant::now() - Duration::from_secs(1));
-    let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |event| match event {
+    let events: Events = Arc::new(move |event| match event {
         Event::Step(s) => events_reply.send(move |env| (atoms::step(), s).encode(env)),
         Event::Notice(s) => events_reply.send(move |env| (atoms::notice(), s).encode(env)),
+        Event::Output { step, line } => {
+            events_reply.send(move |env| (atoms::output(), step, line).encode(env))
+        }
         Event::Bytes { step, done } => {
             // At most ten progress messages a second.
             let due = match last_bytes.lock() {
@@ -263,7 +331,8 @@ fn image_build(env: Env, request: NifRequest) -> (Atom, ResourceArc<Job>, u64) {
     });
 
     let rt = runtime();
-    let work = rt.spawn(pipeline::run(request, events, cancelled.clone()));
+    let _guard = rt.enter();
+    let work = rt.spawn(work(events, cancelled.clone()));
     rt.spawn(async move {
         let abort = work.abort_handle();
         let watch = async {
@@ -280,10 +349,7 @@ fn image_build(env: Env, request: NifRequest) -> (Atom, ResourceArc<Job>, u64) {
             }
         };
         match result {
-            Ok(Ok(outcome)) => {
-                let outcome = NifOutcome::from(outcome);
-                reply.send(move |env| (atoms::ok(), outcome).encode(env));
-            }
+            Ok(Ok(value)) => reply.send(move |env| (atoms::ok(), value).encode(env)),
             Ok(Err(failure)) => reply.failure(failure),
             Err(e) => reply.failure(Failure {
                 reason: "internal",

@@ -607,7 +607,20 @@ fn context_excludes(
         },
         source,
     };
-    let mut ex = Excludes::for_project(&flow.project_dir).map_err(context)?;
+    // Exactly what `docker build` would send: the project's `.dockerignore` and nothing else
+    // (no docker_release defaults, so a Dockerfile.build may COPY whatever it always did).
+    let mut ex = Excludes::default();
+    let ignore = flow.project_dir.join(".dockerignore");
+    match std::fs::read(&ignore) {
+        Ok(bytes) => ex.extend_dockerignore(&bytes).map_err(context)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(context(image_core::context::ContextError::Read {
+                path: ignore,
+                source,
+            }))
+        }
+    }
     let mut extra = String::new();
     for keep in [".dockerignore", dockerfile] {
         if ex.is_excluded(keep) {
@@ -1566,6 +1579,19 @@ mod tests {
             "invalid_config"
         );
         assert!(engine.calls().is_empty(), "{:?}", engine.calls());
+    }
+
+    /// The NIF spawns the flow on a multi-threaded runtime: its future must be `Send`.
+    #[allow(dead_code)]
+    fn the_flow_future_is_send(engine: &DockerEngine, flow: &DockerfileFlow) {
+        fn send<T: Send>(_: T) {}
+        send(run(
+            engine,
+            flow,
+            Arc::new(|_| {}),
+            Arc::new(|_, _| {}),
+            Default::default(),
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! The NIF decodes a [`Request`], calls [`run`] on the shared runtime and forwards [`Event`]s and
 //! the final result to the calling process.
 
+use crate::dockerfiles::{self, DockerfileFlow, FlowError, FlowOutcome};
 use crate::engine::{resolve_endpoint, DockerEngine, Endpoint, EngineError};
 use crate::registry::{self, PushOptions, PushOutcome, RegistryError};
 use crate::sink::{self, Built, SinkError};
@@ -73,6 +74,13 @@ pub enum Event {
     },
     /// Something the user should know (a fallback was taken).
     Notice(String),
+    /// A line of output of a build running in the engine.
+    Output {
+        /// The step it belongs to.
+        step: String,
+        /// The line.
+        line: String,
+    },
 }
 
 /// What a successful build produced.
@@ -166,6 +174,12 @@ impl From<SinkError> for Failure {
 
 impl From<RegistryError> for Failure {
     fn from(e: RegistryError) -> Failure {
+        Failure::new(e.reason(), e)
+    }
+}
+
+impl From<FlowError> for Failure {
+    fn from(e: FlowError) -> Failure {
         Failure::new(e.reason(), e)
     }
 }
@@ -333,4 +347,48 @@ pub async fn run(
         archive.commit()?;
     }
     Ok(outcome)
+}
+
+/// Connect to the engine the environment names; an engine is required.
+async fn required_engine(
+    events: &Arc<dyn Fn(Event) + Send + Sync>,
+    purpose: &str,
+) -> Result<DockerEngine, Failure> {
+    let endpoint = resolve_endpoint(&|k| std::env::var(k).ok())?;
+    if let Endpoint::Missing(sock) = &endpoint {
+        return Err(Failure::new(
+            "engine_unreachable",
+            format!(
+                "{purpose} needs a Docker engine, and there is no engine socket at {}: start dockerd or set DOCKER_HOST",
+                sock.display()
+            ),
+        ));
+    }
+    events(Event::Step(format!(
+        "connecting to the Docker engine at {endpoint}"
+    )));
+    Ok(DockerEngine::connect(&endpoint).await?)
+}
+
+/// Run the article's two-Dockerfile flow (`Dockerfile.build`, then `Dockerfile`) in the engine.
+pub async fn run_dockerfiles(
+    flow: DockerfileFlow,
+    events: Arc<dyn Fn(Event) + Send + Sync>,
+    cancelled: Arc<AtomicBool>,
+) -> Result<FlowOutcome, Failure> {
+    let engine = required_engine(&events, "the Dockerfile flow").await?;
+    let on_step = {
+        let events = events.clone();
+        Arc::new(move |s: &str| events(Event::Step(s.to_string())))
+    };
+    let on_line = {
+        let events = events.clone();
+        Arc::new(move |step: &str, line: &str| {
+            events(Event::Output {
+                step: step.to_string(),
+                line: line.to_string(),
+            })
+        })
+    };
+    Ok(dockerfiles::run(&engine, &flow, on_step, on_line, cancelled).await?)
 }

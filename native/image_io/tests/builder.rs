@@ -97,6 +97,9 @@ async fn build(
         Arc::new(AtomicBool::new(false)),
     )
     .await;
+    log.lock()
+        .unwrap()
+        .push((Instant::now(), "end".into(), String::new()));
     (r, log)
 }
 
@@ -109,16 +112,23 @@ fn lines(log: &Log, step: &str) -> Vec<String> {
         .collect()
 }
 
+/// When the step starting with `prefix` (or, for `end`, the build) was reported.
+fn at(log: &Log, prefix: &str) -> Instant {
+    let log = log.lock().unwrap();
+    log.iter()
+        .find(|(_, s, l)| (s == "step" && l.starts_with(prefix)) || (s == prefix))
+        .map(|(t, _, _)| *t)
+        .unwrap_or_else(|| panic!("no step {prefix:?}"))
+}
+
 /// Time from the first `mix` step to the export: the part the cache speeds up.
 fn mix_time(log: &Log) -> Duration {
-    let log = log.lock().unwrap();
-    let at = |prefix: &str| {
-        log.iter()
-            .find(|(_, s, l)| s == "step" && l.starts_with(prefix))
-            .map(|(t, _, _)| *t)
-            .unwrap_or_else(|| panic!("no step {prefix:?}"))
-    };
-    at("exporting") - at("running `mix deps.get")
+    at(log, "exporting") - at(log, "running `mix deps.get")
+}
+
+/// Time to export and unpack the builder's filesystem.
+fn export_time(log: &Log) -> Duration {
+    at(log, "end") - at(log, "exporting")
 }
 
 /// Temporary containers owned by `owner`, as the docker CLI sees them.
@@ -237,18 +247,64 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
         compiled.is_empty(),
         "the warm build recompiled: {compiled:?}"
     );
+    eprintln!(
+        "TIMING hello: cold {:.1}s (mix {:.1}s, export+unpack {:.1}s), warm {:.1}s (mix {:.1}s, export+unpack {:.1}s)",
+        cold.as_secs_f64(),
+        mix_time(&cold_log).as_secs_f64(),
+        export_time(&cold_log).as_secs_f64(),
+        warm.as_secs_f64(),
+        mix_time(&warm_log).as_secs_f64(),
+        export_time(&warm_log).as_secs_f64(),
+    );
+    assert!(labelled_containers(&owner()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_saves_the_compilation_time() {
+    let _heavy = heavy();
+    let engine = engine().await;
+    // hello compiles in a fraction of a second, less than the noise of a build: give the
+    // project a module that takes 3 s to compile, so the saving is measurable.
+    let copy = hello_copy();
+    std::fs::write(
+        copy.path().join("lib/hello/slow.ex"),
+        "defmodule Hello.Slow do\n  Process.sleep(3_000)\nend\n",
+    )
+    .unwrap();
+    let (cold, cold_log) = build(&engine, &spec(copy.path(), true)).await;
+    let (warm, warm_log) = build(&engine, &spec(copy.path(), true)).await;
+    cold.unwrap_or_else(|e| panic!("{e}"));
+    warm.unwrap_or_else(|e| panic!("{e}"));
+    assert!(lines(&cold_log, "release")
+        .iter()
+        .any(|l| l.starts_with("Compiling 3 files")));
+    assert!(!lines(&warm_log, "release")
+        .iter()
+        .any(|l| l.starts_with("Compiling")));
     let (cold_mix, warm_mix) = (mix_time(&cold_log), mix_time(&warm_log));
     eprintln!(
-        "TIMING cold {:.1}s (mix {:.1}s), warm {:.1}s (mix {:.1}s)",
-        cold.as_secs_f64(),
+        "TIMING slow copy: mix cold {:.1}s, warm {:.1}s",
         cold_mix.as_secs_f64(),
-        warm.as_secs_f64(),
         warm_mix.as_secs_f64()
     );
+    assert!(cold_mix >= Duration::from_secs(3));
     assert!(
-        warm_mix < cold_mix,
-        "warm mix {warm_mix:?} vs cold {cold_mix:?}"
+        warm_mix + Duration::from_secs(2) < cold_mix,
+        "warm {warm_mix:?} vs cold {cold_mix:?}"
     );
+    // Changing a source recompiles it, and only it (Mix looks at mtimes, then contents).
+    let app = copy.path().join("lib/hello/application.ex");
+    let mut text = std::fs::read_to_string(&app).unwrap();
+    text.push_str("\n# changed\n");
+    std::fs::write(&app, text).unwrap();
+    let (touched, touched_log) = build(&engine, &spec(copy.path(), true)).await;
+    drop_cache(&engine, copy.path()).await;
+    touched.unwrap_or_else(|e| panic!("{e}"));
+    let compiled: Vec<_> = lines(&touched_log, "release")
+        .into_iter()
+        .filter(|l| l.starts_with("Compiling"))
+        .collect();
+    assert_eq!(compiled, vec!["Compiling 1 file (.ex)".to_string()]);
     assert!(labelled_containers(&owner()).is_empty());
 }
 

@@ -1,0 +1,150 @@
+defmodule DockerRelease.E2E.DockerfilesTest do
+  # The article's two-Dockerfile flow, driven through `mix docker.release` as a user would, on a
+  # copy of test/fixtures/article_app (Dockerfile.build FROM a local builder image, Dockerfile
+  # FROM a local Debian minbase image; both made by test/support/make-builder-image.sh).
+  use ExUnit.Case, async: false
+  @moduletag :engine
+
+  import DockerRelease.E2E
+
+  @fixture Path.join(root(), "test/fixtures/article_app")
+
+  setup_all do
+    for {suite, tag, include} <- [
+          {"bookworm", "docker-release-test/builder:bookworm", nil},
+          {"bookworm", "docker-release-test/minbase:bookworm", "base-files"}
+        ] do
+      env = if include, do: [{"BUILDER_INCLUDE", include}], else: []
+      script = Path.join(root(), "test/support/make-builder-image.sh")
+      {out, status} = cmd("bash", [script, suite, tag], env: env, timeout: 900)
+      assert status == 0, out
+    end
+
+    :ok
+  end
+
+  setup do
+    dir = tmp_dir!("dr-e2e-article")
+    File.cp_r!(@fixture, dir)
+
+    # The fixture has no deps; a user of the task lists docker_release as a dev-only dep.
+    mix = Path.join(dir, "mix.exs")
+
+    File.write!(
+      mix,
+      String.replace(
+        File.read!(mix),
+        "deps: [],",
+        ~s(deps: [{:docker_release, path: "#{root()}", only: :dev, runtime: false}],)
+      )
+    )
+
+    repo = unique_repo("dr-e2e-article")
+    before = labelled_containers()
+
+    on_exit(fn ->
+      {out, _} = docker(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+
+      out
+      |> String.split()
+      |> Enum.filter(&String.starts_with?(&1, repo))
+      |> rm_images()
+    end)
+
+    %{dir: dir, repo: repo, before: before}
+  end
+
+  defp labelled_containers do
+    docker!(["ps", "-aq", "--filter", "label=docker_release.temporary=true"]) |> String.split()
+  end
+
+  defp flow(ctx, extra) do
+    mix_release(
+      [
+        "--build-dockerfile",
+        "Dockerfile.build",
+        "--dockerfile",
+        "Dockerfile",
+        "--build-tag",
+        "#{ctx.repo}-build:t"
+      ] ++ extra,
+      cd: ctx.dir
+    )
+  end
+
+  test "builds the release image, copies the tarball out, builds and tags the final image", ctx do
+    {out, status} = flow(ctx, ["--tag", "#{ctx.repo}/app:1", "--tag", "#{ctx.repo}/app:latest"])
+    assert status == 0, out
+
+    # One line per step, as the article's script prints.
+    for step <- [
+          "==> building the release in #{ctx.repo}-build:t",
+          "==> creating a temporary container",
+          "==> copying /tmp/article_app.tar.gz",
+          "==> removing the temporary container",
+          "==> building the final image #{ctx.repo}/app:1"
+        ] do
+      assert out =~ step
+    end
+
+    # Each build's output is streamed.
+    assert out =~ "Step 1/"
+    assert image_exists?("#{ctx.repo}-build:t")
+    id = image_inspect!("#{ctx.repo}/app:1", "{{.Id}}")
+    assert image_inspect!("#{ctx.repo}/app:latest", "{{.Id}}") == id
+    assert out =~ id
+
+    {run_out, 0} =
+      docker([
+        "run",
+        "--rm",
+        "#{ctx.repo}/app:1",
+        "/opt/article_app/bin/article_app",
+        "eval",
+        "IO.puts(:ok)"
+      ])
+
+    assert run_out =~ "ok"
+    assert labelled_containers() -- ctx.before == []
+  end
+
+  test "a failing Dockerfile.build names the step, shows the engine's error, leaves nothing",
+       ctx do
+    path = Path.join(ctx.dir, "Dockerfile.build")
+    File.write!(path, String.replace(File.read!(path), "RUN mix release", "RUN false"))
+
+    {out, status} = flow(ctx, ["--tag", "#{ctx.repo}/app:1"])
+    assert status != 0
+    assert out =~ "building the release image"
+    assert out =~ "returned a non-zero code: 1"
+    refute image_exists?("#{ctx.repo}/app:1")
+    assert labelled_containers() -- ctx.before == []
+  end
+
+  test "a build image without the tarball is a clear error and leaves no container", ctx do
+    path = Path.join(ctx.dir, "Dockerfile.build")
+
+    File.write!(
+      path,
+      String.replace(File.read!(path), "/tmp/article_app.tar.gz", "/tmp/elsewhere.tar.gz")
+    )
+
+    {out, status} = flow(ctx, ["--tag", "#{ctx.repo}/app:1"])
+    assert status != 0
+    assert out =~ "has no /tmp/article_app.tar.gz"
+    assert out =~ "Dockerfile.build must leave the release tarball there"
+    refute image_exists?("#{ctx.repo}/app:1")
+    assert labelled_containers() -- ctx.before == []
+  end
+
+  test "a missing Dockerfile is refused before anything is built", ctx do
+    {out, status} =
+      mix_release(["--build-dockerfile", "Dockerfile.nope", "--tag", "#{ctx.repo}/app:1"],
+        cd: ctx.dir
+      )
+
+    assert status != 0
+    assert out =~ "Dockerfile.nope"
+    refute out =~ "==> building"
+  end
+end
