@@ -82,15 +82,26 @@ defmodule DockerRelease do
 
   defp request!(config, project) do
     {release_name, release_dir} =
-      case config.from_release do
-        nil ->
+      cond do
+        config.from_release ->
+          {config.release || release_name_in(config.from_release), config.from_release}
+
+        config.builder ->
+          # Built in the builder container; the pipeline finds it there.
+          check_path_deps!(config, project)
+          {name, _host_dir} = HostBuild.release!(config, project)
+
+          Mix.shell().info(
+            "==> building release #{name} in #{config.builder} (MIX_ENV=#{config.env})"
+          )
+
+          {name, "/release"}
+
+        true ->
           ensure_linux_host!()
           {name, dir} = HostBuild.release!(config, project)
           HostBuild.build!(config, name)
           {name, dir}
-
-        dir ->
-          {config.release || release_name_in(dir), dir}
       end
 
     work_dir = Path.join([config.project_dir, "_build", "docker_release", release_name])
@@ -118,7 +129,11 @@ defmodule DockerRelease do
       push: config.push,
       insecure_registry: config.insecure_registry,
       registry_ca: config.registry_ca,
-      metadata_file: config.metadata_file
+      metadata_file: config.metadata_file,
+      builder: config.builder,
+      project_dir: config.project_dir,
+      mix_env: config.env,
+      no_cache: config.no_cache
     }
   end
 
@@ -153,6 +168,34 @@ defmodule DockerRelease do
         {:error, %Error{reason: reason, message: message}}
     end
   end
+
+  # A builder container sees only the project directory: a path dependency of the build's
+  # environment outside it cannot be built there.
+  defp check_path_deps!(config, project) do
+    env = String.to_atom(config.env)
+
+    outside =
+      for dep <- Keyword.get(project, :deps, []),
+          {name, opts} = dep_opts(dep),
+          path = opts[:path],
+          is_nil(opts[:only]) or env in List.wrap(opts[:only]),
+          abs = Path.expand(path, config.project_dir),
+          not String.starts_with?(abs <> "/", config.project_dir <> "/"),
+          do: "#{inspect(name)} (#{path})"
+
+    if outside != [] do
+      raise Error,
+        reason: :invalid_config,
+        message:
+          "path dependencies outside the project directory cannot be built in a builder container, " <>
+            "which sees only #{config.project_dir}: #{Enum.join(outside, ", ")}. Move them inside " <>
+            "the project, make them #{config.env}-excluded (only: :dev), or build on the host"
+    end
+  end
+
+  defp dep_opts({name, opts}) when is_list(opts), do: {name, opts}
+  defp dep_opts({name, _req, opts}) when is_list(opts), do: {name, opts}
+  defp dep_opts({name, _req}), do: {name, []}
 
   defp ensure_linux_host! do
     case :os.type() do

@@ -33,6 +33,8 @@ defmodule DockerRelease.Config do
     * `:push` - push to the registry the tags name, over the distribution API (no engine needed).
     * `:load` - also load into the engine when `:push` or `:output` is given.
     * `:insecure_registry` - allow plain HTTP to the registry (loopback registries always may).
+    * `:builder` - build the release inside a container of this image (Elixir and OTP of your
+      production OS) instead of on the host; the runtime files come from that container.
     * `:build_dockerfile` - run the two-Dockerfile flow instead (see `mix help docker.release`):
       build the release with this `Dockerfile.build`, then the image with `:dockerfile`.
     * `:dockerfile` - the final image's Dockerfile in that flow. Default `"Dockerfile"`.
@@ -69,7 +71,8 @@ defmodule DockerRelease.Config do
             dockerfile: "Dockerfile",
             build_tag: nil,
             release_tarball: nil,
-            no_cache: false
+            no_cache: false,
+            builder: nil
 
   @keys [
     :env,
@@ -93,7 +96,8 @@ defmodule DockerRelease.Config do
     :dockerfile,
     :build_tag,
     :release_tarball,
-    :no_cache
+    :no_cache,
+    :builder
   ]
 
   @doc """
@@ -207,6 +211,16 @@ defmodule DockerRelease.Config do
         invalid!(
           "invalid release_tarball: expected a file name like app.tar.gz, got: #{inspect(c.release_tarball)}"
         )
+
+    if c.builder && not is_binary(c.builder),
+      do:
+        invalid!(
+          "invalid builder: expected an image reference string, got: #{inspect(c.builder)}"
+        )
+
+    if c.builder && c.from_release,
+      do:
+        invalid!("--builder and --from-release exclude each other: a builder builds the release")
 
     if c.build_dockerfile do
       for {key, value} <- [build_tag: c.build_tag] do

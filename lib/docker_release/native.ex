@@ -28,7 +28,11 @@ defmodule DockerRelease.Native do
               push: false,
               insecure_registry: false,
               registry_ca: nil,
-              metadata_file: nil
+              metadata_file: nil,
+              builder: nil,
+              project_dir: nil,
+              mix_env: "prod",
+              no_cache: false
   end
 
   defmodule DockerfilesRequest do

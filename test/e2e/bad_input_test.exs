@@ -197,10 +197,8 @@ defmodule DockerRelease.E2E.BadInputTest do
       assert_untouched(ctx)
     end
 
-    # KNOWN BUG: the archive is renamed over --output before the metadata file is written, so
-    # a run that then fails on --metadata-file exits 1 yet has replaced the file at --output
-    # (native/image_io/src/pipeline.rs, `run`: archive_file before write_atomically(metadata)).
-    @tag :known_bug
+    # The archive and the metadata file are written last; a metadata file that cannot be
+    # written must not leave a new archive at --output (outputs commit together).
     test "when the --metadata-file cannot be written (the last step)", ctx do
       out =
         assert_fails([
@@ -215,6 +213,23 @@ defmodule DockerRelease.E2E.BadInputTest do
       assert out =~ "/proc/nope/meta.json"
       assert_untouched(ctx)
     end
+  end
+
+  test "an unwritable --metadata-file fails before the engine gets the image", ctx do
+    tag = "#{ctx.repo}/hello:meta"
+
+    out =
+      assert_fails([
+        "--from-release",
+        ctx.rel,
+        "--tag",
+        tag,
+        "--metadata-file",
+        "/proc/nope/meta.json"
+      ])
+
+    assert out =~ "/proc/nope/meta.json"
+    refute image_exists?(tag)
   end
 
   test "--output naming an existing directory fails and leaves it as it was", %{rel: rel} do

@@ -28,6 +28,12 @@ defmodule DockerRelease.E2E.ImageRunsTest do
     assert hex == Base.encode16(:crypto.hash(:sha256, "/"), case: :lower)
   end
 
+  test "PORT configures the port the server listens on", %{tag: tag} do
+    port = free_port()
+    run_detached!(["-e", "PORT=4321", "-p", "127.0.0.1:#{port}:4321", tag])
+    assert wait_http!(port, "/") =~ "hello from hello"
+  end
+
   test "OpenSSL's legacy provider is there: md4 works", %{tag: tag} do
     script = ~S"""
     IO.puts("md4=" <> Base.encode16(:crypto.hash(:md4, "x"), case: :lower))

@@ -30,6 +30,13 @@ defmodule Mix.Tasks.Docker.Release do
     * `--env ENV` - the Mix environment of the release build. Default `prod`.
     * `--release NAME` - which release to build when `releases:` has several.
     * `--from-release DIR` - use an already-assembled release; skip the build.
+    * `--builder IMAGE` - build the release inside a container of IMAGE (an image with Elixir
+      and OTP, of the OS you deploy on; it must exist in the engine) instead of on the host. The
+      project is uploaded (without `_build`, `deps`, `.git` and what `.dockerignore` lists), built
+      with `mix deps.get --only ENV` and `mix release`, and the runtime files are taken from that
+      container, so the image's libraries match the release whatever your host is (macOS too).
+      Compiled deps and `_build` are kept in volumes `docker_release-cache-*` between runs;
+      `--no-cache` starts clean. The container is removed even if the task is killed.
     * `--tag NAME[:TAG]` - tag the image; repeat for several. Replaces the default tags.
     * `--output PATH` - write an image archive at PATH instead of loading into the engine. A
       failed run leaves an existing file at PATH untouched.
@@ -67,7 +74,7 @@ defmodule Mix.Tasks.Docker.Release do
     * `--release-tarball NAME` - the tarball the build image leaves at `/tmp/NAME`, which lands
       at the root of the final build's context. Default `APP.tar.gz`.
     * `--tag NAME[:TAG]` - the final image's tag(s). Default `APP:VERSION`.
-    * `--no-cache` - build both images without the engine's cache.
+    * `--no-cache` - build both images without the engine's cache (also: fresh builder caches).
 
   The temporary container is labelled and removed in every case; one left by a killed run is
   removed by the next run.
@@ -102,7 +109,8 @@ defmodule Mix.Tasks.Docker.Release do
     dockerfile: :string,
     build_tag: :string,
     release_tarball: :string,
-    no_cache: :boolean
+    no_cache: :boolean,
+    builder: :string
   ]
 
   @aliases [t: :tag, o: :output]

@@ -7,7 +7,9 @@
 use image_core::plan::Settings;
 use image_core::reference::Reference;
 use image_io::dockerfiles::DockerfileFlow;
-use image_io::pipeline::{self, EngineOutput, Event, Failure, Outcome, Outputs, Request};
+use image_io::pipeline::{
+    self, EngineOutput, Event, Failure, Outcome, Outputs, Request, Source,
+};
 use image_io::registry::PushOptions;
 use rustler::{
     Atom, Encoder, Env, LocalPid, Monitor, NifMap, NifStruct, OwnedEnv, Resource, ResourceArc, Term,
@@ -47,11 +49,24 @@ struct NifRequest {
     insecure_registry: bool,
     registry_ca: Option<String>,
     metadata_file: Option<String>,
+    builder: Option<String>,
+    project_dir: String,
+    mix_env: String,
+    no_cache: bool,
 }
 
 impl From<NifRequest> for Request {
     fn from(r: NifRequest) -> Request {
         Request {
+            source: match r.builder {
+                Some(image) => Source::Builder {
+                    image,
+                    project_dir: r.project_dir.into(),
+                    mix_env: r.mix_env,
+                    cache: !r.no_cache,
+                },
+                None => Source::Host,
+            },
             settings: Settings {
                 release_dir: r.release_dir.into(),
                 release_name: r.release_name,

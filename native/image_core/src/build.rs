@@ -111,5 +111,6 @@ pub fn build(
         created,
         config: plan.run_config.clone(),
         layers,
+        base_history: Vec::new(),
     })
 }

@@ -54,9 +54,69 @@ pub struct Image {
     pub config: RunConfig,
     /// Layers, bottom first.
     pub layers: Vec<LayerInfo>,
+    /// The history of the base image, when the image has one (see [`Image::on_base`]); empty
+    /// otherwise. Its entries that are not [`History::empty_layer`] describe the first layers.
+    pub base_history: Vec<History>,
+}
+
+/// One entry of a base image's `history`, kept as the base's config has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// `created` (RFC 3339), if given.
+    pub created: Option<String>,
+    /// `created_by`: the build step.
+    pub created_by: Option<String>,
+    /// `author`.
+    pub author: Option<String>,
+    /// `comment`.
+    pub comment: Option<String>,
+    /// The step made no layer (`ENV`, `CMD`, ...).
+    pub empty_layer: bool,
+}
+
+impl History {
+    fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in [
+            ("created", &self.created),
+            ("created_by", &self.created_by),
+            ("author", &self.author),
+            ("comment", &self.comment),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), json!(v));
+            }
+        }
+        if self.empty_layer {
+            m.insert("empty_layer".into(), json!(true));
+        }
+        Value::Object(m)
+    }
 }
 
 impl Image {
+    /// The same image on top of a base image: `layers` (the base's, bottom first, blobs in the
+    /// same blob source) go below this image's layers, and the base's `history` before ours.
+    ///
+    /// `history`'s non-empty entries must be as many as `layers` (one per layer, in order).
+    ///
+    /// ```
+    /// use image_core::image::{History, Image, RunConfig};
+    /// # let platform = image_core::elf::Platform { os: "linux".into(), architecture: "amd64".into(), variant: None };
+    /// let ours = Image { platform, created: 0, config: RunConfig::default(), layers: vec![], base_history: vec![] };
+    /// let history = vec![History { created_by: Some("ENV A=b".into()), empty_layer: true, ..History::default() }];
+    /// let img = ours.on_base(vec![], history);
+    /// let config: serde_json::Value = serde_json::from_slice(&img.config_json()).unwrap();
+    /// assert_eq!(config["history"][0]["empty_layer"], true);
+    /// ```
+    pub fn on_base(mut self, layers: Vec<LayerInfo>, history: Vec<History>) -> Image {
+        let mut all = layers;
+        all.append(&mut self.layers);
+        self.layers = all;
+        self.base_history = history;
+        self
+    }
+
     /// The OCI image config, serialised deterministically (fixed key order, no whitespace).
     pub fn config_json(&self) -> Vec<u8> {
         let c = &self.config;
@@ -79,10 +139,15 @@ impl Image {
             config.insert("StopSignal".into(), json!(sig));
         }
         let created = rfc3339(self.created);
+        // The base's history describes its layers (the first ones); ours describes the rest.
+        let base_layers = self.base_history.iter().filter(|h| !h.empty_layer).count();
         let history: Vec<Value> = self
-            .layers
+            .base_history
             .iter()
-            .map(|l| json!({"created": created, "created_by": format!("docker_release: {} layer", l.name)}))
+            .map(History::to_json)
+            .chain(self.layers.iter().skip(base_layers).map(|l| {
+                json!({"created": created, "created_by": format!("docker_release: {} layer", l.name)})
+            }))
             .collect();
         let mut doc = serde_json::Map::new();
         doc.insert("created".into(), json!(created));

@@ -10,6 +10,7 @@ pub mod context;
 pub mod digest;
 pub mod elf;
 pub mod fs;
+pub mod glibc;
 pub mod image;
 pub mod layer;
 pub mod plan;

@@ -3,10 +3,14 @@
 //! The release goes to `/app`. Beside it go the runtime files the release needs, read from the
 //! environment that built it through an [`Fs`]: the shared-library closure of every ELF file,
 //! `/bin/sh` and the utilities the release scripts call, and a few generated `/etc` files.
+//!
+//! On a base image ([`plan_on_base`]) the base provides all of that instead: the plan checks that
+//! the base can run the release and adds only the release and a few app-owned directories.
 
 use crate::closure::{Closure, Resolver};
 use crate::elf::{self, Platform};
-use crate::fs::{Fs, Kind};
+use crate::fs::{resolve_path, Fs, Kind};
+use crate::glibc::{check_release, is_musl_system, Incompatible, Problem, ReleaseOnBase};
 use crate::image::RunConfig;
 use crate::layer::{Entry, LayerSpec, Source};
 use serde::Serialize;
@@ -122,40 +126,11 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         let path = path.to_path_buf();
         move |source| PlanError::Read { path, source }
     };
-    if !matches!(fs.lstat(rel).map(|m| m.kind), Ok(Kind::Dir)) {
-        return Err(PlanError::NotARelease {
-            path: rel.clone(),
-            why: "the directory does not exist".into(),
-        });
-    }
-    let start_erl = rel.join("releases/start_erl.data");
-    let start_erl_data = fs.read(&start_erl).map_err(|_| PlanError::NotARelease {
-        path: rel.clone(),
-        why: "releases/start_erl.data is missing".into(),
-    })?;
-    let start_erl_data = String::from_utf8_lossy(&start_erl_data);
-    let mut words = start_erl_data.split_whitespace();
-    let (erts_vsn, rel_vsn) = match (words.next(), words.next()) {
-        (Some(e), Some(r)) => (e.to_string(), r.to_string()),
-        _ => {
-            return Err(PlanError::NotARelease {
-                path: rel.clone(),
-                why: "releases/start_erl.data does not hold an ERTS and a release version".into(),
-            })
-        }
-    };
-    let beam = rel.join(format!("erts-{erts_vsn}/bin/beam.smp"));
-    let head = fs.read_head(&beam, 64).map_err(|_| PlanError::NotARelease {
-        path: rel.clone(),
-        why: format!("erts-{erts_vsn}/bin/beam.smp is missing (a release for an image must include ERTS: include_erts: true)"),
-    })?;
-    let platform = elf::platform_of(&head).ok_or(PlanError::NotLinux { path: beam.clone() })?;
-    if !fs.exists(&rel.join("bin").join(&settings.release_name)) {
-        return Err(PlanError::NotARelease {
-            path: rel.clone(),
-            why: format!("bin/{} is missing", settings.release_name),
-        });
-    }
+    let ReleaseFacts {
+        erts_vsn,
+        rel_vsn,
+        platform,
+    } = release_facts(fs, settings)?;
 
     // Runtime files: the closure of every ELF file in the release, the shell and its tools,
     // the UTF-8 locale, the CA bundle and whatever the user added.
@@ -215,6 +190,58 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         layers,
         run_config,
         runtime_files,
+    })
+}
+
+/// What the release's own files say: ERTS and release versions, and the platform of ERTS.
+struct ReleaseFacts {
+    erts_vsn: String,
+    rel_vsn: String,
+    platform: Platform,
+}
+
+/// Check that `settings.release_dir` is an assembled release with ERTS and read its facts.
+fn release_facts(fs: &dyn Fs, settings: &Settings) -> Result<ReleaseFacts, PlanError> {
+    let rel = &settings.release_dir;
+    if !matches!(fs.lstat(rel).map(|m| m.kind), Ok(Kind::Dir)) {
+        return Err(PlanError::NotARelease {
+            path: rel.clone(),
+            why: "the directory does not exist".into(),
+        });
+    }
+    let start_erl = rel.join("releases/start_erl.data");
+    let start_erl_data = fs.read(&start_erl).map_err(|_| PlanError::NotARelease {
+        path: rel.clone(),
+        why: "releases/start_erl.data is missing".into(),
+    })?;
+    let start_erl_data = String::from_utf8_lossy(&start_erl_data);
+    let mut words = start_erl_data.split_whitespace();
+    let (erts_vsn, rel_vsn) = match (words.next(), words.next()) {
+        (Some(e), Some(r)) => (e.to_string(), r.to_string()),
+        _ => {
+            return Err(PlanError::NotARelease {
+                path: rel.clone(),
+                why: "releases/start_erl.data does not hold an ERTS and a release version".into(),
+            })
+        }
+    };
+    let beam = rel.join(format!("erts-{erts_vsn}/bin/beam.smp"));
+    let head = fs.read_head(&beam, 64).map_err(|_| PlanError::NotARelease {
+        path: rel.clone(),
+        why: format!("erts-{erts_vsn}/bin/beam.smp is missing (a release for an image must include ERTS: include_erts: true)"),
+    })?;
+    let platform = elf::platform_of(&head).ok_or(PlanError::NotLinux { path: beam.clone() })?;
+    if !fs.exists(&rel.join("bin").join(&settings.release_name)) {
+        return Err(PlanError::NotARelease {
+            path: rel.clone(),
+            why: format!("bin/{} is missing", settings.release_name),
+        });
+    }
+
+    Ok(ReleaseFacts {
+        erts_vsn,
+        rel_vsn,
+        platform,
     })
 }
 
@@ -457,4 +484,327 @@ fn layer_of(rel: &Path, erts_dir: &str, s: &Settings) -> Which {
     } else {
         Which::Deps
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Base mode: the release on top of a base image's layers.
+
+/// A base image as the plan sees it: its filesystem (its layers unpacked) and the parts of its
+/// config the image inherits. `image_io::base::LoadedBase::plan_base` makes one.
+pub struct Base<'a> {
+    /// The reference, for messages (`debian:bookworm-slim`).
+    pub reference: String,
+    /// The base's merged filesystem.
+    pub fs: &'a dyn Fs,
+    /// The base's platform (from its config).
+    pub platform: Platform,
+    /// The base config's `Env`: the image's environment starts from it.
+    pub env: Vec<String>,
+    /// The base config's `Labels`: ours are added (and win).
+    pub labels: BTreeMap<String, String>,
+    /// The base config's `ExposedPorts`: ours are added.
+    pub exposed_ports: Vec<String>,
+    /// The base config's `StopSignal`.
+    pub stop_signal: Option<String>,
+}
+
+/// Why a plan on a base image could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BasePlanError {
+    /// The release itself is the problem (not a release, unreadable files).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The base image cannot run the release.
+    #[error(transparent)]
+    Incompatible(#[from] Incompatible),
+}
+
+impl From<crate::closure::ClosureError> for BasePlanError {
+    fn from(e: crate::closure::ClosureError) -> Self {
+        BasePlanError::Plan(e.into())
+    }
+}
+
+/// glibc's UTF-8 locale as Debian 11 and older name it.
+const UTF8_LOCALE_OLD: &str = "/usr/lib/locale/C.UTF-8";
+
+/// `HOME` on a base image: the app's numeric user has no entry in the base's `/etc/passwd`
+/// (which is the distribution's and is left alone), and `/tmp` is writable by everyone.
+pub const BASE_HOME: &str = "/tmp";
+
+/// The platform of the release's ERTS (to pick a base image's manifest before planning).
+pub fn release_platform(fs: &dyn Fs, settings: &Settings) -> Result<Platform, PlanError> {
+    Ok(release_facts(fs, settings)?.platform)
+}
+
+/// The plan of the release on top of `base`: no runtime layer (the base provides the shared
+/// libraries, the shell and `/etc`); a small `dirs` layer (`/app/tmp` and `/run/release` owned by
+/// the app's user, `/tmp` if the base lacks it, `extra_files`) and the release layers as in
+/// [`plan`]. The base's own layers are not in the plan: they are added to the built image with
+/// `Image::on_base`.
+///
+/// First the base is checked: same platform; every ELF file of the release loads on the base
+/// (its libraries, their loader and the symbol versions it needs, see [`crate::glibc`]); `/bin/sh`
+/// and [`SHELL_TOOLS`] (the release scripts and the cookie snippet call them) on the base's
+/// `PATH`. A base that fails any check is refused with every problem found.
+///
+/// The environment starts from the base's (its `PATH`, ...), then `LANG=C.UTF-8` when the base
+/// has that locale (else `ELIXIR_ERL_OPTIONS=+fnu`), `HOME=/tmp`, then `settings.env`; a later
+/// value of a name replaces an earlier one in place. The base's `/etc/passwd` is not touched:
+/// the numeric user needs no entry.
+pub fn plan_on_base(
+    fs: &dyn Fs,
+    settings: &Settings,
+    base: &Base<'_>,
+) -> Result<Plan, BasePlanError> {
+    let ReleaseFacts {
+        erts_vsn,
+        rel_vsn,
+        platform,
+    } = release_facts(fs, settings)?;
+    let incompatible = |problems| Incompatible {
+        base: base.reference.clone(),
+        problems,
+    };
+    if !same_platform(&base.platform, &platform) {
+        return Err(incompatible(vec![Problem::Platform {
+            base: base.platform.to_string(),
+            release: platform.to_string(),
+        }])
+        .into());
+    }
+    let union = ReleaseOnBase::new(fs, &settings.release_dir, base.fs).map_err(|source| {
+        PlanError::Read {
+            path: settings.release_dir.clone(),
+            source,
+        }
+    })?;
+    let mut problems = check_release(&union)?;
+    let path = env_value(&base.env, "PATH").unwrap_or(PATH).to_string();
+    let is_file = |p: &Path| {
+        resolve_path(base.fs, p)
+            .ok()
+            .and_then(|(c, _)| base.fs.lstat(&c).ok())
+            .is_some_and(|m| m.kind == Kind::File)
+    };
+    let mut missing: Vec<String> = Vec::new();
+    if !is_file(Path::new("/bin/sh")) {
+        missing.push("/bin/sh".into());
+    }
+    for tool in SHELL_TOOLS {
+        let found = path
+            .split(':')
+            .filter(|d| d.starts_with('/'))
+            .any(|d| is_file(&Path::new(d).join(tool)));
+        if !found {
+            missing.push(tool.to_string());
+        }
+    }
+    if !missing.is_empty() {
+        problems.push(Problem::MissingTools {
+            tools: missing,
+            path: path.clone(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(incompatible(problems).into());
+    }
+
+    let (dirs, runtime_files) = base_dirs_layer(fs, settings, base)?;
+    let (otp, deps, app) = release_layers(fs, settings, &erts_vsn, &rel_vsn)?;
+
+    let has_locale = is_musl_system(base.fs)
+        || [UTF8_LOCALE, UTF8_LOCALE_OLD]
+            .iter()
+            .any(|p| resolve_path(base.fs, Path::new(p)).is_ok());
+    let mut env = base.env.clone();
+    if env_value(&env, "PATH").is_none() {
+        env.push(format!("PATH={PATH}"));
+    }
+    if has_locale {
+        env.push("LANG=C.UTF-8".into());
+    } else {
+        env.push("ELIXIR_ERL_OPTIONS=+fnu".into());
+    }
+    env.push(format!("HOME={BASE_HOME}"));
+    env.extend(settings.env.iter().cloned());
+    let mut labels = base.labels.clone();
+    labels.extend(settings.labels.clone());
+    let mut exposed_ports = base.exposed_ports.clone();
+    for p in &settings.exposed_ports {
+        if !exposed_ports.contains(p) {
+            exposed_ports.push(p.clone());
+        }
+    }
+    let run_config = RunConfig {
+        entrypoint: vec![format!("{APP_DIR}/bin/{}", settings.release_name)],
+        cmd: vec!["start".into()],
+        env: merge_env(env),
+        working_dir: APP_DIR.into(),
+        user: format!("{}:{}", settings.uid, settings.gid),
+        labels,
+        exposed_ports,
+        stop_signal: base.stop_signal.clone(),
+    };
+    let layers = [dirs, otp, deps, app]
+        .into_iter()
+        .filter(|l| !l.entries.is_empty())
+        .collect();
+    Ok(Plan {
+        platform,
+        layers,
+        run_config,
+        runtime_files,
+    })
+}
+
+/// Same OS and architecture; variants must agree only when both are given (`arm64` configs
+/// often omit `v8`).
+fn same_platform(a: &Platform, b: &Platform) -> bool {
+    a.os == b.os
+        && a.architecture == b.architecture
+        && match (&a.variant, &b.variant) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        }
+}
+
+/// The value of `name` in a `NAME=value` list (the last one wins, as for a process).
+fn env_value<'e>(env: &'e [String], name: &str) -> Option<&'e str> {
+    env.iter()
+        .rev()
+        .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// One entry per name: a later `NAME=value` replaces an earlier one at the earlier position.
+///
+/// ```
+/// # use image_core::plan::merge_env;
+/// let env = merge_env(vec!["PATH=/bin".into(), "LANG=C".into(), "LANG=C.UTF-8".into(), "X".into()]);
+/// assert_eq!(env, vec!["PATH=/bin", "LANG=C.UTF-8", "X"]);
+/// ```
+pub fn merge_env(env: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in env {
+        let name = e.split('=').next().unwrap_or_default();
+        match out
+            .iter_mut()
+            .find(|o| o.split('=').next().unwrap_or_default() == name)
+        {
+            Some(slot) => *slot = e,
+            None => out.push(e),
+        }
+    }
+    out
+}
+
+/// `path` as the base's filesystem reaches it: the longest existing prefix resolved (so an entry
+/// under a symlinked directory such as `/var/run -> /run` goes to the directory, and the layer
+/// never replaces the base's symlink with a directory), the rest appended.
+fn in_base(base: &dyn Fs, path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    let mut comps = path.components().skip(1).peekable();
+    while let Some(c) = comps.next() {
+        let next = out.join(c);
+        match resolve_path(base, &next) {
+            Ok((canon, _)) if comps.peek().is_some() => out = canon,
+            _ => {
+                out = next;
+                for rest in comps.by_ref() {
+                    out.push(rest);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn base_dirs_layer(
+    fs: &dyn Fs,
+    s: &Settings,
+    base: &Base<'_>,
+) -> Result<(LayerSpec, Vec<RuntimeFile>), PlanError> {
+    let (uid, gid) = (s.uid, s.gid);
+    let mut entries = Vec::new();
+    let mut files = Vec::new();
+    let mut dirs: Vec<(String, u32, u32, u32, &str)> = vec![
+        (
+            format!("{APP_DIR}/tmp"),
+            0o755,
+            uid,
+            gid,
+            "RELEASE_TMP, owned by the app's user",
+        ),
+        (
+            COOKIE_DIR.into(),
+            0o700,
+            uid,
+            gid,
+            "the per-container cookie, owned by the app's user",
+        ),
+    ];
+    if resolve_path(base.fs, Path::new("/tmp")).is_err() {
+        dirs.push((
+            "/tmp".into(),
+            0o1777,
+            0,
+            0,
+            "temporary files and HOME, writable by all (the base has no /tmp)",
+        ));
+    }
+    for (path, mode, u, g, reason) in dirs {
+        let path = in_base(base.fs, Path::new(&path));
+        entries.push(Entry::new(path.clone(), Source::Dir, mode).owned(mode, u, g));
+        files.push(RuntimeFile {
+            path,
+            reason: reason.into(),
+        });
+    }
+    // extra_files come from the build environment, as they are: no library closure (the base
+    // provides libraries), symlinks inside directories kept as symlinks.
+    for extra in &s.extra_files {
+        let (canon, _) = resolve_path(fs, extra).map_err(|source| PlanError::Read {
+            path: extra.clone(),
+            source,
+        })?;
+        let mut stack = vec![(canon, in_base(base.fs, extra))];
+        while let Some((src, dest)) = stack.pop() {
+            let meta = fs.lstat(&src).map_err(|source| PlanError::Read {
+                path: src.clone(),
+                source,
+            })?;
+            let source = match meta.kind {
+                Kind::Dir => {
+                    let names = fs.read_dir(&src).map_err(|source| PlanError::Read {
+                        path: src.clone(),
+                        source,
+                    })?;
+                    for n in names {
+                        stack.push((src.join(&n), dest.join(&n)));
+                    }
+                    Source::Dir
+                }
+                Kind::Symlink => {
+                    Source::Symlink(fs.read_link(&src).map_err(|source| PlanError::Read {
+                        path: src.clone(),
+                        source,
+                    })?)
+                }
+                Kind::File => Source::File(src.clone()),
+                Kind::Other => continue,
+            };
+            entries.push(Entry::new(dest.clone(), source, meta.mode));
+            files.push(RuntimeFile {
+                path: dest,
+                reason: "extra_files".into(),
+            });
+        }
+    }
+    Ok((
+        LayerSpec {
+            name: "dirs".into(),
+            entries,
+        },
+        files,
+    ))
 }

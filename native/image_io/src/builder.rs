@@ -21,8 +21,9 @@
 //! 6. One exec runs, under `flock` on the cache, `mix deps.get --only ENV` then
 //!    `mix release NAME --overwrite --path /release`; output is streamed line by line.
 //! 7. Read the builder's OTP release with `erl`.
-//! 8. Export the container's filesystem and unpack it locally ([`crate::rootfs`]). The release is
-//!    in `/release`, on the container's own filesystem: exports do not include volumes.
+//! 8. Export the container's filesystem and unpack it locally ([`crate::rootfs`]; documentation
+//!    and package databases are left out). The release is in `/release`, on the container's own
+//!    filesystem: exports do not include volumes.
 //! 9. Remove the container — on success, failure and cancellation; if this future is dropped
 //!    instead, a removal is started in the background and the closed stdin does the rest.
 //!
@@ -264,6 +265,11 @@ pub enum Output {
     /// From stderr.
     Stderr(Bytes),
 }
+
+/// Receives one human-readable line per step.
+pub type OnStep = Arc<dyn Fn(&str) + Send + Sync>;
+/// Receives `(step, line)` for each line of build output.
+pub type OnLine = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Exec output, as it arrives.
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Output, BuilderError>> + Send>>;
@@ -791,8 +797,8 @@ async fn until_cancelled(flag: &AtomicBool) {
 pub async fn build_release(
     engine: &impl ContainerEngine,
     spec: &BuilderSpec,
-    on_step: Arc<dyn Fn(&str) + Send + Sync>,
-    on_line: Arc<dyn Fn(&str, &str) + Send + Sync>,
+    on_step: OnStep,
+    on_line: OnLine,
     cancelled: Arc<AtomicBool>,
 ) -> Result<BuiltRelease, BuilderError> {
     if !valid_name(&spec.release_name) {
@@ -883,11 +889,17 @@ pub async fn build_release(
         r = run => r,
         _ = until_cancelled(&cancelled) => Err(BuilderError::Cancelled),
     };
+    // The held stdin connection is closed by now, so the container is already stopping; the
+    // explicit removal makes sure it is gone before we return.
     let removed = engine.remove_container(&id).await;
     guard.id = None;
-    let built = result?;
-    removed?;
-    Ok(built)
+    if let Err(e) = removed {
+        // The release is built: say what is left behind rather than fail the build for it.
+        on_step(&format!(
+            "warning: the builder container {id} could not be removed ({e}); remove it with `docker rm -f {id}`"
+        ));
+    }
+    result
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -897,8 +909,8 @@ async fn in_container(
     spec: &BuilderSpec,
     image: &ImageInfo,
     project_dir: &Path,
-    on_step: &Arc<dyn Fn(&str) + Send + Sync>,
-    on_line: &Arc<dyn Fn(&str, &str) + Send + Sync>,
+    on_step: &OnStep,
+    on_line: &OnLine,
     cancelled: &Arc<AtomicBool>,
 ) -> Result<BuiltRelease, BuilderError> {
     // Attach first, like `docker run -i`: from here on the container dies with us.
@@ -944,6 +956,48 @@ async fn in_container(
         }
     }
 
+    run_build(engine, id, spec, &env, on_step, on_line).await?;
+
+    let otp = ExecSpec {
+        cmd: vec![
+            "erl".into(),
+            "-noshell".into(),
+            "-eval".into(),
+            OTP_EVAL.into(),
+        ],
+        env,
+        user: None,
+        working_dir: "/".into(),
+    };
+    let (status, out) = run_captured(engine, id, &otp).await?;
+    let otp_release = out.trim().to_string();
+    if status != 0 || otp_release.is_empty() {
+        return Err(BuilderError::Builder(format!(
+            "reading the OTP release in the builder (`erl -noshell -eval '{OTP_EVAL}'`) failed with exit status {status}: {}",
+            out.trim()
+        )));
+    }
+
+    on_step("exporting the builder's filesystem");
+    let rootfs = export_rootfs(engine, id, spec.work_dir.as_deref(), cancelled).await?;
+    Ok(BuiltRelease {
+        rootfs,
+        release_dir: PathBuf::from(RELEASE_DIR),
+        otp_release,
+        context,
+    })
+}
+
+/// The build exec: `mix deps.get` then `mix release` under the cache lock, output streamed to
+/// `on_line` line by line, step markers turned into `on_step` lines.
+async fn run_build(
+    engine: &impl ContainerEngine,
+    id: &str,
+    spec: &BuilderSpec,
+    env: &[String],
+    on_step: &OnStep,
+    on_line: &OnLine,
+) -> Result<(), BuilderError> {
     let marker = format!("@@docker_release-{}@@", nonce(id));
     let build = ExecSpec {
         cmd: vec![
@@ -954,7 +1008,7 @@ async fn in_container(
             spec.release_name.clone(),
             marker.clone(),
         ],
-        env: env.clone(),
+        env: env.to_vec(),
         user: None,
         working_dir: SRC_DIR.into(),
     };
@@ -1033,32 +1087,17 @@ async fn in_container(
             last_lines: last.into_iter().collect(),
         });
     }
+    Ok(())
+}
 
-    let otp = ExecSpec {
-        cmd: vec![
-            "erl".into(),
-            "-noshell".into(),
-            "-eval".into(),
-            OTP_EVAL.into(),
-        ],
-        env,
-        user: None,
-        working_dir: "/".into(),
-    };
-    let (status, out) = run_captured(engine, id, &otp).await?;
-    let otp_release = out.trim().to_string();
-    if status != 0 || otp_release.is_empty() {
-        return Err(BuilderError::Builder(format!(
-            "reading the OTP release in the builder (`erl -noshell -eval '{OTP_EVAL}'`) failed with exit status {status}: {}",
-            out.trim()
-        )));
-    }
-
-    on_step("exporting the builder's filesystem");
-    let parent = match &spec.work_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir(),
-    };
+/// Export the container's filesystem into a new temporary directory in `work_dir`.
+async fn export_rootfs(
+    engine: &impl ContainerEngine,
+    id: &str,
+    work_dir: Option<&Path>,
+    cancelled: &Arc<AtomicBool>,
+) -> Result<tempfile::TempDir, BuilderError> {
+    let parent = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
     std::fs::create_dir_all(&parent).map_err(|source| BuilderError::Io {
         what: format!("cannot create {}", parent.display()),
         source,
@@ -1086,12 +1125,7 @@ async fn in_container(
             source,
         },
     })?;
-    Ok(BuiltRelease {
-        rootfs,
-        release_dir: PathBuf::from(RELEASE_DIR),
-        otp_release,
-        context,
-    })
+    Ok(rootfs)
 }
 
 /// A per-build marker that no program output will contain by accident.
@@ -1301,7 +1335,6 @@ pub async fn sweep_leftovers(engine: &impl ContainerEngine) -> Result<usize, Bui
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     #[test]
     fn lines_split_across_chunks_and_markers_are_recognised() {
@@ -1351,476 +1384,5 @@ mod tests {
         );
         assert_eq!(a[0].0.len(), "docker_release-cache--build".len() + 16);
         assert_eq!(a[1].1, "/src/deps");
-    }
-
-    /// What the fake engine was asked, in order.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Call {
-        Inspect(String),
-        RemoveVolume(String),
-        CreateVolume(String),
-        Create(ContainerSpec),
-        Attach(String),
-        Start(String),
-        Upload(String, Vec<String>),
-        Exec(Vec<String>),
-        Export(String),
-        Remove(String),
-        RemoveDetached(String),
-    }
-
-    struct Fake {
-        calls: Mutex<Vec<Call>>,
-        image: Option<ImageInfo>,
-        /// Output and status of the build exec.
-        build_output: Vec<&'static str>,
-        build_status: i64,
-        /// Block the build exec until cancelled.
-        hang: bool,
-        export: Vec<u8>,
-    }
-
-    impl Fake {
-        fn new() -> Fake {
-            let mut t = tar::Builder::new(Vec::new());
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(0o755);
-            h.set_size(3);
-            t.append_data(&mut h, "release/bin/hello", &b"#!x"[..])
-                .unwrap();
-            Fake {
-                calls: Mutex::new(vec![]),
-                image: Some(ImageInfo {
-                    id: "sha256:img".into(),
-                    user: String::new(),
-                }),
-                build_output: vec![],
-                build_status: 0,
-                hang: false,
-                export: t.into_inner().unwrap(),
-            }
-        }
-
-        fn log(&self, c: Call) {
-            self.calls.lock().unwrap().push(c);
-        }
-
-        fn calls(&self) -> Vec<Call> {
-            self.calls.lock().unwrap().clone()
-        }
-    }
-
-    impl ContainerEngine for Fake {
-        async fn inspect_image(&self, r: &str) -> Result<Result<ImageInfo, String>, BuilderError> {
-            self.log(Call::Inspect(r.into()));
-            Ok(self
-                .image
-                .clone()
-                .ok_or_else(|| format!("No such image: {r}")))
-        }
-        async fn create_container(&self, spec: &ContainerSpec) -> Result<String, BuilderError> {
-            self.log(Call::Create(spec.clone()));
-            Ok("c1".into())
-        }
-        async fn attach_stdin(&self, id: &str) -> Result<StdinHold, BuilderError> {
-            self.log(Call::Attach(id.into()));
-            Ok(StdinHold::new(()))
-        }
-        async fn start_container(&self, id: &str) -> Result<(), BuilderError> {
-            self.log(Call::Start(id.into()));
-            Ok(())
-        }
-        async fn upload(&self, id: &str, dir: &str, tar: Body) -> Result<(), BuilderError> {
-            let chunks: Vec<_> = tar.collect().await;
-            let bytes: Vec<u8> = chunks
-                .into_iter()
-                .flat_map(|c| c.unwrap().to_vec())
-                .collect();
-            let mut ar = tar::Archive::new(bytes.as_slice());
-            let names = ar
-                .entries()
-                .unwrap()
-                .map(|e| e.unwrap().path().unwrap().display().to_string())
-                .collect();
-            self.log(Call::Upload(format!("{id}:{dir}"), names));
-            Ok(())
-        }
-        async fn exec(
-            &self,
-            _id: &str,
-            spec: &ExecSpec,
-        ) -> Result<(String, OutputStream), BuilderError> {
-            self.log(Call::Exec(spec.cmd.clone()));
-            if spec.cmd[0] == "erl" {
-                let s = futures_util::stream::iter(vec![Ok(Output::Stdout(Bytes::from("25")))]);
-                return Ok(("otp".into(), Box::pin(s)));
-            }
-            let marker = spec.cmd[5].clone();
-            let text: String = self
-                .build_output
-                .iter()
-                .map(|l| format!("{}\n", l.replace("@M", &marker)))
-                .collect();
-            let items = vec![Ok(Output::Stdout(Bytes::from(text)))];
-            let s = futures_util::stream::iter(items);
-            if self.hang {
-                return Ok((
-                    "build".into(),
-                    Box::pin(s.chain(futures_util::stream::pending())),
-                ));
-            }
-            Ok(("build".into(), Box::pin(s)))
-        }
-        async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>, BuilderError> {
-            Ok(Some(if exec_id == "build" {
-                self.build_status
-            } else {
-                0
-            }))
-        }
-        fn export(&self, id: &str) -> TarStream {
-            self.log(Call::Export(id.into()));
-            let b = Bytes::from(self.export.clone());
-            Box::pin(futures_util::stream::iter(vec![Ok(b)]))
-        }
-        async fn remove_container(&self, id: &str) -> Result<(), BuilderError> {
-            self.log(Call::Remove(id.into()));
-            Ok(())
-        }
-        fn remove_container_detached(&self, id: String) {
-            self.log(Call::RemoveDetached(id));
-        }
-        async fn create_volume(
-            &self,
-            name: &str,
-            labels: &BTreeMap<String, String>,
-        ) -> Result<(), BuilderError> {
-            assert_eq!(labels.get(LABEL_CACHE).map(String::as_str), Some("true"));
-            self.log(Call::CreateVolume(name.into()));
-            Ok(())
-        }
-        async fn remove_volume(&self, name: &str) -> Result<(), BuilderError> {
-            self.log(Call::RemoveVolume(name.into()));
-            Ok(())
-        }
-        async fn list_volumes(&self, _k: &str, _v: &str) -> Result<Vec<String>, BuilderError> {
-            Ok(vec![])
-        }
-        async fn list_containers(
-            &self,
-            _k: &str,
-            _v: &str,
-        ) -> Result<Vec<LabelledContainer>, BuilderError> {
-            let label = |owner: &str| {
-                BTreeMap::from([
-                    (LABEL_TEMPORARY.to_string(), "true".to_string()),
-                    (LABEL_OWNER.to_string(), owner.to_string()),
-                ])
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64;
-            Ok(vec![
-                // Ours, alive: kept.
-                LabelledContainer {
-                    id: "mine".into(),
-                    labels: label(&owner()),
-                    running: true,
-                    created: now,
-                },
-                // Same host, dead pid: removed.
-                LabelledContainer {
-                    id: "dead".into(),
-                    labels: label(&format!("{}:{}", hostname(), i32::MAX)),
-                    running: true,
-                    created: now,
-                },
-                // Another host, running: kept.
-                LabelledContainer {
-                    id: "remote".into(),
-                    labels: label("elsewhere:1"),
-                    running: true,
-                    created: now,
-                },
-                // Another host, stopped for an hour: removed.
-                LabelledContainer {
-                    id: "stale".into(),
-                    labels: label("elsewhere:1"),
-                    running: false,
-                    created: now - 3600,
-                },
-            ])
-        }
-    }
-
-    fn project() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("lib")).unwrap();
-        std::fs::create_dir_all(dir.path().join("_build/prod")).unwrap();
-        std::fs::write(dir.path().join("mix.exs"), "x").unwrap();
-        std::fs::write(dir.path().join("lib/a.ex"), "y").unwrap();
-        dir
-    }
-
-    fn spec(dir: &Path) -> BuilderSpec {
-        BuilderSpec {
-            image: "builder:1".into(),
-            project_dir: dir.to_path_buf(),
-            mix_env: "prod".into(),
-            release_name: "hello".into(),
-            cache: true,
-            excludes: Excludes::for_project(dir).unwrap(),
-            work_dir: None,
-        }
-    }
-
-    type Seen = Arc<Mutex<Vec<(String, String)>>>;
-
-    fn callbacks() -> (
-        Arc<dyn Fn(&str) + Send + Sync>,
-        Arc<dyn Fn(&str, &str) + Send + Sync>,
-        Seen,
-    ) {
-        let seen: Seen = Arc::new(Mutex::new(vec![]));
-        let s1 = seen.clone();
-        let s2 = seen.clone();
-        (
-            Arc::new(move |s: &str| s1.lock().unwrap().push(("step".into(), s.into()))),
-            Arc::new(move |step: &str, l: &str| s2.lock().unwrap().push((step.into(), l.into()))),
-            seen,
-        )
-    }
-
-    #[tokio::test]
-    async fn runs_the_lifecycle_in_order() {
-        let dir = project();
-        let mut fake = Fake::new();
-        fake.build_output = vec![
-            "@M deps.get",
-            "All dependencies are up to date",
-            "@M release",
-            "Compiling 1 file (.ex)",
-        ];
-        let (on_step, on_line, seen) = callbacks();
-        let built = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap();
-        assert_eq!(built.otp_release, "25");
-        assert_eq!(built.release_dir, Path::new("/release"));
-        assert!(built.rootfs.path().join("release/bin/hello").is_file());
-        let calls = fake.calls();
-        let vols = cache_volumes(&dir.path().canonicalize().unwrap(), "prod", "sha256:img");
-        assert_eq!(calls[0], Call::Inspect("builder:1".into()));
-        assert_eq!(calls[1], Call::CreateVolume(vols[0].0.clone()));
-        assert_eq!(calls[2], Call::CreateVolume(vols[1].0.clone()));
-        let Call::Create(c) = &calls[3] else {
-            panic!("{calls:?}")
-        };
-        assert_eq!(
-            c.labels.get(LABEL_TEMPORARY).map(String::as_str),
-            Some("true")
-        );
-        assert_eq!(c.labels.get(LABEL_OWNER), Some(&owner()));
-        assert_eq!(c.volumes, vols.to_vec());
-        // Attach strictly before start.
-        assert_eq!(calls[4], Call::Attach("c1".into()));
-        assert_eq!(calls[5], Call::Start("c1".into()));
-        assert_eq!(
-            calls[6],
-            Call::Upload(
-                "c1:/src".into(),
-                vec!["lib".into(), "lib/a.ex".into(), "mix.exs".into()]
-            )
-        );
-        assert!(
-            matches!(&calls[7], Call::Exec(cmd) if cmd[2] == BUILD_SCRIPT && cmd[4] == "hello")
-        );
-        assert!(matches!(&calls[8], Call::Exec(cmd) if cmd[0] == "erl"));
-        assert_eq!(calls[9], Call::Export("c1".into()));
-        assert_eq!(calls[10], Call::Remove("c1".into()));
-        assert_eq!(calls.len(), 11);
-        let seen = seen.lock().unwrap().clone();
-        assert!(seen.contains(&("deps.get".into(), "All dependencies are up to date".into())));
-        assert!(seen.contains(&("release".into(), "Compiling 1 file (.ex)".into())));
-        assert!(seen.contains(&(
-            "step".into(),
-            "running `mix release hello --overwrite --path /release` in the builder".into()
-        )));
-        assert!(!seen.iter().any(|(_, l)| l.contains("@@docker_release")));
-    }
-
-    #[tokio::test]
-    async fn a_failing_step_says_which_command_failed_and_removes_the_container() {
-        let dir = project();
-        let mut fake = Fake::new();
-        let mut out = vec!["@M deps.get", "ok", "@M release"];
-        let many: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
-        let many: Vec<&'static str> = many
-            .into_iter()
-            .map(|s| &*Box::leak(s.into_boxed_str()))
-            .collect();
-        out.extend(many);
-        out.push("** (SyntaxError) lib/a.ex:1:5: syntax error before: end");
-        fake.build_output = out;
-        fake.build_status = 1;
-        let (on_step, on_line, _) = callbacks();
-        let err = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.reason(), "release_build_failed");
-        let BuilderError::BuildFailed {
-            step,
-            status,
-            last_lines,
-            ..
-        } = &err
-        else {
-            panic!("{err:?}")
-        };
-        assert_eq!((step.as_str(), *status), ("release", 1));
-        assert_eq!(last_lines.len(), LAST_LINES);
-        assert!(last_lines.last().unwrap().contains("SyntaxError"));
-        let msg = err.to_string();
-        assert!(
-            msg.contains("`mix release hello --overwrite --path /release` failed"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("exit status 1") && msg.contains("    ** (SyntaxError)"),
-            "{msg}"
-        );
-        assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
-        assert!(!fake.calls().iter().any(|c| matches!(c, Call::Export(_))));
-    }
-
-    #[tokio::test]
-    async fn a_missing_image_is_reported_with_what_to_do() {
-        let dir = project();
-        let mut fake = Fake::new();
-        fake.image = None;
-        let (on_step, on_line, _) = callbacks();
-        let err = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.reason(), "builder_image_missing");
-        assert!(err.to_string().contains("docker image ls"), "{err}");
-        assert_eq!(fake.calls().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn no_cache_recreates_the_volumes() {
-        let dir = project();
-        let fake = Fake::new();
-        let mut s = spec(dir.path());
-        s.cache = false;
-        let (on_step, on_line, _) = callbacks();
-        build_release(
-            &fake,
-            &s,
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap();
-        let calls = fake.calls();
-        assert!(matches!(&calls[1], Call::RemoveVolume(n) if n.ends_with("-build")));
-        assert!(matches!(&calls[2], Call::RemoveVolume(n) if n.ends_with("-deps")));
-        assert!(matches!(&calls[3], Call::CreateVolume(n) if n.ends_with("-build")));
-    }
-
-    #[tokio::test]
-    async fn cancelling_stops_the_build_and_removes_the_container() {
-        let dir = project();
-        let mut fake = Fake::new();
-        fake.build_output = vec!["@M release", "Compiling"];
-        fake.hang = true;
-        let (on_step, on_line, _) = callbacks();
-        let flag = Arc::new(AtomicBool::new(false));
-        let f2 = flag.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            f2.store(true, Ordering::Relaxed);
-        });
-        let err = build_release(&fake, &spec(dir.path()), on_step, on_line, flag)
-            .await
-            .unwrap_err();
-        assert_eq!(err.reason(), "cancelled");
-        assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
-    }
-
-    #[tokio::test]
-    async fn a_dropped_build_still_removes_its_container() {
-        let dir = project();
-        let mut fake = Fake::new();
-        fake.hang = true;
-        let (on_step, on_line, _) = callbacks();
-        let s = spec(dir.path());
-        let fut = build_release(
-            &fake,
-            &s,
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(300), fut).await;
-        assert_eq!(
-            fake.calls().last(),
-            Some(&Call::RemoveDetached("c1".into()))
-        );
-    }
-
-    #[tokio::test]
-    async fn bad_names_are_refused_before_any_engine_call() {
-        let dir = project();
-        let fake = Fake::new();
-        let mut s = spec(dir.path());
-        s.release_name = "hello; rm -rf /".into();
-        let (on_step, on_line, _) = callbacks();
-        let err = build_release(
-            &fake,
-            &s,
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.reason(), "builder_error");
-        assert!(
-            err.to_string().contains("got: \"hello; rm -rf /\""),
-            "{err}"
-        );
-        assert!(fake.calls().is_empty());
-    }
-
-    #[tokio::test]
-    async fn sweep_removes_only_what_nobody_will() {
-        let fake = Fake::new();
-        assert_eq!(sweep_leftovers(&fake).await.unwrap(), 2);
-        assert_eq!(
-            fake.calls(),
-            vec![Call::Remove("dead".into()), Call::Remove("stale".into())]
-        );
     }
 }

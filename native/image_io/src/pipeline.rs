@@ -3,6 +3,7 @@
 //! The NIF decodes a [`Request`], calls [`run`] on the shared runtime and forwards [`Event`]s and
 //! the final result to the calling process.
 
+use crate::builder::{self, BuilderError, BuilderSpec};
 use crate::dockerfiles::{self, DockerfileFlow, FlowError, FlowOutcome};
 use crate::engine::{resolve_endpoint, DockerEngine, Endpoint, EngineError};
 use crate::registry::{self, PushOptions, PushOutcome, RegistryError};
@@ -41,10 +42,30 @@ pub struct Outputs {
     pub push: Option<PushOptions>,
 }
 
+/// Where the release comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Already assembled on the host at `settings.release_dir`; runtime files from the host.
+    Host,
+    /// Built in a container of this builder image; runtime files from that container.
+    Builder {
+        /// The builder image.
+        image: String,
+        /// The project on the host.
+        project_dir: PathBuf,
+        /// `MIX_ENV` of the build.
+        mix_env: String,
+        /// `false` for `--no-cache`.
+        cache: bool,
+    },
+}
+
 /// Everything one build needs.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// What goes into the image.
+    /// Where the release comes from.
+    pub source: Source,
+    /// What goes into the image (`release_dir` is ignored for builder builds).
     pub settings: Settings,
     /// Timestamp of the image and of every file in it.
     pub created: u64,
@@ -178,6 +199,12 @@ impl From<RegistryError> for Failure {
     }
 }
 
+impl From<BuilderError> for Failure {
+    fn from(e: BuilderError) -> Failure {
+        Failure::new(e.reason(), e)
+    }
+}
+
 impl From<FlowError> for Failure {
     fn from(e: FlowError) -> Failure {
         Failure::new(e.reason(), e)
@@ -204,26 +231,85 @@ pub async fn run(
 
     // Decide the destinations before the work, so a refusing engine fails fast.
     let mut archive_path = req.outputs.archive.clone();
+    let builder_needs_engine = matches!(req.source, Source::Builder { .. });
     let engine = match &req.outputs.engine {
-        EngineOutput::Off => None,
-        mode => match (resolve_endpoint(&|k| std::env::var(k).ok())?, mode) {
-            (Endpoint::Missing(sock), EngineOutput::LoadOrArchive(fallback)) => {
+        EngineOutput::Off if !builder_needs_engine => None,
+        EngineOutput::LoadOrArchive(fallback) if !builder_needs_engine => {
+            match resolve_endpoint(&|k| std::env::var(k).ok())? {
+                Endpoint::Missing(sock) => {
+                    events(Event::Notice(format!(
+                        "no Docker engine socket at {}: writing an image archive to {} instead (load it with `docker load -i {}`)",
+                        sock.display(),
+                        fallback.display(),
+                        fallback.display()
+                    )));
+                    archive_path.get_or_insert_with(|| fallback.clone());
+                    None
+                }
+                endpoint => {
+                    events(Event::Step(format!(
+                        "connecting to the Docker engine at {endpoint}"
+                    )));
+                    Some(DockerEngine::connect(&endpoint).await?)
+                }
+            }
+        }
+        _ => Some(required_engine(&events, "this build").await?),
+    };
+    let load_into_engine = !matches!(req.outputs.engine, EngineOutput::Off);
+
+    // The release and the filesystem its runtime files are read from.
+    let mut settings = req.settings.clone();
+    let (fs_root, _built_release) = match &req.source {
+        Source::Host => (PathBuf::from("/"), None),
+        Source::Builder {
+            image,
+            project_dir,
+            mix_env,
+            cache,
+        } => {
+            let engine = engine.as_ref().ok_or_else(|| {
+                Failure::new("internal", "a builder build without an engine connection")
+            })?;
+            let swept = builder::sweep_leftovers(engine).await?;
+            if swept > 0 {
                 events(Event::Notice(format!(
-                    "no Docker engine socket at {}: writing an image archive to {} instead (load it with `docker load -i {}`)",
-                    sock.display(),
-                    fallback.display(),
-                    fallback.display()
+                    "removed {swept} temporary container(s) left by an interrupted run"
                 )));
-                archive_path.get_or_insert_with(|| fallback.clone());
-                None
             }
-            (endpoint, _) => {
-                events(Event::Step(format!(
-                    "connecting to the Docker engine at {endpoint}"
-                )));
-                Some(DockerEngine::connect(&endpoint).await?)
-            }
-        },
+            let excludes = image_core::context::Excludes::for_project(project_dir)
+                .map_err(|e| Failure::new("read_error", e))?;
+            let spec = BuilderSpec {
+                image: image.clone(),
+                project_dir: project_dir.clone(),
+                mix_env: mix_env.clone(),
+                release_name: settings.release_name.clone(),
+                cache: *cache,
+                excludes,
+                work_dir: Some(req.work_dir.clone()),
+            };
+            let on_step: builder::OnStep = {
+                let events = events.clone();
+                Arc::new(move |s: &str| events(Event::Step(s.to_string())))
+            };
+            let on_line: builder::OnLine = {
+                let events = events.clone();
+                Arc::new(move |step: &str, line: &str| {
+                    events(Event::Output {
+                        step: step.to_string(),
+                        line: line.to_string(),
+                    })
+                })
+            };
+            let built =
+                builder::build_release(engine, &spec, on_step, on_line, cancelled.clone()).await?;
+            events(Event::Step(format!(
+                "built the release in {image} (OTP {})",
+                built.otp_release
+            )));
+            settings.release_dir = built.release_dir.clone();
+            (built.rootfs.path().to_path_buf(), Some(built))
+        }
     };
 
     events(Event::Step("resolving runtime files".into()));
@@ -235,9 +321,11 @@ pub async fn run(
         let cancelled = cancelled.clone();
         let req = req.clone();
         let blobs = blobs.clone();
+        let settings = settings.clone();
+        let fs_root = fs_root.clone();
         tokio::task::spawn_blocking(move || -> Result<_, Failure> {
-            let fs = HostFs::new("/");
-            let plan = plan(&fs, &req.settings)?;
+            let fs = HostFs::new(fs_root);
+            let plan = plan(&fs, &settings)?;
             let mut last_step = usize::MAX;
             let mut progress = |p: BuildProgress| {
                 let BuildProgress::Layer {
@@ -313,7 +401,7 @@ pub async fn run(
         }
         None => None,
     };
-    if let Some(engine) = &engine {
+    if let Some(engine) = engine.as_ref().filter(|_| load_into_engine) {
         events(Event::Step("loading the image into the engine".into()));
         let loaded = sink::engine(engine, built.clone(), bytes_event("load")).await?;
         outcome.engine = Some(engine.endpoint().to_string());

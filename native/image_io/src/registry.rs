@@ -964,3 +964,53 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     parts.join(": ")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pulling (base images, see `crate::base`): the transport and authentication of a push.
+
+/// A read-only session with one registry host.
+pub(crate) struct Puller {
+    reg: Registry,
+}
+
+impl Puller {
+    /// Connect to `host` (`GET /v2/`) with the transport and credentials of `opts`.
+    pub(crate) async fn connect(host: &str, opts: &PushOptions) -> Result<Puller, RegistryError> {
+        let http = client(opts)?;
+        let store = Arc::new(
+            opts.credentials
+                .clone()
+                .unwrap_or_else(|| CredentialStore::from_env(&|k| std::env::var(k).ok())),
+        );
+        Ok(Puller {
+            reg: Registry::connect(http, host, opts, store).await?,
+        })
+    }
+
+    /// `GET /v2/<path>/<rest>` with `Accept: accept`: the response when it succeeded, else the
+    /// error its status means (404 is [`RegistryError::NotFound`]).
+    pub(crate) async fn get(
+        &mut self,
+        path: &str,
+        rest: &str,
+        accept: &str,
+    ) -> Result<Response, RegistryError> {
+        let url = self.reg.url(path, rest);
+        let resp = self
+            .reg
+            .send(path, Method::GET, &url, |req| {
+                Ok(req.header(reqwest::header::ACCEPT, accept))
+            })
+            .await?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(failure(&self.reg.host, path, &url, resp).await)
+        }
+    }
+
+    /// The scheme and host the registry answers at (`http://127.0.0.1:5000/`).
+    pub(crate) fn base_url(&self) -> &Url {
+        &self.reg.base
+    }
+}

@@ -13,6 +13,10 @@
 //! - every path stays inside the destination (`..` entries are skipped, parents reached through
 //!   a symlink must resolve inside it: the tar crate's `unpack_in` checks both).
 //!
+//! - **not** [`NEVER_NEEDED`]: manual pages, documentation and package-manager state, which
+//!   no release loads at run time and which are a third of a Debian builder's files (each file
+//!   costs a create, and on some VMs that is most of the export's time).
+//!
 //! Directories get their modes at the end (so a read-only directory does not block its own
 //! entries), with the owner's `rwx` bits forced on so the tree can always be read and removed.
 
@@ -25,6 +29,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// Subtrees (relative paths) that are never unpacked: documentation and package-manager
+/// state. A release never reads them, and `extra_files` naming them would be a mistake.
+pub const NEVER_NEEDED: &[&str] = &[
+    "usr/share/man",
+    "usr/share/doc",
+    "usr/share/info",
+    "usr/share/lintian",
+    "usr/share/bash-completion",
+    "var/lib/dpkg",
+    "var/lib/apt",
+    "var/lib/apk",
+    "var/cache",
+    "var/log",
+];
+
+/// `true` when `path` (as stored in the tar) is in a [`NEVER_NEEDED`] subtree.
+fn never_needed(path: &[u8]) -> bool {
+    let mut p = path;
+    while let Some(rest) = p.strip_prefix(b"./").or_else(|| p.strip_prefix(b"/")) {
+        p = rest;
+    }
+    NEVER_NEEDED.iter().any(|n| {
+        p.strip_prefix(n.as_bytes())
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+    })
+}
+
 /// What [`unpack`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnpackStats {
@@ -36,6 +67,8 @@ pub struct UnpackStats {
     pub skipped_special: u64,
     /// Entries refused because their path would leave the destination.
     pub skipped_unsafe: u64,
+    /// Entries in [`NEVER_NEEDED`] subtrees.
+    pub skipped_unneeded: u64,
 }
 
 /// Why a tree could not be unpacked.
@@ -91,6 +124,13 @@ pub fn unpack<R: Read>(
         }
         let mut entry = entry.map_err(err)?;
         let kind = entry.header().entry_type();
+        let unneeded = never_needed(&entry.path_bytes())
+            || (kind == tar::EntryType::Link
+                && entry.link_name_bytes().is_some_and(|l| never_needed(&l)));
+        if unneeded {
+            stats.skipped_unneeded += 1;
+            continue;
+        }
         let mode = entry.header().mode().map_err(err)? & 0o7777;
         match kind {
             tar::EntryType::Regular
@@ -239,6 +279,12 @@ mod tests {
         let mut h = header(tar::EntryType::Link, 0o755, 0);
         t.append_link(&mut h, "usr/lib/libx-hard.so", "usr/lib/libx.so")
             .unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o644, 1);
+        t.append_data(&mut h, "usr/share/doc/x/copyright", &b"c"[..])
+            .unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o644, 1);
+        t.append_data(&mut h, "./usr/share/docs", &b"d"[..])
+            .unwrap();
         let mut h = header(tar::EntryType::Char, 0o600, 0);
         t.append_data(&mut h, "dev/console", io::empty()).unwrap();
         let mut h = header(tar::EntryType::Fifo, 0o600, 0);
@@ -252,7 +298,8 @@ mod tests {
         let flag = AtomicBool::new(false);
         let stats = unpack(sample().as_slice(), dir.path(), &flag).unwrap();
         assert_eq!(stats.skipped_special, 2);
-        assert_eq!(stats.entries, 7);
+        assert_eq!(stats.skipped_unneeded, 1);
+        assert_eq!(stats.entries, 8);
         let d = dir.path();
         assert_eq!(std::fs::read(d.join("ro/file")).unwrap(), b"abc");
         assert_eq!(
@@ -279,6 +326,8 @@ mod tests {
         );
         assert_eq!(std::fs::read(d.join("usr/lib/libx-hard.so")).unwrap(), b"x");
         assert!(!d.join("dev/console").exists());
+        assert!(!d.join("usr/share/doc").exists());
+        assert_eq!(std::fs::read(d.join("usr/share/docs")).unwrap(), b"d");
     }
 
     #[test]
@@ -318,7 +367,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(stats.entries, 7);
+        assert_eq!(stats.entries, 8);
         let dir = tempfile::tempdir().unwrap();
         let r = unpack_stream(
             futures_util::stream::iter(chunks()),

@@ -18,7 +18,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const BUILDER: &str = "docker-release-test/builder:bookworm";
@@ -48,9 +48,9 @@ fn builder_image() -> &'static str {
 }
 
 /// Serialises the tests that build, so that timings compare like with like.
-fn heavy() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 async fn engine() -> DockerEngine {
@@ -180,7 +180,7 @@ async fn drop_cache(engine: &DockerEngine, project: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_hello_in_the_builder_and_reuses_the_cache() {
-    let _heavy = heavy();
+    let _heavy = heavy().await;
     let engine = engine().await;
     let project = hello_dir();
 
@@ -261,7 +261,7 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_saves_the_compilation_time() {
-    let _heavy = heavy();
+    let _heavy = heavy().await;
     let engine = engine().await;
     // hello compiles in a fraction of a second, less than the noise of a build: give the
     // project a module that takes 3 s to compile, so the saving is measurable.
@@ -309,8 +309,46 @@ async fn the_cache_saves_the_compilation_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_builds_sharing_a_cache_take_turns() {
+    let _heavy = heavy().await;
+    let engine = engine().await;
+    let copy = hello_copy();
+    std::fs::write(
+        copy.path().join("lib/hello/slow.ex"),
+        "defmodule Hello.Slow do\n  Process.sleep(3_000)\nend\n",
+    )
+    .unwrap();
+    let s = spec(copy.path(), true);
+    let ((a, a_log), (b, b_log)) = tokio::join!(build(&engine, &s), build(&engine, &s));
+    drop_cache(&engine, copy.path()).await;
+    a.unwrap_or_else(|e| panic!("{e}"));
+    b.unwrap_or_else(|e| panic!("{e}"));
+    let waited = |log: &Log| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, s, l)| s == "step" && l.starts_with("waiting for another build"))
+    };
+    let compiled = |log: &Log| {
+        lines(log, "release")
+            .iter()
+            .any(|l| l.starts_with("Compiling"))
+    };
+    // One compiled while the other waited for the lock, then found nothing to compile.
+    assert!(waited(&a_log) != waited(&b_log), "exactly one build waits");
+    let (first, second) = if waited(&b_log) {
+        (&a_log, &b_log)
+    } else {
+        (&b_log, &a_log)
+    };
+    assert!(compiled(first));
+    assert!(!compiled(second));
+    assert!(labelled_containers(&owner()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_syntax_error_fails_with_the_compilers_message_and_leaves_no_container() {
-    let _heavy = heavy();
+    let _heavy = heavy().await;
     let engine = engine().await;
     let copy = hello_copy();
     std::fs::write(
@@ -350,6 +388,57 @@ async fn a_syntax_error_fails_with_the_compilers_message_and_leaves_no_container
     assert!(labelled_containers(&owner()).is_empty());
 }
 
+/// The builder image with `USER nobody`, derived once (no registry: `docker commit`).
+fn non_root_builder() -> &'static str {
+    const TAG: &str = "docker-release-test/builder:bookworm-nobody";
+    static MADE: OnceLock<()> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let base = builder_image();
+        let have = Command::new("docker")
+            .args(["image", "inspect", TAG])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if have.success() {
+            return;
+        }
+        let out = Command::new("docker")
+            .args(["create", base, "true"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let ok = Command::new("docker")
+            .args(["commit", "-c", "USER nobody", &id, TAG])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &id])
+            .stdout(Stdio::null())
+            .status();
+        assert!(ok.success());
+    });
+    TAG
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_image_with_a_non_root_user_builds() {
+    let _heavy = heavy().await;
+    let engine = engine().await;
+    let copy = hello_copy();
+    let mut s = spec(copy.path(), true);
+    s.image = non_root_builder().into();
+    let (r, _) = build(&engine, &s).await;
+    drop_cache(&engine, copy.path()).await;
+    // As nobody, mix could not write /src/_build (a root-owned volume) nor create /release
+    // without the chown step: success is the check.
+    let built = r.unwrap_or_else(|e| panic!("{e}"));
+    assert!(built.rootfs.path().join("release/bin/hello").is_file());
+    assert!(labelled_containers(&owner()).is_empty());
+}
+
 #[tokio::test]
 async fn a_missing_builder_image_says_what_to_do() {
     let engine = engine().await;
@@ -367,7 +456,7 @@ async fn a_missing_builder_image_says_what_to_do() {
 
 #[tokio::test]
 async fn sweep_removes_containers_of_dead_owners_only() {
-    let _heavy = heavy(); // the other tests check that no container of ours is left
+    let _heavy = heavy().await; // the other tests check that no container of ours is left
     let engine = engine().await;
     let host = owner().rsplit_once(':').unwrap().0.to_string();
     // A pid that existed and is gone.
@@ -416,7 +505,7 @@ const CHILD_ENV: &str = "DOCKER_RELEASE_TEST_CHILD_PROJECT";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_build_leaves_no_container() {
-    let _heavy = heavy();
+    let _heavy = heavy().await;
     let engine = engine().await;
     let copy = hello_copy();
     // A module whose compilation takes long enough to be killed in the middle of it.
@@ -509,4 +598,490 @@ async fn child_build() {
     )
     .await;
     println!("CHILD done: {:?}", r.map(|_| ()));
+}
+
+/// The lifecycle against a fake engine: order of calls, errors, cancellation, the sweep's rules.
+/// Cheap: no engine needed.
+mod fake_engine {
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use image_core::context::Excludes;
+    use image_io::builder::*;
+    use image_io::engine::Body;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    fn hostname() -> String {
+        owner().rsplit_once(':').unwrap().0.to_string()
+    }
+
+    /// What the fake engine was asked, in order.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Inspect(String),
+        RemoveVolume(String),
+        CreateVolume(String),
+        Create(ContainerSpec),
+        Attach(String),
+        Start(String),
+        Upload(String, Vec<String>),
+        Exec(Vec<String>),
+        Export(String),
+        Remove(String),
+        RemoveDetached(String),
+    }
+
+    struct Fake {
+        calls: Mutex<Vec<Call>>,
+        image: Option<ImageInfo>,
+        /// Output and status of the build exec.
+        build_output: Vec<&'static str>,
+        build_status: i64,
+        /// Block the build exec until cancelled.
+        hang: bool,
+        export: Vec<u8>,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let mut t = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o755);
+            h.set_size(3);
+            t.append_data(&mut h, "release/bin/hello", &b"#!x"[..])
+                .unwrap();
+            Fake {
+                calls: Mutex::new(vec![]),
+                image: Some(ImageInfo {
+                    id: "sha256:img".into(),
+                    user: String::new(),
+                }),
+                build_output: vec![],
+                build_status: 0,
+                hang: false,
+                export: t.into_inner().unwrap(),
+            }
+        }
+
+        fn log(&self, c: Call) {
+            self.calls.lock().unwrap().push(c);
+        }
+
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl ContainerEngine for Fake {
+        async fn inspect_image(&self, r: &str) -> Result<Result<ImageInfo, String>, BuilderError> {
+            self.log(Call::Inspect(r.into()));
+            Ok(self
+                .image
+                .clone()
+                .ok_or_else(|| format!("No such image: {r}")))
+        }
+        async fn create_container(&self, spec: &ContainerSpec) -> Result<String, BuilderError> {
+            self.log(Call::Create(spec.clone()));
+            Ok("c1".into())
+        }
+        async fn attach_stdin(&self, id: &str) -> Result<StdinHold, BuilderError> {
+            self.log(Call::Attach(id.into()));
+            Ok(StdinHold::new(()))
+        }
+        async fn start_container(&self, id: &str) -> Result<(), BuilderError> {
+            self.log(Call::Start(id.into()));
+            Ok(())
+        }
+        async fn upload(&self, id: &str, dir: &str, tar: Body) -> Result<(), BuilderError> {
+            let chunks: Vec<_> = tar.collect().await;
+            let bytes: Vec<u8> = chunks
+                .into_iter()
+                .flat_map(|c| c.unwrap().to_vec())
+                .collect();
+            let mut ar = tar::Archive::new(bytes.as_slice());
+            let names = ar
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap().path().unwrap().display().to_string())
+                .collect();
+            self.log(Call::Upload(format!("{id}:{dir}"), names));
+            Ok(())
+        }
+        async fn exec(
+            &self,
+            _id: &str,
+            spec: &ExecSpec,
+        ) -> Result<(String, OutputStream), BuilderError> {
+            self.log(Call::Exec(spec.cmd.clone()));
+            if spec.cmd[0] == "erl" {
+                let s = futures_util::stream::iter(vec![Ok(Output::Stdout(Bytes::from("25")))]);
+                return Ok(("otp".into(), Box::pin(s)));
+            }
+            let marker = spec.cmd[5].clone();
+            let text: String = self
+                .build_output
+                .iter()
+                .map(|l| format!("{}\n", l.replace("@M", &marker)))
+                .collect();
+            let items = vec![Ok(Output::Stdout(Bytes::from(text)))];
+            let s = futures_util::stream::iter(items);
+            if self.hang {
+                return Ok((
+                    "build".into(),
+                    Box::pin(s.chain(futures_util::stream::pending())),
+                ));
+            }
+            Ok(("build".into(), Box::pin(s)))
+        }
+        async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>, BuilderError> {
+            Ok(Some(if exec_id == "build" {
+                self.build_status
+            } else {
+                0
+            }))
+        }
+        fn export(&self, id: &str) -> TarStream {
+            self.log(Call::Export(id.into()));
+            let b = Bytes::from(self.export.clone());
+            Box::pin(futures_util::stream::iter(vec![Ok(b)]))
+        }
+        async fn remove_container(&self, id: &str) -> Result<(), BuilderError> {
+            self.log(Call::Remove(id.into()));
+            Ok(())
+        }
+        fn remove_container_detached(&self, id: String) {
+            self.log(Call::RemoveDetached(id));
+        }
+        async fn create_volume(
+            &self,
+            name: &str,
+            labels: &BTreeMap<String, String>,
+        ) -> Result<(), BuilderError> {
+            assert_eq!(labels.get(LABEL_CACHE).map(String::as_str), Some("true"));
+            self.log(Call::CreateVolume(name.into()));
+            Ok(())
+        }
+        async fn remove_volume(&self, name: &str) -> Result<(), BuilderError> {
+            self.log(Call::RemoveVolume(name.into()));
+            Ok(())
+        }
+        async fn list_volumes(&self, _k: &str, _v: &str) -> Result<Vec<String>, BuilderError> {
+            Ok(vec![])
+        }
+        async fn list_containers(
+            &self,
+            _k: &str,
+            _v: &str,
+        ) -> Result<Vec<LabelledContainer>, BuilderError> {
+            let label = |owner: &str| {
+                BTreeMap::from([
+                    (LABEL_TEMPORARY.to_string(), "true".to_string()),
+                    (LABEL_OWNER.to_string(), owner.to_string()),
+                ])
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            Ok(vec![
+                // Ours, alive: kept.
+                LabelledContainer {
+                    id: "mine".into(),
+                    labels: label(&owner()),
+                    running: true,
+                    created: now,
+                },
+                // Same host, dead pid: removed.
+                LabelledContainer {
+                    id: "dead".into(),
+                    labels: label(&format!("{}:{}", hostname(), i32::MAX)),
+                    running: true,
+                    created: now,
+                },
+                // Another host, running: kept.
+                LabelledContainer {
+                    id: "remote".into(),
+                    labels: label("elsewhere:1"),
+                    running: true,
+                    created: now,
+                },
+                // Another host, stopped for an hour: removed.
+                LabelledContainer {
+                    id: "stale".into(),
+                    labels: label("elsewhere:1"),
+                    running: false,
+                    created: now - 3600,
+                },
+            ])
+        }
+    }
+
+    fn project() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lib")).unwrap();
+        std::fs::create_dir_all(dir.path().join("_build/prod")).unwrap();
+        std::fs::write(dir.path().join("mix.exs"), "x").unwrap();
+        std::fs::write(dir.path().join("lib/a.ex"), "y").unwrap();
+        dir
+    }
+
+    fn spec(dir: &Path) -> BuilderSpec {
+        BuilderSpec {
+            image: "builder:1".into(),
+            project_dir: dir.to_path_buf(),
+            mix_env: "prod".into(),
+            release_name: "hello".into(),
+            cache: true,
+            excludes: Excludes::for_project(dir).unwrap(),
+            work_dir: None,
+        }
+    }
+
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    fn callbacks() -> (OnStep, OnLine, Seen) {
+        let seen: Seen = Arc::new(Mutex::new(vec![]));
+        let s1 = seen.clone();
+        let s2 = seen.clone();
+        (
+            Arc::new(move |s: &str| s1.lock().unwrap().push(("step".into(), s.into()))),
+            Arc::new(move |step: &str, l: &str| s2.lock().unwrap().push((step.into(), l.into()))),
+            seen,
+        )
+    }
+
+    #[tokio::test]
+    async fn runs_the_lifecycle_in_order() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.build_output = vec![
+            "@M deps.get",
+            "All dependencies are up to date",
+            "@M release",
+            "Compiling 1 file (.ex)",
+        ];
+        let (on_step, on_line, seen) = callbacks();
+        let built = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(built.otp_release, "25");
+        assert_eq!(built.release_dir, Path::new("/release"));
+        assert!(built.rootfs.path().join("release/bin/hello").is_file());
+        let calls = fake.calls();
+        let vols = cache_volumes(&dir.path().canonicalize().unwrap(), "prod", "sha256:img");
+        assert_eq!(calls[0], Call::Inspect("builder:1".into()));
+        assert_eq!(calls[1], Call::CreateVolume(vols[0].0.clone()));
+        assert_eq!(calls[2], Call::CreateVolume(vols[1].0.clone()));
+        let Call::Create(c) = &calls[3] else {
+            panic!("{calls:?}")
+        };
+        assert_eq!(
+            c.labels.get(LABEL_TEMPORARY).map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(c.labels.get(LABEL_OWNER), Some(&owner()));
+        assert_eq!(c.volumes, vols.to_vec());
+        // Attach strictly before start.
+        assert_eq!(calls[4], Call::Attach("c1".into()));
+        assert_eq!(calls[5], Call::Start("c1".into()));
+        assert_eq!(
+            calls[6],
+            Call::Upload(
+                "c1:/src".into(),
+                vec!["lib".into(), "lib/a.ex".into(), "mix.exs".into()]
+            )
+        );
+        assert!(
+            matches!(&calls[7], Call::Exec(cmd) if cmd[..2] == ["sh", "-c"] && cmd[4] == "hello")
+        );
+        assert!(matches!(&calls[8], Call::Exec(cmd) if cmd[0] == "erl"));
+        assert_eq!(calls[9], Call::Export("c1".into()));
+        assert_eq!(calls[10], Call::Remove("c1".into()));
+        assert_eq!(calls.len(), 11);
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.contains(&("deps.get".into(), "All dependencies are up to date".into())));
+        assert!(seen.contains(&("release".into(), "Compiling 1 file (.ex)".into())));
+        assert!(seen.contains(&(
+            "step".into(),
+            "running `mix release hello --overwrite --path /release` in the builder".into()
+        )));
+        assert!(!seen.iter().any(|(_, l)| l.contains("@@docker_release")));
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_says_which_command_failed_and_removes_the_container() {
+        let dir = project();
+        let mut fake = Fake::new();
+        let mut out = vec!["@M deps.get", "ok", "@M release"];
+        let many: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+        let many: Vec<&'static str> = many
+            .into_iter()
+            .map(|s| &*Box::leak(s.into_boxed_str()))
+            .collect();
+        out.extend(many);
+        out.push("** (SyntaxError) lib/a.ex:1:5: syntax error before: end");
+        fake.build_output = out;
+        fake.build_status = 1;
+        let (on_step, on_line, _) = callbacks();
+        let err = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "release_build_failed");
+        let BuilderError::BuildFailed {
+            step,
+            status,
+            last_lines,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!((step.as_str(), *status), ("release", 1));
+        assert_eq!(last_lines.len(), LAST_LINES);
+        assert!(last_lines.last().unwrap().contains("SyntaxError"));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`mix release hello --overwrite --path /release` failed"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("exit status 1") && msg.contains("    ** (SyntaxError)"),
+            "{msg}"
+        );
+        assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
+        assert!(!fake.calls().iter().any(|c| matches!(c, Call::Export(_))));
+    }
+
+    #[tokio::test]
+    async fn a_missing_image_is_reported_with_what_to_do() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.image = None;
+        let (on_step, on_line, _) = callbacks();
+        let err = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "builder_image_missing");
+        assert!(err.to_string().contains("docker image ls"), "{err}");
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_cache_recreates_the_volumes() {
+        let dir = project();
+        let fake = Fake::new();
+        let mut s = spec(dir.path());
+        s.cache = false;
+        let (on_step, on_line, _) = callbacks();
+        build_release(
+            &fake,
+            &s,
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap();
+        let calls = fake.calls();
+        assert!(matches!(&calls[1], Call::RemoveVolume(n) if n.ends_with("-build")));
+        assert!(matches!(&calls[2], Call::RemoveVolume(n) if n.ends_with("-deps")));
+        assert!(matches!(&calls[3], Call::CreateVolume(n) if n.ends_with("-build")));
+    }
+
+    #[tokio::test]
+    async fn cancelling_stops_the_build_and_removes_the_container() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.build_output = vec!["@M release", "Compiling"];
+        fake.hang = true;
+        let (on_step, on_line, _) = callbacks();
+        let flag = Arc::new(AtomicBool::new(false));
+        let f2 = flag.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            f2.store(true, Ordering::Relaxed);
+        });
+        let err = build_release(&fake, &spec(dir.path()), on_step, on_line, flag)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "cancelled");
+        assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_build_still_removes_its_container() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.hang = true;
+        let (on_step, on_line, _) = callbacks();
+        let s = spec(dir.path());
+        let fut = build_release(
+            &fake,
+            &s,
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(300), fut).await;
+        assert_eq!(
+            fake.calls().last(),
+            Some(&Call::RemoveDetached("c1".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_names_are_refused_before_any_engine_call() {
+        let dir = project();
+        let fake = Fake::new();
+        let mut s = spec(dir.path());
+        s.release_name = "hello; rm -rf /".into();
+        let (on_step, on_line, _) = callbacks();
+        let err = build_release(
+            &fake,
+            &s,
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "builder_error");
+        assert!(
+            err.to_string().contains("got: \"hello; rm -rf /\""),
+            "{err}"
+        );
+        assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_only_what_nobody_will() {
+        let fake = Fake::new();
+        assert_eq!(sweep_leftovers(&fake).await.unwrap(), 2);
+        assert_eq!(
+            fake.calls(),
+            vec![Call::Remove("dead".into()), Call::Remove("stale".into())]
+        );
+    }
 }

@@ -73,6 +73,7 @@ pub fn image(layers: Vec<LayerInfo>) -> Image {
             ..RunConfig::default()
         },
         layers,
+        base_history: Vec::new(),
     }
 }
 
