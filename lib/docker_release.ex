@@ -104,8 +104,8 @@ defmodule DockerRelease do
           {name, dir}
       end
 
-    work_dir = Path.join([config.project_dir, "_build", "docker_release", release_name])
-    File.rm_rf!(Path.join(work_dir, "blobs"))
+    base_dir = Path.join([config.project_dir, "_build", "docker_release"])
+    work_dir = scratch_dir!(base_dir, release_name)
 
     %Native.Request{
       release_dir: release_dir,
@@ -124,7 +124,7 @@ defmodule DockerRelease do
       work_dir: work_dir,
       output: config.output,
       fallback_output:
-        Path.join(work_dir, "#{release_name}-#{String.replace(config.version, "+", "_")}.tar"),
+        Path.join(base_dir, "#{release_name}-#{String.replace(config.version, "+", "_")}.tar"),
       load: config.load,
       push: config.push,
       insecure_registry: config.insecure_registry,
@@ -140,6 +140,26 @@ defmodule DockerRelease do
   defp run(request) do
     {:ok, job, id} = Native.image_build(request)
     await(job, id)
+  after
+    File.rm_rf(request.work_dir)
+  end
+
+  # Each run gets its own scratch directory (layer blobs, a builder's unpacked filesystem), so
+  # two runs in one project never touch each other's files. Directories of runs whose OS
+  # process is gone (killed) are removed first.
+  defp scratch_dir!(base_dir, release_name) do
+    runs = Path.join(base_dir, "runs")
+
+    for dir <- Path.wildcard(Path.join(runs, "*-*-*")),
+        [_, pid] <- [Regex.run(~r/-(\d+)-\d+$/, dir)],
+        not File.exists?("/proc/#{pid}") and File.exists?("/proc/self") do
+      File.rm_rf(dir)
+    end
+
+    dir = Path.join(runs, "#{release_name}-#{System.pid()}-#{System.unique_integer([:positive])}")
+
+    File.mkdir_p!(dir)
+    dir
   end
 
   defp await(job, id) do

@@ -45,7 +45,7 @@ defmodule DockerRelease.E2E.OutputsTest do
   test "with no engine socket the task writes the fallback archive, says so, and it loads", ctx do
     tag = "#{ctx.repo}/hello:fallback"
     on_exit(fn -> rm_images([tag]) end)
-    fallback = Path.join(hello_dir(), "_build/docker_release/hello/hello-0.1.0.tar")
+    fallback = Path.join(hello_dir(), "_build/docker_release/hello-0.1.0.tar")
     existed? = File.exists?(fallback)
     on_exit(fn -> unless existed?, do: File.rm(fallback) end)
 

@@ -428,3 +428,219 @@ defmodule DockerRelease.E2E.FakeEngine do
     ]
   end
 end
+
+defmodule DockerRelease.E2E.Builder do
+  @moduledoc """
+  Helpers for the `--builder` end-to-end tests: copies of the examples that tests may edit,
+  the BEAM behind a background `mix docker.release`, the builder's temporary containers and
+  cache volumes (labels as in `native/image_io/src/builder.rs`).
+  """
+
+  import ExUnit.Assertions
+  import DockerRelease.E2E
+
+  @builders %{
+    "bookworm" => "docker-release-test/builder:bookworm",
+    "trixie" => "docker-release-test/builder:trixie"
+  }
+
+  @doc "The builder image of a Debian suite (`\"bookworm\"`, `\"trixie\"`)."
+  def builder_image(suite), do: Map.fetch!(@builders, suite)
+
+  @doc """
+  Makes the builder image of `suite` with test/support/make-builder-image.sh unless it exists.
+  Returns its tag.
+  """
+  def ensure_builder!(suite) do
+    script = Path.join(root(), "test/support/make-builder-image.sh")
+    {out, status} = cmd("bash", [script, suite, builder_image(suite)], timeout: 900)
+    assert status == 0, "could not make the #{suite} builder image:\n#{out}"
+    builder_image(suite)
+  end
+
+  @doc "`%{otp: \"25\", elixir: \"1.14.0\"}` of a builder image, asked from a container of it."
+  def builder_versions!(image) do
+    script = ~s{IO.puts(:erlang.system_info(:otp_release)); IO.puts(System.version())}
+    out = docker!(["run", "--rm", "--entrypoint", "elixir", image, "-e", script], stderr: false)
+    [otp, elixir] = out |> String.split("\n", trim: true) |> Enum.take(-2)
+    %{otp: otp, elixir: elixir}
+  end
+
+  @doc """
+  Copies `examples/NAME` (without `_build` and `deps`) to a fresh temporary directory and points
+  its `docker_release` path dependency at this repository. The directory and the cache volumes
+  builds of it leave are removed when the test ends. Returns the directory (canonical: the
+  path the cache volumes are labelled with).
+  """
+  def example_copy!(name, prefix \\ "dr-e2e-builder") do
+    src = Path.join([root(), "examples", name])
+    dir = tmp_dir!("#{prefix}-#{name}") |> realpath!()
+    ExUnit.Callbacks.on_exit(fn -> rm_cache_volumes(dir) end)
+
+    for entry <- File.ls!(src), entry not in ["_build", "deps"] do
+      File.cp_r!(Path.join(src, entry), Path.join(dir, entry))
+    end
+
+    mix = Path.join(dir, "mix.exs")
+    text = File.read!(mix)
+
+    assert text =~ ~s(path: "../.."),
+           "#{name}/mix.exs no longer has the docker_release dep at ../.."
+
+    File.write!(mix, String.replace(text, ~s(path: "../.."), ~s(path: #{inspect(root())})))
+    dir
+  end
+
+  defp realpath!(path) do
+    {out, 0} = cmd("realpath", [path])
+    String.trim(out)
+  end
+
+  @doc "The cache volumes labelled with project directory `dir`."
+  def cache_volumes(dir) do
+    docker!(["volume", "ls", "-q", "--filter", "label=docker_release.cache.project=#{dir}"])
+    |> String.split()
+  end
+
+  @doc "Every volume labelled `docker_release.cache=true`."
+  def all_cache_volumes do
+    docker!(["volume", "ls", "-q", "--filter", "label=docker_release.cache=true"])
+    |> String.split()
+  end
+
+  @doc "Every volume of the engine."
+  def all_volumes, do: docker!(["volume", "ls", "-q"]) |> String.split()
+
+  @doc "Removes the cache volumes of project directory `dir` (after any container of ours that holds them)."
+  def rm_cache_volumes(dir) do
+    case cache_volumes(dir) do
+      [] -> :ok
+      names -> docker(["volume", "rm" | names])
+    end
+
+    :ok
+  end
+
+  @doc "`HOSTNAME:PID`, as docker_release labels the containers of the process `pid`."
+  def owner(pid) do
+    {:ok, host} = :inet.gethostname()
+    "#{host}:#{pid}"
+  end
+
+  @doc "Containers (running or not) labelled `docker_release.owner=OWNER`."
+  def owned_containers(owner) do
+    docker!(["ps", "-aq", "--no-trunc", "--filter", "label=docker_release.owner=#{owner}"])
+    |> String.split()
+  end
+
+  @doc "Every container labelled `docker_release.temporary=true`."
+  def temporary_containers do
+    docker!(["ps", "-aq", "--no-trunc", "--filter", "label=docker_release.temporary=true"])
+    |> String.split()
+  end
+
+  @doc """
+  IDs of the containers labelled `docker_release.owner=OWNER` the engine created since
+  `since` (Unix seconds), from the engine's event log: also those already removed.
+  """
+  def containers_created(owner, since) do
+    docker!([
+      "events",
+      "--since",
+      "#{since - 1}",
+      "--until",
+      "#{System.os_time(:second) + 1}",
+      "--filter",
+      "type=container",
+      "--filter",
+      "event=create",
+      "--filter",
+      "label=docker_release.owner=#{owner}",
+      "--format",
+      "{{.Actor.ID}}"
+    ])
+    |> String.split()
+  end
+
+  @doc """
+  The OS pid of the BEAM running `mix` for a handle of `start_mix_release/2`. The port runs
+  coreutils' `timeout`, whose child (after `env`, `elixir` and `erl` exec each other) is
+  `beam.smp`: signals meant for Mix must go there, not to `timeout`.
+  """
+  def beam_pid!({port, _ref}, timeout_ms \\ 10_000) do
+    {:os_pid, wrapper} = Port.info(port, :os_pid)
+
+    wait_until("the BEAM under timeout (pid #{wrapper})", timeout_ms, fn ->
+      with {:ok, children} <- File.read("/proc/#{wrapper}/task/#{wrapper}/children"),
+           [child] <- String.split(children),
+           {:ok, "beam.smp\n"} <- File.read("/proc/#{child}/comm") do
+        String.to_integer(child)
+      else
+        _ -> false
+      end
+    end)
+  end
+
+  @doc "Sends `signal` (`\"INT\"`, `\"TERM\"`, `\"KILL\"`) to OS process `pid`."
+  def signal!(pid, signal) do
+    {out, status} = cmd("kill", ["-s", signal, "#{pid}"])
+    assert status == 0, "kill -s #{signal} #{pid}: #{out}"
+    :ok
+  end
+
+  @doc """
+  Runs `mix docker.release ARGS` (like `mix_release/2`, but in the background so the BEAM's pid
+  is known) and waits for it. Returns `%{out: output, status: exit_status, owner: "HOST:PID",
+  started: unix_seconds}`.
+  """
+  def run_release(args, opts) do
+    started = System.os_time(:second)
+    handle = start_mix_release(args, opts)
+    pid = beam_pid!(handle)
+    {out, status} = await_exit(handle, Keyword.get(opts, :timeout, 300) * 1000)
+    %{out: out, status: status, owner: owner(pid), started: started}
+  end
+
+  @doc "The lines a `mix release` step in the builder printed (between its step line and the next one), unindented."
+  def release_step_lines(out) do
+    out
+    |> String.split("\n")
+    |> Enum.drop_while(&(not String.starts_with?(&1, "==> running `mix release")))
+    |> Enum.drop(1)
+    |> Enum.take_while(&(not String.starts_with?(&1, "==> ")))
+    |> Enum.map(&String.trim/1)
+  end
+
+  @doc "Starts a container of `image` publishing 4000 on a free loopback port; returns GET `path`'s body."
+  def serve_and_get!(image, path \\ "/") do
+    port = free_port()
+    run_detached!(["-p", "127.0.0.1:#{port}:4000", image])
+    wait_http!(port, path)
+  end
+
+  @doc """
+  Like `start_mix_release/2`, with the task's stdin at end-of-file (`</dev/null`), as under a
+  CI runner or `nohup`: on SIGINT the BEAM's break handler then reads EOF and halts at once.
+  (With the stdin pipe a port holds open, SIGINT leaves the BEAM waiting in the BREAK menu.)
+  """
+  def start_mix_release_no_stdin(args, opts \\ []) do
+    env =
+      [{"MIX_ENV", false} | Keyword.get(opts, :env, [])]
+      |> Enum.map(fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
+
+    script = ~s(exec timeout -k 5 300 "$0" docker.release "$@" </dev/null)
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("sh")}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        {:line, 65_536},
+        args: ["-c", script, System.find_executable("mix") | args],
+        cd: Keyword.get(opts, :cd, hello_dir()),
+        env: env
+      ])
+
+    {port, make_ref()}
+  end
+end

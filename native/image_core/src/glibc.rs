@@ -164,6 +164,27 @@ pub fn highest_glibc<'s>(versions: impl IntoIterator<Item = &'s str>) -> Option<
         .map(|(_, v)| v)
 }
 
+/// The release of a glibc library from its banner (`… stable release version 2.31.`); `None` for
+/// other files. glibc adds no version node in some releases (2.31 defines up to `GLIBC_2.30`),
+/// so this says more to a person than the highest version.
+///
+/// ```
+/// use image_core::glibc::glibc_release;
+/// assert_eq!(glibc_release(b"\0GNU C Library (Debian GLIBC 2.31-13) stable release version 2.31.\n").as_deref(), Some("2.31"));
+/// assert_eq!(glibc_release(b"nothing"), None);
+/// ```
+pub fn glibc_release(bytes: &[u8]) -> Option<String> {
+    const MARK: &[u8] = b"release version ";
+    let at = bytes.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let v: String = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|&b| b as char)
+        .collect();
+    let v = v.trim_end_matches('.').to_string();
+    (!v.is_empty()).then_some(v)
+}
+
 /// Why a release cannot run on a base image. [`Problem::message`] says it to a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
@@ -193,6 +214,8 @@ pub enum Problem {
         others: usize,
         /// The highest version the base's glibc defines.
         provided: Option<String>,
+        /// The base's glibc release (`2.31`), from the library's version banner.
+        release: Option<String>,
         /// The base's system (`PRETTY_NAME` of its `os-release`).
         system: Option<String>,
     },
@@ -257,16 +280,23 @@ impl Problem {
                 used_by,
                 others,
                 provided,
+                release,
                 system,
             } => {
                 let provided = match provided {
                     Some(p) => format!("provides up to {p}"),
                     None => "defines no GLIBC_ versions".to_string(),
                 };
-                let system = system
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default();
+                let about: Vec<String> = release
+                    .iter()
+                    .map(|r| format!("glibc {r}"))
+                    .chain(system.iter().cloned())
+                    .collect();
+                let system = if about.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", about.join(", "))
+                };
                 format!(
                     "the release needs {needed} ({}{} {} it) but the glibc of the base image {base} {provided}{system}: use a base at least as new as the system that built the release, or no base",
                     used_by.display(),
@@ -478,10 +508,12 @@ pub fn check_release(fs: &ReleaseOnBase<'_>) -> Result<Vec<Problem>, ClosureErro
                 continue;
             };
             if !defs.contains_key(provider) {
-                let bytes = fs.read(provider).map_err(|source| ClosureError::Unreadable {
-                    path: provider.clone(),
-                    source,
-                })?;
+                let bytes = fs
+                    .read(provider)
+                    .map_err(|source| ClosureError::Unreadable {
+                        path: provider.clone(),
+                        source,
+                    })?;
                 defs.insert(provider.clone(), version_defs(&bytes).unwrap_or_default());
             }
             if defs[provider].contains(&need.version) {
@@ -527,6 +559,7 @@ pub fn check_release(fs: &ReleaseOnBase<'_>) -> Result<Vec<Problem>, ClosureErro
             used_by,
             others: files.len().saturating_sub(1),
             provided: highest_glibc(defs[provider].iter().map(String::as_str)).map(str::to_string),
+            release: fs.read(provider).ok().and_then(|b| glibc_release(&b)),
             system: system_name(fs),
         });
     }

@@ -7,8 +7,8 @@
 
 use image_core::fs::{Fs, HostFs, Meta};
 use image_core::glibc::{
-    check_release, highest_glibc, version_defs, version_key, version_needs, Incompatible,
-    Problem, ReleaseOnBase,
+    check_release, highest_glibc, version_defs, version_key, version_needs, Incompatible, Problem,
+    ReleaseOnBase,
 };
 use image_core::layer::Source;
 use image_core::plan::{plan_on_base, Base, BasePlanError, Settings, BASE_HOME, COOKIE_DIR};
@@ -224,12 +224,18 @@ fn versions_of_this_machine() {
         .iter()
         .any(|n| n.file == "libc.so.6" && n.version == "GLIBC_2.2.5"));
     let libc = version_defs(&std::fs::read(host_libc()).unwrap()).unwrap();
-    assert!(!libc.iter().any(|d| d == "libc.so.6"), "the file's own name is not a version");
+    assert!(
+        !libc.iter().any(|d| d == "libc.so.6"),
+        "the file's own name is not a version"
+    );
     for n in needs.iter().filter(|n| n.file == "libc.so.6") {
         assert!(libc.contains(&n.version), "{} missing from libc", n.version);
     }
     let highest = highest_glibc(libc.iter().map(String::as_str)).unwrap();
-    assert!(version_key(highest) >= version_key("GLIBC_2.34"), "{highest}");
+    assert!(
+        version_key(highest) >= version_key("GLIBC_2.34"),
+        "{highest}"
+    );
     // A program has no version definitions.
     assert!(version_defs(&me).unwrap().is_empty());
 }
@@ -250,12 +256,13 @@ fn messages_state_the_rule_and_what_to_do() {
         needed: "GLIBC_2.34".into(),
         used_by: "erts-13.1.5/bin/beam.smp".into(),
         others: 2,
-        provided: Some("GLIBC_2.31".into()),
+        provided: Some("GLIBC_2.30".into()),
+        release: Some("2.31".into()),
         system: Some("Debian GNU/Linux 11 (bullseye)".into()),
     };
     assert_eq!(
         p.message("IMAGE"),
-        "the release needs GLIBC_2.34 (erts-13.1.5/bin/beam.smp and 2 other files use it) but the glibc of the base image IMAGE provides up to GLIBC_2.31 (Debian GNU/Linux 11 (bullseye)): use a base at least as new as the system that built the release, or no base"
+        "the release needs GLIBC_2.34 (erts-13.1.5/bin/beam.smp and 2 other files use it) but the glibc of the base image IMAGE provides up to GLIBC_2.30 (glibc 2.31, Debian GNU/Linux 11 (bullseye)): use a base at least as new as the system that built the release, or no base"
     );
     let both = Incompatible {
         base: "IMAGE".into(),
@@ -269,7 +276,10 @@ fn messages_state_the_rule_and_what_to_do() {
     };
     let text = both.to_string();
     assert!(text.starts_with("the release needs GLIBC_2.34"), "{text}");
-    assert!(text.contains("; also, the base image IMAGE has no awk"), "{text}");
+    assert!(
+        text.contains("; also, the base image IMAGE has no awk"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -283,7 +293,9 @@ fn an_old_glibc_is_refused_with_the_highest_version_needed() {
     let rel = release_with(tmp.path(), &prog);
     let base_root = old_glibc_base(tmp.path());
     // The fabricated libc defines exactly these.
-    let defs = version_defs(&std::fs::read(base_root.join("usr/lib/x86_64-linux-gnu/libc.so.6")).unwrap()).unwrap();
+    let defs =
+        version_defs(&std::fs::read(base_root.join("usr/lib/x86_64-linux-gnu/libc.so.6")).unwrap())
+            .unwrap();
     assert_eq!(defs, vec!["GLIBC_2.2.5", "GLIBC_2.30", "GLIBC_2.31"]);
 
     let host = HostFs::new("/");
@@ -306,6 +318,7 @@ fn an_old_glibc_is_refused_with_the_highest_version_needed() {
             used_by: "erts-13.1.5/bin/beam.smp".into(),
             others: 0,
             provided: Some("GLIBC_2.31".into()),
+            release: None,
             system: Some("Fake GNU/Linux 11 (old)".into()),
         }]
     );
@@ -339,7 +352,11 @@ fn a_missing_library_names_the_release_file_and_the_package() {
     let prog = hello_program(&tmp.path().join("src"));
     let rel = release_with(tmp.path(), &prog);
     copy(&crypto, &rel, "lib/crypto-5.1.2/priv/lib/crypto.so");
-    copy(&crypto, &rel, "lib/crypto-5.1.2/priv/lib/otp_test_engine.so");
+    copy(
+        &crypto,
+        &rel,
+        "lib/crypto-5.1.2/priv/lib/otp_test_engine.so",
+    );
     let host = HostFs::new("/");
     let base_fs = Hiding {
         inner: HostFs::new("/"),
@@ -372,8 +389,11 @@ fn a_glibc_release_on_a_musl_base_misses_its_interpreter() {
     let rel = release_with(tmp.path(), &prog);
     let root = tmp.path().join("alpine");
     copy(musl, &root, "lib/ld-musl-x86_64.so.1");
-    std::os::unix::fs::symlink("ld-musl-x86_64.so.1", root.join("lib/libc.musl-x86_64.so.1"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        "ld-musl-x86_64.so.1",
+        root.join("lib/libc.musl-x86_64.so.1"),
+    )
+    .unwrap();
     let host = HostFs::new("/");
     let base_fs = HostFs::new(&root);
     let union = ReleaseOnBase::new(&host, &rel, &base_fs).unwrap();
@@ -404,7 +424,10 @@ fn a_plan_on_a_compatible_base_has_no_runtime_layer_and_inherits_the_base_config
     let rel = release_with(tmp.path(), &prog);
     let host = HostFs::new("/");
     // This machine is the base: it runs its own programs.
-    let b = base(&host, &["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C", "HOME=/root"]);
+    let b = base(
+        &host,
+        &["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C", "HOME=/root"],
+    );
     let p = plan_on_base(&host, &settings(&rel), &b).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = p.layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, vec!["dirs", "erts", "app"]);
@@ -433,13 +456,18 @@ fn a_plan_on_a_compatible_base_has_no_runtime_layer_and_inherits_the_base_config
     }
     // The cookie rules hold as without a base.
     let app = p.layers.iter().find(|l| l.name == "app").unwrap();
-    assert!(!app.entries.iter().any(|e| e.path.ends_with("releases/COOKIE")));
+    assert!(!app
+        .entries
+        .iter()
+        .any(|e| e.path.ends_with("releases/COOKIE")));
     let env_sh = app
         .entries
         .iter()
         .find(|e| e.path == Path::new("/app/releases/0.1.0/env.sh"))
         .unwrap();
-    assert!(matches!(&env_sh.source, Source::Bytes(b) if String::from_utf8_lossy(b).contains("RELEASE_COOKIE")));
+    assert!(
+        matches!(&env_sh.source, Source::Bytes(b) if String::from_utf8_lossy(b).contains("RELEASE_COOKIE"))
+    );
 
     let c = &p.run_config;
     let locale = Path::new("/usr/lib/locale/C.utf8").exists();
@@ -456,7 +484,10 @@ fn a_plan_on_a_compatible_base_has_no_runtime_layer_and_inherits_the_base_config
     assert_eq!(c.user, "1234:5678");
     assert_eq!(c.working_dir, "/app");
     assert_eq!(c.entrypoint, vec!["/app/bin/hello"]);
-    assert_eq!(c.labels["org.opencontainers.image.title"], "hello", "ours win");
+    assert_eq!(
+        c.labels["org.opencontainers.image.title"], "hello",
+        "ours win"
+    );
     assert_eq!(c.labels["vendor"], "distro", "the base's are kept");
     assert_eq!(c.stop_signal.as_deref(), Some("SIGQUIT"));
     assert_eq!(p.platform, amd64());
@@ -509,7 +540,8 @@ fn a_base_without_tmp_or_tools_gets_tmp_or_is_refused() {
         inner: HostFs::new("/"),
         prefixes: vec!["tmp"],
     };
-    let p = plan_on_base(&host, &settings(&rel), &base(&no_tmp, &[])).unwrap_or_else(|e| panic!("{e}"));
+    let p =
+        plan_on_base(&host, &settings(&rel), &base(&no_tmp, &[])).unwrap_or_else(|e| panic!("{e}"));
     let t = p.layers[0]
         .entries
         .iter()

@@ -252,7 +252,11 @@ impl Engine for DockerEngine {
                 Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
                     return Err(EngineError::Load(message))
                 }
-                Err(e) => return Err(EngineError::Load(e.to_string())),
+                Err(e) => {
+                    return Err(EngineError::Load(format!(
+                        "the engine closed the connection during the upload ({e}); check the engine's log (`journalctl -u docker`, or dockerd's output) and its free disk space"
+                    )))
+                }
             }
         }
         Ok(out)

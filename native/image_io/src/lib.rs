@@ -1,6 +1,7 @@
 //! The IO edge of docker_release: the Docker Engine API, registries, archive files and the
 //! end-to-end pipeline. Image logic lives in `image_core`; this crate only moves bytes.
 #![deny(missing_docs)]
+pub mod base;
 pub mod builder;
 pub mod credentials;
 pub mod dockerfiles;

@@ -1,0 +1,211 @@
+defmodule DockerRelease.E2E.BuilderTest do
+  # `mix docker.release --builder IMAGE`, run as a user would (a separate `mix` OS process,
+  # MIX_ENV unset) on temporary copies of the examples, in two builder images made locally by
+  # test/support/make-builder-image.sh: bookworm (the host's Elixir 1.14 / OTP 25) and trixie
+  # (Elixir 1.18 / OTP 27). What the image reports must be the builder's toolchain, never the
+  # host's; builds leave no temporary container and no volume other than their cache.
+  use ExUnit.Case, async: false
+  @moduletag :engine
+
+  import DockerRelease.E2E
+  import DockerRelease.E2E.Builder
+
+  @suites ["bookworm", "trixie"]
+
+  setup_all do
+    versions =
+      Map.new(@suites, fn suite -> {suite, builder_versions!(ensure_builder!(suite))} end)
+
+    # Otherwise "the builder's OTP" would not tell the two apart from each other or the host.
+    assert versions["bookworm"].otp != versions["trixie"].otp, inspect(versions)
+    %{versions: versions}
+  end
+
+  setup do
+    repo = unique_repo("dr-e2e-builder")
+
+    on_exit(fn ->
+      {out, _} = docker(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+      out |> String.split() |> Enum.filter(&String.starts_with?(&1, repo <> "/")) |> rm_images()
+    end)
+
+    %{repo: repo}
+  end
+
+  # Builds `dir` in `suite`'s builder, asserting success and a clean engine afterwards.
+  defp build!(dir, suite, tag, extra \\ []) do
+    volumes_before = all_volumes()
+    run = run_release(["--builder", builder_image(suite), "--tag", tag | extra], cd: dir)
+    assert run.status == 0, "mix docker.release --builder failed (#{run.status}):\n#{run.out}"
+    assert run.out =~ "==> built the release in #{builder_image(suite)}"
+
+    # The container was removed before the task returned.
+    assert owned_containers(run.owner) == []
+    assert [_] = containers_created(run.owner, run.started)
+
+    # The only volumes that appeared are docker_release's cache volumes for this project.
+    cache = cache_volumes(dir)
+    assert [build, deps] = Enum.sort(cache)
+    assert build =~ ~r/^docker_release-cache-[0-9a-f]{16}-build$/
+    assert deps =~ ~r/^docker_release-cache-[0-9a-f]{16}-deps$/
+    assert (all_volumes() -- volumes_before) -- all_cache_volumes() == []
+    run
+  end
+
+  defp elixir_in_image!(tag) do
+    docker!(["run", "--rm", tag, "eval", "IO.puts(System.version())"], stderr: false)
+  end
+
+  describe "each example in each builder" do
+    for example <- ["hello", "with_deps", "umbrella"], suite <- @suites do
+      @tag example: example, suite: suite
+      test "#{example} built in #{suite}", ctx do
+        %{example: example, suite: suite, versions: versions} = ctx
+        %{otp: otp, elixir: elixir} = versions[suite]
+        dir = example_copy!(example)
+        tag = "#{ctx.repo}/#{example}:#{suite}"
+
+        build!(dir, suite, tag)
+
+        body = serve_and_get!(tag)
+
+        case example do
+          "hello" ->
+            assert body =~ "hello from hello 0.1.0 on OTP #{otp},"
+
+          "with_deps" ->
+            assert body =~
+                     "hello from with_deps 0.1.0 on OTP #{otp}, modules: 224, sum: 14415"
+
+          "umbrella" ->
+            assert body =~ "umbrella web on OTP #{otp}, core says hello from core"
+        end
+
+        assert elixir_in_image!(tag) == elixir
+      end
+    end
+  end
+
+  describe "a compile error" do
+    for suite <- @suites do
+      @tag suite: suite
+      test "in #{suite}: fails with the compiler's message and leaves no container", ctx do
+        dir = example_copy!("hello")
+
+        File.write!(Path.join(dir, "lib/broken.ex"), """
+        defmodule Broken do
+          def oops, do: no_such_function(1)
+        end
+        """)
+
+        tag = "#{ctx.repo}/broken:#{ctx.suite}"
+        run = run_release(["--builder", builder_image(ctx.suite), "--tag", tag], cd: dir)
+
+        assert run.status != 0, run.out
+        assert run.out =~ "lib/broken.ex"
+        assert run.out =~ "undefined function no_such_function/1"
+        assert run.out =~ "`mix release hello --overwrite --path /release` failed in the builder"
+        refute image_exists?(tag)
+        assert [_] = containers_created(run.owner, run.started)
+        assert owned_containers(run.owner) == []
+      end
+    end
+  end
+
+  test "a warm rebuild compiles only the changed module; --no-cache compiles everything", ctx do
+    dir = example_copy!("with_deps")
+    tag = "#{ctx.repo}/with_deps"
+
+    cold = build!(dir, "bookworm", "#{tag}:cold")
+
+    for app <- ~w(alpha beta gamma delta with_deps),
+        do: assert(cold.out =~ "    ==> #{app}\n", cold.out)
+
+    # One line of the app changes (and its length, so that Mix sees it whatever its clock).
+    greeting = Path.join(dir, "lib/with_deps/greeting.ex")
+    File.write!(greeting, String.replace(File.read!(greeting), ~s("hello"), ~s("greetings")))
+
+    warm = build!(dir, "bookworm", "#{tag}:warm")
+    step = release_step_lines(warm.out)
+
+    assert Enum.filter(step, &(&1 =~ ~r/^Compiling \d+ files? \(/)) == ["Compiling 1 file (.ex)"],
+           warm.out
+
+    # Mix prints "==> DEP" before compiling a dependency; nothing of the kind here.
+    assert Enum.filter(step, &String.starts_with?(&1, "==> ")) == [], warm.out
+
+    assert serve_and_get!("#{tag}:warm") =~
+             "greetings from with_deps 0.1.0 on OTP 25, modules: 224, sum: 14415"
+
+    fresh = build!(dir, "bookworm", "#{tag}:fresh", ["--no-cache"])
+    assert fresh.out =~ "==> clearing the build cache (--no-cache)"
+    step = release_step_lines(fresh.out)
+
+    for {app, files} <- [alpha: 61, beta: 61, gamma: 51, delta: 51, with_deps: 4] do
+      assert step |> Enum.drop_while(&(&1 != "==> #{app}")) |> Enum.at(1) ==
+               "Compiling #{files} files (.ex)",
+             fresh.out
+    end
+  end
+
+  describe "a path dependency outside the project" do
+    setup do
+      # A real Mix project, so that Mix on the host accepts the dependency and the task runs.
+      outside = tmp_dir!("dr-e2e-builder-outside")
+      File.mkdir_p!(Path.join(outside, "lib"))
+
+      File.write!(Path.join(outside, "mix.exs"), """
+      defmodule Outside.MixProject do
+        use Mix.Project
+        def project, do: [app: :outside, version: "0.1.0"]
+      end
+      """)
+
+      File.write!(Path.join(outside, "lib/outside.ex"), "defmodule Outside do\nend\n")
+      %{outside: outside}
+    end
+
+    test "is refused, named, before any container or volume is made", ctx do
+      dir = example_copy!("hello")
+      mix = Path.join(dir, "mix.exs")
+
+      File.write!(
+        mix,
+        String.replace(
+          File.read!(mix),
+          "[{:docker_release,",
+          "[{:outside, path: #{inspect(ctx.outside)}}, {:docker_release,"
+        )
+      )
+
+      run = run_release(["--builder", builder_image("bookworm")], cd: dir)
+
+      assert run.status != 0, run.out
+      assert run.out =~ "path dependencies outside the project directory"
+      assert run.out =~ ":outside (#{ctx.outside})"
+
+      refute run.out =~ ":docker_release (",
+             "the dev-only docker_release dep was named:\n#{run.out}"
+
+      refute run.out =~ "==> starting a builder container"
+      assert containers_created(run.owner, run.started) == []
+      assert cache_volumes(dir) == []
+    end
+
+    test "a dev-only one is no obstacle", ctx do
+      dir = example_copy!("hello")
+      mix = Path.join(dir, "mix.exs")
+
+      File.write!(
+        mix,
+        String.replace(
+          File.read!(mix),
+          "[{:docker_release,",
+          "[{:outside, path: #{inspect(ctx.outside)}, only: :dev}, {:docker_release,"
+        )
+      )
+
+      build!(dir, "bookworm", "#{ctx.repo}/hello:dev-dep")
+    end
+  end
+end
