@@ -57,6 +57,51 @@ def md_cell(text):
     return text.replace("|", "\\|")
 
 
+def builder_figure(w, data, runs):
+    """4. Builder builds (bench/builder.sh): only when it ran."""
+    ms = {v: numbers(data, "builder_ms", v) for v in ("ours_cold", "ours_warm", "df_cold", "df_warm")}
+    if not any(ms.values()):
+        return
+    med = {v: median(values) for v, values in ms.items()}
+    checks = {variant: rows[0][1] for (metric, variant), rows in data.items()
+              if metric == "builder_check"}
+    w("## 4. Builder builds: a warm rebuild of examples/with_deps\n")
+    w(f"{runs} runs; each run builds cold, changes one line of the app (`lib/with_deps/greeting.ex`),")
+    w("then builds warm, alternating ours and docker (A B A B). examples/with_deps has four path")
+    w("dependencies with 224 modules. Both images are removed before every build; what makes a warm")
+    w("build warm is each side's build cache. Builder image `docker-release-test/builder:bookworm`.\n")
+    w("- ours: `mix docker.release --builder docker-release-test/builder:bookworm` (cold: `--no-cache`,")
+    w("  fresh cache volumes; warm: the cache volumes of the cold build), wall time of the whole")
+    w("  command, image loaded into the engine;")
+    w("- docker: `DOCKER_BUILDKIT=0 docker build` (cold: `--no-cache`) of a multi-stage Dockerfile of")
+    w("  the usual Phoenix shape: `COPY mix.exs` + the path deps, `RUN mix deps.get --only prod && mix")
+    w("  deps.compile`, `COPY config`, `COPY lib`, `RUN mix compile && mix release`, then `COPY")
+    w("  --from=build` of the release onto `docker-release-bench/minbase-runtime:bookworm`.\n")
+    w("| | median | range | runs |")
+    w("| --- | ---: | ---: | ---: |")
+    for variant, label in [("ours_cold", "ours, cold"), ("ours_warm", "ours, warm"),
+                           ("df_cold", "Dockerfile, cold"), ("df_warm", "Dockerfile, warm")]:
+        w(f"| {label} | {secs(med[variant])} | {spread(ms[variant], secs)} | {len(ms[variant])} |")
+    w("")
+    w(f"Ratios (of the medians): ours warm / ours cold {ratio(med['ours_warm'], med['ours_cold'])}; "
+      f"ours warm / Dockerfile warm {ratio(med['ours_warm'], med['df_warm'])}; "
+      f"ours cold / Dockerfile cold {ratio(med['ours_cold'], med['df_cold'])}.")
+    ours_size = median(numbers(data, "builder_image_bytes", "ours"))
+    df_size = median(numbers(data, "builder_image_bytes", "df"))
+    if ours_size is not None:
+        w(f"Image sizes: ours {mb(ours_size)}, Dockerfile {mb(df_size)} (ratio {ratio(ours_size, df_size)}).")
+    load = numbers(data, "load1", "builder")
+    if load:
+        w(f"1-minute load average at the start of each run: {', '.join(f'{v:.2f}' for v in load)}"
+          " (other work on the machine slows both sides).")
+    if checks:
+        w("Checks: only the changed module compiled in ours' warm builds: "
+          f"{md_cell(checks.get('ours_warm_compiles_one', 'not checked'))}; the last images serve the"
+          f" last change: ours {md_cell(checks.get('ours', 'not checked'))}, Dockerfile"
+          f" {md_cell(checks.get('df', 'not checked'))}.")
+    w("")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--raw", required=True)
@@ -64,6 +109,7 @@ def main():
     parser.add_argument("--runs", type=int, required=True)
     parser.add_argument("--mem-runs", type=int, required=True)
     parser.add_argument("--blob-mb", type=int, required=True)
+    parser.add_argument("--builder-runs", type=int, default=3)
     args = parser.parse_args()
     data = load_raw(args.raw)
     with open(args.machine) as f:
@@ -162,6 +208,8 @@ def main():
         w(f"Input {mb(big)}; archive written {mb(out_bytes)} in {secs(out_ms)} (median wall time,"
           " sampling included).")
     w("")
+
+    builder_figure(w, data, args.builder_runs)
 
     notes = [detail for (metric, _), rows in data.items() if metric == "note" for _, _, detail in rows]
     if notes:

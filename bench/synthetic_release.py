@@ -50,10 +50,12 @@ def log(msg):
 
 
 def tree_fingerprint(path):
-    """sha256 over the sorted (relative path, size, kind) of a tree: enough to notice a rebuild
-    that changed the base release."""
+    """sha256 over the sorted (relative path, size, kind) of a tree's files (its top-level
+    tmp/ aside): enough to notice a rebuild that changed the base release."""
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(path):
+        if dirpath == path and "tmp" in dirnames:
+            dirnames.remove("tmp")  # RELEASE_TMP: logs of a release that ran; never shipped
         dirnames.sort()
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
@@ -218,7 +220,9 @@ def main():
         shutil.rmtree(staging, ignore_errors=True)
         if os.path.exists(stamp):
             os.remove(stamp)
-        shutil.copytree(base, staging, symlinks=True)
+        shutil.copytree(base, staging, symlinks=True,
+                        ignore=lambda d, names: ["tmp"] if d == base and "tmp" in names else [])
+        os.mkdir(os.path.join(staging, "tmp"))
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             for app in pool.map(lambda i: make_app(args, i, staging), range(1, args.apps + 1)):
                 if app.endswith("0"):

@@ -133,7 +133,8 @@ defmodule DockerRelease do
       builder: config.builder,
       project_dir: config.project_dir,
       mix_env: config.env,
-      no_cache: config.no_cache
+      no_cache: config.no_cache,
+      base: config.base
     }
   end
 

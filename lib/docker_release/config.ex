@@ -35,6 +35,8 @@ defmodule DockerRelease.Config do
     * `:insecure_registry` - allow plain HTTP to the registry (loopback registries always may).
     * `:builder` - build the release inside a container of this image (Elixir and OTP of your
       production OS) instead of on the host; the runtime files come from that container.
+    * `:base` - put the release on this base image (from the engine, or a registry) instead of
+      the runtime files; a base that cannot run the release is refused, saying why.
     * `:build_dockerfile` - run the two-Dockerfile flow instead (see `mix help docker.release`):
       build the release with this `Dockerfile.build`, then the image with `:dockerfile`.
     * `:dockerfile` - the final image's Dockerfile in that flow. Default `"Dockerfile"`.
@@ -72,7 +74,8 @@ defmodule DockerRelease.Config do
             build_tag: nil,
             release_tarball: nil,
             no_cache: false,
-            builder: nil
+            builder: nil,
+            base: nil
 
   @keys [
     :env,
@@ -97,7 +100,8 @@ defmodule DockerRelease.Config do
     :build_tag,
     :release_tarball,
     :no_cache,
-    :builder
+    :builder,
+    :base
   ]
 
   @doc """
@@ -217,6 +221,9 @@ defmodule DockerRelease.Config do
         invalid!(
           "invalid builder: expected an image reference string, got: #{inspect(c.builder)}"
         )
+
+    if c.base && not is_binary(c.base),
+      do: invalid!("invalid base: expected an image reference string, got: #{inspect(c.base)}")
 
     if c.builder && c.from_release,
       do:

@@ -32,7 +32,8 @@ defmodule DockerRelease.Native do
               builder: nil,
               project_dir: nil,
               mix_env: "prod",
-              no_cache: false
+              no_cache: false,
+              base: nil
   end
 
   defmodule DockerfilesRequest do

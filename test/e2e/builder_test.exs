@@ -135,7 +135,8 @@ defmodule DockerRelease.E2E.BuilderTest do
     assert Enum.filter(step, &String.starts_with?(&1, "==> ")) == [], warm.out
 
     assert serve_and_get!("#{tag}:warm") =~
-             "greetings from with_deps 0.1.0 on OTP 25, modules: 224, sum: 14415"
+             "greetings from with_deps 0.1.0 on OTP #{ctx.versions["bookworm"].otp}, " <>
+               "modules: 224, sum: 14415"
 
     fresh = build!(dir, "bookworm", "#{tag}:fresh", ["--no-cache"])
     assert fresh.out =~ "==> clearing the build cache (--no-cache)"
@@ -146,6 +147,35 @@ defmodule DockerRelease.E2E.BuilderTest do
                "Compiling #{files} files (.ex)",
              fresh.out
     end
+  end
+
+  # Adds `{:outside, path: OUTSIDE}` to the deps list in `mix_exs` that starts with `first`.
+  defp add_outside_dep!(mix_exs, first, outside) do
+    text = File.read!(mix_exs)
+    assert text =~ first, "#{mix_exs} has no #{first}"
+
+    File.write!(
+      mix_exs,
+      String.replace(
+        text,
+        first,
+        "[{:outside, path: #{inspect(outside)}}, " <> String.trim_leading(first, "[")
+      )
+    )
+  end
+
+  # The task stops before the builder: non-zero, the dependency named, nothing in the engine.
+  defp assert_refused_early!(run, dir, outside) do
+    assert run.status != 0, run.out
+    assert run.out =~ "path dependencies outside the project directory", run.out
+    assert run.out =~ ":outside (#{outside})", run.out
+
+    refute run.out =~ ":docker_release (",
+           "the dev-only docker_release dep was named:\n#{run.out}"
+
+    refute run.out =~ "==> starting a builder container", run.out
+    assert containers_created(run.owner, run.started) == []
+    assert cache_volumes(dir) == []
   end
 
   describe "a path dependency outside the project" do
@@ -165,47 +195,42 @@ defmodule DockerRelease.E2E.BuilderTest do
       %{outside: outside}
     end
 
+    # (Every build in this file also shows that a dev-only path dependency outside the project,
+    # docker_release itself, is no obstacle.)
     test "is refused, named, before any container or volume is made", ctx do
       dir = example_copy!("hello")
-      mix = Path.join(dir, "mix.exs")
+      add_outside_dep!(Path.join(dir, "mix.exs"), "[{:docker_release,", ctx.outside)
+      run = run_release(["--builder", builder_image("bookworm")], cd: dir)
+      assert_refused_early!(run, dir, ctx.outside)
+    end
 
-      File.write!(
-        mix,
-        String.replace(
-          File.read!(mix),
-          "[{:docker_release,",
-          "[{:outside, path: #{inspect(ctx.outside)}}, {:docker_release,"
-        )
+    # KNOWN BUG: DockerRelease.check_path_deps!/2 (lib/docker_release.ex) reads only the root
+    # project's `deps:`. An umbrella app's dependency (apps/*/mix.exs) is not checked: the
+    # builder container is created, the project uploaded, and Mix in the container fails with
+    # "Unchecked dependencies for environment prod: * outside (PATH) the dependency is not
+    # available", cache volumes left behind.
+    @tag :known_bug
+    test "in an umbrella app's deps is refused before any container is made", ctx do
+      dir = example_copy!("umbrella")
+
+      add_outside_dep!(
+        Path.join(dir, "apps/web/mix.exs"),
+        "[{:core, in_umbrella: true}",
+        ctx.outside
       )
 
       run = run_release(["--builder", builder_image("bookworm")], cd: dir)
-
-      assert run.status != 0, run.out
-      assert run.out =~ "path dependencies outside the project directory"
-      assert run.out =~ ":outside (#{ctx.outside})"
-
-      refute run.out =~ ":docker_release (",
-             "the dev-only docker_release dep was named:\n#{run.out}"
-
-      refute run.out =~ "==> starting a builder container"
-      assert containers_created(run.owner, run.started) == []
-      assert cache_volumes(dir) == []
+      assert_refused_early!(run, dir, ctx.outside)
     end
 
-    test "a dev-only one is no obstacle", ctx do
-      dir = example_copy!("hello")
-      mix = Path.join(dir, "mix.exs")
-
-      File.write!(
-        mix,
-        String.replace(
-          File.read!(mix),
-          "[{:docker_release,",
-          "[{:outside, path: #{inspect(ctx.outside)}, only: :dev}, {:docker_release,"
-        )
-      )
-
-      build!(dir, "bookworm", "#{ctx.repo}/hello:dev-dep")
+    # KNOWN BUG: the same for a dependency of a path dependency inside the project
+    # (local_deps/beta/mix.exs here): only the root's `deps:` are checked.
+    @tag :known_bug
+    test "in the deps of an in-project path dep is refused before any container is made", ctx do
+      dir = example_copy!("with_deps")
+      add_outside_dep!(Path.join(dir, "local_deps/beta/mix.exs"), "[{:alpha,", ctx.outside)
+      run = run_release(["--builder", builder_image("bookworm")], cd: dir)
+      assert_refused_early!(run, dir, ctx.outside)
     end
   end
 end

@@ -38,6 +38,12 @@ defmodule Mix.Tasks.Docker.Release do
       Compiled deps and `_build` are kept in volumes `docker_release-cache-*` between runs;
       `--no-cache` starts clean. The container is removed even if the task is killed.
     * `--tag NAME[:TAG]` - tag the image; repeat for several. Replaces the default tags.
+    * `--base IMAGE` - put the release on top of this base image's layers (a distro, for teams
+      that want one) instead of the runtime files. Read from the engine, or from the registry its
+      name points to. The base must be able to run the release: every shared library the
+      release's ELF files need, glibc symbol versions at least as new as the ones they use,
+      `/bin/sh` and the utilities of the release scripts; otherwise it is refused with the list
+      of what is missing. Its `/etc` is left as it is.
     * `--output PATH` - write an image archive at PATH instead of loading into the engine. A
       failed run leaves an existing file at PATH untouched.
     * `--metadata-file PATH` - write a JSON summary for CI: tags, image ID, manifest digest,
@@ -110,7 +116,8 @@ defmodule Mix.Tasks.Docker.Release do
     build_tag: :string,
     release_tarball: :string,
     no_cache: :boolean,
-    builder: :string
+    builder: :string,
+    base: :string
   ]
 
   @aliases [t: :tag, o: :output]

@@ -7,9 +7,7 @@
 use image_core::plan::Settings;
 use image_core::reference::Reference;
 use image_io::dockerfiles::DockerfileFlow;
-use image_io::pipeline::{
-    self, EngineOutput, Event, Failure, Outcome, Outputs, Request, Source,
-};
+use image_io::pipeline::{self, EngineOutput, Event, Failure, Outcome, Outputs, Request, Source};
 use image_io::registry::PushOptions;
 use rustler::{
     Atom, Encoder, Env, LocalPid, Monitor, NifMap, NifStruct, OwnedEnv, Resource, ResourceArc, Term,
@@ -53,6 +51,7 @@ struct NifRequest {
     project_dir: String,
     mix_env: String,
     no_cache: bool,
+    base: Option<String>,
 }
 
 impl From<NifRequest> for Request {
@@ -67,6 +66,7 @@ impl From<NifRequest> for Request {
                 },
                 None => Source::Host,
             },
+            base: r.base,
             settings: Settings {
                 release_dir: r.release_dir.into(),
                 release_name: r.release_name,

@@ -50,7 +50,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         entries: walk(&fs, &root)?,
     };
     let out: Box<dyn Write> = match args.get(2) {
-        Some(path) => Box::new(BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?)),
+        Some(path) => Box::new(BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(path)?,
+        )),
         None => Box::new(io::sink()),
     };
     let start = Instant::now();

@@ -4,11 +4,13 @@
 //! bytes come from. [`write_layer`] turns it into a gzip blob and reports both digests. The bytes
 //! depend only on the spec, the file contents and the fixed `mtime`: every host-specific field is
 //! normalised here, in one place (see [`normal_mode`]).
+//!
+//! Compression runs on several threads and still gives one byte sequence whatever their number:
+//! the uncompressed tar is cut into fixed 1 MiB chunks, each deflated on its own with the previous
+//! 32 KiB as its window, and the pieces are joined in order into one gzip member.
 
 use crate::digest::{Digest, HashWriter};
 use crate::fs::{Fs, Kind};
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -161,7 +163,7 @@ pub fn write_layer<W: Write>(
 ) -> Result<(LayerInfo, W), LayerError> {
     let entries = complete(&spec.entries)?;
     let inner = HashWriter::new(out);
-    let gz = GzEncoder::new(inner, Compression::new(level));
+    let gz = gzip::Encoder::new(inner, level, gzip::threads());
     let outer = HashWriter::new(gz);
     let mut tar = tar::Builder::new(outer);
     let mut written = 0usize;
@@ -351,6 +353,288 @@ impl<R: Read> Read for ExactReader<R> {
     }
 }
 
+/// Parallel, deterministic gzip (the scheme of pigz).
+///
+/// The uncompressed stream is cut at fixed offsets into [`CHUNK`]-byte chunks. Each chunk is
+/// deflated by a fresh compressor that first sees the last [`WINDOW`] bytes before the chunk
+/// (fed and sync-flushed, its output dropped: the decoder already has those bytes) and then the
+/// chunk, ended by a sync flush (an empty stored block, so the next piece starts on a byte
+/// boundary) or, for the last chunk, by the final block. The pieces, joined in order between one
+/// gzip header and trailer, are one ordinary deflate stream that any gzip reader accepts.
+///
+/// Each piece depends only on the level, its chunk and the bytes before it, never on the number
+/// of threads, on timing or on how the caller split its writes, so the output is the same for
+/// any thread count (and, as before, depends on the pinned miniz_oxide version).
+mod gzip {
+    use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+    use std::collections::VecDeque;
+    use std::io::{self, Write};
+    use std::sync::mpsc::{self, Receiver, Sender};
+    use std::sync::{Arc, Mutex};
+    use std::thread::JoinHandle;
+
+    /// Bytes of uncompressed input per piece.
+    pub const CHUNK: usize = 1 << 20;
+    /// Bytes of history a piece may refer back to (deflate's window).
+    pub const WINDOW: usize = 32 << 10;
+    /// Most compression threads used for one layer.
+    const MAX_THREADS: usize = 8;
+
+    /// Compression threads for this machine: one per available CPU, at most [`MAX_THREADS`].
+    pub fn threads() -> usize {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_THREADS)
+    }
+
+    /// One chunk to compress.
+    struct Job {
+        level: u32,
+        /// The bytes just before the chunk (at most [`WINDOW`]); empty for the first chunk.
+        window: Vec<u8>,
+        data: Vec<u8>,
+        last: bool,
+        done: Sender<io::Result<Piece>>,
+    }
+
+    /// A compressed chunk, with the CRC-32 of its uncompressed bytes.
+    struct Piece {
+        bytes: Vec<u8>,
+        crc: Crc,
+    }
+
+    fn compress_err(e: flate2::CompressError) -> io::Error {
+        io::Error::other(e)
+    }
+
+    /// Feed `input` to `c`, then `flush`, appending the output to `out`.
+    ///
+    /// miniz_oxide's output can depend on how much output room each call had, so `out` should
+    /// have room for all of it; if not, it grows by a fixed policy, which is still deterministic.
+    fn run(
+        c: &mut Compress,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        flush: FlushCompress,
+    ) -> io::Result<()> {
+        let mut used = 0;
+        loop {
+            if out.capacity() - out.len() < 8 << 10 {
+                out.reserve(64 << 10);
+            }
+            let before = c.total_in();
+            let status = c
+                .compress_vec(&input[used..], out, flush)
+                .map_err(compress_err)?;
+            used += (c.total_in() - before) as usize;
+            let room_left = out.len() < out.capacity();
+            match (flush, status) {
+                (_, Status::StreamEnd) => return Ok(()),
+                (FlushCompress::Finish, _) => {}
+                // Flushed: all input taken and the compressor stopped before filling the buffer.
+                _ if used == input.len() && room_left => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    fn compress(job: &Job) -> io::Result<Piece> {
+        let mut c = Compress::new(Compression::new(job.level), false);
+        // Room for the worst case up front, so that each stage is one call into the compressor
+        // (its output can depend on where calls are cut, see `run`).
+        let mut bytes = Vec::with_capacity(job.data.len() + job.data.len() / 8 + (64 << 10));
+        if !job.window.is_empty() {
+            run(&mut c, &job.window, &mut bytes, FlushCompress::Sync)?;
+            bytes.clear();
+        }
+        let flush = if job.last {
+            FlushCompress::Finish
+        } else {
+            FlushCompress::Sync
+        };
+        run(&mut c, &job.data, &mut bytes, flush)?;
+        let mut crc = Crc::new();
+        crc.update(&job.data);
+        Ok(Piece { bytes, crc })
+    }
+
+    fn worker(jobs: Arc<Mutex<Receiver<Job>>>) {
+        loop {
+            // The lock is held only while waiting for the next job, not while compressing.
+            let job = match jobs.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = job else { return };
+            let piece = compress(&job);
+            // The encoder may have been dropped meanwhile (an error elsewhere): nothing to do.
+            let _ = job.done.send(piece);
+        }
+    }
+
+    struct Pool {
+        jobs: Option<Sender<Job>>,
+        handles: Vec<JoinHandle<()>>,
+    }
+
+    impl Drop for Pool {
+        fn drop(&mut self) {
+            // Closing the queue ends every worker once its current chunk is done.
+            self.jobs = None;
+            for h in self.handles.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// A gzip writer compressing on `threads` threads (on the caller's thread when 1).
+    pub struct Encoder<W: Write> {
+        out: W,
+        level: u32,
+        threads: usize,
+        header_done: bool,
+        buf: Vec<u8>,
+        window: Vec<u8>,
+        crc: Crc,
+        total: u64,
+        pool: Option<Pool>,
+        /// Pieces being compressed, oldest first.
+        pending: VecDeque<Receiver<io::Result<Piece>>>,
+    }
+
+    impl<W: Write> Encoder<W> {
+        /// An encoder writing to `out` at gzip `level` (0–9).
+        pub fn new(out: W, level: u32, threads: usize) -> Self {
+            Encoder {
+                out,
+                level: level.min(9),
+                threads: threads.max(1),
+                header_done: false,
+                buf: Vec::with_capacity(CHUNK),
+                window: Vec::new(),
+                crc: Crc::new(),
+                total: 0,
+                pool: None,
+                pending: VecDeque::new(),
+            }
+        }
+
+        fn header(&mut self) -> io::Result<()> {
+            if !self.header_done {
+                // As flate2 writes it: no name, mtime 0, XFL from the level, OS 255 (unknown).
+                let xfl = match self.level {
+                    9.. => 2,
+                    0 | 1 => 4,
+                    _ => 0,
+                };
+                self.out
+                    .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255])?;
+                self.header_done = true;
+            }
+            Ok(())
+        }
+
+        fn emit(&mut self, piece: Piece) -> io::Result<()> {
+            self.header()?;
+            self.out.write_all(&piece.bytes)?;
+            self.crc.combine(&piece.crc);
+            Ok(())
+        }
+
+        fn wait_oldest(&mut self) -> io::Result<()> {
+            if let Some(rx) = self.pending.pop_front() {
+                let piece = rx
+                    .recv()
+                    .map_err(|_| io::Error::other("a compression thread stopped"))??;
+                self.emit(piece)?;
+            }
+            Ok(())
+        }
+
+        /// Compress the buffered chunk (a full one, or the rest when `last`).
+        fn submit(&mut self, last: bool) -> io::Result<()> {
+            let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            let start = data.len().saturating_sub(WINDOW);
+            let window = std::mem::replace(&mut self.window, data[start..].to_vec());
+            let (tx, rx) = mpsc::channel();
+            let job = Job {
+                level: self.level,
+                window,
+                data,
+                last,
+                done: tx,
+            };
+            if self.threads == 1 {
+                let piece = compress(&job)?;
+                return self.emit(piece);
+            }
+            let pool = self.pool.get_or_insert_with(|| {
+                let (jobs, rx) = mpsc::channel::<Job>();
+                let rx = Arc::new(Mutex::new(rx));
+                let handles = (0..self.threads)
+                    .map(|i| {
+                        let rx = Arc::clone(&rx);
+                        std::thread::Builder::new()
+                            .name(format!("layer-gzip-{i}"))
+                            .spawn(move || worker(rx))
+                            .expect("cannot start a compression thread")
+                    })
+                    .collect();
+                Pool {
+                    jobs: Some(jobs),
+                    handles,
+                }
+            });
+            pool.jobs
+                .as_ref()
+                .expect("the queue is open while the encoder lives")
+                .send(job)
+                .map_err(|_| io::Error::other("the compression threads stopped"))?;
+            self.pending.push_back(rx);
+            // Bound the memory in flight: two chunks per thread.
+            while self.pending.len() > 2 * self.threads {
+                self.wait_oldest()?;
+            }
+            Ok(())
+        }
+
+        /// Write the last piece and the trailer; return the inner writer.
+        pub fn finish(mut self) -> io::Result<W> {
+            self.submit(true)?;
+            while !self.pending.is_empty() {
+                self.wait_oldest()?;
+            }
+            self.header()?;
+            let trailer = [
+                self.crc.sum().to_le_bytes(),
+                (self.total as u32).to_le_bytes(),
+            ];
+            self.out.write_all(&trailer.concat())?;
+            self.out.flush()?;
+            self.pool = None;
+            // `self` implements no Drop, so the writer can be moved out.
+            Ok(self.out)
+        }
+    }
+
+    impl<W: Write> Write for Encoder<W> {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            let n = data.len().min(CHUNK - self.buf.len());
+            self.buf.extend_from_slice(&data[..n]);
+            self.total += n as u64;
+            if self.buf.len() == CHUNK {
+                self.submit(false)?;
+            }
+            Ok(n)
+        }
+
+        /// Passes the flush on; never cuts a piece (pieces end only at fixed offsets).
+        fn flush(&mut self) -> io::Result<()> {
+            self.out.flush()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +672,97 @@ mod tests {
             &mut |_| true,
         )
         .unwrap()
+    }
+
+    /// Deterministic test data: runs of text and of pseudo-random bytes.
+    fn mixed(len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (x >> 60) < 9 {
+                out.extend_from_slice(
+                    format!("line {} of some text, value {}\n", x % 977, x % 31).as_bytes(),
+                );
+            } else {
+                out.extend((0..300).map(|i| (x >> (i % 56)) as u8 ^ i as u8));
+            }
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn gzip_with(data: &[u8], level: u32, threads: usize, write_size: usize) -> Vec<u8> {
+        let mut enc = gzip::Encoder::new(Vec::new(), level, threads);
+        for part in data.chunks(write_size.max(1)) {
+            enc.write_all(part).unwrap();
+        }
+        enc.finish().unwrap()
+    }
+
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        // A single member: GzDecoder stops after the first one, so this also checks that.
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn parallel_gzip_is_the_same_for_any_thread_count_and_write_pattern() {
+        let chunk = gzip::CHUNK;
+        for len in [0, 1, chunk, chunk + 1, 3 * chunk + 12_345] {
+            let data = mixed(len);
+            for level in [0, 1, 9] {
+                let one = gzip_with(&data, level, 1, 1 << 16);
+                for (threads, write_size) in [(2, 7_919), (3, chunk), (8, 3 * chunk + 5)] {
+                    assert_eq!(
+                        gzip_with(&data, level, threads, write_size),
+                        one,
+                        "len {len}, level {level}, {threads} threads"
+                    );
+                }
+                assert_eq!(gunzip(&one), data, "len {len}, level {level}");
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_gzip_is_read_by_flate2_and_gzip_readers_as_one_member() {
+        // Header and trailer as flate2 writes them; a reader of concatenated members sees the same.
+        let data = mixed(2 * gzip::CHUNK + 77);
+        for level in [0, 1, 9] {
+            let bytes = gzip_with(&data, level, 2, 4096);
+            let xfl = if level == 9 { 2 } else { 4 };
+            assert_eq!(bytes[..10], [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]);
+            let mut multi = Vec::new();
+            flate2::read::MultiGzDecoder::new(bytes.as_slice())
+                .read_to_end(&mut multi)
+                .unwrap();
+            assert_eq!(multi, data);
+            let n = bytes.len();
+            assert_eq!(bytes[n - 4..], (data.len() as u32).to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn parallel_gzip_pieces_use_the_previous_window() {
+        // Two identical chunks: the second must be mostly back-references into the first's
+        // last 32 KiB window, i.e. compress far better than on its own.
+        let unit = mixed(gzip::WINDOW / 2);
+        let data: Vec<u8> = unit.iter().copied().cycle().take(2 * gzip::CHUNK).collect();
+        let first = gzip_with(&data[..gzip::CHUNK], 6, 2, 1 << 20);
+        let both = gzip_with(&data, 6, 2, 1 << 20);
+        assert!(
+            both.len() < first.len() * 3 / 2,
+            "two chunks {} bytes, the first alone {}",
+            both.len(),
+            first.len()
+        );
+        assert_eq!(gunzip(&both), data);
     }
 
     #[test]

@@ -14,22 +14,31 @@
 //!
 //! # Wiring (pipeline.rs)
 //!
+//! `Request` gets `pub base: Option<String>`; then, in `run`:
+//!
 //! ```ignore
-//! // Before the blocking build, once `engine` and `blobs` are known:
-//! let base = match &req.base {
+//! use crate::base::{self, LoadedBase};
+//! use image_core::plan::{release_platform, BasePlanError};
+//! // After `engine` and `blobs` are known, before the blocking build. A local base needs an
+//! // engine even when the outputs do not use one (--output/--push only).
+//! let base: Option<Arc<LoadedBase>> = match &req.base {
 //!     None => None,
 //!     Some(reference) => {
 //!         events(Event::Step(format!("loading the base image {reference}")));
-//!         let platform = image_core::plan::release_platform(&HostFs::new("/"), &req.settings).ok();
+//!         let own = match (&engine, resolve_endpoint(&|k| std::env::var(k).ok())) {
+//!             (None, Ok(ep @ (Endpoint::Unix(_) | Endpoint::Tcp(_)))) => DockerEngine::connect(&ep).await.ok(),
+//!             _ => None,
+//!         };
+//!         let platform = release_platform(&HostFs::new("/"), &req.settings).ok();
 //!         let registry = req.outputs.push.clone().unwrap_or_default();
-//!         let loaded = base::load_base(reference, engine.as_ref(), &registry, &blobs,
-//!                                      platform.as_ref(), req.compression_level).await
-//!             .map_err(|e| Failure::new(e.reason(), e))?;
-//!         events(Event::Notice(format!("base image {reference} from {}", loaded.source)));
+//!         let loaded = base::load_base(reference, engine.as_ref().or(own.as_ref()), &registry,
+//!                                      &blobs, platform.as_ref(), req.compression_level)
+//!             .await.map_err(|e| Failure::new(e.reason(), e))?;
+//!         events(Event::Notice(format!("base image {reference} read from {}", loaded.source)));
 //!         Some(Arc::new(loaded))
 //!     }
 //! };
-//! // Inside spawn_blocking, instead of `let plan = plan(&fs, &req.settings)?;`:
+//! // Inside spawn_blocking (move a clone of `base` in), instead of `plan(&fs, &req.settings)?`:
 //! let plan = match &base {
 //!     None => plan(&fs, &req.settings)?,
 //!     Some(b) => b.plan(&fs, &req.settings).map_err(|e| match e {
@@ -337,19 +346,23 @@ pub async fn load_base(
         }
     };
 
-    // Unpack the layers, in order, from the stored blobs.
-    let root = rootfs.path().to_path_buf();
+    // Unpack the layers, in order, from the stored blobs. The tree moves into the worker and
+    // back, so a caller that gives up still gets it removed once the worker stops.
     let paths: Vec<PathBuf> = fetched
         .layers
         .iter()
         .map(|l| blobs.path(&l.digest))
         .collect();
-    let counts = tokio::task::spawn_blocking(move || -> io::Result<Vec<usize>> {
-        paths.iter().map(|p| unpack_layer(&root, p)).collect()
+    let (rootfs, counts) = tokio::task::spawn_blocking(move || {
+        let counts: io::Result<Vec<usize>> = paths
+            .iter()
+            .map(|p| unpack_layer(rootfs.path(), p))
+            .collect();
+        (rootfs, counts)
     })
     .await
-    .map_err(|e| invalid(reference, format!("the unpacking thread failed: {e}")))?
-    .map_err(io_err(rootfs.path()))?;
+    .map_err(|e| invalid(reference, format!("the unpacking thread failed: {e}")))?;
+    let counts = counts.map_err(io_err(rootfs.path()))?;
     let mut layers = fetched.layers;
     for (l, n) in layers.iter_mut().zip(counts) {
         l.entries = n;

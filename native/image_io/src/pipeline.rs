@@ -13,7 +13,8 @@ use image_core::build::{build, BuildError, Progress as BuildProgress};
 use image_core::fs::HostFs;
 use image_core::image::Summary;
 use image_core::layer::LayerError;
-use image_core::plan::{plan, PlanError, RuntimeFile, Settings};
+use crate::base::{self, LoadedBase};
+use image_core::plan::{plan, release_platform, BasePlanError, PlanError, RuntimeFile, Settings};
 use image_core::reference::{Reference, ReferenceError};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ pub struct Request {
     pub source: Source,
     /// What goes into the image (`release_dir` is ignored for builder builds).
     pub settings: Settings,
+    /// A base image to put the release on, instead of the runtime files.
+    pub base: Option<String>,
     /// Timestamp of the image and of every file in it.
     pub created: u64,
     /// gzip level 1–9.
@@ -312,10 +315,45 @@ pub async fn run(
         }
     };
 
-    events(Event::Step("resolving runtime files".into()));
     let blobs = BlobDir {
         root: req.work_dir.join("blobs"),
     };
+    let base: Option<Arc<LoadedBase>> = match &req.base {
+        None => None,
+        Some(reference) => {
+            events(Event::Step(format!("loading the base image {reference}")));
+            // A local base needs an engine even when the outputs don't use one.
+            let own = match (&engine, resolve_endpoint(&|k| std::env::var(k).ok())) {
+                (None, Ok(ep @ (Endpoint::Unix(_) | Endpoint::Tcp(_)))) => {
+                    DockerEngine::connect(&ep).await.ok()
+                }
+                _ => None,
+            };
+            let platform = release_platform(&HostFs::new(&fs_root), &settings).ok();
+            let registry = req.outputs.push.clone().unwrap_or_default();
+            let loaded = base::load_base(
+                reference,
+                engine.as_ref().or(own.as_ref()),
+                &registry,
+                &blobs,
+                platform.as_ref(),
+                req.compression_level,
+            )
+            .await
+            .map_err(|e| Failure::new(e.reason(), e))?;
+            events(Event::Notice(format!(
+                "base image {reference} read from {}",
+                loaded.source
+            )));
+            Some(Arc::new(loaded))
+        }
+    };
+
+    events(Event::Step(if base.is_some() {
+        "checking the base against the release".into()
+    } else {
+        "resolving runtime files".into()
+    }));
     let (image, runtime_files) = {
         let events = events.clone();
         let cancelled = cancelled.clone();
@@ -323,9 +361,16 @@ pub async fn run(
         let blobs = blobs.clone();
         let settings = settings.clone();
         let fs_root = fs_root.clone();
+        let base = base.clone();
         tokio::task::spawn_blocking(move || -> Result<_, Failure> {
             let fs = HostFs::new(fs_root);
-            let plan = plan(&fs, &settings)?;
+            let plan = match &base {
+                None => plan(&fs, &settings)?,
+                Some(b) => b.plan(&fs, &settings).map_err(|e| match e {
+                    BasePlanError::Plan(e) => Failure::from(e),
+                    BasePlanError::Incompatible(e) => Failure::new("base_incompatible", e),
+                })?,
+            };
             let mut last_step = usize::MAX;
             let mut progress = |p: BuildProgress| {
                 let BuildProgress::Layer {
@@ -355,6 +400,10 @@ pub async fn run(
                 &blobs,
                 &mut progress,
             )?;
+            let image = match &base {
+                None => image,
+                Some(b) => b.apply(image),
+            };
             Ok((image, plan.runtime_files))
         })
         .await

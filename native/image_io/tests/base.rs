@@ -625,3 +625,68 @@ async fn a_base_behind_tls_and_basic_auth_is_pulled_with_credentials() {
         .unwrap_or_else(|e| panic!("{e}"));
     check_loaded(&base, &d.join("b"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_musl_base_is_refused_for_its_c_library() {
+    let musl = Path::new("/lib/ld-musl-x86_64.so.1");
+    let busybox = Path::new("/bin/busybox");
+    if !musl.exists() || !busybox.exists() {
+        println!(
+            "SKIP: needs {} (musl) and {} (busybox-static)",
+            musl.display(),
+            busybox.display()
+        );
+        return;
+    }
+    let Some(engine) = engine().await else { return };
+    let Some(rel) = hello_release() else { return };
+    // An Alpine-like image: musl's loader, a static busybox as the shell and its tools.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    for d in ["lib", "bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(musl, root.join("lib/ld-musl-x86_64.so.1")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink(
+        "ld-musl-x86_64.so.1",
+        root.join("lib/libc.musl-x86_64.so.1"),
+    )
+    .unwrap();
+    for tool in [
+        "sh", "awk", "cat", "dd", "od", "sed", "grep", "cut", "date", "mkdir", "readlink",
+        "dirname", "basename",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(root.join("etc/os-release"), "PRETTY_NAME=\"Tiny musl\"\n").unwrap();
+    let tag = "docker-release-test/musl-tiny:test";
+    let tar = tmp.path().join("root.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    run(Command::new("docker").args(["import"]).arg(&tar).arg(tag));
+    let base = load(tag, Some(&engine), &PushOptions::default(), tmp.path())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = Command::new("docker").args(["rmi", tag]).output();
+    let err = incompatible(&base, &rel);
+    println!("{err}");
+    assert!(
+        matches!(
+            &err.problems[0],
+            Problem::MissingInterpreter {
+                base_is_musl: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with(&format!("the base image {tag} has no /lib64/ld-linux-x86-64.so.2, the program interpreter erts-13.1.5/bin/beam.smp needs: the base uses musl (Alpine?) and the release was built against glibc; use a glibc-based base (Debian, Ubuntu) or no base")),
+        "{err}"
+    );
+}

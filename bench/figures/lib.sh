@@ -1,0 +1,93 @@
+# Shared by the figure scripts in bench/figures/ (source it; not run on its own).
+#
+# Each figure script runs alone or from bench/run, takes
+#   --raw FILE   append raw rows here (bench/run's raw.tsv: metric variant run value detail)
+#   --log FILE   append the output of every measured command here
+#   --runs N     timed runs per variant (alternating A B A B after one untimed warm-up round)
+# and exits non-zero when it could not measure (bench/run then reports it as not run).
+# The helpers below mirror bench/run's, so that rows and notes read the same in the report.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BENCH="$ROOT/bench"
+HELLO="$ROOT/examples/hello"
+WITH_DEPS="$ROOT/examples/with_deps"
+RESULTS="$BENCH/results"
+RAW="$RESULTS/raw.tsv"
+LOG="$RESULTS/run.log"
+RUNS=5
+MINBASE_IMAGE=docker-release-bench/minbase:bookworm
+SYNTH="$RESULTS/synthetic/rel" # the large synthetic release, cached (bench/synthetic_release.py)
+FIGURE_ARGS=()                 # arguments a figure script did not recognise
+
+parse_common_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --raw) RAW=$2; shift 2 ;;
+      --log) LOG=$2; shift 2 ;;
+      --runs) RUNS=$2; shift 2 ;;
+      *) FIGURE_ARGS+=("$1"); shift ;;
+    esac
+  done
+  [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
+  mkdir -p "$(dirname "$RAW")" "$(dirname "$LOG")"
+  touch "$RAW" "$LOG"
+}
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+warn() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
+die() { warn "error: $*"; exit 1; }
+
+# record METRIC VARIANT RUN VALUE [DETAIL]
+record() {
+  local detail=${5:-}
+  detail=${detail//$'\t'/ }
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${detail//$'\n'/ }" >>"$RAW"
+}
+note() { record note "$1" 0 - "$2"; warn "note: $2"; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# timed CMD... : runs CMD (output to the log), prints its wall time in ms; fails as CMD does.
+timed() {
+  local t0 t1
+  { printf '\n$'; printf ' %q' "$@"; printf '\n'; } >>"$LOG"
+  t0=$(now_ms)
+  "$@" >>"$LOG" 2>&1 || return $?
+  t1=$(now_ms)
+  echo $((t1 - t0))
+}
+
+log_size() { stat -c %s "$LOG"; }
+compiled_since() { tail -c +$(($1 + 1)) "$LOG" | grep -qE '^Compiling [0-9]+ file|building native code|^ +Compiling '; }
+
+rmi() { docker rmi -f "$@" >/dev/null 2>&1 || true; }
+image_size() { docker image inspect -f '{{.Size}}' "$1"; }
+
+# in_project DIR CMD... : run a Mix command in DIR the way a user would (dev env).
+in_project() {
+  local dir=$1
+  shift
+  (cd "$dir" && env -u MIX_ENV "$@")
+}
+
+# median of the numbers on stdin
+median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) exit 1; print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+# ensure_synth: make (or reuse) the synthetic release at $SYNTH.
+ensure_synth() {
+  local info
+  info=$(python3 "$BENCH/synthetic_release.py" "$SYNTH" 2>>"$LOG") ||
+    die "bench/synthetic_release.py failed (see $LOG)"
+  SYNTH_BYTES=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])' <<<"$info")
+  SYNTH_FILES=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["files"])' <<<"$info")
+}
+
+# FIGURE_WORK: a temporary directory removed on exit (plus whatever cleanup_hook does).
+FIGURE_WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-figure.XXXXXX")
+cleanup_hook() { :; }
+figure_cleanup() {
+  cleanup_hook || true
+  rm -rf "$FIGURE_WORK"
+}
+trap figure_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
