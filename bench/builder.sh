@@ -120,7 +120,7 @@ answers() {
 }
 
 main() {
-  command -v docker >/dev/null && docker info >/dev/null 2>&1 || die "docker daemon not reachable"
+  { command -v docker >/dev/null && docker info >/dev/null 2>&1; } || die "docker daemon not reachable"
   for tool in mix curl python3; do command -v $tool >/dev/null || die "$tool not found"; done
 
   log "builder builds: images"

@@ -9,6 +9,8 @@ import argparse
 import collections
 import statistics
 
+import report_figures  # figures 5-9 (bench/figures/*.sh), beside this file
+
 MEM_TARGET_MB = 200
 
 
@@ -210,6 +212,7 @@ def main():
     w("")
 
     builder_figure(w, data, args.builder_runs)
+    report_figures.write_all(w, data, machine)
 
     notes = [detail for (metric, _), rows in data.items() if metric == "note" for _, _, detail in rows]
     if notes:

@@ -191,26 +191,82 @@ defmodule DockerRelease do
   end
 
   # A builder container sees only the project directory: a path dependency of the build's
-  # environment outside it cannot be built there.
+  # environment outside it cannot be built there. Path deps are followed into their own mix.exs
+  # (and into umbrella apps), so one declared deeper down is found too.
   defp check_path_deps!(config, project) do
     env = String.to_atom(config.env)
+    root = config.project_dir
+    apps_path = project[:apps_path] && Path.expand(project[:apps_path], root)
 
-    outside =
-      for dep <- Keyword.get(project, :deps, []),
-          {name, opts} = dep_opts(dep),
-          path = opts[:path],
-          is_nil(opts[:only]) or env in List.wrap(opts[:only]),
-          abs = Path.expand(path, config.project_dir),
-          not String.starts_with?(abs <> "/", config.project_dir <> "/"),
-          do: "#{inspect(name)} (#{path})"
+    children =
+      if apps_path && File.dir?(apps_path) do
+        for app <- File.ls!(apps_path), File.exists?(Path.join([apps_path, app, "mix.exs"])) do
+          Path.join(apps_path, app)
+        end
+      else
+        []
+      end
+
+    {outside, _seen} =
+      Enum.reduce(
+        [{project, root} | Enum.map(children, &{load_config(&1), &1})],
+        {[], MapSet.new([root | children])},
+        fn
+          {proj, dir}, acc -> walk_path_deps(proj, dir, env, root, acc)
+        end
+      )
 
     if outside != [] do
       raise Error,
         reason: :invalid_config,
         message:
           "path dependencies outside the project directory cannot be built in a builder container, " <>
-            "which sees only #{config.project_dir}: #{Enum.join(outside, ", ")}. Move them inside " <>
-            "the project, make them #{config.env}-excluded (only: :dev), or build on the host"
+            "which sees only #{root}: #{Enum.join(Enum.reverse(outside), ", ")}. Move them inside " <>
+            "the project, exclude them from #{config.env} (only: :dev), or build on the host"
+    end
+  end
+
+  defp walk_path_deps(proj, dir, env, root, acc) do
+    Enum.reduce(Keyword.get(proj, :deps, []), acc, fn dep, {outside, seen} = acc ->
+      {name, opts} = dep_opts(dep)
+      path = opts[:path]
+
+      cond do
+        is_nil(path) or opts[:in_umbrella] == true or
+            not (is_nil(opts[:only]) or env in List.wrap(opts[:only])) ->
+          acc
+
+        not String.starts_with?(Path.expand(path, dir) <> "/", root <> "/") ->
+          {[
+             "#{inspect(name)} (#{path}) in #{Path.relative_to(Path.join(dir, "mix.exs"), root)}"
+             | outside
+           ], seen}
+
+        MapSet.member?(seen, Path.expand(path, dir)) ->
+          acc
+
+        true ->
+          abs = Path.expand(path, dir)
+          walk_path_deps(load_config(abs), abs, env, root, {outside, MapSet.put(seen, abs)})
+      end
+    end)
+  end
+
+  # The project/0 of the Mix project in `dir` (without compiling it).
+  defp load_config(dir) do
+    if File.exists?(Path.join(dir, "mix.exs")) do
+      name = String.to_atom("docker_release_dep_#{:erlang.phash2(dir)}")
+      # Mix may have loaded this mix.exs already (umbrella apps, deps): reloading is harmless.
+      previous = Code.compiler_options()[:ignore_module_conflict]
+      Code.compiler_options(ignore_module_conflict: true)
+
+      try do
+        Mix.Project.in_project(name, dir, fn _ -> Mix.Project.config() end)
+      after
+        Code.compiler_options(ignore_module_conflict: previous)
+      end
+    else
+      []
     end
   end
 

@@ -11,6 +11,7 @@
 # images removed (`docker rmi -f`) before every build. Rows: fr_ms, fr_image_bytes,
 # fr_release_bytes, fr_release_files (variant RELEASE_ours / RELEASE_docker).
 set -euo pipefail
+# shellcheck source=bench/figures/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 parse_common_args "$@"
 WHICH="with_deps,synth"
@@ -33,8 +34,10 @@ measure() {
   # The docker context holds the release as rel/ (hard links when possible: no copy of 300 MB).
   mkdir -p "$ctx"
   cp -al "$rel" "$ctx/rel" 2>/dev/null || cp -a "$rel" "$ctx/rel"
+  local script entry=""
+  for script in "$rel"/bin/*; do [[ "$script" == *.bat ]] || entry=$(basename "$script"); done
   printf 'FROM %s\nCOPY rel /app\nENTRYPOINT ["/app/bin/%s"]\nCMD ["start"]\n' \
-    "$MINBASE_IMAGE" "$(basename "$(ls "$rel"/bin/* | grep -v '\.bat$' | head -n 1)")" >"$ctx/Dockerfile"
+    "$MINBASE_IMAGE" "$entry" >"$ctx/Dockerfile"
   record fr_release_bytes "$name" 1 "$(du -sb "$rel" | cut -f1)"
   record fr_release_files "$name" 1 "$(find "$rel" -type f | wc -l)"
   ours() { in_project "$project" mix docker.release --from-release "$ctx/rel" --tag "$ours_tag"; }

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # variables used by the scripts that source this
 # Shared by the figure scripts in bench/figures/ (source it; not run on its own).
 #
 # Each figure script runs alone or from bench/run, takes
@@ -68,9 +69,6 @@ in_project() {
   shift
   (cd "$dir" && env -u MIX_ENV "$@")
 }
-
-# median of the numbers on stdin
-median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) exit 1; print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 # ensure_synth: make (or reuse) the synthetic release at $SYNTH.
 ensure_synth() {

@@ -8,6 +8,7 @@
 #
 # Rows: mem_large_peak_mb (ours, baseline), mem_large_ms, mem_large_out_bytes, mem_large_input_*.
 set -euo pipefail
+# shellcheck source=bench/figures/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 parse_common_args "$@"
 [ ${#FIGURE_ARGS[@]} -eq 0 ] || die "unknown argument ${FIGURE_ARGS[0]}"

@@ -7,10 +7,13 @@
 # `Process.send_after(self(), :tick, 10)` and records, with :erlang.monotonic_time, how late
 # each tick arrives; meanwhile the same VM calls `DockerRelease.Config.new!/3` and
 # `DockerRelease.build/2` to assemble the synthetic release (bench/synthetic_release.py) into an
-# archive (`output:`), as `mix docker.release --from-release SYNTH --output X.tar` does. The
-# baseline is the same loop for 3 s with no build. Rounds alternate build and idle.
-# Rows: resp_max_ms, resp_p99_ms, resp_ticks, resp_build_ms (variants build, idle).
+# archive (`output:`), as `mix docker.release --from-release SYNTH --output X.tar` does.
+# Two baselines with the same loop: "beside", the same build run meanwhile as a separate
+# `mix docker.release` OS process (the CPU contention alone, no work in this VM), and "idle",
+# 3 s with no build. Rounds alternate build, beside, idle.
+# Rows: resp_max_ms, resp_p99_ms, resp_ticks, resp_build_ms (variants build, beside, idle).
 set -euo pipefail
+# shellcheck source=bench/figures/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 parse_common_args "$@"
 [ ${#FIGURE_ARGS[@]} -eq 0 ] || die "unknown argument ${FIGURE_ARGS[0]}"
@@ -68,6 +71,16 @@ case mode do
 
     {:ok, _} = DockerRelease.build(config, project)
 
+  "beside" ->
+    # The same build in another OS process (its own VM): what a busy machine alone does.
+    {_, 0} =
+      System.cmd(
+        "mix",
+        ~w(docker.release --from-release #{System.fetch_env!("RESP_RELEASE")} --output #{System.fetch_env!("RESP_OUTPUT")}),
+        env: [{"MIX_ENV", nil}],
+        stderr_to_stdout: true
+      )
+
   "idle" ->
     Process.sleep(3000)
 end
@@ -97,9 +110,9 @@ field() { grep -m1 '^LATENESS ' "$result" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 record load1 responsiveness 0 "$(cut -d' ' -f1 /proc/loadavg)"
 log "responsiveness: untimed round (compiles if needed)"
 timed round build >/dev/null || die "the build in mix run failed (see $LOG)"
-log "responsiveness: $RUNS rounds alternating build and idle"
+log "responsiveness: $RUNS rounds alternating build, beside and idle"
 for i in $(seq "$RUNS"); do
-  for mode in build idle; do
+  for mode in build beside idle; do
     off=$(log_size)
     timed round "$mode" >/dev/null || die "the $mode round failed on run $i (see $LOG)"
     record resp_max_ms "$mode" "$i" "$(awk "BEGIN {print $(field max_us) / 1000}")"

@@ -204,12 +204,7 @@ defmodule DockerRelease.E2E.BuilderTest do
       assert_refused_early!(run, dir, ctx.outside)
     end
 
-    # KNOWN BUG: DockerRelease.check_path_deps!/2 (lib/docker_release.ex) reads only the root
-    # project's `deps:`. An umbrella app's dependency (apps/*/mix.exs) is not checked: the
-    # builder container is created, the project uploaded, and Mix in the container fails with
-    # "Unchecked dependencies for environment prod: * outside (PATH) the dependency is not
-    # available", cache volumes left behind.
-    @tag :known_bug
+    # Path dependencies are followed into umbrella apps and into in-project path deps.
     test "in an umbrella app's deps is refused before any container is made", ctx do
       dir = example_copy!("umbrella")
 
@@ -223,9 +218,6 @@ defmodule DockerRelease.E2E.BuilderTest do
       assert_refused_early!(run, dir, ctx.outside)
     end
 
-    # KNOWN BUG: the same for a dependency of a path dependency inside the project
-    # (local_deps/beta/mix.exs here): only the root's `deps:` are checked.
-    @tag :known_bug
     test "in the deps of an in-project path dep is refused before any container is made", ctx do
       dir = example_copy!("with_deps")
       add_outside_dep!(Path.join(dir, "local_deps/beta/mix.exs"), "[{:alpha,", ctx.outside)

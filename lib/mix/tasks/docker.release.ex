@@ -88,6 +88,10 @@ defmodule Mix.Tasks.Docker.Release do
   Every option can also be set under `docker_release:` in `project/0` (see
   `DockerRelease.Config`); flags win.
 
+  Interrupting: SIGTERM ends the task with status 143; SIGINT (Ctrl-C) opens the Erlang VM's
+  BREAK menu while stdin is a terminal: press `a` to abort. However the task ends, its builder
+  containers are removed and no tag is moved.
+
   Note: this task is usually a dev-only dependency. With `MIX_ENV=prod` exported in your shell,
   Mix does not see it ("The task docker.release could not be found"): run it without `MIX_ENV`.
   """
@@ -125,6 +129,9 @@ defmodule Mix.Tasks.Docker.Release do
   @impl true
   def run(args) do
     opts = parse!(args)
+    # A cancelled CI job sends SIGTERM: end with a failure status, not the VM's clean shutdown
+    # (which would exit 0 with no image). Builder containers go away with the process.
+    {:ok, _} = System.trap_signal(:sigterm, fn -> System.halt(143) end)
     project = Mix.Project.config()
     {list_files?, opts} = Keyword.pop(opts, :list_files, false)
 
