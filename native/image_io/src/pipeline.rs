@@ -3,6 +3,7 @@
 //! The NIF decodes a [`Request`], calls [`run`] on the shared runtime and forwards [`Event`]s and
 //! the final result to the calling process.
 
+use crate::base::{self, LoadedBase};
 use crate::builder::{self, BuilderError, BuilderSpec};
 use crate::dockerfiles::{self, DockerfileFlow, FlowError, FlowOutcome};
 use crate::engine::{resolve_endpoint, DockerEngine, Endpoint, EngineError};
@@ -13,7 +14,6 @@ use image_core::build::{build, BuildError, Progress as BuildProgress};
 use image_core::fs::HostFs;
 use image_core::image::Summary;
 use image_core::layer::LayerError;
-use crate::base::{self, LoadedBase};
 use image_core::plan::{plan, release_platform, BasePlanError, PlanError, RuntimeFile, Settings};
 use image_core::reference::{Reference, ReferenceError};
 use serde::Serialize;
