@@ -1289,7 +1289,7 @@ mod tests {
         .unwrap();
         std::fs::write(p.join("Dockerfile.build"), "FROM b").unwrap();
         std::fs::write(p.join("Dockerfile"), "FROM r").unwrap();
-        std::fs::write(p.join(".dockerignore"), "secret.env\nDockerfile*\n").unwrap();
+        std::fs::write(p.join(".dockerignore"), "secret.env\nDockerfile*\n_build\n").unwrap();
         let flow = DockerfileFlow {
             project_dir: p.to_path_buf(),
             build_dockerfile: "Dockerfile.build".into(),
