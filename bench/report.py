@@ -88,6 +88,11 @@ def builder_figure(w, data, runs):
     w(f"Ratios (of the medians): ours warm / ours cold {ratio(med['ours_warm'], med['ours_cold'])}; "
       f"ours warm / Dockerfile warm {ratio(med['ours_warm'], med['df_warm'])}; "
       f"ours cold / Dockerfile cold {ratio(med['ours_cold'], med['df_cold'])}.")
+    if med["ours_warm"] and med["ours_cold"] and med["df_warm"]:
+        cold_ok = med["ours_warm"] * 3 <= med["ours_cold"]
+        df_ok = med["ours_warm"] < med["df_warm"]
+        w(f"Targets: warm rebuild at least 3x faster than cold: {'met' if cold_ok else 'missed'}; "
+          f"warm rebuild faster than the Dockerfile's warm rebuild: {'met' if df_ok else 'missed'}.")
     ours_size = median(numbers(data, "builder_image_bytes", "ours"))
     df_size = median(numbers(data, "builder_image_bytes", "df"))
     if ours_size is not None:
