@@ -30,7 +30,7 @@ defmodule DockerRelease.Native do
               registry_ca: nil,
               metadata_file: nil,
               builder: nil,
-              project_dir: nil,
+              project_dir: "",
               mix_env: "prod",
               no_cache: false,
               base: nil
