@@ -17,9 +17,13 @@ port=${PORT:-4000}
 echo "==> docker run -d -p 127.0.0.1:$port:4000 hello:latest"
 docker run -d --rm --name "$name" -p "127.0.0.1:$port:4000" hello:latest >/dev/null
 trap 'docker stop "$name" >/dev/null 2>&1 || true' EXIT
+answer=""
 for _ in $(seq 1 50); do
-  curl -fsS "http://127.0.0.1:$port/" && echo && break
+  answer=$(curl -fsS "http://127.0.0.1:$port/" 2>/dev/null) && break
   sleep 0.2
 done
+[ -n "$answer" ] || { echo "the container did not answer on port $port" >&2; docker logs "$name" >&2; exit 1; }
+echo "==> curl http://127.0.0.1:$port/"
+echo "$answer"
 echo "==> the image:"
 docker image ls hello
