@@ -53,6 +53,7 @@
 //! `base` (an `Arc<LoadedBase>`) must live until the layers are written; dropping it removes
 //! the unpacked tree (the blobs stay in the blob directory with the image's other layers).
 
+use crate::channel::ChannelReader;
 use crate::engine::DockerEngine;
 use crate::registry::{Puller, PushOptions, RegistryError};
 use bytes::Bytes;
@@ -987,10 +988,7 @@ where
 {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(16);
     let worker = tokio::task::spawn_blocking(move || {
-        let mut reader = ChannelReader {
-            rx,
-            cur: Bytes::new(),
-        };
+        let mut reader = ChannelReader::new(rx);
         // Returning drops the receiver, which stops the feeder.
         work(&mut reader)
     });
@@ -1005,27 +1003,6 @@ where
     };
     let (_, out) = tokio::join!(feed, worker);
     out.map_err(|e| io::Error::other(format!("worker thread failed: {e}")))?
-}
-
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    cur: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
-        Ok(n)
-    }
 }
 
 /// Reads through, hashing what passes.

@@ -44,6 +44,7 @@
 //! The context keeps real mtimes, so Mix in the container recompiles exactly what changed
 //! since the cached `_build`.
 
+use crate::channel::ChannelWriter;
 use crate::engine::{Body, DockerEngine};
 use crate::rootfs::{self, UnpackError};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
@@ -1152,10 +1153,7 @@ async fn upload_context(
     let root = project_dir.to_path_buf();
     let excludes = excludes.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
+        let mut out = ChannelWriter::new(tx.clone(), CHUNK);
         let res = write_context(&root, &excludes, &mut out)
             .and_then(|s| out.flush().map(|_| s).map_err(ContextError::Write));
         if let Err(e) = &res {
@@ -1182,33 +1180,6 @@ async fn upload_context(
 }
 
 const CHUNK: usize = 256 * 1024;
-
-/// A blocking writer that sends chunks into a channel.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = (CHUNK - self.buf.len()).min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the engine closed the upload"))
-    }
-}
 
 /// Run a short command and collect its output (stdout and stderr together).
 async fn run_captured(

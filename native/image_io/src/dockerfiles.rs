@@ -23,6 +23,7 @@
 //! [`Engine`]'s tag and inspect), so the flow's ordering and cleanup are tested with a fake.
 
 use crate::builder::{self, BuilderError, LABEL_OWNER, LABEL_TEMPORARY};
+use crate::channel::ChannelWriter;
 use crate::engine::{Body, DockerEngine, Engine, EngineError};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
@@ -705,10 +706,7 @@ fn context_stream(
 ) -> (Body, tokio::task::JoinHandle<Result<(), ContextError>>) {
     let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
     let writer = tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
+        let mut out = ChannelWriter::new(tx.clone(), CHUNK);
         let res = (|| {
             if let Some((name, path)) = &extra {
                 append_root_file(&mut out, name, path)?;
@@ -760,33 +758,6 @@ fn append_root_file(out: &mut impl Write, name: &str, path: &Path) -> Result<(),
 }
 
 const CHUNK: usize = 1 << 20;
-
-/// A blocking writer that sends 1 MiB chunks into a channel.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = (CHUNK - self.buf.len()).min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the engine closed the upload"))
-    }
-}
 
 /// The tarball, copied out into a temporary file (deleted on drop).
 struct Tarball {

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 pub mod base;
 pub mod builder;
+mod channel;
 pub mod credentials;
 pub mod dockerfiles;
 pub mod engine;

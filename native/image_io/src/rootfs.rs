@@ -20,6 +20,7 @@
 //! Directories get their modes at the end (so a read-only directory does not block its own
 //! entries), with the owner's `rwx` bits forced on so the tree can always be read and removed.
 
+use crate::channel::ChannelReader;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use std::io::{self, Read};
@@ -201,10 +202,7 @@ where
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let err_dest = dest.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx,
-            cur: Bytes::new(),
-        };
+        let reader = ChannelReader::new(rx);
         unpack(reader, &dest, &cancelled)
     });
     let mut stream = Box::pin(stream);
@@ -222,27 +220,6 @@ where
         dir: err_dest,
         source: io::Error::other(format!("the unpacking thread failed: {e}")),
     })?
-}
-
-/// A blocking reader over a channel of chunks; the sender's end is EOF.
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    cur: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur.split_to(n));
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

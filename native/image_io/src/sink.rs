@@ -1,5 +1,6 @@
 //! Outputs. Each takes the same [`Built`] image value: a fourth output is one more function here.
 
+use crate::channel::ChannelWriter;
 use crate::engine::{Body, Engine, EngineError};
 use bytes::Bytes;
 use image_core::archive::{write_archive, ArchiveError, BlobDir};
@@ -225,10 +226,7 @@ pub async fn engine<E: Engine>(
     let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
     let writer_built = built.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
+        let mut out = ChannelWriter::new(tx.clone(), CHUNK);
         let mut report = |n| progress(n);
         // The archive sent to the engine carries no tags: tags are set after a complete load.
         let res = write_archive(
@@ -280,31 +278,3 @@ pub async fn engine<E: Engine>(
 }
 
 const CHUNK: usize = 1 << 20;
-
-/// A blocking writer that sends 1 MiB chunks into a channel.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = CHUNK - self.buf.len();
-        let n = room.min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the engine closed the upload"))
-    }
-}
