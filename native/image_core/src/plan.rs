@@ -245,6 +245,29 @@ fn release_facts(fs: &dyn Fs, settings: &Settings) -> Result<ReleaseFacts, PlanE
     })
 }
 
+/// A directory the image gets: path, mode, owner, group, why.
+type OwnedDir = (String, u32, u32, u32, &'static str);
+
+/// The directories the release writes to, owned by the app's user (with or without a base).
+fn app_owned_dirs(uid: u32, gid: u32) -> Vec<OwnedDir> {
+    vec![
+        (
+            format!("{APP_DIR}/tmp"),
+            0o755,
+            uid,
+            gid,
+            "RELEASE_TMP, owned by the app's user",
+        ),
+        (
+            COOKIE_DIR.into(),
+            0o700,
+            uid,
+            gid,
+            "the per-container cookie, owned by the app's user",
+        ),
+    ]
+}
+
 fn runtime_layer(
     fs: &dyn Fs,
     closure: &Closure,
@@ -312,30 +335,15 @@ fn runtime_layer(
             reason: reason.into(),
         });
     }
-    let dirs: Vec<(String, u32, u32, u32, &str)> = vec![
-        (
-            "/tmp".into(),
-            0o1777,
-            0,
-            0,
-            "temporary files, writable by all",
-        ),
-        (
-            format!("{APP_DIR}/tmp"),
-            0o755,
-            uid,
-            gid,
-            "RELEASE_TMP, owned by the app's user",
-        ),
-        (
-            COOKIE_DIR.into(),
-            0o700,
-            uid,
-            gid,
-            "the per-container cookie, owned by the app's user",
-        ),
-        ("/home/app".into(), 0o700, uid, gid, "the app user's home"),
-    ];
+    let mut dirs: Vec<OwnedDir> = vec![(
+        "/tmp".into(),
+        0o1777,
+        0,
+        0,
+        "temporary files, writable by all",
+    )];
+    dirs.extend(app_owned_dirs(uid, gid));
+    dirs.push(("/home/app".into(), 0o700, uid, gid, "the app user's home"));
     for (path, mode, u, g, reason) in dirs {
         entries.push(Entry::new(path.clone(), Source::Dir, mode).owned(mode, u, g));
         files.push(RuntimeFile {
@@ -727,22 +735,7 @@ fn base_dirs_layer(
     let (uid, gid) = (s.uid, s.gid);
     let mut entries = Vec::new();
     let mut files = Vec::new();
-    let mut dirs: Vec<(String, u32, u32, u32, &str)> = vec![
-        (
-            format!("{APP_DIR}/tmp"),
-            0o755,
-            uid,
-            gid,
-            "RELEASE_TMP, owned by the app's user",
-        ),
-        (
-            COOKIE_DIR.into(),
-            0o700,
-            uid,
-            gid,
-            "the per-container cookie, owned by the app's user",
-        ),
-    ];
+    let mut dirs = app_owned_dirs(uid, gid);
     if resolve_path(base.fs, Path::new("/tmp")).is_err() {
         dirs.push((
             "/tmp".into(),
