@@ -57,8 +57,6 @@ defmodule DockerRelease.Native do
   @doc false
   def image_dockerfiles(request), do: load_and_apply(:image_dockerfiles, [request])
   @doc false
-  def image_cancel(job), do: load_and_apply(:image_cancel, [job])
-  @doc false
   def reference_parse(input), do: load_and_apply(:reference_parse, [input])
 
   defp load_and_apply(fun, args) do

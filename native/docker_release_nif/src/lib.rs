@@ -346,7 +346,6 @@ where
     });
 
     let rt = runtime();
-    let _guard = rt.enter();
     let work = rt.spawn(work(events, cancelled.clone()));
     rt.spawn(async move {
         let abort = work.abort_handle();
@@ -373,13 +372,6 @@ where
         }
     });
     (atoms::ok(), job, id)
-}
-
-/// Cancel a job (it ends with `{:error, :cancelled, _}`).
-#[rustler::nif]
-fn image_cancel(job: ResourceArc<Job>) -> Atom {
-    job.cancelled.store(true, Ordering::Relaxed);
-    atoms::ok()
 }
 
 /// Parse an image reference: `{:ok, {repository, tag}}` or `{:error, message}`.
