@@ -11,39 +11,7 @@ defmodule DockerRelease.E2E.RegistryTest do
 
   setup_all do
     dir = tmp_dir!("dr-e2e-registry")
-    port = free_port()
-    config = Path.join(dir, "config.yml")
-
-    File.write!(config, """
-    version: 0.1
-    log:
-      level: info
-      accesslog:
-        disabled: false
-    storage:
-      filesystem:
-        rootdirectory: #{dir}/data
-    http:
-      addr: 127.0.0.1:#{port}
-    """)
-
-    log = Path.join(dir, "registry.log")
-
-    registry =
-      System.find_executable("docker-registry") || flunk("docker-registry is not installed")
-
-    port_ref =
-      Port.open({:spawn_executable, "/bin/sh"}, [
-        :binary,
-        args: ["-c", "exec #{registry} serve #{config} >#{log} 2>&1"]
-      ])
-
-    {:os_pid, os_pid} = Port.info(port_ref, :os_pid)
-    on_exit(fn -> System.cmd("kill", ["#{os_pid}"]) end)
-
-    wait_until("the registry answers", 20_000, fn ->
-      match?({:ok, 200, _}, http_get(port, "/v2/"))
-    end)
+    %{port: port, log: log} = start_registry!(dir)
 
     project = example_copy!("with_deps", "dr-e2e-registry")
     repo = "127.0.0.1:#{port}/team/with_deps"

@@ -294,6 +294,109 @@ defmodule DockerRelease.E2E do
     end
   end
 
+  @doc """
+  Starts Debian's `docker-registry` on a free 127.0.0.1 port, storing under `dir`, with its
+  access log in `dir/registry.log`; stops it on exit. Retries on another port when the one
+  picked was taken in the meantime; any other early exit fails with the registry's own output.
+  Returns `%{port: port, log: path}`.
+  """
+  def start_registry!(dir, attempts \\ 3) do
+    registry =
+      System.find_executable("docker-registry") ||
+        flunk("docker-registry is not installed (apt-get install docker-registry)")
+
+    port = free_port()
+    config = Path.join(dir, "registry.yml")
+    log = Path.join(dir, "registry.log")
+
+    File.write!(config, """
+    version: 0.1
+    log:
+      level: info
+      accesslog:
+        disabled: false
+    storage:
+      filesystem:
+        rootdirectory: #{dir}/data
+    http:
+      addr: 127.0.0.1:#{port}
+    """)
+
+    File.rm(log)
+
+    port_ref =
+      Port.open({:spawn_executable, registry}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        args: ["serve", config]
+      ])
+
+    case await_registry(port_ref, port, log, System.monotonic_time(:millisecond) + 20_000) do
+      {:ok, os_pid} ->
+        ExUnit.Callbacks.on_exit(fn -> System.cmd("kill", ["#{os_pid}"]) end)
+        %{port: port, log: log}
+
+      {:exited, status} ->
+        output = File.read!(log)
+
+        if attempts > 1 and output =~ "address already in use",
+          do: start_registry!(dir, attempts - 1),
+          else: flunk("docker-registry exited with status #{status} before answering:\n#{output}")
+    end
+  end
+
+  # The registry's output goes to `log` (a file, so the access log can be read while it runs).
+  defp await_registry(port_ref, port, log, deadline) do
+    receive do
+      {^port_ref, {:data, data}} ->
+        File.write!(log, data, [:append])
+        await_registry(port_ref, port, log, deadline)
+
+      {^port_ref, {:exit_status, status}} ->
+        {:exited, status}
+    after
+      100 ->
+        cond do
+          match?({:ok, 200, _}, http_get(port, "/v2/")) ->
+            {:os_pid, os_pid} = Port.info(port_ref, :os_pid)
+            keep_logging(port_ref, log)
+            {:ok, os_pid}
+
+          System.monotonic_time(:millisecond) > deadline ->
+            flunk("docker-registry did not answer on 127.0.0.1:#{port} within 20 s")
+
+          true ->
+            await_registry(port_ref, port, log, deadline)
+        end
+    end
+  end
+
+  # Hands the port to a process that appends everything the registry prints to `log`.
+  defp keep_logging(port_ref, log) do
+    pid =
+      spawn(fn ->
+        receive do
+          :go -> log_loop(port_ref, log)
+        end
+      end)
+
+    Port.connect(port_ref, pid)
+    Process.unlink(port_ref)
+    send(pid, :go)
+  end
+
+  defp log_loop(port_ref, log) do
+    receive do
+      {^port_ref, {:data, data}} ->
+        File.write!(log, data, [:append])
+        log_loop(port_ref, log)
+
+      {^port_ref, {:exit_status, _}} ->
+        :ok
+    end
+  end
+
   @doc "Polls until GET `path` on `port` answers 200; returns the body."
   def wait_http!(port, path \\ "/", timeout_ms \\ 30_000) do
     wait_until("HTTP 200 on 127.0.0.1:#{port}#{path}", timeout_ms, fn ->
