@@ -145,7 +145,7 @@ defmodule DockerRelease do
     File.rm_rf(request.work_dir)
   end
 
-  # Each run gets its own scratch directory (layer blobs, a builder's unpacked filesystem), so
+  # Each run gets its own scratch directory (layer blobs), so
   # two runs in one project never touch each other's files. Directories of runs whose OS
   # process is gone (killed) are removed first.
   defp scratch_dir!(base_dir, release_name) do

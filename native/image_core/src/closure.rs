@@ -655,6 +655,10 @@ impl<'a> Resolver<'a> {
             Flavor::Glibc { interp } => interp.clone(),
             Flavor::Musl { interp, .. } => Some(interp.clone()),
         };
+        // A missing object does not stop the walk: the rest is still explored (so one pass over
+        // a lazily fetched filesystem asks for everything it can reach), and the first problem
+        // is returned at the end.
+        let mut first_err: Option<ClosureError> = None;
         let mut interp_idx = None;
         if let Some(ip) = interp {
             match resolve_path(self.fs, &ip) {
@@ -681,7 +685,7 @@ impl<'a> Resolver<'a> {
                     }
                 }
                 Err(_) if objs[0].info.interpreter.is_some() || musl => {
-                    return Err(ClosureError::MissingInterpreter {
+                    first_err.get_or_insert(ClosureError::MissingInterpreter {
                         interpreter: ip,
                         needed_by: elf.to_path_buf(),
                     });
@@ -699,7 +703,7 @@ impl<'a> Resolver<'a> {
                 }
                 if musl && musl_reserved(&name) {
                     if interp_idx.is_none() {
-                        return Err(ClosureError::NotFound {
+                        first_err.get_or_insert(ClosureError::NotFound {
                             soname: name,
                             needed_by: objs[i].loaded.path.clone(),
                             searched: vec![],
@@ -717,11 +721,12 @@ impl<'a> Resolver<'a> {
                     match hit {
                         Some(c) => (p, c, How::Path),
                         None => {
-                            return Err(ClosureError::NotFound {
+                            first_err.get_or_insert(ClosureError::NotFound {
                                 soname: name,
                                 needed_by: objs[i].loaded.path.clone(),
                                 searched: vec![p],
-                            })
+                            });
+                            continue;
                         }
                     }
                 } else {
@@ -729,11 +734,12 @@ impl<'a> Resolver<'a> {
                     match self.search(&name, &dirs, &header) {
                         Some(f) => f,
                         None => {
-                            return Err(ClosureError::NotFound {
+                            first_err.get_or_insert(ClosureError::NotFound {
                                 soname: name,
                                 needed_by: objs[i].loaded.path.clone(),
                                 searched: dirs.into_iter().map(|(d, _)| d).collect(),
-                            })
+                            });
+                            continue;
                         }
                     }
                 };
@@ -761,7 +767,10 @@ impl<'a> Resolver<'a> {
             }
             i += 1;
         }
-        Ok(objs)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(objs),
+        }
     }
 }
 

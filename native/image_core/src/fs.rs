@@ -62,6 +62,11 @@ pub trait Fs: Send + Sync {
     fn exists(&self, path: &Path) -> bool {
         self.lstat(path).is_ok()
     }
+
+    /// Says that `path` is about to be resolved component by component. A filesystem that
+    /// fetches lazily (a builder container's) fetches the whole path, its symlink targets and
+    /// their ancestors in one go; others ignore it. Never changes an answer.
+    fn hint(&self, _path: &Path) {}
 }
 
 /// The host's filesystem seen from a root directory: `/x` is read at `root/x`.
@@ -144,6 +149,7 @@ pub fn resolve_path(fs: &dyn Fs, path: &Path) -> io::Result<(PathBuf, Vec<(PathB
             format!("{} is not an absolute path", path.display()),
         ));
     }
+    fs.hint(path);
     // Components still to walk, last one first (so `pop` yields the next).
     let mut pending: Vec<OsString> = Vec::new();
     let push_components = |pending: &mut Vec<OsString>, p: &Path| {

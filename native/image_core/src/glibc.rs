@@ -77,6 +77,9 @@ impl Fs for ReleaseOnBase<'_> {
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
         self.route(path).open(path)
     }
+    fn hint(&self, path: &Path) {
+        self.route(path).hint(path)
+    }
 }
 
 /// One version an ELF file needs from a library (an entry of `.gnu.version_r`).

@@ -134,28 +134,55 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
 
     // Runtime files: the closure of every ELF file in the release, the shell and its tools,
     // the UTF-8 locale, the CA bundle and whatever the user added.
+    // Every root is tried even after one fails (so one pass over a lazily fetched filesystem
+    // asks for everything it can reach); the first problem is returned.
+    let mut first_err: Option<PlanError> = None;
+    let mut keep = |r: Result<(), PlanError>| {
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    };
     let mut resolver = Resolver::new(fs, vec![rel.clone()]);
     for f in elf::find_elf_files(fs, rel).map_err(read_err(rel))? {
-        resolver.add(&f, "release ELF file")?;
+        keep(resolver.add(&f, "release ELF file").map_err(Into::into));
     }
-    resolver.add(Path::new("/bin/sh"), "shell for the release scripts")?;
+    keep(
+        resolver
+            .add(Path::new("/bin/sh"), "shell for the release scripts")
+            .map_err(Into::into),
+    );
     for tool in SHELL_TOOLS {
         let found = PATH
             .split(':')
             .map(|d| Path::new(d).join(tool))
             .find(|p| fs.exists(p))
-            .ok_or_else(|| PlanError::MissingTool(tool.to_string()))?;
-        resolver.add(&found, "called by the release scripts")?;
+            .ok_or_else(|| PlanError::MissingTool(tool.to_string()));
+        keep(found.and_then(|f| {
+            resolver
+                .add(&f, "called by the release scripts")
+                .map_err(Into::into)
+        }));
     }
     let has_locale = fs.exists(Path::new(UTF8_LOCALE));
     if has_locale {
-        resolver.add(Path::new(UTF8_LOCALE), "UTF-8 locale (utf8 file names)")?;
+        keep(
+            resolver
+                .add(Path::new(UTF8_LOCALE), "UTF-8 locale (utf8 file names)")
+                .map_err(Into::into),
+        );
     }
     if fs.exists(Path::new(CA_BUNDLE)) {
-        resolver.add(Path::new(CA_BUNDLE), "CA certificates for TLS clients")?;
+        keep(
+            resolver
+                .add(Path::new(CA_BUNDLE), "CA certificates for TLS clients")
+                .map_err(Into::into),
+        );
     }
     for extra in &settings.extra_files {
-        resolver.add(extra, "extra_files")?;
+        keep(resolver.add(extra, "extra_files").map_err(Into::into));
+    }
+    if let Some(e) = first_err {
+        return Err(e);
     }
     let closure = resolver.finish();
 

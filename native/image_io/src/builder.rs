@@ -2,9 +2,12 @@
 //!
 //! `mix docker.release --builder IMAGE` must build the release where its runtime files come
 //! from, so the libraries in the image match the ERTS that was compiled against them.
-//! [`build_release`] runs the whole container lifecycle and hands back the container's
-//! filesystem as a local directory; `image_core::plan` then reads it through
-//! `HostFs::new(&built.rootfs)` with `release_dir` [`RELEASE_DIR`].
+//! [`build_release`] runs the container lifecycle up to a built release and hands back a
+//! [`BuiltRelease`]: the container, still running, and its filesystem as a
+//! [`ContainerFs`] (the release read whole, every other file fetched on demand, into
+//! memory); `image_core::plan` reads it with `release_dir` [`RELEASE_DIR`], calling
+//! [`BuiltRelease::fetch_wants`] between runs until a run wants nothing, then
+//! [`BuiltRelease::finish`] removes the container.
 //!
 //! # Lifecycle
 //!
@@ -20,12 +23,16 @@
 //! 5. Upload the project ([`image_core::context::write_context`], streamed) to [`SRC_DIR`].
 //! 6. One exec runs, under `flock` on the cache, `mix deps.get --only ENV` then
 //!    `mix release NAME --overwrite --path /release`; output is streamed line by line.
-//! 7. Read the builder's OTP release with `erl`.
-//! 8. Export the container's filesystem and unpack it locally ([`crate::rootfs`]; documentation
-//!    and package databases are left out). The release is in `/release`, on the container's own
-//!    filesystem: exports do not include volumes.
-//! 9. Remove the container — on success, failure and cancellation; if this future is dropped
-//!    instead, a removal is started in the background and the closed stdin does the rest.
+//! 7. The builder's OTP release: the same exec prints the name of the `releases/N` directory
+//!    of the `erl` it used (no VM is started); `erl -eval` is the fallback.
+//! 8. The release (`/release`, on the container's own filesystem) comes out whole, as the
+//!    first fetch of [`crate::container_fs`] (one exec of `tar`).
+//! 9. The caller plans the image over [`BuiltRelease::fs`]; what the plan needs from the rest
+//!    of the builder's filesystem is fetched in batches by [`BuiltRelease::fetch_wants`] (one
+//!    exec of `tar` per batch, see [`crate::container_fs`]).
+//! 10. The container is removed: by [`BuiltRelease::finish`], on failure and cancellation; if a
+//!     future or the [`BuiltRelease`] is dropped instead, a removal is started in the
+//!     background, and the closed stdin does the rest.
 //!
 //! [`sweep_leftovers`] removes labelled containers whose owner process is gone (for engines or
 //! paths where step 4 could not act, e.g. a container created but never started).
@@ -45,8 +52,8 @@
 //! since the cached `_build`.
 
 use crate::channel::ChannelWriter;
+use crate::container_fs::{ContainerFs, Want, FETCH_SCRIPT};
 use crate::engine::{Body, DockerEngine};
-use crate::rootfs::{self, UnpackError};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -56,6 +63,7 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use image_core::context::{write_context, ContextError, ContextStats, Excludes};
+use image_core::fs::Fs as _;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -81,7 +89,7 @@ pub const LABEL_CACHE_MIX_ENV: &str = "docker_release.cache.mix_env";
 pub const LABEL_CACHE_IMAGE: &str = "docker_release.cache.image";
 /// Where the project is uploaded in the container.
 pub const SRC_DIR: &str = "/src";
-/// Where the release is assembled in the container (outside the volumes, so exports hold it).
+/// Where the release is assembled in the container (outside the volumes).
 pub const RELEASE_DIR: &str = "/release";
 /// The lock that serialises builds sharing a cache.
 pub const LOCK_FILE: &str = "/src/_build/.docker_release.lock";
@@ -111,23 +119,118 @@ pub struct BuilderSpec {
     pub cache: bool,
     /// What to leave out of the upload (usually `Excludes::for_project(&project_dir)`).
     pub excludes: Excludes,
-    /// Where to unpack the container's filesystem (a temporary directory is made inside);
-    /// `None` for the system's temporary directory.
-    pub work_dir: Option<PathBuf>,
 }
 
-/// A release built in a builder container.
-#[derive(Debug)]
-pub struct BuiltRelease {
-    /// The builder container's filesystem, unpacked (removed when dropped). Read it with
-    /// `HostFs::new(rootfs.path())`.
-    pub rootfs: tempfile::TempDir,
-    /// The release, as a path inside `rootfs` ([`RELEASE_DIR`]).
+/// A release built in a builder container that is still running.
+pub struct BuiltRelease<'a, E: ContainerEngine> {
+    /// The builder's filesystem: the release, and whatever [`BuiltRelease::fetch_wants`]
+    /// has fetched since.
+    pub fs: Arc<ContainerFs>,
+    /// The release, as a path in `fs` ([`RELEASE_DIR`]).
     pub release_dir: PathBuf,
     /// The builder's OTP release, e.g. `25`.
     pub otp_release: String,
     /// What was uploaded.
     pub context: ContextStats,
+    /// Fetch rounds so far.
+    pub rounds: usize,
+    live: Option<Live<'a, E>>,
+}
+
+/// The running container of a [`BuiltRelease`]; removed in the background if dropped.
+struct Live<'a, E: ContainerEngine> {
+    engine: &'a E,
+    id: String,
+    _hold: StdinHold,
+}
+
+impl<E: ContainerEngine> Drop for Live<'_, E> {
+    fn drop(&mut self) {
+        // `finish` empties the ID before it removes the container itself.
+        if !self.id.is_empty() {
+            self.engine
+                .remove_container_detached(std::mem::take(&mut self.id));
+        }
+    }
+}
+
+impl<E: ContainerEngine> std::fmt::Debug for BuiltRelease<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltRelease")
+            .field("release_dir", &self.release_dir)
+            .field("otp_release", &self.otp_release)
+            .field("container", &self.live.as_ref().map(|l| &l.id))
+            .finish()
+    }
+}
+
+impl<E: ContainerEngine> BuiltRelease<'_, E> {
+    /// The builder container's ID, until [`BuiltRelease::finish`].
+    pub fn container_id(&self) -> Option<&str> {
+        self.live.as_ref().map(|l| l.id.as_str())
+    }
+
+    /// Fetch what [`BuiltRelease::fs`] was asked for and did not have, in one exec of
+    /// [`FETCH_SCRIPT`]. Returns how many wants were fetched (0: nothing was wanted, so the
+    /// last run over `fs` saw only real answers).
+    pub async fn fetch_wants(&mut self) -> Result<usize, BuilderError> {
+        let wants = self.fs.take_wants();
+        if wants.is_empty() {
+            return Ok(0);
+        }
+        let live = self.live.as_ref().ok_or_else(|| {
+            BuilderError::Builder("the builder container is already removed".into())
+        })?;
+        let mut cmd = vec![
+            "sh".to_string(),
+            "-c".into(),
+            FETCH_SCRIPT.into(),
+            "sh".into(),
+        ];
+        cmd.extend(wants.iter().map(Want::arg));
+        let spec = ExecSpec {
+            cmd,
+            env: vec![],
+            user: Some("0:0".into()),
+            working_dir: "/".into(),
+        };
+        let (exec_id, mut output) = live.engine.exec(&live.id, &spec).await?;
+        let (mut tar, mut err) = (Vec::new(), Vec::new());
+        while let Some(chunk) = output.next().await {
+            match chunk? {
+                Output::Stdout(b) => tar.extend_from_slice(&b),
+                Output::Stderr(b) => err.extend_from_slice(&b),
+            }
+        }
+        let status = wait_status(live.engine, &exec_id).await?;
+        // tar exits 1 or 2 when some of the paths do not exist: those are recorded as absent.
+        if status > 2 || (status != 0 && tar.is_empty()) {
+            return Err(BuilderError::Builder(format!(
+                "reading files from the builder with `sh` and `tar` failed with exit status {status} (the builder image needs a POSIX sh, readlink and GNU or BusyBox tar): {}",
+                String::from_utf8_lossy(&err).trim()
+            )));
+        }
+        self.fs
+            .absorb(&wants, &tar)
+            .map_err(|e| BuilderError::Builder(format!("reading files from the builder: {e}")))?;
+        self.rounds += 1;
+        Ok(wants.len())
+    }
+
+    /// Remove the container and wait until it is gone. Returns a warning line when it could
+    /// not be removed (the release is built: what is left behind is said, not failed for).
+    pub async fn finish(&mut self) -> Option<String> {
+        let mut live = self.live.take()?;
+        let id = std::mem::take(&mut live.id);
+        let engine = live.engine;
+        drop(live);
+        match engine.remove_container(&id).await {
+            Ok(()) => None,
+            Err(e) => Some(format!(
+                "warning: the builder container {id} could not be removed ({e}); remove it with `docker rm -f {id}`"
+            )),
+        }
+    }
 }
 
 /// Why a build in a builder container failed.
@@ -172,7 +275,7 @@ pub enum BuilderError {
     /// Something in the builder container did not behave (e.g. `erl` is missing).
     #[error("{0}")]
     Builder(String),
-    /// Local files could not be written (the exported filesystem).
+    /// Local files could not be written (the release read from the builder).
     #[error("{what}: {source}")]
     Io {
         /// What was being done.
@@ -279,12 +382,12 @@ pub type TarStream = Pin<Box<dyn Stream<Item = Result<Bytes, BuilderError>> + Se
 
 /// An open attach connection to a container's stdin: the container lives while it is held.
 /// Dropping it closes the connection.
-pub struct StdinHold(#[allow(dead_code)] Box<dyn std::any::Any + Send>);
+pub struct StdinHold(#[allow(dead_code)] std::sync::Mutex<Box<dyn std::any::Any + Send>>);
 
 impl StdinHold {
     /// Wrap whatever keeps the connection open.
     pub fn new(conn: impl std::any::Any + Send) -> StdinHold {
-        StdinHold(Box::new(conn))
+        StdinHold(std::sync::Mutex::new(Box::new(conn)))
     }
 }
 
@@ -346,8 +449,6 @@ pub trait ContainerEngine: Send + Sync {
         &self,
         exec_id: &str,
     ) -> impl Future<Output = Result<Option<i64>, BuilderError>> + Send;
-    /// The container's filesystem as a tar stream (`GET …/export`).
-    fn export(&self, id: &str) -> TarStream;
     /// Remove the container (forced, with anonymous volumes) and wait until it is gone. A
     /// container that is already gone is not an error.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), BuilderError>> + Send;
@@ -529,12 +630,6 @@ impl ContainerEngine for DockerEngine {
             return Ok(None);
         }
         Ok(i.exit_code)
-    }
-
-    fn export(&self, id: &str) -> TarStream {
-        Box::pin(self.docker.export_container(id).map(|r| {
-            r.map_err(|e| engine_err("exporting the builder's filesystem", message_of(e)))
-        }))
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), BuilderError> {
@@ -733,9 +828,13 @@ else
   echo "$2 noflock"
 fi
 echo "$2 deps.get"
-mix deps.get --only "$MIX_ENV"
-echo "$2 release"
-mix release "$1" --overwrite --path /release
+mix do deps.get --only "$MIX_ENV" + cmd echo "$2 release" + release "$1" --overwrite --path /release
+e=$(command -v erl 2>/dev/null) && e=$(readlink -f "$e" 2>/dev/null) || e=
+if [ -n "$e" ]; then
+  for v in "${e%/bin/erl}"/releases/*/OTP_VERSION; do
+    if [ -f "$v" ]; then v=${v%/OTP_VERSION}; echo "$2 otp ${v##*/}"; break; fi
+  done
+fi
 "#;
 
 const OTP_EVAL: &str = "io:put_chars(erlang:system_info(otp_release)), halt().";
@@ -760,8 +859,9 @@ async fn until_cancelled(flag: &AtomicBool) {
     }
 }
 
-/// Build the release of `spec.project_dir` in a container of `spec.image` and return the
-/// container's filesystem (see the module docs for the lifecycle).
+/// Build the release of `spec.project_dir` in a container of `spec.image` and return it with
+/// the container still running, its filesystem readable through [`BuiltRelease::fs`] (see the
+/// module docs for the lifecycle).
 ///
 /// `on_step` gets one human-readable line per step (including `warning: …` lines);
 /// `on_line` gets `(step, line)` for every line of build output, with step `deps.get` or
@@ -769,7 +869,7 @@ async fn until_cancelled(flag: &AtomicBool) {
 /// removed and [`BuilderError::Cancelled`] is returned.
 ///
 /// ```no_run
-/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn f(settings: &image_core::plan::Settings) -> Result<(), Box<dyn std::error::Error>> {
 /// use image_io::builder::{build_release, BuilderSpec};
 /// use image_io::engine::{resolve_endpoint, DockerEngine};
 /// use std::sync::{atomic::AtomicBool, Arc};
@@ -782,9 +882,8 @@ async fn until_cancelled(flag: &AtomicBool) {
 ///     mix_env: "prod".into(),
 ///     release_name: "hello".into(),
 ///     cache: true,
-///     work_dir: None,
 /// };
-/// let built = build_release(
+/// let mut built = build_release(
 ///     &engine,
 ///     &spec,
 ///     Arc::new(|step: &str| println!("==> {step}")),
@@ -792,16 +891,26 @@ async fn until_cancelled(flag: &AtomicBool) {
 ///     Arc::new(AtomicBool::new(false)),
 /// )
 /// .await?;
-/// let fs = image_core::fs::HostFs::new(built.rootfs.path());
-/// # let _ = fs; Ok(()) }
+/// let settings = image_core::plan::Settings {
+///     release_dir: built.release_dir.clone(),
+///     ..settings.clone()
+/// };
+/// let plan = loop {
+///     let plan = image_core::plan::plan(&*built.fs, &settings);
+///     if built.fetch_wants().await? == 0 {
+///         break plan?;
+///     }
+/// };
+/// built.finish().await;
+/// # let _ = plan; Ok(()) }
 /// ```
-pub async fn build_release(
-    engine: &impl ContainerEngine,
+pub async fn build_release<'a, E: ContainerEngine>(
+    engine: &'a E,
     spec: &BuilderSpec,
     on_step: OnStep,
     on_line: OnLine,
     cancelled: Arc<AtomicBool>,
-) -> Result<BuiltRelease, BuilderError> {
+) -> Result<BuiltRelease<'a, E>, BuilderError> {
     if !valid_name(&spec.release_name) {
         return Err(BuilderError::InvalidSpec(format!(
             "invalid release name: a release name must start with a lowercase letter or _ and contain only lowercase letters, digits and _, got: {:?}",
@@ -876,31 +985,72 @@ pub async fn build_release(
         engine,
         id: Some(id.clone()),
     };
-    let run = in_container(
-        engine,
-        &id,
-        spec,
-        &image,
-        &project_dir,
-        &on_step,
-        &on_line,
-        &cancelled,
-    );
+    let run = in_container(engine, &id, spec, &image, &project_dir, &on_step, &on_line);
     let result = tokio::select! {
         r = run => r,
         _ = until_cancelled(&cancelled) => Err(BuilderError::Cancelled),
     };
-    // The held stdin connection is closed by now, so the container is already stopping; the
-    // explicit removal makes sure it is gone before we return.
-    let removed = engine.remove_container(&id).await;
-    guard.id = None;
-    if let Err(e) = removed {
-        // The release is built: say what is left behind rather than fail the build for it.
-        on_step(&format!(
-            "warning: the builder container {id} could not be removed ({e}); remove it with `docker rm -f {id}`"
-        ));
+    match result {
+        Ok((parts, hold)) => {
+            guard.id = None;
+            let mut built = BuiltRelease {
+                fs: Arc::new(ContainerFs::new()),
+                release_dir: PathBuf::from(RELEASE_DIR),
+                otp_release: parts.otp_release,
+                context: parts.context,
+                rounds: 0,
+                live: Some(Live {
+                    engine,
+                    id,
+                    _hold: hold,
+                }),
+            };
+            // From here on, dropping `built` removes the container.
+            on_step("reading the release from the builder");
+            built
+                .fs
+                .want_tree(Path::new(RELEASE_DIR))
+                .map_err(|e| BuilderError::Builder(e.to_string()))?;
+            let read = async {
+                built.fetch_wants().await?;
+                match built.fs.lstat(Path::new(RELEASE_DIR)) {
+                    Ok(m) if m.kind == image_core::fs::Kind::Dir => Ok(()),
+                    _ => Err(BuilderError::Builder(format!(
+                        "`mix release` succeeded but {RELEASE_DIR} is not in the builder container"
+                    ))),
+                }
+            };
+            let read = tokio::select! {
+                r = read => r,
+                _ = until_cancelled(&cancelled) => Err(BuilderError::Cancelled),
+            };
+            match read {
+                Ok(()) => Ok(built),
+                Err(e) => {
+                    built.finish().await;
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => {
+            // The held stdin connection is closed by now, so the container is already
+            // stopping; the explicit removal makes sure it is gone before we return.
+            let removed = engine.remove_container(&id).await;
+            guard.id = None;
+            if let Err(r) = removed {
+                on_step(&format!(
+                    "warning: the builder container {id} could not be removed ({r}); remove it with `docker rm -f {id}`"
+                ));
+            }
+            Err(e)
+        }
     }
-    result
+}
+
+/// What [`in_container`] hands back besides the held stdin.
+struct Parts {
+    otp_release: String,
+    context: ContextStats,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -912,10 +1062,9 @@ async fn in_container(
     project_dir: &Path,
     on_step: &OnStep,
     on_line: &OnLine,
-    cancelled: &Arc<AtomicBool>,
-) -> Result<BuiltRelease, BuilderError> {
+) -> Result<(Parts, StdinHold), BuilderError> {
     // Attach first, like `docker run -i`: from here on the container dies with us.
-    let _hold = engine.attach_stdin(id).await?;
+    let hold = engine.attach_stdin(id).await?;
     engine.start_container(id).await?;
 
     on_step(&format!(
@@ -957,8 +1106,26 @@ async fn in_container(
         }
     }
 
-    run_build(engine, id, spec, &env, on_step, on_line).await?;
+    let otp = run_build(engine, id, spec, &env, on_step, on_line).await?;
+    let otp_release = match otp {
+        Some(otp) => otp,
+        None => otp_with_erl(engine, id, env).await?,
+    };
+    Ok((
+        Parts {
+            otp_release,
+            context,
+        },
+        hold,
+    ))
+}
 
+/// The builder's OTP release from `erl` itself (when the build could not name it).
+async fn otp_with_erl(
+    engine: &impl ContainerEngine,
+    id: &str,
+    env: Vec<String>,
+) -> Result<String, BuilderError> {
     let otp = ExecSpec {
         cmd: vec![
             "erl".into(),
@@ -978,19 +1145,12 @@ async fn in_container(
             out.trim()
         )));
     }
-
-    on_step("exporting the builder's filesystem");
-    let rootfs = export_rootfs(engine, id, spec.work_dir.as_deref(), cancelled).await?;
-    Ok(BuiltRelease {
-        rootfs,
-        release_dir: PathBuf::from(RELEASE_DIR),
-        otp_release,
-        context,
-    })
+    Ok(otp_release)
 }
 
 /// The build exec: `mix deps.get` then `mix release` under the cache lock, output streamed to
-/// `on_line` line by line, step markers turned into `on_step` lines.
+/// `on_line` line by line, step markers turned into `on_step` lines. Returns the OTP release
+/// of the `erl` in the builder's `PATH` when the script could name it.
 async fn run_build(
     engine: &impl ContainerEngine,
     id: &str,
@@ -998,7 +1158,7 @@ async fn run_build(
     env: &[String],
     on_step: &OnStep,
     on_line: &OnLine,
-) -> Result<(), BuilderError> {
+) -> Result<Option<String>, BuilderError> {
     let marker = format!("@@docker_release-{}@@", nonce(id));
     let build = ExecSpec {
         cmd: vec![
@@ -1027,8 +1187,15 @@ async fn run_build(
     let mut lines = Lines::new(marker);
     let mut step: Option<&str> = None;
     let mut last: VecDeque<String> = VecDeque::with_capacity(LAST_LINES);
-    let handle = |line: Line, step: &mut Option<&'static str>, last: &mut VecDeque<String>| {
+    let mut otp: Option<String> = None;
+    let mut handle = |line: Line, step: &mut Option<&'static str>, last: &mut VecDeque<String>| {
         match line {
+            Line::Marker(m) if m.starts_with("otp ") => {
+                let v = m["otp ".len()..].trim();
+                if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+                    otp = Some(v.to_string());
+                }
+            }
             Line::Marker(m) => match m.as_str() {
                 "wait" => on_step(&format!(
                     "waiting for another build that uses the same cache (lock {LOCK_FILE})"
@@ -1088,45 +1255,7 @@ async fn run_build(
             last_lines: last.into_iter().collect(),
         });
     }
-    Ok(())
-}
-
-/// Export the container's filesystem into a new temporary directory in `work_dir`.
-async fn export_rootfs(
-    engine: &impl ContainerEngine,
-    id: &str,
-    work_dir: Option<&Path>,
-    cancelled: &Arc<AtomicBool>,
-) -> Result<tempfile::TempDir, BuilderError> {
-    let parent = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
-    std::fs::create_dir_all(&parent).map_err(|source| BuilderError::Io {
-        what: format!("cannot create {}", parent.display()),
-        source,
-    })?;
-    let rootfs = tempfile::Builder::new()
-        .prefix("docker_release-rootfs-")
-        .tempdir_in(&parent)
-        .map_err(|source| BuilderError::Io {
-            what: format!(
-                "cannot create a temporary directory in {}",
-                parent.display()
-            ),
-            source,
-        })?;
-    rootfs::unpack_stream(
-        engine.export(id),
-        rootfs.path().to_path_buf(),
-        cancelled.clone(),
-    )
-    .await
-    .map_err(|e| match e {
-        UnpackError::Cancelled => BuilderError::Cancelled,
-        UnpackError::Io { dir, source } => BuilderError::Io {
-            what: format!("unpacking the builder's filesystem into {}", dir.display()),
-            source,
-        },
-    })?;
-    Ok(rootfs)
+    Ok(otp)
 }
 
 /// A per-build marker that no program output will contain by accident.
@@ -1198,13 +1327,18 @@ async fn run_captured(
     Ok((status, String::from_utf8_lossy(&out).into_owned()))
 }
 
-/// The exit status of an exec whose output has ended (the engine may need a moment).
+/// The exit status of an exec whose output has ended (the engine may need a moment: asked
+/// again after 2, 4, 8, … ms, up to 100 ms apart, for about 5 s).
 async fn wait_status(engine: &impl ContainerEngine, exec_id: &str) -> Result<i64, BuilderError> {
-    for _ in 0..50 {
+    let mut pause = Duration::from_millis(2);
+    let mut waited = Duration::ZERO;
+    while waited < Duration::from_secs(5) {
         if let Some(s) = engine.exec_status(exec_id).await? {
             return Ok(s);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        waited += pause;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
     Err(BuilderError::Builder(format!(
         "the engine reports exec {exec_id} as still running after its output ended"

@@ -4,10 +4,10 @@
 pub mod base;
 pub mod builder;
 mod channel;
+pub mod container_fs;
 pub mod credentials;
 pub mod dockerfiles;
 pub mod engine;
 pub mod pipeline;
 pub mod registry;
-pub mod rootfs;
 pub mod sink;

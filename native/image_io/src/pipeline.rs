@@ -11,9 +11,10 @@ use crate::registry::{self, PushOptions, PushOutcome, RegistryError};
 use crate::sink::{self, Built, SinkError};
 use image_core::archive::BlobDir;
 use image_core::build::{build, BuildError, Progress as BuildProgress};
-use image_core::fs::HostFs;
+use image_core::fs::{Fs, HostFs};
 use image_core::image::Summary;
 use image_core::layer::LayerError;
+use image_core::layer::Source as EntrySource;
 use image_core::plan::{plan, release_platform, BasePlanError, PlanError, RuntimeFile, Settings};
 use image_core::reference::{Reference, ReferenceError};
 use serde::Serialize;
@@ -263,8 +264,8 @@ pub async fn run(
 
     // The release and the filesystem its runtime files are read from.
     let mut settings = req.settings.clone();
-    let (fs_root, _built_release) = match &req.source {
-        Source::Host => (PathBuf::from("/"), None),
+    let mut built_release = match &req.source {
+        Source::Host => None,
         Source::Builder {
             image,
             project_dir,
@@ -289,7 +290,6 @@ pub async fn run(
                 release_name: settings.release_name.clone(),
                 cache: *cache,
                 excludes,
-                work_dir: Some(req.work_dir.clone()),
             };
             let on_step: builder::OnStep = {
                 let events = events.clone();
@@ -311,8 +311,12 @@ pub async fn run(
                 built.otp_release
             )));
             settings.release_dir = built.release_dir.clone();
-            (built.rootfs.path().to_path_buf(), Some(built))
+            Some(built)
         }
+    };
+    let fs: Arc<dyn Fs> = match &built_release {
+        Some(b) => b.fs.clone(),
+        None => Arc::new(HostFs::new("/")),
     };
 
     let blobs = BlobDir {
@@ -329,7 +333,7 @@ pub async fn run(
                 }
                 _ => None,
             };
-            let platform = release_platform(&HostFs::new(&fs_root), &settings).ok();
+            let platform = release_platform(&*fs, &settings).ok();
             let registry = req.outputs.push.clone().unwrap_or_default();
             let loaded = base::load_base(
                 reference,
@@ -354,23 +358,57 @@ pub async fn run(
     } else {
         "resolving runtime files".into()
     }));
-    let (image, runtime_files) = {
+    // Plan. From a builder, the plan runs again after each fetch of what it asked for and did
+    // not find, until a run asks for nothing (see `container_fs`); on the host it runs once.
+    let plan = loop {
+        let attempt = {
+            let (fs, settings, base) = (fs.clone(), settings.clone(), base.clone());
+            tokio::task::spawn_blocking(move || make_plan(&*fs, &settings, base.as_deref()))
+                .await
+                .map_err(|e| Failure::new("internal", format!("the planner failed: {e}")))?
+        };
+        let Some(b) = built_release.as_mut() else {
+            break attempt?;
+        };
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(BuilderError::Cancelled.into());
+        }
+        if b.fetch_wants().await? == 0 {
+            break attempt?;
+        }
+        if b.rounds > MAX_FETCH_ROUNDS {
+            return Err(Failure::new(
+                "builder_error",
+                format!(
+                    "the runtime files were still not all read from the builder after {MAX_FETCH_ROUNDS} rounds"
+                ),
+            ));
+        }
+    };
+    if let Some(b) = &built_release {
+        let (bytes, entries) = b.fs.fetched();
+        events(Event::Notice(format!(
+            "read {entries} entries ({}) of the builder's filesystem in {} round(s)",
+            human_bytes(bytes),
+            b.rounds
+        )));
+    }
+
+    // The builder container is removed while the layers are written.
+    let remove_builder = async {
+        match built_release.as_mut() {
+            Some(b) => b.finish().await,
+            None => None,
+        }
+    };
+    let write_layers = {
         let events = events.clone();
         let cancelled = cancelled.clone();
         let req = req.clone();
         let blobs = blobs.clone();
-        let settings = settings.clone();
-        let fs_root = fs_root.clone();
+        let fs = fs.clone();
         let base = base.clone();
         tokio::task::spawn_blocking(move || -> Result<_, Failure> {
-            let fs = HostFs::new(fs_root);
-            let plan = match &base {
-                None => plan(&fs, &settings)?,
-                Some(b) => b.plan(&fs, &settings).map_err(|e| match e {
-                    BasePlanError::Plan(e) => Failure::from(e),
-                    BasePlanError::Incompatible(e) => Failure::new("base_incompatible", e),
-                })?,
-            };
             let mut last_step = usize::MAX;
             let mut progress = |p: BuildProgress| {
                 let BuildProgress::Layer {
@@ -393,7 +431,7 @@ pub async fn run(
                 !cancelled.load(Ordering::Relaxed)
             };
             let image = build(
-                &fs,
+                &*fs,
                 &plan,
                 req.created,
                 req.compression_level,
@@ -406,9 +444,13 @@ pub async fn run(
             };
             Ok((image, plan.runtime_files))
         })
-        .await
-        .map_err(|e| Failure::new("internal", format!("the layer writer failed: {e}")))??
     };
+    let (warning, written) = tokio::join!(remove_builder, write_layers);
+    if let Some(w) = warning {
+        events(Event::Step(w));
+    }
+    let (image, runtime_files) = written
+        .map_err(|e| Failure::new("internal", format!("the layer writer failed: {e}")))??;
     let built = Arc::new(Built {
         image,
         blobs,
@@ -484,6 +526,38 @@ pub async fn run(
         archive.commit()?;
     }
     Ok(outcome)
+}
+
+/// More fetch rounds than any closure is deep: a plan still asking after this many is a bug.
+const MAX_FETCH_ROUNDS: usize = 64;
+
+/// The plan of the image: on its own, or on a base. A successful plan has also looked at each
+/// file it will copy, so a lazily fetched filesystem has them all before the layers are written.
+fn make_plan(
+    fs: &dyn Fs,
+    settings: &Settings,
+    base: Option<&LoadedBase>,
+) -> Result<image_core::plan::Plan, Failure> {
+    let plan = match base {
+        None => plan(fs, settings)?,
+        Some(b) => b.plan(fs, settings).map_err(|e| match e {
+            BasePlanError::Plan(e) => Failure::from(e),
+            BasePlanError::Incompatible(e) => Failure::new("base_incompatible", e),
+        })?,
+    };
+    for layer in &plan.layers {
+        for entry in &layer.entries {
+            if let EntrySource::File(path) = &entry.source {
+                let _ = fs.lstat(path);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// `12.3 MB`.
+fn human_bytes(n: u64) -> String {
+    format!("{:.1} MB", n as f64 / 1e6)
 }
 
 /// Connect to the engine the environment names; an engine is required.

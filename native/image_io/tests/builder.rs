@@ -6,8 +6,8 @@
 //! and cached by tag. The heavy tests take a lock so their timings mean something.
 
 use image_core::context::Excludes;
-use image_core::fs::HostFs;
-use image_core::plan::{plan, Settings};
+use image_core::fs::{Fs as _, Kind};
+use image_core::plan::{plan, Plan, Settings};
 use image_io::builder::{
     build_release, owner, sweep_leftovers, BuilderError, BuilderSpec, BuiltRelease,
     ContainerEngine, ContainerSpec, LABEL_CACHE_PROJECT, LABEL_OWNER, LABEL_TEMPORARY,
@@ -66,17 +66,29 @@ fn spec(project: &Path, cache: bool) -> BuilderSpec {
         release_name: "hello".into(),
         cache,
         excludes: Excludes::for_project(project).unwrap(),
-        work_dir: None,
     }
 }
 
 /// Everything a build reported: `("step", text)` and `(step, line)`, with the time seen.
 type Log = Arc<Mutex<Vec<(Instant, String, String)>>>;
 
-async fn build(
-    engine: &DockerEngine,
+/// Build, then remove the container (the release read out of it stays in `fs`).
+async fn build<'a>(
+    engine: &'a DockerEngine,
     spec: &BuilderSpec,
-) -> (Result<BuiltRelease, BuilderError>, Log) {
+) -> (Result<BuiltRelease<'a, DockerEngine>, BuilderError>, Log) {
+    let (mut r, log) = build_live(engine, spec).await;
+    if let Ok(built) = &mut r {
+        assert_eq!(built.finish().await, None);
+    }
+    (r, log)
+}
+
+/// Build and leave the container running, as the pipeline does while it plans.
+async fn build_live<'a>(
+    engine: &'a DockerEngine,
+    spec: &BuilderSpec,
+) -> (Result<BuiltRelease<'a, DockerEngine>, BuilderError>, Log) {
     let log: Log = Arc::new(Mutex::new(vec![]));
     let (l1, l2) = (log.clone(), log.clone());
     let r = build_release(
@@ -121,14 +133,32 @@ fn at(log: &Log, prefix: &str) -> Instant {
         .unwrap_or_else(|| panic!("no step {prefix:?}"))
 }
 
-/// Time from the first `mix` step to the export: the part the cache speeds up.
+/// Time from the first `mix` step to reading the release: the part the cache speeds up.
 fn mix_time(log: &Log) -> Duration {
-    at(log, "exporting") - at(log, "running `mix deps.get")
+    at(log, "reading the release") - at(log, "running `mix deps.get")
 }
 
-/// Time to export and unpack the builder's filesystem.
-fn export_time(log: &Log) -> Duration {
-    at(log, "end") - at(log, "exporting")
+/// Time to read the release out of the builder.
+fn read_time(log: &Log) -> Duration {
+    at(log, "end") - at(log, "reading the release")
+}
+
+/// The plan over the builder's filesystem, fetching what it asks for until it asks nothing.
+async fn plan_in_builder(built: &mut BuiltRelease<'_, DockerEngine>, settings: &Settings) -> Plan {
+    loop {
+        let p = plan(&*built.fs, settings);
+        if built.fetch_wants().await.unwrap_or_else(|e| panic!("{e}")) == 0 {
+            return p.unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+/// `path` is a regular file in the builder's filesystem (as fetched so far).
+fn is_file(built: &BuiltRelease<'_, DockerEngine>, path: &str) -> bool {
+    built
+        .fs
+        .lstat(Path::new(path))
+        .is_ok_and(|m| m.kind == Kind::File)
 }
 
 /// Temporary containers owned by `owner`, as the docker CLI sees them.
@@ -186,22 +216,23 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
 
     // Cold: fresh cache volumes.
     let t = Instant::now();
-    let (built, cold_log) = build(&engine, &spec(&project, false)).await;
+    let (built, cold_log) = build_live(&engine, &spec(&project, false)).await;
     let cold = t.elapsed();
-    let built = built.unwrap_or_else(|e| panic!("{e}"));
-    let root = built.rootfs.path();
-    assert!(root.join("release/bin/hello").is_file());
-    let erts: Vec<_> = std::fs::read_dir(root.join("release"))
+    let mut built = built.unwrap_or_else(|e| panic!("{e}"));
+    assert!(is_file(&built, "/release/bin/hello"));
+    let erts: Vec<_> = built
+        .fs
+        .read_dir(Path::new("/release"))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .into_iter()
+        .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| n.starts_with("erts-"))
         .collect();
     assert_eq!(erts.len(), 1, "{erts:?}");
-    assert!(root
-        .join("release")
-        .join(&erts[0])
-        .join("bin/beam.smp")
-        .is_file());
+    assert!(is_file(
+        &built,
+        &format!("/release/{}/bin/beam.smp", erts[0])
+    ));
     assert_eq!(built.release_dir, Path::new("/release"));
     assert_eq!(built.otp_release, "25");
     assert!(built.context.files >= 5, "{:?}", built.context);
@@ -220,25 +251,36 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
         gid: 65532,
         ..Default::default()
     };
-    let p = plan(&HostFs::new(root), &settings).unwrap_or_else(|e| panic!("{e}"));
+    let p = plan_in_builder(&mut built, &settings).await;
     assert!(p
         .runtime_files
         .iter()
         .any(|f| f.path.to_string_lossy().contains("libc.so")));
-    assert!(labelled_containers(&owner()).is_empty());
-    let rootfs_path = root.to_path_buf();
-    drop(built);
+    // Only what the plan needs was read: a few dozen files, not the builder's thousands.
+    let (bytes, entries) = built.fs.fetched();
     assert!(
-        !rootfs_path.exists(),
-        "the rootfs is removed with its value"
+        entries < 2_000 && bytes < 60_000_000,
+        "{entries} entries, {bytes} bytes"
     );
+    // The container lives until the plan is made; dropping the value removes it.
+    assert_eq!(labelled_containers(&owner()).len(), 1);
+    drop(built);
+    let t = Instant::now();
+    while !labelled_containers(&owner()).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the container outlived its value"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Warm: the cache volumes hold _build, and mtimes tell Mix nothing changed.
     let t = Instant::now();
     let (built, warm_log) = build(&engine, &spec(&project, true)).await;
     let warm = t.elapsed();
-    let built = built.unwrap_or_else(|e| panic!("{e}"));
-    assert!(built.rootfs.path().join("release/bin/hello").is_file());
+    let mut built = built.unwrap_or_else(|e| panic!("{e}"));
+    assert!(is_file(&built, "/release/bin/hello"));
+    assert_eq!(built.finish().await, None);
     let compiled: Vec<_> = lines(&warm_log, "release")
         .into_iter()
         .filter(|l| l.starts_with("Compiling"))
@@ -248,13 +290,13 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
         "the warm build recompiled: {compiled:?}"
     );
     eprintln!(
-        "TIMING hello: cold {:.1}s (mix {:.1}s, export+unpack {:.1}s), warm {:.1}s (mix {:.1}s, export+unpack {:.1}s)",
+        "TIMING hello: cold {:.1}s (mix {:.1}s, reading the release {:.1}s), warm {:.1}s (mix {:.1}s, reading the release {:.1}s)",
         cold.as_secs_f64(),
         mix_time(&cold_log).as_secs_f64(),
-        export_time(&cold_log).as_secs_f64(),
+        read_time(&cold_log).as_secs_f64(),
         warm.as_secs_f64(),
         mix_time(&warm_log).as_secs_f64(),
-        export_time(&warm_log).as_secs_f64(),
+        read_time(&warm_log).as_secs_f64(),
     );
     assert!(labelled_containers(&owner()).is_empty());
 }
@@ -434,8 +476,9 @@ async fn a_builder_image_with_a_non_root_user_builds() {
     drop_cache(&engine, copy.path()).await;
     // As nobody, mix could not write /src/_build (a root-owned volume) nor create /release
     // without the chown step: success is the check.
-    let built = r.unwrap_or_else(|e| panic!("{e}"));
-    assert!(built.rootfs.path().join("release/bin/hello").is_file());
+    let mut built = r.unwrap_or_else(|e| panic!("{e}"));
+    assert!(is_file(&built, "/release/bin/hello"));
+    assert_eq!(built.finish().await, None);
     assert!(labelled_containers(&owner()).is_empty());
 }
 
@@ -606,7 +649,9 @@ mod fake_engine {
     use bytes::Bytes;
     use futures_util::StreamExt;
     use image_core::context::Excludes;
+    use image_core::fs::Fs as _;
     use image_io::builder::*;
+    use image_io::container_fs::FETCH_SCRIPT;
     use image_io::engine::Body;
     use std::collections::BTreeMap;
     use std::path::Path;
@@ -629,7 +674,7 @@ mod fake_engine {
         Start(String),
         Upload(String, Vec<String>),
         Exec(Vec<String>),
-        Export(String),
+        Fetch(Vec<String>),
         Remove(String),
         RemoveDetached(String),
     }
@@ -648,6 +693,11 @@ mod fake_engine {
     impl Fake {
         fn new() -> Fake {
             let mut t = tar::Builder::new(Vec::new());
+            let mut d = tar::Header::new_gnu();
+            d.set_entry_type(tar::EntryType::Directory);
+            d.set_mode(0o755);
+            d.set_size(0);
+            t.append_data(&mut d, "release/", &b""[..]).unwrap();
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(0o755);
@@ -716,6 +766,12 @@ mod fake_engine {
             _id: &str,
             spec: &ExecSpec,
         ) -> Result<(String, OutputStream), BuilderError> {
+            if spec.cmd.get(2).map(String::as_str) == Some(FETCH_SCRIPT) {
+                self.log(Call::Fetch(spec.cmd[4..].to_vec()));
+                let b = Bytes::from(self.export.clone());
+                let s = futures_util::stream::iter(vec![Ok(Output::Stdout(b))]);
+                return Ok(("fetch".into(), Box::pin(s)));
+            }
             self.log(Call::Exec(spec.cmd.clone()));
             if spec.cmd[0] == "erl" {
                 let s = futures_util::stream::iter(vec![Ok(Output::Stdout(Bytes::from("25")))]);
@@ -743,11 +799,6 @@ mod fake_engine {
             } else {
                 0
             }))
-        }
-        fn export(&self, id: &str) -> TarStream {
-            self.log(Call::Export(id.into()));
-            let b = Bytes::from(self.export.clone());
-            Box::pin(futures_util::stream::iter(vec![Ok(b)]))
         }
         async fn remove_container(&self, id: &str) -> Result<(), BuilderError> {
             self.log(Call::Remove(id.into()));
@@ -837,7 +888,6 @@ mod fake_engine {
             release_name: "hello".into(),
             cache: true,
             excludes: Excludes::for_project(dir).unwrap(),
-            work_dir: None,
         }
     }
 
@@ -865,7 +915,7 @@ mod fake_engine {
             "Compiling 1 file (.ex)",
         ];
         let (on_step, on_line, seen) = callbacks();
-        let built = build_release(
+        let mut built = build_release(
             &fake,
             &spec(dir.path()),
             on_step,
@@ -876,7 +926,11 @@ mod fake_engine {
         .unwrap();
         assert_eq!(built.otp_release, "25");
         assert_eq!(built.release_dir, Path::new("/release"));
-        assert!(built.rootfs.path().join("release/bin/hello").is_file());
+        let hello = built.fs.read(Path::new("/release/bin/hello")).unwrap();
+        assert_eq!(hello, b"#!x");
+        // The container lives on until `finish`.
+        assert!(!fake.calls().iter().any(|c| matches!(c, Call::Remove(_))));
+        assert_eq!(built.finish().await, None);
         let calls = fake.calls();
         let vols = cache_volumes(&dir.path().canonicalize().unwrap(), "prod", "sha256:img");
         assert_eq!(calls[0], Call::Inspect("builder:1".into()));
@@ -904,8 +958,9 @@ mod fake_engine {
         assert!(
             matches!(&calls[7], Call::Exec(cmd) if cmd[..2] == ["sh", "-c"] && cmd[4] == "hello")
         );
+        // The build named no OTP release: `erl` is asked.
         assert!(matches!(&calls[8], Call::Exec(cmd) if cmd[0] == "erl"));
-        assert_eq!(calls[9], Call::Export("c1".into()));
+        assert_eq!(calls[9], Call::Fetch(vec!["L:release".into()]));
         assert_eq!(calls[10], Call::Remove("c1".into()));
         assert_eq!(calls.len(), 11);
         let seen = seen.lock().unwrap().clone();
@@ -916,6 +971,29 @@ mod fake_engine {
             "running `mix release hello --overwrite --path /release` in the builder".into()
         )));
         assert!(!seen.iter().any(|(_, l)| l.contains("@@docker_release")));
+    }
+
+    #[tokio::test]
+    async fn the_otp_release_named_by_the_build_needs_no_erl() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.build_output = vec!["@M deps.get", "@M release", "@M otp 27"];
+        let (on_step, on_line, _) = callbacks();
+        let mut built = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(built.otp_release, "27");
+        built.finish().await;
+        assert!(!fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Exec(cmd) if cmd[0] == "erl")));
     }
 
     #[tokio::test]
@@ -965,7 +1043,7 @@ mod fake_engine {
             "{msg}"
         );
         assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
-        assert!(!fake.calls().iter().any(|c| matches!(c, Call::Export(_))));
+        assert!(!fake.calls().iter().any(|c| matches!(c, Call::Fetch(_))));
     }
 
     #[tokio::test]
