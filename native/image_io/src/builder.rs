@@ -195,23 +195,32 @@ impl<E: ContainerEngine> BuiltRelease<'_, E> {
             working_dir: "/".into(),
         };
         let (exec_id, mut output) = live.engine.exec(&live.id, &spec).await?;
-        let (mut tar, mut err) = (Vec::new(), Vec::new());
+        let spool_err = |e: io::Error| BuilderError::Io {
+            what: "writing what the builder sent to a temporary file".into(),
+            source: e,
+        };
+        let (mut received, mut err) = (0usize, Vec::new());
         while let Some(chunk) = output.next().await {
             match chunk? {
-                Output::Stdout(b) => tar.extend_from_slice(&b),
-                Output::Stderr(b) => err.extend_from_slice(&b),
+                Output::Stdout(b) => {
+                    received += b.len();
+                    self.fs.append(&b).map_err(spool_err)?;
+                }
+                // tar names each missing path here; keep the start for a message.
+                Output::Stderr(b) if err.len() < 16 * 1024 => err.extend_from_slice(&b),
+                Output::Stderr(_) => {}
             }
         }
         let status = wait_status(live.engine, &exec_id).await?;
         // tar exits 1 or 2 when some of the paths do not exist: those are recorded as absent.
-        if status > 2 || (status != 0 && tar.is_empty()) {
+        if status > 2 || (status != 0 && received == 0) {
             return Err(BuilderError::Builder(format!(
                 "reading files from the builder with `sh` and `tar` failed with exit status {status} (the builder image needs a POSIX sh, readlink and GNU or BusyBox tar): {}",
                 String::from_utf8_lossy(&err).trim()
             )));
         }
         self.fs
-            .absorb(&wants, &tar)
+            .absorb(&wants)
             .map_err(|e| BuilderError::Builder(format!("reading files from the builder: {e}")))?;
         self.rounds += 1;
         Ok(wants.len())

@@ -5,7 +5,7 @@
 //! Exporting the builder's whole filesystem to find them costs seconds; fetching them one by one
 //! costs a round trip each. [`ContainerFs`] does neither:
 //!
-//! - the release directory is fetched whole first (one listing want), into memory;
+//! - the release directory is fetched whole first (one listing want);
 //! - every path is answered from what has been fetched so far. A call about anything
 //!   else records a *want* and fails with `NotFound`. The caller runs its work (the plan, which
 //!   is pure and repeatable), takes the wants ([`ContainerFs::take_wants`]), fetches them all
@@ -16,20 +16,27 @@
 //!
 //! [`Fs::hint`] (called by `resolve_path` with the whole path before it walks it) turns a chain
 //! of per-component misses into one want, so a library is resolved in one round trip.
+//!
+//! What is fetched is appended, as it arrives, to one anonymous temporary file (the *spool*,
+//! gone when the value is dropped or the process dies); the entries point into it. Memory holds
+//! only the index, whatever the size of the release.
 
 use image_core::fs::{Fs, Kind, Meta};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// The exec that fetches wants. Arguments: `E:PATH` (an entry: its metadata and, for a regular
 /// file, its contents; its ancestors, symlink chain and canonical path come along) or `L:PATH`
 /// (a directory and everything under it, symlinks not followed: whoever lists a directory here
-/// copies all of it); paths relative to `/`. Writes one tar archive (no
-/// recursion) to stdout. Paths that do not exist are left out (tar reports them on stderr and
-/// exits 1 or 2). Runs with POSIX `sh`, `readlink` and GNU or BusyBox `tar`.
+/// copies all of it); paths relative to `/`. Writes tar archives one after the other to stdout:
+/// one per tree, then one of the entries (no recursion). Paths that do not exist are left out
+/// (tar reports them on stderr and exits 1 or 2). Runs with POSIX `sh`, `readlink` and GNU or
+/// BusyBox `tar`.
 pub const FETCH_SCRIPT: &str = r#"cd / || exit 97
 R=$(pwd -P); [ "$R" = / ] && R=
 safe() { case "/$1/" in */../*|*/./*|//) return 1;; esac; return 0; }
@@ -44,12 +51,8 @@ while [ "$n" -gt 0 ]; do
   [ -e "$p" ] || [ -L "$p" ] || continue
   case $a in
   L:*)
-    while IFS= read -r c; do
-      if [ -n "$c" ] && safe "$c"; then set -- "$@" "$c"; fi
-    done <<LIST
-$(find "$p" -mindepth 1 2>/dev/null)
-LIST
-    ;;
+    # A whole tree: an archive of its own, now (stdout carries several archives in a row).
+    tar -cf - -- "$p" || true ;;
   E:*)
     k=0
     while :; do
@@ -103,19 +106,30 @@ impl Want {
 
 #[derive(Debug, Clone)]
 enum Node {
-    File { mode: u32, data: Arc<Vec<u8>> },
-    Dir { mode: u32 },
-    Symlink { target: PathBuf },
-    Other { mode: u32 },
+    /// Contents at `offset` in the spool.
+    File {
+        mode: u32,
+        offset: u64,
+        size: u64,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: PathBuf,
+    },
+    Other {
+        mode: u32,
+    },
 }
 
 impl Node {
     fn meta(&self) -> Meta {
         match self {
-            Node::File { mode, data } => Meta {
+            Node::File { mode, size, .. } => Meta {
                 kind: Kind::File,
                 mode: *mode,
-                size: data.len() as u64,
+                size: *size,
             },
             Node::Dir { mode } => Meta {
                 kind: Kind::Dir,
@@ -152,9 +166,13 @@ struct State {
     fetched: HashSet<Want>,
     /// Bytes of file contents received.
     bytes: u64,
+    /// The spool (created on the first append), its length, and how much of it is absorbed.
+    spool: Option<Arc<File>>,
+    spool_len: u64,
+    absorbed: u64,
 }
 
-/// A builder container's filesystem, fetched on demand into memory (see the module docs).
+/// A builder container's filesystem, fetched on demand (see the module docs).
 #[derive(Debug)]
 pub struct ContainerFs {
     state: Mutex<State>,
@@ -231,15 +249,49 @@ impl ContainerFs {
         (st.bytes, st.nodes.len())
     }
 
-    /// Take in the tar archive [`FETCH_SCRIPT`] wrote for `wants`. Entries are stored under
-    /// their names; a wanted entry that is not in the archive is recorded as absent; a wanted
-    /// listing whose directory arrived is complete. Returns `Err` for a malformed archive or
-    /// when a want comes back neither fetched nor absent (no progress).
-    pub fn absorb(&self, wants: &[Want], tar: &[u8]) -> io::Result<()> {
+    /// Append the next bytes of what [`FETCH_SCRIPT`] writes to the spool.
+    pub fn append(&self, bytes: &[u8]) -> io::Result<()> {
         let mut st = self.state.lock().unwrap();
-        let mut archive = tar::Archive::new(tar);
-        for entry in archive.entries()? {
-            let mut entry = entry?;
+        let file = match &st.spool {
+            Some(f) => f.clone(),
+            None => {
+                let f = Arc::new(tempfile::tempfile()?);
+                st.spool = Some(f.clone());
+                f
+            }
+        };
+        file.write_all_at(bytes, st.spool_len)?;
+        st.spool_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Take in the tar archives appended since the last call, written for `wants`. Entries are
+    /// stored under their names; a wanted entry that is not in them is recorded as absent; a
+    /// wanted listing whose directory arrived is complete. Returns `Err` for a malformed
+    /// archive or when a want was fetched before (no progress).
+    pub fn absorb(&self, wants: &[Want]) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap();
+        let (start, end) = (st.absorbed, st.spool_len);
+        st.absorbed = end;
+        let region = match &st.spool {
+            Some(f) => Region {
+                file: f.clone(),
+                start,
+                pos: start,
+                end,
+            },
+            None => Region {
+                file: Arc::new(tempfile::tempfile()?),
+                start: 0,
+                pos: 0,
+                end: 0,
+            },
+        };
+        let mut archive = tar::Archive::new(region);
+        // Several archives in a row: read past each one's end-of-archive blocks.
+        archive.set_ignore_zeros(true);
+        for entry in archive.entries_with_seek()? {
+            let entry = entry?;
             let name = entry.path()?.into_owned();
             let Some(k) = key(&Path::new("/").join(&name)) else {
                 continue;
@@ -248,12 +300,12 @@ impl ContainerFs {
             let mode = header.mode().unwrap_or(0o644) & 0o7777;
             let node = match header.entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let mut data = Vec::with_capacity(entry.size() as usize);
-                    entry.read_to_end(&mut data)?;
-                    st.bytes += data.len() as u64;
+                    let size = entry.size();
+                    st.bytes += size;
                     Node::File {
                         mode,
-                        data: Arc::new(data),
+                        offset: start + entry.raw_file_position(),
+                        size,
                     }
                 }
                 tar::EntryType::Directory => Node::Dir { mode },
@@ -388,7 +440,16 @@ impl Fs for ContainerFs {
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
         match self.node(path)? {
-            Node::File { data, .. } => Ok(Box::new(io::Cursor::new(SharedBytes(data)))),
+            Node::File { offset, size, .. } => {
+                let file = self.state.lock().unwrap().spool.clone();
+                let file = file.ok_or_else(|| io::Error::other("no spool"))?;
+                Ok(Box::new(Region {
+                    file,
+                    start: offset,
+                    pos: offset,
+                    end: offset + size,
+                }))
+            }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{} is not a regular file", path.display()),
@@ -405,12 +466,47 @@ impl Fs for ContainerFs {
     }
 }
 
-/// File contents shared between readers.
-struct SharedBytes(Arc<Vec<u8>>);
+/// Bytes `start..end` of the spool, read with `pread` (readers never share a file offset).
+struct Region {
+    file: Arc<File>,
+    start: u64,
+    pos: u64,
+    end: u64,
+}
 
-impl AsRef<[u8]> for SharedBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
+impl Read for Region {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the spool is shorter than recorded",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Region {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let rel = match to {
+            SeekFrom::Start(n) => n as i128,
+            SeekFrom::Current(d) => (self.pos - self.start) as i128 + d as i128,
+            SeekFrom::End(d) => (self.end - self.start) as i128 + d as i128,
+        };
+        if rel < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start",
+            ));
+        }
+        self.pos = (self.start + rel as u64).min(self.end);
+        Ok(self.pos - self.start)
     }
 }
 
@@ -420,9 +516,56 @@ mod tests {
     use image_core::fs::resolve_path;
     use std::process::Command;
 
-    /// A tree on the host, fetched through the real script (run by the host's `sh` and `tar`
-    /// with `/` replaced by the tree), until the work wants nothing.
-    fn converge<T>(root: &Path, mut work: impl FnMut(&ContainerFs) -> T) -> (T, usize) {
+    /// The shells the script must run with: the host's (dash + GNU tar and coreutils) and
+    /// BusyBox's (as in Alpine builders: ash + BusyBox tar and readlink, nothing else on PATH).
+    #[derive(Clone, Copy, Debug)]
+    enum Shell {
+        Host,
+        BusyBox,
+    }
+
+    const SHELLS: [Shell; 2] = [Shell::Host, Shell::BusyBox];
+
+    fn fetch(root: &Path, shell: Shell, wants: &[Want]) -> Vec<u8> {
+        let script = FETCH_SCRIPT.replacen("cd / ", &format!("cd {} ", root.display()), 1);
+        let bin = tempfile::tempdir().unwrap();
+        let mut cmd = match shell {
+            Shell::Host => Command::new("sh"),
+            Shell::BusyBox => {
+                let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+                    .into_iter()
+                    .find(|p| Path::new(p).exists())
+                    .expect("busybox is not installed (Debian: busybox-static)");
+                for applet in ["tar", "readlink"] {
+                    std::os::unix::fs::symlink(busybox, bin.path().join(applet)).unwrap();
+                }
+                let mut c = Command::new(busybox);
+                c.arg("sh").env("PATH", bin.path());
+                c
+            }
+        };
+        let out = cmd
+            .arg("-c")
+            .arg(&script)
+            .arg("sh")
+            .args(wants.iter().map(Want::arg))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.code().is_some_and(|c| c <= 2),
+            "{shell:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// A tree on the host, fetched through the real script (with `/` replaced by the tree),
+    /// until the work wants nothing.
+    fn converge<T>(
+        root: &Path,
+        shell: Shell,
+        mut work: impl FnMut(&ContainerFs) -> T,
+    ) -> (T, usize) {
         let fs = ContainerFs::new();
         let mut rounds = 0;
         loop {
@@ -433,15 +576,8 @@ mod tests {
             }
             rounds += 1;
             assert!(rounds < 20, "no convergence: {wants:?}");
-            let script = FETCH_SCRIPT.replacen("cd / ", &format!("cd {} ", root.display()), 1);
-            let tar = Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .arg("sh")
-                .args(wants.iter().map(Want::arg))
-                .output()
-                .unwrap();
-            fs.absorb(&wants, &tar.stdout).unwrap();
+            fs.append(&fetch(root, shell, &wants)).unwrap();
+            fs.absorb(&wants).unwrap();
         }
     }
 
@@ -471,22 +607,31 @@ mod tests {
 
     #[test]
     fn a_path_through_symlinks_resolves_in_one_round() {
-        let t = tree();
-        let ((canon, links), rounds) = converge(t.path(), |fs| {
-            resolve_path(fs, Path::new("/lib/x86_64-linux-gnu/libz.so.1")).unwrap_or_default()
-        });
-        assert_eq!(
-            canon,
-            PathBuf::from("/usr/lib/x86_64-linux-gnu/libz.so.1.2.13")
-        );
-        assert_eq!(links.len(), 2, "{links:?}");
-        assert_eq!(rounds, 1);
+        for shell in SHELLS {
+            let t = tree();
+            let ((canon, links), rounds) = converge(t.path(), shell, |fs| {
+                resolve_path(fs, Path::new("/lib/x86_64-linux-gnu/libz.so.1")).unwrap_or_default()
+            });
+            assert_eq!(
+                canon,
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"),
+                "{shell:?}"
+            );
+            assert_eq!(links.len(), 2, "{shell:?}: {links:?}");
+            assert_eq!(rounds, 1, "{shell:?}");
+        }
     }
 
     #[test]
     fn contents_listings_hard_links_and_absence() {
+        for shell in SHELLS {
+            contents_listings_hard_links_and_absence_with(shell);
+        }
+    }
+
+    fn contents_listings_hard_links_and_absence_with(shell: Shell) {
         let t = tree();
-        let (got, _) = converge(t.path(), |fs| {
+        let (got, _) = converge(t.path(), shell, |fs| {
             let names = fs
                 .read_dir(Path::new("/usr/lib/x86_64-linux-gnu/ossl-modules"))
                 .unwrap_or_default();
@@ -510,9 +655,15 @@ mod tests {
 
     #[test]
     fn a_wanted_tree_comes_whole_in_one_round() {
+        for shell in SHELLS {
+            a_wanted_tree_comes_whole_in_one_round_with(shell);
+        }
+    }
+
+    fn a_wanted_tree_comes_whole_in_one_round_with(shell: Shell) {
         let t = tree();
         let mut first = true;
-        let (got, rounds) = converge(t.path(), |fs| {
+        let (got, rounds) = converge(t.path(), shell, |fs| {
             if first {
                 fs.want_tree(Path::new("/usr/lib")).unwrap();
                 first = false;
@@ -540,7 +691,9 @@ mod tests {
     fn a_want_asked_again_after_its_fetch_is_an_error() {
         let fs = ContainerFs::new();
         let want = vec![Want::Entry(PathBuf::from("etc/x"))];
-        fs.absorb(&want, &[0u8; 1024]).unwrap();
-        assert!(fs.absorb(&want, &[0u8; 1024]).is_err());
+        fs.append(&[0u8; 1024]).unwrap();
+        fs.absorb(&want).unwrap();
+        fs.append(&[0u8; 1024]).unwrap();
+        assert!(fs.absorb(&want).is_err());
     }
 }
