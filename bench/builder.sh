@@ -11,12 +11,16 @@
 #   (one line of lib/with_deps/greeting.ex changes)
 #   ours_warm  mix docker.release --builder IMAGE              (the cache volumes of ours_cold)
 #   df_warm    DOCKER_BUILDKIT=0 docker build                  (the layer cache of df_cold)
-# Both images are removed before every build. Wall times (ms) are appended to FILE as
+# Before a cold build both images are removed, ours' previous one too. Before a warm build the
+# final images are removed, but ours' previous image stays under another tag: its layers in the
+# engine are ours' engine-side cache, as the build cache is docker's (a user's previous image
+# is still there when they rebuild). Wall times (ms) are appended to FILE as
 # `builder_ms VARIANT RUN MS` lines in bench/run's raw format (report.py turns them into the
 # report's "builder builds" figure); the commands' output goes to the log. Run alone, it writes
 # bench/results/builder-raw.tsv and prints the medians.
 #
 # Images left behind: bench/with_deps:ours, bench/with_deps:df. The temporary project copy,
+# bench/with_deps:ours-prev,
 # its cache volumes and the Dockerfile's build-stage images are removed at the end.
 set -euo pipefail
 
@@ -28,6 +32,7 @@ LOG="$BENCH/results/builder.log"
 BUILDER=docker-release-test/builder:bookworm
 RUNTIME_IMAGE=docker-release-bench/minbase-runtime:bookworm
 OURS_TAG=bench/with_deps:ours
+PREV_TAG=bench/with_deps:ours-prev
 DF_TAG=bench/with_deps:df
 STAGE_LABEL=docker-release-bench.builder-stage=with_deps
 STANDALONE=1
@@ -58,6 +63,7 @@ cleanup() {
       xargs -r docker volume rm >/dev/null 2>&1 || true
   fi
   # The build stage's last images (untagged, so dangling) and with them their parents.
+  docker rmi -f "$PREV_TAG" >/dev/null 2>&1 || true
   docker images -q -f dangling=true -f "label=$STAGE_LABEL" | sort -u |
     xargs -r docker rmi >/dev/null 2>&1 || true
   [ -z "$WORK" ] || rm -rf "$WORK"
@@ -167,7 +173,7 @@ EOF
     # Other work on the machine skews the times: keep the 1-minute load average of each run.
     record load1 builder "$i" "$(cut -d' ' -f1 /proc/loadavg)"
     greeting "cold$i"
-    rmi "$OURS_TAG" "$DF_TAG"
+    rmi "$OURS_TAG" "$PREV_TAG" "$DF_TAG"
     settle
     off=$(log_size)
     ms=$(timed ours --no-cache) || die "ours cold failed on run $i (see $LOG)"
@@ -178,6 +184,7 @@ EOF
 
     text="warm$i"
     greeting "$text"
+    docker tag "$OURS_TAG" "$PREV_TAG"
     rmi "$OURS_TAG" "$DF_TAG"
     settle
     off=$(log_size)
@@ -197,6 +204,16 @@ EOF
     warn "builder run $i/$RUNS done"
   done
   record builder_check ours_warm_compiles_one 1 "$([ "$ok_ours" = 1 ] && echo yes || echo no)"
+  # A cold build of ours is only cold if no other image in the engine holds its layers
+  # (the engine then imports them again): name any that does.
+  local runtime_layer sharing
+  runtime_layer=$(docker image inspect -f '{{index .RootFS.Layers 0}}' "$OURS_TAG")
+  sharing=$(docker images -q --no-trunc | sort -u | xargs -r docker image inspect \
+    -f '{{.Id}} {{join .RepoTags ","}} {{join .RootFS.Layers " "}}' |
+    awk -v l="$runtime_layer" -v ours="$(docker image inspect -f '{{.Id}}' "$OURS_TAG")" \
+      -v prev="$(docker image inspect -f '{{.Id}}' "$PREV_TAG")" \
+      '$1 != ours && $1 != prev && index($0, l) { print ($2 == "" ? $1 : $2) }' | paste -sd ' ' || true)
+  record builder_check other_images_with_ours_layers 1 "${sharing:-none}"
   # Both last images serve the last change.
   record builder_check ours 1 "$(answers "$OURS_TAG" "$text")"
   record builder_check df 1 "$(answers "$DF_TAG" "$text")"
