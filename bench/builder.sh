@@ -206,14 +206,19 @@ EOF
   record builder_check ours_warm_compiles_one 1 "$([ "$ok_ours" = 1 ] && echo yes || echo no)"
   # A cold build of ours is only cold if no other image in the engine holds its layers
   # (the engine then imports them again): name any that does.
-  local runtime_layer sharing
+  local runtime_layer listing sharing
   runtime_layer=$(docker image inspect -f '{{index .RootFS.Layers 0}}' "$OURS_TAG")
-  sharing=$(docker images -q --no-trunc | sort -u | xargs -r docker image inspect \
-    -f '{{.Id}} {{join .RepoTags ","}} {{join .RootFS.Layers " "}}' |
-    awk -v l="$runtime_layer" -v ours="$(docker image inspect -f '{{.Id}}' "$OURS_TAG")" \
-      -v prev="$(docker image inspect -f '{{.Id}}' "$PREV_TAG")" \
-      '$1 != ours && $1 != prev && index($0, l) { print ($2 == "" ? $1 : $2) }' | paste -sd ' ' || true)
-  record builder_check other_images_with_ours_layers 1 "${sharing:-none}"
+  if listing=$(docker images -q --no-trunc | sort -u | xargs -r docker image inspect \
+    -f '{{.Id}} tags={{range .RepoTags}}{{.}},{{end}} {{range .RootFS.Layers}}{{.}} {{end}}' 2>&1); then
+    sharing=$(printf '%s\n' "$listing" |
+      awk -v l="$runtime_layer" -v ours="$(docker image inspect -f '{{.Id}}' "$OURS_TAG")" \
+        -v prev="$(docker image inspect -f '{{.Id}}' "$PREV_TAG")" \
+        '$1 != ours && $1 != prev && index($0, l) { t = substr($2, 6); print (t == "" ? $1 : t) }' |
+      paste -sd ' ')
+    record builder_check other_images_with_ours_layers 1 "${sharing:-none}"
+  else
+    record builder_check other_images_with_ours_layers 1 "not checked: ${listing:0:200}"
+  fi
   # Both last images serve the last change.
   record builder_check ours 1 "$(answers "$OURS_TAG" "$text")"
   record builder_check df 1 "$(answers "$DF_TAG" "$text")"
