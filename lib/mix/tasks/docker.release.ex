@@ -35,7 +35,8 @@ defmodule Mix.Tasks.Docker.Release do
       project is uploaded (without `_build`, `deps`, `.git` and what `.dockerignore` lists), built
       with `mix deps.get --only ENV` and `mix release`, and the runtime files are taken from that
       container, so the image's libraries match the release whatever your host is (macOS too).
-      Compiled deps and `_build` are kept in volumes `docker_release-cache-*` between runs;
+      Only the files the image needs are read out of the container (IMAGE needs `sh`, `readlink`
+      and GNU or BusyBox `tar`). Compiled deps and `_build` are kept in volumes `docker_release-cache-*` between runs;
       `--no-cache` starts clean. The container is removed even if the task is killed.
     * `--tag NAME[:TAG]` - tag the image; repeat for several. Replaces the default tags.
     * `--base IMAGE` - put the release on top of this base image's layers (a distro, for teams
