@@ -1,6 +1,6 @@
 defmodule DockerRelease.Native do
   # Every NIF of the Rust crate `docker_release_nif` has a stub here with the same name and
-  # arity, prefixed by area (`image_`, `reference_`). The library is loaded on first use (not
+  # arity, prefixed by area (`image_`, `reference_`, `job_`). The library is loaded on first use (not
   # @on_load, which would also fire while compiling, before cargo has run).
   @moduledoc false
 
@@ -58,6 +58,9 @@ defmodule DockerRelease.Native do
   def image_dockerfiles(request), do: load_and_apply(:image_dockerfiles, [request])
   @doc false
   def reference_parse(input), do: load_and_apply(:reference_parse, [input])
+  # Tests only: a job that panics inside (see `job_panic_probe` in the crate).
+  @doc false
+  def job_panic_probe, do: load_and_apply(:job_panic_probe, [])
 
   defp load_and_apply(fun, args) do
     case load() do

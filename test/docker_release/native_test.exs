@@ -111,6 +111,19 @@ defmodule DockerRelease.NativeTest do
     end
   end
 
+  test "a panic inside a job ends it with one :internal error; the VM goes on" do
+    {:ok, job, id} = Native.job_panic_probe()
+    assert is_reference(job)
+
+    assert [{:step, "about to panic on purpose"}, {:error, :internal, message}] = collect(id)
+    assert message =~ "crashed"
+    assert message =~ "report this as a bug"
+    # Exactly one final message: nothing else arrives for this job.
+    refute_receive {:docker_release, ^id, _}, 500
+    # The NIF still answers.
+    assert {:ok, {"alpine", "3"}} = Native.reference_parse("alpine:3")
+  end
+
   test "a job whose caller dies is cancelled and writes nothing", ctx do
     big = Path.join(ctx.tmp, "big")
     File.cp_r!(ctx.release, big)

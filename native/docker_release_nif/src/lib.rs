@@ -383,4 +383,17 @@ fn reference_parse(env: Env, input: String) -> Term {
     }
 }
 
+/// A job whose work panics after one step: proves, from Elixir, that a panic inside a job still
+/// ends in exactly one final error message and leaves the VM running. Used by the tests only.
+#[rustler::nif]
+fn job_panic_probe(env: Env) -> (Atom, ResourceArc<Job>, u64) {
+    start_job(env, |events, _cancelled| async move {
+        events(Event::Step("about to panic on purpose".into()));
+        if std::hint::black_box(true) {
+            panic!("job_panic_probe: a deliberate panic inside a job");
+        }
+        Ok(true)
+    })
+}
+
 rustler::init!("Elixir.DockerRelease.Native");
