@@ -687,6 +687,9 @@ mod fake_engine {
         build_status: i64,
         /// Block the build exec until cancelled.
         hang: bool,
+        /// Exit status and stderr of the fetch exec.
+        fetch_status: i64,
+        fetch_stderr: &'static str,
         export: Vec<u8>,
     }
 
@@ -713,6 +716,8 @@ mod fake_engine {
                 build_output: vec![],
                 build_status: 0,
                 hang: false,
+                fetch_status: 0,
+                fetch_stderr: "",
                 export: t.into_inner().unwrap(),
             }
         }
@@ -768,9 +773,12 @@ mod fake_engine {
         ) -> Result<(String, OutputStream), BuilderError> {
             if spec.cmd.get(2).map(String::as_str) == Some(FETCH_SCRIPT) {
                 self.log(Call::Fetch(spec.cmd[4..].to_vec()));
-                let b = Bytes::from(self.export.clone());
-                let s = futures_util::stream::iter(vec![Ok(Output::Stdout(b))]);
-                return Ok(("fetch".into(), Box::pin(s)));
+                let items = if self.fetch_status > 2 {
+                    vec![Ok(Output::Stderr(Bytes::from(self.fetch_stderr)))]
+                } else {
+                    vec![Ok(Output::Stdout(Bytes::from(self.export.clone())))]
+                };
+                return Ok(("fetch".into(), Box::pin(futures_util::stream::iter(items))));
             }
             self.log(Call::Exec(spec.cmd.clone()));
             if spec.cmd[0] == "erl" {
@@ -794,10 +802,10 @@ mod fake_engine {
             Ok(("build".into(), Box::pin(s)))
         }
         async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>, BuilderError> {
-            Ok(Some(if exec_id == "build" {
-                self.build_status
-            } else {
-                0
+            Ok(Some(match exec_id {
+                "build" => self.build_status,
+                "fetch" => self.fetch_status,
+                _ => 0,
             }))
         }
         async fn remove_container(&self, id: &str) -> Result<(), BuilderError> {
@@ -994,6 +1002,54 @@ mod fake_engine {
             .calls()
             .iter()
             .any(|c| matches!(c, Call::Exec(cmd) if cmd[0] == "erl")));
+    }
+
+    #[tokio::test]
+    async fn a_builder_without_tar_is_refused_with_what_it_needs_and_removed() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.build_output = vec!["@M deps.get", "@M release", "@M otp 25"];
+        fake.fetch_status = 127;
+        fake.fetch_stderr = "sh: 1: exec: tar: not found\n";
+        let (on_step, on_line, _) = callbacks();
+        let err = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("exit status 127"), "{msg}");
+        assert!(msg.contains("GNU or BusyBox tar"), "{msg}");
+        assert!(msg.contains("tar: not found"), "{msg}");
+        assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
+    }
+
+    #[tokio::test]
+    async fn a_release_missing_after_mix_release_is_an_error_and_the_container_is_removed() {
+        let dir = project();
+        let mut fake = Fake::new();
+        fake.build_output = vec!["@M deps.get", "@M release", "@M otp 25"];
+        fake.export = vec![0u8; 1024]; // an empty archive: /release is not there
+        let (on_step, on_line, _) = callbacks();
+        let err = build_release(
+            &fake,
+            &spec(dir.path()),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/release is not in the builder container"),
+            "{err}"
+        );
+        assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
     }
 
     #[tokio::test]
