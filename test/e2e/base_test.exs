@@ -5,6 +5,7 @@ defmodule DockerRelease.E2E.BaseTest do
   @moduletag :engine
 
   import DockerRelease.E2E
+  import DockerRelease.E2E.Builder, only: [ensure_builder!: 1, example_copy!: 2]
 
   @bases [
     {"bookworm", "docker-release-test/minbase:bookworm", "base-files"},
@@ -48,6 +49,58 @@ defmodule DockerRelease.E2E.BaseTest do
     assert run =~ ~r/^12\./m
     # The numeric non-root user, also on a base.
     assert image_inspect!(tag, "{{.Config.User}}") =~ ~r/^[1-9]\d*:\d+$/
+  end
+
+  test "a release built in a builder container goes on a base checked against the builder's files",
+       ctx do
+    # The release and its ELF files are read from the builder container (lazily, as the image is
+    # planned); the base is checked against them: bookworm's builder fits a bookworm base,
+    # trixie's needs a newer glibc than bookworm has.
+    builder = ensure_builder!("bookworm")
+    newer = ensure_builder!("trixie")
+    dir = example_copy!("hello", "dr-e2e-base-builder")
+    tag = "#{ctx.repo}/hello:ok"
+
+    {out, _id} =
+      mix_release!(
+        [
+          "--builder",
+          builder,
+          "--base",
+          "docker-release-test/minbase-ssl:bookworm",
+          "--tag",
+          tag
+        ],
+        cd: dir,
+        timeout: 600
+      )
+
+    assert out =~ "checking the base against the release"
+
+    {run, 0} =
+      docker(["run", "--rm", tag, "eval", ~s[IO.puts(File.read!("/etc/debian_version"))]])
+
+    assert run =~ ~r/^12\./m
+
+    {out, status} =
+      mix_release(
+        [
+          "--builder",
+          newer,
+          "--base",
+          "docker-release-test/minbase-ssl:bookworm",
+          "--tag",
+          "#{ctx.repo}/hello:no"
+        ],
+        cd: dir,
+        timeout: 600
+      )
+
+    assert status != 0
+    assert out =~ ~r/the release needs GLIBC_2\.(3[89]|4\d)/
+    # The base's glibc as a whole (libc goes up to GLIBC_2.36 where libm stops at 2.35).
+    assert out =~ "provides up to GLIBC_2.36 (glibc 2.36, Debian GNU/Linux 12 (bookworm))"
+    refute image_exists?("#{ctx.repo}/hello:no")
   end
 
   test "a base without a needed library is refused, naming it and what to install", ctx do

@@ -556,13 +556,21 @@ pub fn check_release(fs: &ReleaseOnBase<'_>) -> Result<Vec<Problem>, ClosureErro
             .or(files.first())
             .map(|f| (*f).clone())
             .unwrap_or_default();
+        // The base's glibc as a whole: its highest version over all of its libraries read here
+        // (libm may stop at GLIBC_2.35 where libc goes on to GLIBC_2.36), and its release from
+        // libc's banner.
         let provider = &users[0].2;
+        let libc = defs
+            .keys()
+            .find(|p| p.file_name().is_some_and(|n| n == "libc.so.6"))
+            .unwrap_or(provider);
         problems.push(Problem::OldGlibc {
             needed,
             used_by,
             others: files.len().saturating_sub(1),
-            provided: highest_glibc(defs[provider].iter().map(String::as_str)).map(str::to_string),
-            release: fs.read(provider).ok().and_then(|b| glibc_release(&b)),
+            provided: highest_glibc(defs.values().flatten().map(String::as_str))
+                .map(str::to_string),
+            release: fs.read(libc).ok().and_then(|b| glibc_release(&b)),
             system: system_name(fs),
         });
     }
