@@ -899,6 +899,22 @@ mod fake_engine {
         }
     }
 
+    /// `build_release` on `fake` for the project `dir`, its reports dropped.
+    async fn build_with<'a>(
+        fake: &'a Fake,
+        dir: &Path,
+    ) -> Result<BuiltRelease<'a, Fake>, BuilderError> {
+        let (on_step, on_line, _) = callbacks();
+        build_release(
+            fake,
+            &spec(dir),
+            on_step,
+            on_line,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+    }
+
     type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
     fn callbacks() -> (OnStep, OnLine, Seen) {
@@ -986,16 +1002,7 @@ mod fake_engine {
         let dir = project();
         let mut fake = Fake::new();
         fake.build_output = vec!["@M deps.get", "@M release", "@M otp 27"];
-        let (on_step, on_line, _) = callbacks();
-        let mut built = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap();
+        let mut built = build_with(&fake, dir.path()).await.unwrap();
         assert_eq!(built.otp_release, "27");
         built.finish().await;
         assert!(!fake
@@ -1011,16 +1018,7 @@ mod fake_engine {
         fake.build_output = vec!["@M deps.get", "@M release", "@M otp 25"];
         fake.fetch_status = 127;
         fake.fetch_stderr = "sh: 1: exec: tar: not found\n";
-        let (on_step, on_line, _) = callbacks();
-        let err = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap_err();
+        let err = build_with(&fake, dir.path()).await.unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("exit status 127"), "{msg}");
         assert!(msg.contains("GNU or BusyBox tar"), "{msg}");
@@ -1034,16 +1032,7 @@ mod fake_engine {
         let mut fake = Fake::new();
         fake.build_output = vec!["@M deps.get", "@M release", "@M otp 25"];
         fake.export = vec![0u8; 1024]; // an empty archive: /release is not there
-        let (on_step, on_line, _) = callbacks();
-        let err = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap_err();
+        let err = build_with(&fake, dir.path()).await.unwrap_err();
         assert!(
             err.to_string()
                 .contains("/release is not in the builder container"),
@@ -1066,16 +1055,7 @@ mod fake_engine {
         out.push("** (SyntaxError) lib/a.ex:1:5: syntax error before: end");
         fake.build_output = out;
         fake.build_status = 1;
-        let (on_step, on_line, _) = callbacks();
-        let err = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap_err();
+        let err = build_with(&fake, dir.path()).await.unwrap_err();
         assert_eq!(err.reason(), "release_build_failed");
         let BuilderError::BuildFailed {
             step,
@@ -1107,16 +1087,7 @@ mod fake_engine {
         let dir = project();
         let mut fake = Fake::new();
         fake.image = None;
-        let (on_step, on_line, _) = callbacks();
-        let err = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap_err();
+        let err = build_with(&fake, dir.path()).await.unwrap_err();
         assert_eq!(err.reason(), "builder_image_missing");
         assert!(err.to_string().contains("docker image ls"), "{err}");
         assert_eq!(fake.calls().len(), 1);
