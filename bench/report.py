@@ -155,7 +155,7 @@ def main():
     w("| image | size | ours / this | starts |")
     w("| --- | ---: | ---: | --- |")
     rows = [
-        ("ours", "ours: `mix docker.release --from-release`"),
+        ("ours", "ours: `mix docker.release --no-cache --from-release`"),
         ("minbase", "release on `docker-release-bench/minbase:bookworm`"),
         ("runtime", "release on minbase + libssl3, ca-certificates"),
     ]
@@ -181,7 +181,8 @@ def main():
     w(f"{args.runs} runs each, alternating ours and docker in the same run (A B A B …), both")
     w("images removed (`docker rmi -f`) before every build, so each starts from nothing but the")
     w("cached base.\n")
-    w("- ours: `mix docker.release --from-release DIR --tag bench/hello:ours`, run in examples/hello")
+    w("- ours: `mix docker.release --no-cache --from-release DIR --tag bench/hello:ours` (every layer")
+    w("  compressed, as docker builds every layer), run in examples/hello")
     w("  (wall time of the whole command, Mix start-up included), loading the image into the engine;")
     w("- docker: `DOCKER_BUILDKIT=0 docker build --no-cache -t bench/hello:df` of `FROM")
     w("  docker-release-bench/busybox:latest` / `COPY rel /app` / `ENTRYPOINT [\"/app/bin/hello\"]`")
@@ -199,7 +200,7 @@ def main():
 
     # 3. Memory
     w("## 3. Peak memory with a large file\n")
-    w(f"`mix docker.release --from-release DIR --output X.tar`, where DIR is the hello release plus")
+    w(f"`mix docker.release --no-cache --from-release DIR --output X.tar`, where DIR is the hello release plus")
     w(f"a {args.blob_mb} MB file of random bytes at `lib/hello-0.1.0/priv/blob.bin`. Peak of the summed")
     w("VmRSS of the whole process tree, sampled every 20 ms by `bench/memsample.py`; the baseline is")
     w("`mix help docker.release` in the same project (the VM and Mix, building nothing).")

@@ -76,7 +76,8 @@ def from_release_figure(w, data, machine):
     w("## 5. Building from an existing release: examples/with_deps and a large release\n")
     w(f"{runs} runs each per release, alternating ours and docker (A B A B) after one untimed")
     w("round, both images removed before every build (bench/figures/from_release.sh).\n")
-    w("- ours: `mix docker.release --from-release DIR --tag bench/NAME:ours` (wall time of the whole")
+    w("- ours: `mix docker.release --no-cache --from-release DIR --tag bench/NAME:ours` (every layer")
+    w("  compressed, as docker builds every layer; wall time of the whole")
     w("  command, loading into the engine included), run in the release's project (examples/hello")
     w("  for the synthetic release);")
     w("- docker: `DOCKER_BUILDKIT=0 docker build --no-cache` of `FROM docker-release-bench/minbase:bookworm`")
@@ -120,7 +121,7 @@ def memory_large_figure(w, data, machine):
     if not peaks:
         return
     w("## 6. Peak memory with a large release of many files\n")
-    w("`mix docker.release --from-release SYNTH --output X.tar` in examples/hello, SYNTH the synthetic")
+    w("`mix docker.release --no-cache --from-release SYNTH --output X.tar` in examples/hello, SYNTH the synthetic")
     w(f"release of figure 5 ({_mb(_median(_numbers(data, 'mem_large_input_bytes', 'synth')))} in "
       f"{int(_median(_numbers(data, 'mem_large_input_files', 'synth')) or 0)} files). Peak of the summed")
     w("VmRSS of the whole process tree every 20 ms (`bench/memsample.py`); the baseline is")
@@ -185,7 +186,7 @@ def push_figure(w, data, machine):
         return
     runs = len(_numbers(data, "push_ms", "full"))
     w("## 8. Registry push: full vs incremental\n")
-    w("`mix docker.release --from-release REL --push --tag 127.0.0.1:PORT/team/with_deps:N")
+    w("`mix docker.release --no-cache --from-release REL --push --tag 127.0.0.1:PORT/team/with_deps:N")
     w("--metadata-file F` of a copy of examples/with_deps to a local `docker-registry` (plain HTTP")
     w("on loopback), emptied before every round; each round pushes the release as is (full: every")
     w("blob uploaded) and then after a one-line change to `lib/with_deps/greeting.ex`")

@@ -122,6 +122,8 @@ defmodule DockerRelease do
       compression_level: config.compression_level,
       tags: config.tags,
       work_dir: work_dir,
+      # Compressed layers kept between builds; --no-cache compresses every layer again.
+      layer_cache: unless(config.no_cache, do: Path.join(base_dir, "layers")),
       output: config.output,
       fallback_output:
         Path.join(base_dir, "#{release_name}-#{String.replace(config.version, "+", "_")}.tar"),

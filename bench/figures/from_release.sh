@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Figure "from-release": `mix docker.release --from-release DIR` vs `docker build --no-cache`
+# Figure "from-release": `mix docker.release --no-cache --from-release DIR` vs `docker build --no-cache`
 # of `FROM docker-release-bench/minbase:bookworm` / `COPY rel /app` over the same release.
 #
 #   bench/figures/from_release.sh [--raw F] [--log F] [--runs N] [--only with_deps,synth]
@@ -40,7 +40,7 @@ measure() {
     "$MINBASE_IMAGE" "$entry" >"$ctx/Dockerfile"
   record fr_release_bytes "$name" 1 "$(du -sb "$rel" | cut -f1)"
   record fr_release_files "$name" 1 "$(find "$rel" -type f | wc -l)"
-  ours() { in_project "$project" mix docker.release --from-release "$ctx/rel" --tag "$ours_tag"; }
+  ours() { in_project "$project" mix docker.release --no-cache --from-release "$ctx/rel" --tag "$ours_tag"; }
   df() { DOCKER_BUILDKIT=0 docker build --no-cache -q -t "$df_tag" "$ctx"; }
 
   log "from-release $name: untimed round"

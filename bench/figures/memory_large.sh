@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Figure "memory-large": peak memory of `mix docker.release --from-release SYNTH --output X.tar`
+# Figure "memory-large": peak memory of `mix docker.release --no-cache --from-release SYNTH --output X.tar`
 # (run in examples/hello) over the large synthetic release (bench/synthetic_release.py):
 # thousands of files rather than bench/run's one big file. Peak of the summed VmRSS of the whole
 # process tree (bench/memsample.py, every 20 ms); baseline `mix help docker.release`.
@@ -21,7 +21,7 @@ out="$FIGURE_WORK/x.tar"
 peak="$FIGURE_WORK/peak"
 build() {
   "$BENCH/memsample.py" -o "$peak" -- bash -c \
-    "cd '$HELLO' && env -u MIX_ENV mix docker.release --from-release '$SYNTH' --output '$out'"
+    "cd '$HELLO' && env -u MIX_ENV mix docker.release --no-cache --from-release '$SYNTH' --output '$out'"
 }
 
 log "memory-large: untimed run (compiles if needed)"

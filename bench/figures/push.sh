@@ -81,7 +81,7 @@ sed -i 's|def text, do: "hello"|def text, do: "howdy"|' "$GREETING"
 release v2
 
 push() { # push VERSION TAG METADATA
-  in_project "$PROJ" mix docker.release --from-release "$FIGURE_WORK/rel-$1" \
+  in_project "$PROJ" mix docker.release --no-cache --from-release "$FIGURE_WORK/rel-$1" \
     --push --tag "127.0.0.1:$PORT/team/with_deps:$2" --metadata-file "$3"
 }
 meta() { # meta FILE: uploaded_bytes uploaded_blobs skipped_blobs layer_bytes

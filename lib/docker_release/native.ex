@@ -22,6 +22,7 @@ defmodule DockerRelease.Native do
               compression_level: 1,
               tags: [],
               work_dir: nil,
+              layer_cache: nil,
               output: nil,
               fallback_output: nil,
               load: false,

@@ -8,9 +8,9 @@ defmodule DockerRelease.E2E.ImageIdTest do
 
   setup_all do
     repo = unique_repo()
-    tags = for t <- ~w(full a b), do: "#{repo}/hello:#{t}"
+    tags = for t <- ~w(full a b nc), do: "#{repo}/hello:#{t}"
     on_exit(fn -> rm_images(tags) end)
-    [full, a, b] = tags
+    [full, a, b, nc] = tags
 
     # A full build (it assembles the release), then builds from a copy of that release.
     {_, full_id} = mix_release!(["--tag", full])
@@ -19,7 +19,8 @@ defmodule DockerRelease.E2E.ImageIdTest do
     {_, 0} = cmd("cp", ["-a", hello_release_dir(), rel])
 
     {_, a_id} = mix_release!(["--from-release", rel, "--tag", a])
-    {_, b_id} = mix_release!(["--from-release", rel, "--tag", b])
+    {b_out, b_id} = mix_release!(["--from-release", rel, "--tag", b])
+    {nc_out, nc_id} = mix_release!(["--from-release", rel, "--tag", nc, "--no-cache"])
     archive = Path.join(tmp, "hello.tar")
 
     {out, archive_id} =
@@ -27,7 +28,8 @@ defmodule DockerRelease.E2E.ImageIdTest do
 
     %{
       tags: %{full: full, a: a, b: b},
-      ids: %{full: full_id, a: a_id, b: b_id, archive: archive_id},
+      ids: %{full: full_id, a: a_id, b: b_id, nc: nc_id, archive: archive_id},
+      outs: %{b: b_out, nc: nc_out},
       archive: archive,
       archive_digest: printed_digest!(out)
     }
@@ -70,6 +72,19 @@ defmodule DockerRelease.E2E.ImageIdTest do
   } do
     assert ids.a == ids.b
     assert image_inspect!(tags.a, "{{.Id}}") == image_inspect!(tags.b, "{{.Id}}")
+  end
+
+  test "the layer cache: a second build takes every layer from it; --no-cache compresses them; same ID",
+       %{ids: ids, outs: outs} do
+    # Build b repeats build a exactly: every layer is byte for byte one compressed before.
+    for name <- ~w(runtime erts app) do
+      assert outs.b =~ ~r/==> layer \d\/3: #{name} unchanged, taken from the layer cache/, outs.b
+    end
+
+    refute outs.b =~ "==> writing layer"
+    assert outs.nc =~ "==> writing layer 1/3: runtime"
+    refute outs.nc =~ "taken from the layer cache"
+    assert ids.nc == ids.b
   end
 
   test "the release's location does not change the image (a copy elsewhere gives the same ID)",

@@ -81,7 +81,8 @@ defmodule Mix.Tasks.Docker.Release do
     * `--release-tarball NAME` - the tarball the build image leaves at `/tmp/NAME`, which lands
       at the root of the final build's context. Default `APP.tar.gz`.
     * `--tag NAME[:TAG]` - the final image's tag(s). Default `APP:VERSION`.
-    * `--no-cache` - build both images without the engine's cache (also: fresh builder caches).
+    * `--no-cache` - build both images without the engine's cache (also: fresh builder caches,
+      and every layer compressed again instead of taken from the layer cache).
 
   The temporary container is labelled and removed in every case; one left by a killed run is
   removed by the next run.

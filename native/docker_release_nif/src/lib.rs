@@ -40,6 +40,7 @@ struct NifRequest {
     compression_level: u32,
     tags: Vec<String>,
     work_dir: String,
+    layer_cache: Option<String>,
     output: Option<String>,
     fallback_output: String,
     load: bool,
@@ -83,6 +84,7 @@ impl From<NifRequest> for Request {
             compression_level: r.compression_level.clamp(1, 9),
             tags: r.tags,
             work_dir: r.work_dir.into(),
+            layer_cache: r.layer_cache.map(PathBuf::from),
             outputs: Outputs {
                 // The engine is the default output; asked for explicitly, it must be there.
                 engine: if r.load {

@@ -1,12 +1,13 @@
 //! Plan → layers → image: writes each planned layer as a blob and returns the image value.
 
 use crate::archive::BlobDir;
+use crate::digest::HashWriter;
 use crate::fs::Fs;
 use crate::image::Image;
-use crate::layer::{write_layer, LayerError};
+use crate::layer::{layer_diff_id, write_layer, LayerError, LayerInfo, LayerSpec};
 use crate::plan::Plan;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Progress of a build, reported as it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,61 @@ pub enum Progress {
         /// Uncompressed bytes so far.
         bytes: u64,
     },
+    /// Layer `name` is being hashed (uncompressed, `bytes` so far) to look it up in the
+    /// [`LayerCache`].
+    Checking {
+        /// Layer name.
+        name: String,
+        /// Zero-based index.
+        index: usize,
+        /// Number of layers.
+        count: usize,
+        /// Uncompressed bytes so far.
+        bytes: u64,
+    },
+    /// Layer `name` is byte for byte one compressed before: its blob was taken from the
+    /// [`LayerCache`] instead of being compressed again.
+    Reused {
+        /// Layer name.
+        name: String,
+        /// Zero-based index.
+        index: usize,
+        /// Number of layers.
+        count: usize,
+    },
+}
+
+/// Compressed layers kept between builds, named by their `diff_id` and gzip level, so that a
+/// layer whose tar is identical to one built before (the runtime, ERTS and deps layers when only
+/// the app changed) costs a hashing pass instead of a compression. The blob's own digest is
+/// computed again on every use; entries are written whole (a temporary name, then a rename) and
+/// [`LayerCache::prune`] keeps the newest.
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    /// The directory (created on first use).
+    pub dir: PathBuf,
+}
+
+impl LayerCache {
+    fn entry(&self, diff_id: &crate::digest::Digest, level: u32) -> PathBuf {
+        self.dir.join(format!("{}.gz{level}", diff_id.hex()))
+    }
+
+    /// Keep the `keep` most recently used entries, remove the rest (and stray temporary files).
+    pub fn prune(&self, keep: usize) -> io::Result<()> {
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let e = e?;
+            let used = e.metadata()?.modified()?;
+            entries.push((used, e.path()));
+        }
+        entries.sort();
+        let drop = entries.len().saturating_sub(keep);
+        for (_, path) in entries.into_iter().take(drop) {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
 }
 
 /// Errors while writing layers.
@@ -58,6 +114,21 @@ pub fn build(
     blobs: &BlobDir,
     progress: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<Image, BuildError> {
+    build_cached(fs, plan, created, level, blobs, None, progress)
+}
+
+/// [`build`], taking each layer from `cache` when an identical one was compressed before at the
+/// same level, and putting each newly compressed layer there. The image is the same byte for
+/// byte as without a cache.
+pub fn build_cached(
+    fs: &dyn Fs,
+    plan: &Plan,
+    created: u64,
+    level: u32,
+    blobs: &BlobDir,
+    cache: Option<&LayerCache>,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<Image, BuildError> {
     let blob_err = |path: &PathBuf| {
         let path = path.clone();
         move |source| BuildError::Blobs { path, source }
@@ -66,6 +137,27 @@ pub fn build(
     let count = plan.layers.len();
     let mut layers = Vec::with_capacity(count);
     for (index, spec) in plan.layers.iter().enumerate() {
+        let mut report = |bytes| {
+            progress(Progress::Checking {
+                name: spec.name.clone(),
+                index,
+                count,
+                bytes,
+            })
+        };
+        let cached = match cache {
+            Some(cache) => from_cache(fs, spec, created, level, blobs, cache, &mut report)?,
+            None => None,
+        };
+        if let Some(info) = cached {
+            progress(Progress::Reused {
+                name: spec.name.clone(),
+                index,
+                count,
+            });
+            layers.push(info);
+            continue;
+        }
         let tmp = blobs
             .root
             .join(format!(".{}-{}.partial", spec.name, std::process::id()));
@@ -104,6 +196,10 @@ pub fn build(
         drop(file);
         let dest = blobs.path(&info.digest);
         std::fs::rename(&tmp, &dest).map_err(blob_err(&dest))?;
+        if let Some(cache) = cache {
+            // A cache that cannot be written only costs the next build its speed.
+            let _ = put_in_cache(cache, &dest, &info.diff_id, level);
+        }
         layers.push(info);
     }
     Ok(Image {
@@ -113,4 +209,95 @@ pub fn build(
         layers,
         base_history: Vec::new(),
     })
+}
+
+/// The layer for `spec` from `cache`, placed in `blobs`, or `None` when the cache has no layer
+/// with its `diff_id` (or the entry cannot be used).
+fn from_cache(
+    fs: &dyn Fs,
+    spec: &LayerSpec,
+    created: u64,
+    level: u32,
+    blobs: &BlobDir,
+    cache: &LayerCache,
+    report: &mut dyn FnMut(u64) -> bool,
+) -> Result<Option<LayerInfo>, BuildError> {
+    let (diff_id, uncompressed_size, entries) =
+        layer_diff_id(fs, spec, created, report).map_err(|source| BuildError::Layer {
+            layer: spec.name.clone(),
+            source,
+        })?;
+    let entry = cache.entry(&diff_id, level);
+    let Ok(file) = std::fs::File::open(&entry) else {
+        return Ok(None);
+    };
+    // The entry is used only if it really is this layer: its bytes decompress to a tar with
+    // this diff_id. Its own digest is computed from the same bytes.
+    let Some(digest_and_size) = verify(file, &diff_id) else {
+        let _ = std::fs::remove_file(&entry);
+        return Ok(None);
+    };
+    let (digest, size) = digest_and_size;
+    let dest = blobs.path(&digest);
+    if !dest.exists() && link_or_copy(&entry, &dest).is_err() {
+        return Ok(None);
+    }
+    // Mark it used (prune keeps the most recently used).
+    let _ = std::fs::File::options()
+        .append(true)
+        .open(&entry)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    Ok(Some(LayerInfo {
+        name: spec.name.clone(),
+        digest,
+        diff_id,
+        size,
+        uncompressed_size,
+        entries,
+    }))
+}
+
+/// The digest and size of the gzip blob read from `file`, if it decompresses to a tar whose
+/// sha256 is `diff_id`.
+fn verify(
+    mut file: std::fs::File,
+    diff_id: &crate::digest::Digest,
+) -> Option<(crate::digest::Digest, u64)> {
+    use std::io::Read;
+    let mut compressed = HashWriter::new(io::sink());
+    let mut tar = flate2::write::GzDecoder::new(HashWriter::new(io::sink()));
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        compressed.write_all(&buf[..n]).ok()?;
+        tar.write_all(&buf[..n]).ok()?;
+    }
+    let (_, uncompressed, _) = tar.finish().ok()?.finish();
+    let (_, digest, size) = compressed.finish();
+    (uncompressed == *diff_id).then_some((digest, size))
+}
+
+/// Put the blob at `blob` in `cache` under `diff_id` and `level`: a hard link (a copy across
+/// filesystems) under a temporary name, then a rename, so an entry is never seen half-written.
+fn put_in_cache(
+    cache: &LayerCache,
+    blob: &Path,
+    diff_id: &crate::digest::Digest,
+    level: u32,
+) -> io::Result<()> {
+    std::fs::create_dir_all(&cache.dir)?;
+    let entry = cache.entry(diff_id, level);
+    let tmp = cache
+        .dir
+        .join(format!(".{}.{}.partial", diff_id.hex(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    link_or_copy(blob, &tmp)?;
+    std::fs::rename(&tmp, &entry)
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
 }

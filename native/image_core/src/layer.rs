@@ -162,17 +162,7 @@ pub fn write_layer<W: Write>(
     let entries = complete(&spec.entries)?;
     let inner = HashWriter::new(out);
     let gz = GzEncoder::new(inner, Compression::new(level));
-    let outer = HashWriter::new(gz);
-    let mut tar = tar::Builder::new(outer);
-    let mut written = 0usize;
-    for (rel, entry) in &entries {
-        append(fs, &mut tar, rel, entry, mtime)?;
-        written += 1;
-        if !progress(tar.get_ref().count()) {
-            return Err(LayerError::Cancelled);
-        }
-    }
-    let outer = tar.into_inner().map_err(LayerError::Write)?;
+    let (outer, written) = write_tar(fs, &entries, mtime, HashWriter::new(gz), progress)?;
     let (gz, diff_id, uncompressed_size) = outer.finish();
     let inner = gz.finish().map_err(LayerError::Write)?;
     let (out, digest, size) = inner.finish();
@@ -185,6 +175,41 @@ pub fn write_layer<W: Write>(
         entries: written,
     };
     Ok((info, out))
+}
+
+/// The `diff_id` (sha256 of the uncompressed tar), the tar's size and the number of entries of
+/// the layer [`write_layer`] would write for `spec`, without compressing or writing anything:
+/// enough to find an identical layer compressed earlier.
+pub fn layer_diff_id(
+    fs: &dyn Fs,
+    spec: &LayerSpec,
+    mtime: u64,
+    progress: Progress<'_>,
+) -> Result<(Digest, u64, usize), LayerError> {
+    let entries = complete(&spec.entries)?;
+    let (out, written) = write_tar(fs, &entries, mtime, HashWriter::new(io::sink()), progress)?;
+    let (_, diff_id, size) = out.finish();
+    Ok((diff_id, size, written))
+}
+
+/// The tar stream of `entries` into `out`; returns `out` and the number of entries.
+fn write_tar<W: Write>(
+    fs: &dyn Fs,
+    entries: &BTreeMap<Vec<u8>, Entry>,
+    mtime: u64,
+    out: HashWriter<W>,
+    progress: Progress<'_>,
+) -> Result<(HashWriter<W>, usize), LayerError> {
+    let mut tar = tar::Builder::new(out);
+    let mut written = 0usize;
+    for (rel, entry) in entries {
+        append(fs, &mut tar, rel, entry, mtime)?;
+        written += 1;
+        if !progress(tar.get_ref().count()) {
+            return Err(LayerError::Cancelled);
+        }
+    }
+    Ok((tar.into_inner().map_err(LayerError::Write)?, written))
 }
 
 /// The entries keyed by their relative tar path, parents added, sorted by path bytes.

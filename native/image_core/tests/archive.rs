@@ -671,3 +671,93 @@ fn a_layer_spec_with_a_non_directory_parent_is_refused() {
         }
     }
 }
+
+#[test]
+fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
+    use image_core::build::{build_cached, LayerCache, Progress};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    support::sample_tree(&src, 0o644);
+    let cache = LayerCache {
+        dir: tmp.path().join("layers"),
+    };
+    let fs = image_core::fs::HostFs::new("/");
+    let mut run = 0;
+    let mut build = |cache: Option<&LayerCache>| {
+        run += 1;
+        let blobs = BlobDir {
+            root: tmp.path().join(format!("blobs-{run}")),
+        };
+        let mut reused = Vec::new();
+        let image = build_cached(
+            &fs,
+            &support::sample_plan(&src),
+            CREATED,
+            6,
+            &blobs,
+            cache,
+            &mut |p| {
+                if let Progress::Reused { name, .. } = p {
+                    reused.push(name);
+                }
+                true
+            },
+        )
+        .unwrap();
+        (image, blobs, reused)
+    };
+
+    let (plain, plain_blobs, none) = build(None);
+    assert!(none.is_empty());
+    let (first, _, reused) = build(Some(&cache));
+    assert!(
+        reused.is_empty(),
+        "an empty cache reuses nothing: {reused:?}"
+    );
+    assert_eq!(first.manifest_digest(), plain.manifest_digest());
+
+    // Same inputs: every layer comes from the cache, and the image is the same.
+    let (second, second_blobs, reused) = build(Some(&cache));
+    assert_eq!(reused, vec!["runtime", "app"]);
+    assert_eq!(second.manifest_digest(), plain.manifest_digest());
+    assert!(
+        archive_bytes(&second, &tags(&["hello:1"]), &second_blobs)
+            == archive_bytes(&plain, &tags(&["hello:1"]), &plain_blobs),
+        "archives differ"
+    );
+
+    // One file of the app changes: only the runtime layer is reused.
+    std::fs::write(src.join("etc/greeting.txt"), b"howdy\n").unwrap();
+    let (changed, _, reused) = build(Some(&cache));
+    assert_eq!(reused, vec!["runtime"]);
+    assert_eq!(changed.layers[0].digest, plain.layers[0].digest);
+    assert_ne!(changed.layers[1].diff_id, plain.layers[1].diff_id);
+
+    // A damaged entry is not used (and is removed): the layer is compressed again, the image
+    // is unchanged.
+    let entries: Vec<_> = std::fs::read_dir(&cache.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let runtime_entry = cache
+        .dir
+        .join(format!("{}.gz6", plain.layers[0].diff_id.hex()));
+    let mut bytes = std::fs::read(&runtime_entry).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::remove_file(&runtime_entry).unwrap(); // break the hard link to a run's blob
+    std::fs::write(&runtime_entry, &bytes).unwrap();
+    let (repaired, _, reused) = build(Some(&cache));
+    assert_eq!(reused, vec!["app"]);
+    assert_eq!(repaired.manifest_digest(), changed.manifest_digest());
+
+    // Pruning keeps the most recently used entries.
+    cache.prune(2).unwrap();
+    let left: Vec<_> = std::fs::read_dir(&cache.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&format!("{}.gz6", changed.layers[1].diff_id.hex())));
+}

@@ -10,7 +10,7 @@ use crate::engine::{resolve_endpoint, DockerEngine, Endpoint, EngineError};
 use crate::registry::{self, PushOptions, PushOutcome, RegistryError};
 use crate::sink::{self, Built, SinkError};
 use image_core::archive::BlobDir;
-use image_core::build::{build, BuildError, Progress as BuildProgress};
+use image_core::build::{build_cached, BuildError, LayerCache, Progress as BuildProgress};
 use image_core::fs::{Fs, HostFs};
 use image_core::image::Summary;
 use image_core::layer::LayerError;
@@ -79,6 +79,8 @@ pub struct Request {
     pub tags: Vec<String>,
     /// Scratch directory for layer blobs.
     pub work_dir: PathBuf,
+    /// Where compressed layers are kept between builds (`None`: compress every layer).
+    pub layer_cache: Option<PathBuf>,
     /// Destinations.
     pub outputs: Outputs,
     /// Where to write the JSON summary, if anywhere.
@@ -411,33 +413,54 @@ pub async fn run(
         tokio::task::spawn_blocking(move || -> Result<_, Failure> {
             let mut last_step = usize::MAX;
             let mut progress = |p: BuildProgress| {
-                let BuildProgress::Layer {
-                    name,
-                    index,
-                    count,
-                    bytes,
-                } = p;
-                if index != last_step {
-                    last_step = index;
-                    events(Event::Step(format!(
-                        "writing layer {}/{count}: {name}",
-                        index + 1
-                    )));
+                match p {
+                    BuildProgress::Layer {
+                        name,
+                        index,
+                        count,
+                        bytes,
+                    } => {
+                        if index != last_step {
+                            last_step = index;
+                            events(Event::Step(format!(
+                                "writing layer {}/{count}: {name}",
+                                index + 1
+                            )));
+                        }
+                        events(Event::Bytes {
+                            step: format!("{name} layer"),
+                            done: bytes,
+                        });
+                    }
+                    BuildProgress::Checking { name, bytes, .. } => {
+                        events(Event::Bytes {
+                            step: format!("{name} layer"),
+                            done: bytes,
+                        });
+                    }
+                    BuildProgress::Reused { name, index, count } => {
+                        events(Event::Step(format!(
+                            "layer {}/{count}: {name} unchanged, taken from the layer cache",
+                            index + 1
+                        )));
+                    }
                 }
-                events(Event::Bytes {
-                    step: format!("{name} layer"),
-                    done: bytes,
-                });
                 !cancelled.load(Ordering::Relaxed)
             };
-            let image = build(
+            let cache = req.layer_cache.clone().map(|dir| LayerCache { dir });
+            let image = build_cached(
                 &*fs,
                 &plan,
                 req.created,
                 req.compression_level,
                 &blobs,
+                cache.as_ref(),
                 &mut progress,
             )?;
+            if let Some(cache) = &cache {
+                // This image's layers and the previous image's stay.
+                let _ = cache.prune(2 * plan.layers.len().max(1));
+            }
             let image = match &base {
                 None => image,
                 Some(b) => b.apply(image),
