@@ -45,7 +45,14 @@ pub struct PushOptions {
     /// Where credentials come from; `None` reads the process environment
     /// ([`CredentialStore::from_env`]).
     pub credentials: Option<CredentialStore>,
+    /// How long a request may go without progress (no upload bytes taken, no answer) before
+    /// it fails; `None` for [`DEFAULT_STALL`].
+    pub stall_timeout: Option<Duration>,
 }
+
+/// A request that makes no progress for this long fails (a registry or proxy that stopped
+/// reading or answering would otherwise hang the push for ever).
+pub const DEFAULT_STALL: Duration = Duration::from_secs(60);
 
 /// What a push did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -214,7 +221,8 @@ pub async fn push(
     };
     let sent = Arc::new(AtomicU64::new(0));
     for (host, repos) in targets {
-        let mut reg = Registry::connect(http.clone(), &host, opts, store.clone()).await?;
+        let mut reg =
+            Registry::connect(http.clone(), &host, opts, store.clone(), sent.clone()).await?;
         for (path, tags) in repos {
             for blob in &blobs {
                 if reg.upload_blob(&path, blob, &sent, &progress).await? {
@@ -353,6 +361,10 @@ struct Registry {
     credential: Option<Option<Credential>>,
     /// `Authorization` values by repository path.
     auth: HashMap<String, HeaderValue>,
+    /// Upload bytes taken so far (the progress the stall watch looks at).
+    activity: Arc<AtomicU64>,
+    /// How long a request may make no progress.
+    stall: Duration,
 }
 
 impl Registry {
@@ -362,7 +374,9 @@ impl Registry {
         host: &str,
         opts: &PushOptions,
         store: Arc<CredentialStore>,
+        activity: Arc<AtomicU64>,
     ) -> Result<Registry, RegistryError> {
+        let stall = opts.stall_timeout.unwrap_or(DEFAULT_STALL);
         let base_for = |scheme: &str| {
             Url::parse(&format!("{scheme}://{host}/")).map_err(|e| RegistryError::Protocol {
                 url: format!("{scheme}://{host}/"),
@@ -372,21 +386,25 @@ impl Registry {
         let ping = |base: &Url| {
             let url = base.join("v2/").expect("a constant relative path");
             let req = http.get(url.clone());
-            async move { (url, req.send().await) }
+            let activity = activity.clone();
+            async move {
+                let res = watch_stall(req.send(), &activity, stall, host).await?;
+                Ok::<_, RegistryError>((url, res))
+            }
         };
         let is_registry = |s: StatusCode| s.is_success() || s == StatusCode::UNAUTHORIZED;
         let https = base_for("https")?;
         let mut chosen = None;
         if opts.insecure || is_loopback(host) {
             let plain = base_for("http")?;
-            let (url, res) = ping(&plain).await;
+            let (url, res) = ping(&plain).await?;
             let resp = match res {
                 Ok(r) => r,
                 // HTTP and HTTPS may be on different ports (80 and 443): try HTTPS before
                 // reporting the HTTP failure.
-                Err(e) => match ping(&https).await {
+                Err(e) => match ping(&https).await? {
                     (_, Ok(r)) if is_registry(r.status()) => {
-                        return Self::ready(http, host, https, r, store)
+                        return Self::ready(http, host, https, r, store, activity, stall)
                     }
                     _ => return Err(connection(host, &e)),
                 },
@@ -398,7 +416,7 @@ impl Registry {
                 // if that fails too, report HTTPS certificate problems or else this answer.
                 let status = resp.status();
                 let plain_failure = failure(host, "", &url, resp).await;
-                match ping(&https).await {
+                match ping(&https).await? {
                     (_, Ok(r)) if is_registry(r.status()) => chosen = Some((https.clone(), r)),
                     (_, Err(e)) if is_tls_trust_error(&e) => return Err(connection(host, &e)),
                     _ if status == StatusCode::BAD_REQUEST => {
@@ -416,7 +434,7 @@ impl Registry {
         let (base, resp) = match chosen {
             Some(c) => c,
             None => {
-                let (url, res) = ping(&https).await;
+                let (url, res) = ping(&https).await?;
                 let resp = res.map_err(|e| connection(host, &e))?;
                 if !is_registry(resp.status()) {
                     return Err(failure(host, "", &url, resp).await);
@@ -424,7 +442,7 @@ impl Registry {
                 (https, resp)
             }
         };
-        Self::ready(http, host, base, resp, store)
+        Self::ready(http, host, base, resp, store, activity, stall)
     }
 
     /// The registry at `base`, given its answer to `GET /v2/`.
@@ -434,6 +452,8 @@ impl Registry {
         base: Url,
         resp: Response,
         store: Arc<CredentialStore>,
+        activity: Arc<AtomicU64>,
+        stall: Duration,
     ) -> Result<Registry, RegistryError> {
         let challenge = (resp.status() == StatusCode::UNAUTHORIZED)
             .then(|| header_text(&resp, "www-authenticate"))
@@ -446,6 +466,8 @@ impl Registry {
             store,
             credential: None,
             auth: HashMap::new(),
+            activity,
+            stall,
         })
     }
 
@@ -587,9 +609,8 @@ impl Registry {
                     req = req.header(AUTHORIZATION, a.clone());
                 }
             }
-            let resp = build(req)?
-                .send()
-                .await
+            let resp = watch_stall(build(req)?.send(), &self.activity, self.stall, &self.host)
+                .await?
                 .map_err(|e| connection(&self.host, &e))?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
@@ -674,7 +695,9 @@ impl Registry {
         if let Some(c) = credential {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
-        let resp = req.send().await.map_err(|e| connection(&realm_host, &e))?;
+        let resp = watch_stall(req.send(), &self.activity, self.stall, &realm_host)
+            .await?
+            .map_err(|e| connection(&realm_host, &e))?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -792,6 +815,43 @@ fn file_stream(
             },
         ),
     )
+}
+
+/// Run `request` until it ends, or fail when `activity` (upload bytes taken) has not moved for
+/// `stall` (checked every tenth of it, at most every second): a registry or proxy that stopped
+/// reading the upload or never answers. The time from the last byte sent to the answer counts
+/// too, so a registry gets `stall` to verify a blob.
+async fn watch_stall<F: std::future::Future>(
+    request: F,
+    activity: &AtomicU64,
+    stall: Duration,
+    host: &str,
+) -> Result<F::Output, RegistryError> {
+    tokio::pin!(request);
+    let tick = (stall / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut seen = activity.load(Ordering::Relaxed);
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            out = &mut request => return Ok(out),
+            _ = tokio::time::sleep(tick) => {
+                let now = activity.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    since = tokio::time::Instant::now();
+                } else if since.elapsed() >= stall {
+                    return Err(RegistryError::Connection {
+                        host: host.to_string(),
+                        cause: format!(
+                            "no progress for {} s: it neither took more of the upload nor answered",
+                            stall.as_secs_f64()
+                        ),
+                        hint: "; check the registry (and any proxy in between), then retry",
+                    });
+                }
+            }
+        }
+    }
 }
 
 fn basic(c: &Credential) -> String {
@@ -983,7 +1043,7 @@ impl Puller {
                 .unwrap_or_else(|| CredentialStore::from_env(&|k| std::env::var(k).ok())),
         );
         Ok(Puller {
-            reg: Registry::connect(http, host, opts, store).await?,
+            reg: Registry::connect(http, host, opts, store, Arc::new(AtomicU64::new(0))).await?,
         })
     }
 

@@ -734,6 +734,46 @@ async fn connection_reset_during_a_blob_upload_fails_fast() {
     println!("reset after {took:?}: {msg}");
 }
 
+/// `opts` with a stall timeout of one second.
+fn impatient(opts: PushOptions) -> PushOptions {
+    PushOptions {
+        stall_timeout: Some(Duration::from_secs(1)),
+        ..opts
+    }
+}
+
+#[tokio::test]
+async fn a_registry_that_stops_reading_an_upload_fails_after_the_stall_timeout() {
+    let fake = fake_registry(|req| {
+        (req.method == "PUT").then_some(Reply::ReadThenHang(64 << 10, Duration::from_secs(30)))
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let b = small_built(tmp.path(), &fake.host());
+    let started = Instant::now();
+    let err = push_err(&b, &impatient(no_credentials())).await;
+    let took = started.elapsed();
+    // One second without progress, checked every 100 ms; far from the 30 s hang.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(err.reason(), "registry_unreachable", "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("no progress for 1 s"), "{msg}");
+    assert!(msg.contains(&fake.host()), "{msg}");
+    println!("stalled upload after {took:?}: {msg}");
+}
+
+#[tokio::test]
+async fn a_registry_that_never_answers_fails_after_the_stall_timeout() {
+    let fake = fake_registry(|req| {
+        (req.target == "/v2/").then_some(Reply::ReadThenHang(0, Duration::from_secs(30)))
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let b = small_built(tmp.path(), &fake.host());
+    let started = Instant::now();
+    let err = push_err(&b, &impatient(no_credentials())).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+    assert!(err.to_string().contains("no progress for 1 s"), "{err}");
+}
+
 #[tokio::test]
 async fn unreachable_registry() {
     let port = rs::free_port();

@@ -346,6 +346,9 @@ pub enum Reply {
     },
     /// Read this many body bytes, then close the connection without answering.
     ReadThenClose(usize),
+    /// Read this many body bytes, then hold the connection for this long without reading
+    /// more or answering (a stalled registry or proxy).
+    ReadThenHang(usize, Duration),
 }
 
 impl Reply {
@@ -461,6 +464,12 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
             .unwrap_or(0);
         log.lock().unwrap().push(req.clone());
         match handler(&req) {
+            Reply::ReadThenHang(n, hold) => {
+                let mut buf = vec![0u8; n.min(req.content_length)];
+                let _ = reader.read_exact(&mut buf);
+                std::thread::sleep(hold);
+                return;
+            }
             Reply::ReadThenClose(n) => {
                 let mut buf = vec![0u8; n.min(req.content_length)];
                 let _ = reader.read_exact(&mut buf);
