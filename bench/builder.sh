@@ -20,9 +20,13 @@
 # bench/results/builder-raw.tsv and prints the medians.
 #
 # Images left behind: bench/with_deps:ours, bench/with_deps:df. The temporary project copy,
-# bench/with_deps:ours-prev,
-# its cache volumes and the Dockerfile's build-stage images are removed at the end.
+# its cache volumes, bench/with_deps:ours-prev and the Dockerfile's build-stage images are
+# removed at the end.
 set -euo pipefail
+
+# record, note, timed, now_ms, log_size, compiled_since, image_size, rmi (bench/common.sh)
+# shellcheck source=bench/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
@@ -37,7 +41,7 @@ DF_TAG=bench/with_deps:df
 STAGE_LABEL=docker-release-bench.builder-stage=with_deps
 STANDALONE=1
 
-usage() { sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit "${1:-0}"; }
+usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
@@ -75,26 +79,7 @@ trap 'exit 143' TERM
 mkdir -p "$(dirname "$RAW")" "$(dirname "$LOG")"
 [ "$STANDALONE" = 0 ] || : >"$RAW"
 
-record() {
-  local detail=${5:-}
-  detail=${detail//$'\t'/ }
-  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${detail//$'\n'/ }" >>"$RAW"
-}
-note() { record note "$1" 0 - "$2"; warn "note: $2"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-log_size() { stat -c %s "$LOG"; }
 since() { tail -c +$(($1 + 1)) "$LOG"; }
-rmi() { docker rmi -f "$@" >/dev/null 2>&1 || true; }
-
-# timed CMD... : runs CMD (output to the log), prints its wall time in ms; fails as CMD does.
-timed() {
-  local t0 t1
-  { printf '\n$'; printf ' %q' "$@"; printf '\n'; } >>"$LOG"
-  t0=$(now_ms)
-  "$@" >>"$LOG" 2>&1 || return $?
-  t1=$(now_ms)
-  echo $((t1 - t0))
-}
 
 ours() { (cd "$PROJ" && env -u MIX_ENV mix docker.release --builder "$BUILDER" --tag "$OURS_TAG" "$@"); }
 theirs() { DOCKER_BUILDKIT=0 docker build "$@" -f "$WORK/Dockerfile" -t "$DF_TAG" "$PROJ"; }

@@ -7,9 +7,9 @@ or faster).
 """
 import argparse
 import collections
-import statistics
 
 import report_figures  # figures 5-9 (bench/figures/*.sh), beside this file
+from report_figures import mb, median, numbers, ratio, secs, spread
 
 MEM_TARGET_MB = 200
 
@@ -25,34 +25,6 @@ def load_raw(path):
             detail = fields[4] if len(fields) > 4 else ""
             data[(metric, variant)].append((int(run), value, detail))
     return data
-
-
-def numbers(data, metric, variant):
-    return [float(v) for _, v, _ in sorted(data.get((metric, variant), []))]
-
-
-def median(values):
-    return statistics.median(values) if values else None
-
-
-def mb(n):
-    return "n/a" if n is None else f"{n / 1e6:.1f} MB"
-
-
-def secs(ms):
-    return "n/a" if ms is None else f"{ms / 1000:.2f} s"
-
-
-def ratio(a, b):
-    return "n/a" if a is None or not b else f"{a / b:.2f}"
-
-
-def spread(values, fmt):
-    if not values:
-        return "n/a"
-    if min(values) == max(values):
-        return fmt(values[0])
-    return f"{fmt(min(values))} – {fmt(max(values))}"
 
 
 def md_cell(text):

@@ -11,7 +11,7 @@ PUSH_TARGET_SHARE = 0.05
 LATENESS_TARGET_MS = 20
 
 
-def _numbers(data, metric, variant):
+def numbers(data, metric, variant):
     out = []
     for _, v, _ in sorted(data.get((metric, variant), [])):
         try:
@@ -21,15 +21,15 @@ def _numbers(data, metric, variant):
     return out
 
 
-def _median(values):
+def median(values):
     return statistics.median(values) if values else None
 
 
-def _mb(n):
+def mb(n):
     return "n/a" if n is None else f"{n / 1e6:.1f} MB"
 
 
-def _secs(ms):
+def secs(ms):
     return "n/a" if ms is None else f"{ms / 1000:.2f} s"
 
 
@@ -37,11 +37,11 @@ def _ms(v):
     return "n/a" if v is None else f"{v:.1f} ms"
 
 
-def _ratio(a, b):
+def ratio(a, b):
     return "n/a" if a is None or not b else f"{a / b:.2f}"
 
 
-def _spread(values, fmt):
+def spread(values, fmt):
     if not values:
         return "n/a"
     if min(values) == max(values):
@@ -59,7 +59,7 @@ def _verdict(ok):
 
 
 def _load(w, data, figure):
-    load = _numbers(data, "load1", figure)
+    load = numbers(data, "load1", figure)
     if load:
         w(f"1-minute load average when the figure started: {load[0]:.2f} (other work on the machine"
           " shows here).\n")
@@ -72,7 +72,7 @@ def _has(data, metric):
 def from_release_figure(w, data, machine):
     if not _has(data, "fr_ms"):
         return
-    runs = max(len(_numbers(data, "fr_ms", f"{n}_ours")) for n in ("with_deps", "synth"))
+    runs = max(len(numbers(data, "fr_ms", f"{n}_ours")) for n in ("with_deps", "synth"))
     w("## 5. Building from an existing release: examples/with_deps and a large release\n")
     w(f"{runs} runs each per release, alternating ours and docker (A B A B) after one untimed")
     w("round, both images removed before every build (bench/figures/from_release.sh).\n")
@@ -87,28 +87,28 @@ def from_release_figure(w, data, machine):
     w("  data of mixed compressibility; seeded, cached in bench/results/synthetic/).\n")
     w("| release | size | files | ours | docker build | ours / docker | per-pair ratio | image: ours | image: docker |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    hello_ours = _numbers(data, "build_ms", "ours")
-    hello_df = _numbers(data, "build_ms", "docker")
+    hello_ours = numbers(data, "build_ms", "ours")
+    hello_df = numbers(data, "build_ms", "docker")
     if hello_ours or hello_df:
         pr, _ = _pair_ratio(hello_ours, hello_df)
-        size = _median(_numbers(data, "release_bytes", "release"))
-        w(f"| examples/hello (figure 2; docker side on the busybox base) | {_mb(size)} | | "
-          f"{_secs(_median(hello_ours))} | {_secs(_median(hello_df))} | "
-          f"{_ratio(_median(hello_ours), _median(hello_df))} | {pr} | "
-          f"{_mb(_median(_numbers(data, 'image_bytes', 'ours')))} | "
-          f"{_mb(_median(_numbers(data, 'image_bytes', 'docker')))} |")
+        size = median(numbers(data, "release_bytes", "release"))
+        w(f"| examples/hello (figure 2; docker side on the busybox base) | {mb(size)} | | "
+          f"{secs(median(hello_ours))} | {secs(median(hello_df))} | "
+          f"{ratio(median(hello_ours), median(hello_df))} | {pr} | "
+          f"{mb(median(numbers(data, 'image_bytes', 'ours')))} | "
+          f"{mb(median(numbers(data, 'image_bytes', 'docker')))} |")
     for name, label in (("with_deps", "examples/with_deps"), ("synth", "synthetic")):
-        ours = _numbers(data, "fr_ms", f"{name}_ours")
-        df = _numbers(data, "fr_ms", f"{name}_docker")
+        ours = numbers(data, "fr_ms", f"{name}_ours")
+        df = numbers(data, "fr_ms", f"{name}_docker")
         if not ours and not df:
             continue
         pr, _ = _pair_ratio(ours, df)
-        files = _median(_numbers(data, "fr_release_files", name))
-        w(f"| {label} | {_mb(_median(_numbers(data, 'fr_release_bytes', name)))} | "
-          f"{'' if files is None else int(files)} | {_secs(_median(ours))} ({_spread(ours, _secs)}) | "
-          f"{_secs(_median(df))} ({_spread(df, _secs)}) | {_ratio(_median(ours), _median(df))} | {pr} | "
-          f"{_mb(_median(_numbers(data, 'fr_image_bytes', f'{name}_ours')))} | "
-          f"{_mb(_median(_numbers(data, 'fr_image_bytes', f'{name}_docker')))} |")
+        files = median(numbers(data, "fr_release_files", name))
+        w(f"| {label} | {mb(median(numbers(data, 'fr_release_bytes', name)))} | "
+          f"{'' if files is None else int(files)} | {secs(median(ours))} ({spread(ours, secs)}) | "
+          f"{secs(median(df))} ({spread(df, secs)}) | {ratio(median(ours), median(df))} | {pr} | "
+          f"{mb(median(numbers(data, 'fr_image_bytes', f'{name}_ours')))} | "
+          f"{mb(median(numbers(data, 'fr_image_bytes', f'{name}_docker')))} |")
     w("")
     w("Times are medians (range in parentheses); \"ours / docker\" is the ratio of the medians, the")
     w("per-pair ratio the median of each run's ours / docker. Image sizes are the engine's")
@@ -117,37 +117,37 @@ def from_release_figure(w, data, machine):
 
 
 def memory_large_figure(w, data, machine):
-    peaks = _numbers(data, "mem_large_peak_mb", "ours")
+    peaks = numbers(data, "mem_large_peak_mb", "ours")
     if not peaks:
         return
     w("## 6. Peak memory with a large release of many files\n")
     w("`mix docker.release --no-cache --from-release SYNTH --output X.tar` in examples/hello, SYNTH the synthetic")
-    w(f"release of figure 5 ({_mb(_median(_numbers(data, 'mem_large_input_bytes', 'synth')))} in "
-      f"{int(_median(_numbers(data, 'mem_large_input_files', 'synth')) or 0)} files). Peak of the summed")
+    w(f"release of figure 5 ({mb(median(numbers(data, 'mem_large_input_bytes', 'synth')))} in "
+      f"{int(median(numbers(data, 'mem_large_input_files', 'synth')) or 0)} files). Peak of the summed")
     w("VmRSS of the whole process tree every 20 ms (`bench/memsample.py`); the baseline is")
     w(f"`mix help docker.release`. Target: below {MEM_LARGE_TARGET_MB} MB "
       "(bench/figures/memory_large.sh).\n")
-    peak = _median(peaks)
-    base = _median(_numbers(data, "mem_large_peak_mb", "baseline"))
+    peak = median(peaks)
+    base = median(numbers(data, "mem_large_peak_mb", "baseline"))
     w("| | median peak | range | runs | target |")
     w("| --- | ---: | ---: | ---: | --- |")
-    w(f"| ours, --output | {peak:.1f} MB | {_spread(peaks, lambda v: f'{v:.1f} MB')} | {len(peaks)} | "
+    w(f"| ours, --output | {peak:.1f} MB | {spread(peaks, lambda v: f'{v:.1f} MB')} | {len(peaks)} | "
       f"{_verdict(peak < MEM_LARGE_TARGET_MB)} |")
     w(f"| baseline | {'n/a' if base is None else f'{base:.1f} MB'} | | | |")
-    ms = _numbers(data, "mem_large_ms", "ours")
+    ms = numbers(data, "mem_large_ms", "ours")
     w("")
-    w(f"Archive written: {_mb(_median(_numbers(data, 'mem_large_out_bytes', 'ours')))} in "
-      f"{_secs(_median(ms))} (median wall time, range {_spread(ms, _secs)}, sampling included).\n")
+    w(f"Archive written: {mb(median(numbers(data, 'mem_large_out_bytes', 'ours')))} in "
+      f"{secs(median(ms))} (median wall time, range {spread(ms, secs)}, sampling included).\n")
     _load(w, data, "memory_large")
 
 
 def archive_figure(w, data, machine):
     if not _has(data, "archive_ms"):
         return
-    level = _median(_numbers(data, "archive_level", "tree"))
+    level = median(numbers(data, "archive_level", "tree"))
     level = "?" if level is None else int(level)
-    runs = len(_numbers(data, "archive_ms", "ours"))
-    tar_bytes = _median(_numbers(data, "archive_tar_bytes", "ours"))
+    runs = len(numbers(data, "archive_ms", "ours"))
+    tar_bytes = median(numbers(data, "archive_tar_bytes", "ours"))
     w("## 7. Compressing a layer: ours vs tar | gzip and tar | pigz\n")
     w(f"The synthetic release as one gzip blob with its sha256 at level {level}, {runs} rounds")
     w("alternating the variants after one untimed round (bench/figures/archive.sh). Wall time of the")
@@ -158,33 +158,33 @@ def archive_figure(w, data, machine):
     w(f"- `tar -C DIR -c . | pigz -{level} | sha256sum` and the same with `gzip -{level}`.\n")
     w("| | median | range | MB/s of tar | blob size | time / pigz |")
     w("| --- | ---: | ---: | ---: | ---: | ---: |")
-    pigz = _median(_numbers(data, "archive_ms", "pigz"))
+    pigz = median(numbers(data, "archive_ms", "pigz"))
     labels = {"ours": "ours", "pigz": "tar \\| pigz", "gzip": "tar \\| gzip",
               "compare": "another build of ours (--compare-bin)"}
     for variant, label in labels.items():
-        ms = _numbers(data, "archive_ms", variant)
+        ms = numbers(data, "archive_ms", variant)
         if not ms:
             continue
-        med = _median(ms)
+        med = median(ms)
         speed = "n/a" if not tar_bytes or not med else f"{tar_bytes / 1e6 / (med / 1000):.0f}"
-        w(f"| {label} | {_secs(med)} | {_spread(ms, _secs)} | {speed} | "
-          f"{_mb(_median(_numbers(data, 'archive_out_bytes', variant)))} | {_ratio(med, pigz)} |")
-    ours = _numbers(data, "archive_ms", "ours")
-    pr, n = _pair_ratio(ours, _numbers(data, "archive_ms", "pigz"))
+        w(f"| {label} | {secs(med)} | {spread(ms, secs)} | {speed} | "
+          f"{mb(median(numbers(data, 'archive_out_bytes', variant)))} | {ratio(med, pigz)} |")
+    ours = numbers(data, "archive_ms", "ours")
+    pr, n = _pair_ratio(ours, numbers(data, "archive_ms", "pigz"))
     w("")
-    w(f"Uncompressed tar: ours {_mb(tar_bytes)}, GNU tar "
-      f"{_mb(_median(_numbers(data, 'archive_tar_bytes', 'tar')))}; input "
-      f"{_mb(_median(_numbers(data, 'archive_input_bytes', 'tree')))} in "
-      f"{int(_median(_numbers(data, 'archive_input_files', 'tree')) or 0)} files. Median of the {n} per-round")
+    w(f"Uncompressed tar: ours {mb(tar_bytes)}, GNU tar "
+      f"{mb(median(numbers(data, 'archive_tar_bytes', 'tar')))}; input "
+      f"{mb(median(numbers(data, 'archive_input_bytes', 'tree')))} in "
+      f"{int(median(numbers(data, 'archive_input_files', 'tree')) or 0)} files. Median of the {n} per-round")
     w(f"ratios ours / pigz: {pr}. Target: ours no slower than the pigz pipeline: "
-      f"{_verdict(None if _median(ours) is None or pigz is None else _median(ours) <= pigz)}.\n")
+      f"{_verdict(None if median(ours) is None or pigz is None else median(ours) <= pigz)}.\n")
     _load(w, data, "archive")
 
 
 def push_figure(w, data, machine):
     if not _has(data, "push_ms"):
         return
-    runs = len(_numbers(data, "push_ms", "full"))
+    runs = len(numbers(data, "push_ms", "full"))
     w("## 8. Registry push: full vs incremental\n")
     w("`mix docker.release --no-cache --from-release REL --push --tag 127.0.0.1:PORT/team/with_deps:N")
     w("--metadata-file F` of a copy of examples/with_deps to a local `docker-registry` (plain HTTP")
@@ -196,20 +196,20 @@ def push_figure(w, data, machine):
     w("| push | median time | range | uploaded | image | uploaded / image | blobs uploaded | target |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for step in ("full", "incremental"):
-        ms = _numbers(data, "push_ms", step)
-        up = _median(_numbers(data, "push_uploaded_bytes", step))
-        total = _median(_numbers(data, "push_total_bytes", step))
+        ms = numbers(data, "push_ms", step)
+        up = median(numbers(data, "push_uploaded_bytes", step))
+        total = median(numbers(data, "push_total_bytes", step))
         share = None if up is None or not total else up / total
         blobs = data.get(("push_blobs", step), [])
         blob_text = f"{blobs[0][1]} ({blobs[0][2]})" if blobs else "n/a"
         verdict = _verdict(None if share is None else share <= PUSH_TARGET_SHARE) if step == "incremental" else ""
-        w(f"| {step} | {_secs(_median(ms))} | {_spread(ms, _secs)} | {_mb(up)} ({'n/a' if up is None else int(up)} B) | "
-          f"{_mb(total)} | {'n/a' if share is None else f'{share:.2%}'} | {blob_text} | {verdict} |")
-    full = _numbers(data, "push_ms", "full")
-    incr = _numbers(data, "push_ms", "incremental")
+        w(f"| {step} | {secs(median(ms))} | {spread(ms, secs)} | {mb(up)} ({'n/a' if up is None else int(up)} B) | "
+          f"{mb(total)} | {'n/a' if share is None else f'{share:.2%}'} | {blob_text} | {verdict} |")
+    full = numbers(data, "push_ms", "full")
+    incr = numbers(data, "push_ms", "incremental")
     pr, _ = _pair_ratio(incr, full)
     w("")
-    w(f"Time incremental / full: {_ratio(_median(incr), _median(full))} (medians; per-round median {pr}).")
+    w(f"Time incremental / full: {ratio(median(incr), median(full))} (medians; per-round median {pr}).")
     w("Both include Mix start-up and writing the layers (the blobs are written before the push).\n")
     _load(w, data, "push")
 
@@ -217,7 +217,7 @@ def push_figure(w, data, machine):
 def responsiveness_figure(w, data, machine):
     if not _has(data, "resp_max_ms"):
         return
-    runs = len(_numbers(data, "resp_max_ms", "build"))
+    runs = len(numbers(data, "resp_max_ms", "build"))
     w("## 9. Responsiveness of the VM during a build\n")
     w("In examples/hello, `mix run --no-start` starts a process that loops on")
     w("`Process.send_after(self(), :tick, 10)` and records how late each tick arrives")
@@ -230,13 +230,13 @@ def responsiveness_figure(w, data, machine):
     w("| | median of the worst lateness | range | median p99 | ticks | build time | target |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for mode in ("build", "beside", "idle"):
-        mx = _numbers(data, "resp_max_ms", mode)
-        p99 = _median(_numbers(data, "resp_p99_ms", mode))
-        ticks = _median(_numbers(data, "resp_ticks", mode))
-        el = _median(_numbers(data, "resp_build_ms", mode))
+        mx = numbers(data, "resp_max_ms", mode)
+        p99 = median(numbers(data, "resp_p99_ms", mode))
+        ticks = median(numbers(data, "resp_ticks", mode))
+        el = median(numbers(data, "resp_build_ms", mode))
         verdict = _verdict(None if not mx else max(mx) < LATENESS_TARGET_MS) if mode == "build" else ""
-        w(f"| {mode} | {_ms(_median(mx))} | {_spread(mx, _ms)} | {_ms(p99)} | "
-          f"{'n/a' if ticks is None else int(ticks)} | {_secs(el) if mode != 'idle' else ''} | {verdict} |")
+        w(f"| {mode} | {_ms(median(mx))} | {spread(mx, _ms)} | {_ms(p99)} | "
+          f"{'n/a' if ticks is None else int(ticks)} | {secs(el) if mode != 'idle' else ''} | {verdict} |")
     w("")
     w("The target is judged on the worst round, not the median.\n")
     _load(w, data, "responsiveness")

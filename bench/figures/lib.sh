@@ -6,7 +6,7 @@
 #   --log FILE   append the output of every measured command here
 #   --runs N     timed runs per variant (alternating A B A B after one untimed warm-up round)
 # and exits non-zero when it could not measure (bench/run then reports it as not run).
-# The helpers below mirror bench/run's, so that rows and notes read the same in the report.
+# Rows, notes and timings come from bench/common.sh, as in bench/run, so they read the same.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH="$ROOT/bench"
@@ -34,34 +34,8 @@ parse_common_args() {
   touch "$RAW" "$LOG"
 }
 
-log() { printf '\n==> %s\n' "$*" >&2; }
-warn() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
-die() { warn "error: $*"; exit 1; }
-
-# record METRIC VARIANT RUN VALUE [DETAIL]
-record() {
-  local detail=${5:-}
-  detail=${detail//$'\t'/ }
-  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${detail//$'\n'/ }" >>"$RAW"
-}
-note() { record note "$1" 0 - "$2"; warn "note: $2"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# timed CMD... : runs CMD (output to the log), prints its wall time in ms; fails as CMD does.
-timed() {
-  local t0 t1
-  { printf '\n$'; printf ' %q' "$@"; printf '\n'; } >>"$LOG"
-  t0=$(now_ms)
-  "$@" >>"$LOG" 2>&1 || return $?
-  t1=$(now_ms)
-  echo $((t1 - t0))
-}
-
-log_size() { stat -c %s "$LOG"; }
-compiled_since() { tail -c +$(($1 + 1)) "$LOG" | grep -qE '^Compiling [0-9]+ file|building native code|^ +Compiling '; }
-
-rmi() { docker rmi -f "$@" >/dev/null 2>&1 || true; }
-image_size() { docker image inspect -f '{{.Size}}' "$1"; }
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
 
 # in_project DIR CMD... : run a Mix command in DIR the way a user would (dev env).
 in_project() {
