@@ -86,6 +86,26 @@ pub struct Plan {
     pub runtime_files: Vec<RuntimeFile>,
 }
 
+impl Plan {
+    /// A plan of these layers, bottom first, leaving out the empty ones.
+    fn new(
+        platform: Platform,
+        layers: impl IntoIterator<Item = LayerSpec>,
+        run_config: RunConfig,
+        runtime_files: Vec<RuntimeFile>,
+    ) -> Plan {
+        Plan {
+            platform,
+            layers: layers
+                .into_iter()
+                .filter(|l| !l.entries.is_empty())
+                .collect(),
+            run_config,
+            runtime_files,
+        }
+    }
+}
+
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -208,16 +228,12 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         exposed_ports: settings.exposed_ports.clone(),
         stop_signal: None,
     };
-    let layers = [runtime, otp, deps, app]
-        .into_iter()
-        .filter(|l| !l.entries.is_empty())
-        .collect();
-    Ok(Plan {
+    Ok(Plan::new(
         platform,
-        layers,
+        [runtime, otp, deps, app],
         run_config,
         runtime_files,
-    })
+    ))
 }
 
 /// What the release's own files say: ERTS and release versions, and the platform of ERTS.
@@ -681,16 +697,12 @@ pub fn plan_on_base(
         exposed_ports,
         stop_signal: base.stop_signal.clone(),
     };
-    let layers = [dirs, otp, deps, app]
-        .into_iter()
-        .filter(|l| !l.entries.is_empty())
-        .collect();
-    Ok(Plan {
+    Ok(Plan::new(
         platform,
-        layers,
+        [dirs, otp, deps, app],
         run_config,
         runtime_files,
-    })
+    ))
 }
 
 /// Same OS and architecture; variants must agree only when both are given (`arm64` configs

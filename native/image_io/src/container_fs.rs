@@ -273,72 +273,15 @@ impl ContainerFs {
         let mut st = self.state.lock().unwrap();
         let (start, end) = (st.absorbed, st.spool_len);
         st.absorbed = end;
-        let region = match &st.spool {
-            Some(f) => Region {
-                file: f.clone(),
+        // Nothing appended yet (no spool): no entries, every want is absent.
+        if let Some(file) = st.spool.clone() {
+            let region = Region {
+                file,
                 start,
                 pos: start,
                 end,
-            },
-            None => Region {
-                file: Arc::new(tempfile::tempfile()?),
-                start: 0,
-                pos: 0,
-                end: 0,
-            },
-        };
-        let mut archive = tar::Archive::new(region);
-        // Several archives in a row: read past each one's end-of-archive blocks.
-        archive.set_ignore_zeros(true);
-        for entry in archive.entries_with_seek()? {
-            let entry = entry?;
-            let name = entry.path()?.into_owned();
-            let Some(k) = key(&Path::new("/").join(&name)) else {
-                continue;
             };
-            let header = entry.header();
-            let mode = header.mode().unwrap_or(0o644) & 0o7777;
-            let node = match header.entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let size = entry.size();
-                    st.bytes += size;
-                    Node::File {
-                        mode,
-                        offset: start + entry.raw_file_position(),
-                        size,
-                    }
-                }
-                tar::EntryType::Directory => Node::Dir { mode },
-                tar::EntryType::Symlink => Node::Symlink {
-                    target: entry
-                        .link_name()?
-                        .map(|t| t.into_owned())
-                        .unwrap_or_default(),
-                },
-                tar::EntryType::Link => {
-                    // An entry archived earlier (a hard link, or the same path or inode asked
-                    // for twice: GNU tar sends every later occurrence this way).
-                    let target = entry
-                        .link_name()?
-                        .and_then(|t| key(&Path::new("/").join(t)))
-                        .and_then(|t| st.nodes.get(&t).cloned());
-                    match target {
-                        Some(n) => n,
-                        None => continue,
-                    }
-                }
-                tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => continue,
-                tar::EntryType::GNULongName | tar::EntryType::GNULongLink => continue,
-                _ => Node::Other { mode },
-            };
-            if let (Some(parent), Some(name)) = (k.parent(), k.file_name()) {
-                st.children
-                    .entry(parent.to_path_buf())
-                    .or_default()
-                    .insert(name.to_os_string());
-            }
-            st.absent.remove(&k);
-            st.nodes.insert(k, node);
+            read_entries(&mut st, region)?;
         }
         for want in wants {
             let (Want::Entry(p) | Want::Listing(p)) = want;
@@ -464,6 +407,66 @@ impl Fs for ContainerFs {
             st.wants.insert(Want::Entry(k));
         }
     }
+}
+
+/// Index the tar archives (several in a row) in `region` of the spool into `st`: entries point
+/// at their data in the spool, nothing is copied.
+fn read_entries(st: &mut State, region: Region) -> io::Result<()> {
+    let start = region.start;
+    let mut archive = tar::Archive::new(region);
+    // Several archives in a row: read past each one's end-of-archive blocks.
+    archive.set_ignore_zeros(true);
+    for entry in archive.entries_with_seek()? {
+        let entry = entry?;
+        let name = entry.path()?.into_owned();
+        let Some(k) = key(&Path::new("/").join(&name)) else {
+            continue;
+        };
+        let header = entry.header();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let node = match header.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                st.bytes += size;
+                Node::File {
+                    mode,
+                    offset: start + entry.raw_file_position(),
+                    size,
+                }
+            }
+            tar::EntryType::Directory => Node::Dir { mode },
+            tar::EntryType::Symlink => Node::Symlink {
+                target: entry
+                    .link_name()?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default(),
+            },
+            tar::EntryType::Link => {
+                // An entry archived earlier (a hard link, or the same path or inode asked
+                // for twice: GNU tar sends every later occurrence this way).
+                let target = entry
+                    .link_name()?
+                    .and_then(|t| key(&Path::new("/").join(t)))
+                    .and_then(|t| st.nodes.get(&t).cloned());
+                match target {
+                    Some(n) => n,
+                    None => continue,
+                }
+            }
+            tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => continue,
+            tar::EntryType::GNULongName | tar::EntryType::GNULongLink => continue,
+            _ => Node::Other { mode },
+        };
+        if let (Some(parent), Some(name)) = (k.parent(), k.file_name()) {
+            st.children
+                .entry(parent.to_path_buf())
+                .or_default()
+                .insert(name.to_os_string());
+        }
+        st.absent.remove(&k);
+        st.nodes.insert(k, node);
+    }
+    Ok(())
 }
 
 /// Bytes `start..end` of the spool, read with `pread` (readers never share a file offset).

@@ -362,12 +362,19 @@ pub async fn run(
     }));
     // Plan. From a builder, the plan runs again after each fetch of what it asked for and did
     // not find, until a run asks for nothing (see `container_fs`); on the host it runs once.
+    let lazy = built_release.is_some();
     let plan = loop {
         let attempt = {
             let (fs, settings, base) = (fs.clone(), settings.clone(), base.clone());
-            tokio::task::spawn_blocking(move || make_plan(&*fs, &settings, base.as_deref()))
-                .await
-                .map_err(|e| Failure::new("internal", format!("the planner failed: {e}")))?
+            tokio::task::spawn_blocking(move || {
+                let plan = make_plan(&*fs, &settings, base.as_deref());
+                if let (true, Ok(plan)) = (lazy, &plan) {
+                    want_sources(&*fs, plan);
+                }
+                plan
+            })
+            .await
+            .map_err(|e| Failure::new("internal", format!("the planner failed: {e}")))?
         };
         let Some(b) = built_release.as_mut() else {
             break attempt?;
@@ -554,20 +561,24 @@ pub async fn run(
 /// More fetch rounds than any closure is deep: a plan still asking after this many is a bug.
 const MAX_FETCH_ROUNDS: usize = 64;
 
-/// The plan of the image: on its own, or on a base. A successful plan has also looked at each
-/// file it will copy, so a lazily fetched filesystem has them all before the layers are written.
+/// The plan of the image: on its own, or on a base.
 fn make_plan(
     fs: &dyn Fs,
     settings: &Settings,
     base: Option<&LoadedBase>,
 ) -> Result<image_core::plan::Plan, Failure> {
-    let plan = match base {
-        None => plan(fs, settings)?,
+    match base {
+        None => Ok(plan(fs, settings)?),
         Some(b) => b.plan(fs, settings).map_err(|e| match e {
             BasePlanError::Plan(e) => Failure::from(e),
             BasePlanError::Incompatible(e) => Failure::new("base_incompatible", e),
-        })?,
-    };
+        }),
+    }
+}
+
+/// Look at each file `plan` will copy, so that a lazily fetched filesystem asks for any it does
+/// not have yet before the layers are written.
+fn want_sources(fs: &dyn Fs, plan: &image_core::plan::Plan) {
     for layer in &plan.layers {
         for entry in &layer.entries {
             if let EntrySource::File(path) = &entry.source {
@@ -575,7 +586,6 @@ fn make_plan(
             }
         }
     }
-    Ok(plan)
 }
 
 /// `12.3 MB`.
