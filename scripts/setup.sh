@@ -13,6 +13,7 @@ PACKAGES=(
   debootstrap busybox-static pigz
   gcc musl-tools               # ELF fixtures for the closure tests
   apache2-utils openssl         # htpasswd and certificates for the registry auth and TLS tests
+  dropbear-bin libnss-wrapper openssh-client   # an ssh:// engine endpoint for the ssh test
   git curl ca-certificates procps
 )
 

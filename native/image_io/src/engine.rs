@@ -329,6 +329,16 @@ pub enum EngineError {
         /// What happened.
         cause: String,
     },
+    /// The engine could not be reached over ssh.
+    #[error("cannot reach the Docker engine at {endpoint} over ssh ({cause}): check that `ssh {target} docker version` works without a prompt (a key in ssh-agent or ~/.ssh/config, the host in known_hosts) and that the remote user may use docker")]
+    Ssh {
+        /// Where.
+        endpoint: String,
+        /// `[-p port] [user@]host`, for the command to try.
+        target: String,
+        /// What happened (ssh's own words when it said something).
+        cause: String,
+    },
     /// The engine answered with an error.
     #[error("the Docker engine refused {action}: {message}")]
     Api {
@@ -406,7 +416,7 @@ impl EngineError {
     pub fn reason(&self) -> &'static str {
         match self {
             EngineError::Config(_) => "engine_config",
-            EngineError::Unreachable { .. } => "engine_unreachable",
+            EngineError::Unreachable { .. } | EngineError::Ssh { .. } => "engine_unreachable",
             EngineError::Api { .. } | EngineError::Failed { .. } | EngineError::Broken { .. } => {
                 "engine_error"
             }
@@ -516,9 +526,21 @@ impl DockerEngine {
         let docker = docker.negotiate_version().await.map_err(|e| {
             let answered = matches!(e, bollard::errors::Error::DockerResponseServerError { .. });
             if answered || stalled_in(&e).is_some() {
-                failure(&name, "connecting", e)
-            } else {
-                unreachable(bollard_chain(&e))
+                return failure(&name, "connecting", e);
+            }
+            let cause = bollard_chain(&e);
+            match endpoint {
+                Endpoint::Tcp { tls: Some(dir), .. } => tls_refused(&name, dir, cause),
+                Endpoint::Ssh { user, host, port } => EngineError::Ssh {
+                    endpoint: name.clone(),
+                    target: format!(
+                        "{}{}{host}",
+                        port.map(|p| format!("-p {p} ")).unwrap_or_default(),
+                        user.as_ref().map(|u| format!("{u}@")).unwrap_or_default()
+                    ),
+                    cause,
+                },
+                _ => unreachable(cause),
             }
         })?;
         Ok(DockerEngine {
@@ -574,6 +596,37 @@ pub(crate) fn bollard_chain(e: &bollard::errors::Error) -> String {
         bollard::errors::Error::IOError { err } => chain(err),
         other => chain(other),
     }
+}
+
+/// The error for a TLS engine that refused the connection after the handshake (TLS 1.3 reports
+/// a refused client certificate only then), or one whose TLS failed otherwise.
+fn tls_refused(endpoint: &str, dir: &Path, cause: String) -> EngineError {
+    let hint = if cause.contains("CertificateRequired") {
+        format!(
+            "the engine requires a client certificate: put cert.pem and key.pem beside ca.pem in {} (DOCKER_CERT_PATH)",
+            dir.display()
+        )
+    } else if cause.contains("alert") {
+        format!(
+            "the engine refused our client certificate: cert.pem in {} must be signed by a CA the engine trusts (its --tlscacert)",
+            dir.display()
+        )
+    } else if cause.contains("TLS handshake") {
+        String::new()
+    } else {
+        return EngineError::Unreachable {
+            endpoint: endpoint.to_string(),
+            cause,
+        };
+    };
+    let hint = if hint.is_empty() {
+        hint
+    } else {
+        format!(": {hint}")
+    };
+    EngineError::Config(format!(
+        "the TLS connection to the Docker engine at {endpoint} failed ({cause}){hint}"
+    ))
 }
 
 fn bracket(host: &str) -> String {
