@@ -69,7 +69,8 @@ defmodule Mix.Tasks.Docker.Release do
       and the pushed digests are the archive's. Only blobs the registry lacks are uploaded.
       Credentials come from `DOCKER_RELEASE_REGISTRY_USERNAME` and
       `DOCKER_RELEASE_REGISTRY_PASSWORD` when both are set, else from `~/.docker/config.json`
-      (or `$DOCKER_CONFIG/config.json`): credential helpers, `credsStore`, `auths`.
+      (or `$DOCKER_CONFIG/config.json`): credential helpers, `credsStore`, `auths`, identity
+      tokens; Docker Hub's entry is the one `docker login` writes (`https://index.docker.io/v1/`).
     * `--load` - with `--push` or `--output`, also load the image into the engine.
     * `--insecure-registry` - allow plain HTTP to the registry (registries on loopback
       addresses always may).

@@ -335,7 +335,10 @@ pub async fn run(
                 _ => None,
             };
             let platform = release_platform(&*fs, &settings).ok();
-            let registry = req.outputs.push.clone().unwrap_or_default();
+            let registry = req.outputs.push.clone().unwrap_or_else(|| PushOptions {
+                stall_timeout: Some(req.stall_timeout),
+                ..PushOptions::default()
+            });
             let loaded = base::load_base(
                 reference,
                 engine.as_ref().or(own.as_ref()),
