@@ -15,6 +15,8 @@ defmodule DockerRelease.MixProject do
       deps: [],
       docs: [main: "readme", extras: ["README.md"]],
       elixirc_paths: elixirc_paths(Mix.env()),
+      # Only the tests' TLS engine proxy (test/support/engine_proxy.ex) uses :ssl.
+      xref: [exclude: [:ssl]],
       preferred_cli_env: []
     ]
   end

@@ -51,6 +51,7 @@ defmodule DockerRelease do
     if config.build_dockerfile do
       build_with_dockerfiles(config)
     else
+      check_engine!(config)
       config |> request!(project) |> run()
     end
   rescue
@@ -65,6 +66,8 @@ defmodule DockerRelease do
   """
   @spec build_with_dockerfiles(Config.t()) :: {:ok, map} | {:error, Error.t()}
   def build_with_dockerfiles(%Config{} = config) do
+    check_engine!(config)
+
     {:ok, job, id} =
       Native.image_dockerfiles(%Native.DockerfilesRequest{
         project_dir: config.project_dir,
@@ -74,10 +77,13 @@ defmodule DockerRelease do
         version: config.version,
         release_tarball: config.release_tarball,
         final_tags: config.tags,
-        no_cache: config.no_cache
+        no_cache: config.no_cache,
+        stall_timeout: config.stall_timeout
       })
 
     await(job, id)
+  rescue
+    e in Error -> {:error, e}
   end
 
   defp request!(config, project) do
@@ -152,8 +158,36 @@ defmodule DockerRelease do
       project_dir: config.project_dir,
       mix_env: config.env,
       no_cache: config.no_cache,
-      base: config.base
+      base: config.base,
+      stall_timeout: config.stall_timeout
     }
+  end
+
+  # Before the release build (which takes minutes): an engine address given explicitly
+  # (DOCKER_HOST, a Docker context) must be usable, and a run that needs an engine must have
+  # one. Only the implicit default socket may be missing, and only when an archive can be
+  # written instead. Nothing is connected to here.
+  defp check_engine!(config) do
+    needs_engine = config.build_dockerfile != nil or config.builder != nil or config.load
+    may_use_engine = needs_engine or (config.output == nil and not config.push)
+
+    if may_use_engine do
+      case Native.engine_endpoint() do
+        {:ok, nil} when needs_engine ->
+          raise Error,
+            reason: :engine_unreachable,
+            message:
+              "this build needs a Docker engine, and there is none: no socket at the default " <>
+                "address unix:///var/run/docker.sock, and neither DOCKER_HOST nor a Docker " <>
+                "context names another. Start dockerd or set DOCKER_HOST"
+
+        {:ok, _} ->
+          :ok
+
+        {:error, reason, message} ->
+          raise Error, reason: reason, message: message
+      end
+    end
   end
 
   defp run(request) do

@@ -47,6 +47,10 @@ defmodule DockerRelease.Config do
     * `:no_cache` - build without the engine's or docker_release's caches.
     * `:registry_ca` - a PEM file of CA certificates the registry's TLS certificate is checked
       against, besides the system's.
+    * `:stall_timeout` - seconds a request to the engine or a registry may go with no byte
+      moved and no answer before the run fails (default 300; see `mix help docker.release`).
+      The environment variable `DOCKER_RELEASE_STALL_TIMEOUT` sets it too; the flag wins over
+      the variable, the variable over `mix.exs`.
 
   Besides these keys the struct holds what the project says: `app` (the image's name: the
   app, or for an umbrella the release), `version` (the release's own `version:` when it has
@@ -88,7 +92,11 @@ defmodule DockerRelease.Config do
             no_cache: false,
             builder: nil,
             base: nil,
-            mix_release: nil
+            mix_release: nil,
+            stall_timeout: 300
+
+  # Seconds; a day is far beyond any healthy silence, and a typo like 30000 should be caught.
+  @max_stall 86_400
 
   @keys [
     :env,
@@ -114,7 +122,8 @@ defmodule DockerRelease.Config do
     :release_tarball,
     :no_cache,
     :builder,
-    :base
+    :base,
+    :stall_timeout
   ]
 
   @doc """
@@ -158,7 +167,11 @@ defmodule DockerRelease.Config do
         )
     end
 
-    merged = Keyword.merge(file_config, Enum.reject(opts, fn {_k, v} -> v in [nil, []] end))
+    merged =
+      file_config
+      |> Keyword.merge(env_config())
+      |> Keyword.merge(Enum.reject(opts, fn {_k, v} -> v in [nil, []] end))
+
     env = to_string(Keyword.get(merged, :env, "prod"))
     requested = merged[:release] && to_string(merged[:release])
     check_names!(env, requested)
@@ -173,6 +186,25 @@ defmodule DockerRelease.Config do
       )
 
     validate!(config)
+  end
+
+  # Settings from the environment, between mix.exs and the flags.
+  defp env_config do
+    case System.get_env("DOCKER_RELEASE_STALL_TIMEOUT") do
+      nil ->
+        []
+
+      text ->
+        case Integer.parse(String.trim(text)) do
+          {n, ""} ->
+            [stall_timeout: n]
+
+          _ ->
+            invalid!(
+              "invalid DOCKER_RELEASE_STALL_TIMEOUT: expected a whole number of seconds from 1 to #{@max_stall}, got: #{inspect(text)}"
+            )
+        end
+    end
   end
 
   # The image's name (the app, or the release of an umbrella), its version, and the release
@@ -234,6 +266,7 @@ defmodule DockerRelease.Config do
     uint!(:uid, c.uid, 0, 4_294_967_295)
     uint!(:gid, c.gid, 0, 4_294_967_295)
     uint!(:compression_level, c.compression_level, 1, 9)
+    uint!(:stall_timeout, c.stall_timeout, 1, @max_stall)
 
     unless is_list(c.expose) and Enum.all?(c.expose, &(is_integer(&1) and &1 in 1..65535)),
       do:

@@ -37,7 +37,8 @@ defmodule DockerRelease.Native do
               project_dir: "",
               mix_env: "prod",
               no_cache: false,
-              base: nil
+              base: nil,
+              stall_timeout: 300
   end
 
   defmodule DockerfilesRequest do
@@ -51,7 +52,8 @@ defmodule DockerRelease.Native do
               version: nil,
               release_tarball: nil,
               final_tags: [],
-              no_cache: false
+              no_cache: false,
+              stall_timeout: 300
   end
 
   @lib "libdocker_release_nif"
@@ -62,6 +64,10 @@ defmodule DockerRelease.Native do
   def image_dockerfiles(request), do: load_and_apply(:image_dockerfiles, [request])
   @doc false
   def reference_parse(input), do: load_and_apply(:reference_parse, [input])
+  # `{:ok, address | nil}` or `{:error, reason, message}`: where the engine is, without
+  # connecting (see `engine_endpoint` in the crate).
+  @doc false
+  def engine_endpoint, do: load_and_apply(:engine_endpoint, [])
   # Tests only: a job that panics inside (see `job_panic_probe` in the crate).
   @doc false
   def job_panic_probe, do: load_and_apply(:job_panic_probe, [])

@@ -34,6 +34,24 @@ defmodule DockerRelease.ConfigTest do
     assert c.tags == ["x:y"]
   end
 
+  test "stall_timeout: 300 s unless mix.exs or the flag says otherwise, 1 to 86400" do
+    unless System.get_env("DOCKER_RELEASE_STALL_TIMEOUT") do
+      assert Config.new!(@project, [], "/src").stall_timeout == 300
+    end
+
+    project = @project ++ [docker_release: [stall_timeout: 60]]
+    assert Config.new!(project, [], "/src").stall_timeout == 60
+    assert Config.new!(project, [stall_timeout: 5], "/src").stall_timeout == 5
+
+    for bad <- [0, 86_401, "60", 1.5] do
+      e = assert_raise Error, fn -> Config.new!(@project, [stall_timeout: bad], "/src") end
+      assert e.reason == :invalid_config
+
+      assert e.message ==
+               "invalid stall_timeout: expected an integer from 1 to 86400, got: #{inspect(bad)}"
+    end
+  end
+
   test "empty flag lists do not erase configured values" do
     project = @project ++ [docker_release: [extra_files: ["/etc/mime.types"]]]
     c = Config.new!(project, [tags: [], extra_files: []], "/src")

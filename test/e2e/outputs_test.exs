@@ -49,12 +49,30 @@ defmodule DockerRelease.E2E.OutputsTest do
     existed? = File.exists?(fallback)
     on_exit(fn -> unless existed?, do: File.rm(fallback) end)
 
-    {out, id} =
-      mix_release!(["--from-release", ctx.rel, "--tag", tag],
-        env: [{"DOCKER_HOST", "unix:///nonexistent/docker.sock"}]
+    # A machine without an engine: the run gets a mount namespace of its own in which /run
+    # (where /var/run/docker.sock lives) is an empty tmpfs. Nothing names another engine.
+    # (An explicit DOCKER_HOST that does not exist is an error: engine_endpoints_test.exs.)
+    run = Path.dirname(realpath!("/var/run/docker.sock"))
+    hide = ~s(mount -t tmpfs docker_release-test "#{run}" && exec "$@")
+
+    {out, status} =
+      cmd(
+        "unshare",
+        ["-m", "sh", "-c", hide, "sh", System.find_executable("mix"), "docker.release"] ++
+          ["--from-release", ctx.rel, "--tag", tag],
+        cd: hello_dir(),
+        env: [
+          {"MIX_ENV", nil},
+          {"DOCKER_HOST", nil},
+          {"DOCKER_CONTEXT", nil},
+          {"DOCKER_CONFIG", tmp_dir!()}
+        ],
+        timeout: 300
       )
 
-    assert out =~ "no Docker engine socket at /nonexistent/docker.sock"
+    assert status == 0, out
+    id = printed_id!(out)
+    assert out =~ "no Docker engine socket at /var/run/docker.sock (the default"
     assert out =~ "writing an image archive to #{fallback}"
     assert out =~ ~r/^Archive\s+#{Regex.escape(fallback)}$/m
     refute image_exists?(tag)
@@ -64,6 +82,11 @@ defmodule DockerRelease.E2E.OutputsTest do
     assert image_inspect!(tag, "{{.Id}}") == id
     {run, 0} = docker(["run", "--rm", tag, "eval", "IO.puts(:ok)"])
     assert "ok" in String.split(run, "\n", trim: true), run
+  end
+
+  defp realpath!(path) do
+    {out, 0} = cmd("realpath", [path])
+    String.trim(out)
   end
 
   test "docker load accepts the --output archive and the image runs", ctx do

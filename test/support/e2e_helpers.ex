@@ -298,9 +298,12 @@ defmodule DockerRelease.E2E do
   Starts Debian's `docker-registry` on a free 127.0.0.1 port, storing under `dir`, with its
   access log in `dir/registry.log`; stops it on exit. Retries on another port when the one
   picked was taken in the meantime; any other early exit fails with the registry's own output.
-  Returns `%{port: port, log: path}`.
+  With `htpasswd: path` the registry asks for basic authentication against that file (bcrypt,
+  `htpasswd -Bbn`). Returns `%{port: port, log: path}`.
   """
-  def start_registry!(dir, attempts \\ 3) do
+  def start_registry!(dir, opts \\ []) do
+    attempts = Keyword.get(opts, :attempts, 3)
+
     registry =
       System.find_executable("docker-registry") ||
         flunk("docker-registry is not installed (apt-get install docker-registry)")
@@ -309,18 +312,21 @@ defmodule DockerRelease.E2E do
     config = Path.join(dir, "registry.yml")
     log = Path.join(dir, "registry.log")
 
-    File.write!(config, """
-    version: 0.1
-    log:
-      level: info
-      accesslog:
-        disabled: false
-    storage:
-      filesystem:
-        rootdirectory: #{dir}/data
-    http:
-      addr: 127.0.0.1:#{port}
-    """)
+    File.write!(
+      config,
+      """
+      version: 0.1
+      log:
+        level: info
+        accesslog:
+          disabled: false
+      storage:
+        filesystem:
+          rootdirectory: #{dir}/data
+      http:
+        addr: 127.0.0.1:#{port}
+      """ <> auth_yaml(opts[:htpasswd])
+    )
 
     File.rm(log)
 
@@ -341,9 +347,20 @@ defmodule DockerRelease.E2E do
         output = File.read!(log)
 
         if attempts > 1 and output =~ "address already in use",
-          do: start_registry!(dir, attempts - 1),
+          do: start_registry!(dir, Keyword.put(opts, :attempts, attempts - 1)),
           else: flunk("docker-registry exited with status #{status} before answering:\n#{output}")
     end
+  end
+
+  defp auth_yaml(nil), do: ""
+
+  defp auth_yaml(htpasswd) do
+    """
+    auth:
+      htpasswd:
+        realm: docker_release-test
+        path: #{htpasswd}
+    """
   end
 
   # The registry's output goes to `log` (a file, so the access log can be read while it runs).
@@ -358,7 +375,7 @@ defmodule DockerRelease.E2E do
     after
       100 ->
         cond do
-          match?({:ok, 200, _}, http_get(port, "/v2/")) ->
+          match?({:ok, status, _} when status in [200, 401], http_get(port, "/v2/")) ->
             {:os_pid, os_pid} = Port.info(port_ref, :os_pid)
             keep_logging(port_ref, log)
             {:ok, os_pid}

@@ -33,9 +33,18 @@ defmodule Mix.Tasks.Docker.Release do
   (a `vm.args.eex` with `<%= @release.path %>`): they do not hold at `/app`; `--builder`
   assembles the release at `/app`, where they do.
 
-  Without a Docker engine (no socket at `DOCKER_HOST`, the current context's endpoint, or
-  `/var/run/docker.sock`) the image is written as an archive under `_build/docker_release/`
-  instead; `docker load -i`, `podman load -i` and `skopeo` read it.
+  The engine is found as the Docker CLI finds it: `DOCKER_HOST` (`unix:///path`,
+  `tcp://host:port`, `ssh://[user@]host[:port]`), else the current Docker context, else
+  `/var/run/docker.sock`. With `DOCKER_TLS_VERIFY` set, `tcp://` uses TLS with `ca.pem`,
+  `cert.pem` and `key.pem` from `DOCKER_CERT_PATH` (default `~/.docker`), as GitLab's
+  docker-in-docker on port 2376 sets up. `ssh://` runs `ssh HOST docker system dial-stdio`
+  (the remote needs the `docker` CLI; ssh options come from your ssh configuration).
+
+  When nothing names an engine and there is no socket at `/var/run/docker.sock`, the image is
+  written as an archive under `_build/docker_release/` instead (and the task says so);
+  `docker load -i`, `podman load -i` and `skopeo` read it. An engine named explicitly
+  (`DOCKER_HOST`, a context) that does not exist is an error, found before the release is
+  built.
 
   ## Options
 
@@ -74,11 +83,18 @@ defmodule Mix.Tasks.Docker.Release do
       and the pushed digests are the archive's. Only blobs the registry lacks are uploaded.
       Credentials come from `DOCKER_RELEASE_REGISTRY_USERNAME` and
       `DOCKER_RELEASE_REGISTRY_PASSWORD` when both are set, else from `~/.docker/config.json`
-      (or `$DOCKER_CONFIG/config.json`): credential helpers, `credsStore`, `auths`.
+      (or `$DOCKER_CONFIG/config.json`): credential helpers, `credsStore`, `auths`, identity
+      tokens; Docker Hub's entry is the one `docker login` writes (`https://index.docker.io/v1/`).
     * `--load` - with `--push` or `--output`, also load the image into the engine.
     * `--insecure-registry` - allow plain HTTP to the registry (registries on loopback
       addresses always may).
     * `--registry-ca FILE` - also trust the CA certificates in this PEM file for the registry.
+    * `--stall-timeout SECONDS` - how long a request to the engine or a registry may go with
+      no byte moved in either direction and no answer before the run fails, naming the engine
+      or registry, the request and the seconds waited. Default 300, also set by the
+      environment variable `DOCKER_RELEASE_STALL_TIMEOUT`. Slow transfers that keep moving are
+      never cut; the output of a build step or of `mix release` in a builder container may be
+      silent for longer, as long as the engine answers a ping within this time.
 
   ## The two-Dockerfile flow
 
@@ -130,6 +146,7 @@ defmodule Mix.Tasks.Docker.Release do
     push: :boolean,
     load: :boolean,
     insecure_registry: :boolean,
+    stall_timeout: :integer,
     registry_ca: :string,
     build_dockerfile: :string,
     dockerfile: :string,

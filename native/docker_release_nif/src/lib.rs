@@ -54,6 +54,7 @@ struct NifRequest {
     mix_env: String,
     no_cache: bool,
     base: Option<String>,
+    stall_timeout: u64,
 }
 
 impl From<NifRequest> for Request {
@@ -100,12 +101,19 @@ impl From<NifRequest> for Request {
                 push: r.push.then(|| PushOptions {
                     insecure: r.insecure_registry,
                     ca_file: r.registry_ca.map(PathBuf::from),
+                    stall_timeout: Some(stall(r.stall_timeout)),
                     ..Default::default()
                 }),
             },
             metadata_file: r.metadata_file.map(PathBuf::from),
+            stall_timeout: stall(r.stall_timeout),
         }
     }
+}
+
+/// The bound on silence, from seconds (the Elixir side validates it; 0 would mean "fail at once").
+fn stall(seconds: u64) -> Duration {
+    Duration::from_secs(seconds.max(1))
 }
 
 #[derive(NifMap)]
@@ -272,6 +280,7 @@ struct NifDockerfiles {
     release_tarball: String,
     final_tags: Vec<String>,
     no_cache: bool,
+    stall_timeout: u64,
 }
 
 #[derive(NifMap)]
@@ -295,8 +304,9 @@ fn image_dockerfiles(env: Env, request: NifDockerfiles) -> (Atom, ResourceArc<Jo
         final_tags: request.final_tags,
         no_cache: request.no_cache,
     };
+    let stall_timeout = stall(request.stall_timeout);
     start_job(env, move |events, cancelled| async move {
-        pipeline::run_dockerfiles(flow, events, cancelled)
+        pipeline::run_dockerfiles(flow, stall_timeout, events, cancelled)
             .await
             .map(|o| NifFlowOutcome {
                 image_id: o.final_image_id,
@@ -376,6 +386,24 @@ where
         }
     });
     (atoms::ok(), job, id)
+}
+
+/// Where the engine is, from the environment (`DOCKER_HOST`, the Docker context, the default
+/// socket), checked without connecting: `{:ok, address}`, `{:ok, nil}` when there is no engine
+/// socket at the default address (and nothing else is configured), or `{:error, reason,
+/// message}` for an explicit address that cannot be used. Lets a run fail before the release
+/// build.
+#[rustler::nif(schedule = "DirtyIo")]
+fn engine_endpoint(env: Env) -> Term {
+    match image_io::engine::resolve_endpoint(&|k| std::env::var(k).ok()) {
+        Ok(image_io::engine::Endpoint::Missing(_)) => (atoms::ok(), None::<String>).encode(env),
+        Ok(ep) => (atoms::ok(), Some(ep.to_string())).encode(env),
+        Err(e) => {
+            let f = Failure::from(e);
+            let reason = Atom::from_str(env, f.reason).unwrap_or_else(|_| atoms::error());
+            (atoms::error(), reason, f.message).encode(env)
+        }
+    }
 }
 
 /// Parse an image reference: `{:ok, {repository, tag}}` or `{:error, message}`.

@@ -26,7 +26,7 @@
 //!     Some(reference) => {
 //!         events(Event::Step(format!("loading the base image {reference}")));
 //!         let own = match (&engine, resolve_endpoint(&|k| std::env::var(k).ok())) {
-//!             (None, Ok(ep @ (Endpoint::Unix(_) | Endpoint::Tcp(_)))) => DockerEngine::connect(&ep).await.ok(),
+//!             (None, Ok(ep)) if !matches!(ep, Endpoint::Missing(_)) => DockerEngine::connect(&ep).await.ok(),
 //!             _ => None,
 //!         };
 //!         let platform = release_platform(&HostFs::new("/"), &req.settings).ok();
@@ -311,7 +311,7 @@ pub async fn load_base(
                     Err(e) => {
                         return Err(BaseError::Engine {
                             reference: reference.into(),
-                            message: e.to_string(),
+                            message: engine.failure("the image inspection", e).to_string(),
                         })
                     }
                 }
@@ -607,10 +607,9 @@ async fn from_engine(
     level: u32,
 ) -> Result<Fetched, BaseError> {
     let reference = r.given.clone();
-    let stream = engine
-        .docker
-        .export_image(&r.given)
-        .map(|c| c.map_err(|e| io::Error::other(e.to_string())));
+    let stream = engine.docker.export_image(&r.given).map(|c| {
+        c.map_err(|e| io::Error::other(engine.failure("the export of the image", e).to_string()))
+    });
     let blobs2 = blobs.clone();
     let archive = pump(stream, move |reader| {
         read_docker_archive(reader, &blobs2, level)
@@ -851,17 +850,16 @@ async fn from_registry(
             .get(&path, &format!("blobs/{digest}"), "*/*")
             .await
             .map_err(reg_err)?;
-        let stream = resp.bytes_stream().map(|c| c.map_err(io::Error::other));
+        let step = format!("GET {}v2/{path}/blobs/{digest}", puller.base_url());
+        let stream = puller
+            .body(resp, &step)
+            .map(|c| c.map_err(io::Error::other));
         let blobs2 = blobs.clone();
         let s = pump(stream, move |reader| store_layer(reader, &blobs2, level))
             .await
             .map_err(|e| BaseError::Registry {
                 reference: reference.to_string(),
-                source: RegistryError::Connection {
-                    host: host.clone(),
-                    cause: e.to_string(),
-                    hint: "; the download of a layer broke: retry",
-                },
+                source: download_error(&host, e),
             })?;
         if s.input_digest.to_string() != digest || size.is_some_and(|n| n != s.input_size) {
             return Err(invalid(
@@ -878,6 +876,22 @@ async fn from_registry(
         layers.push(s.info);
     }
     finish(reference, format!("registry {host}"), parsed, layers)
+}
+
+/// The registry's own error when the download stream failed (a stall), else a broken download.
+fn download_error(host: &str, e: io::Error) -> RegistryError {
+    let cause = e.to_string();
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<RegistryError>())
+    {
+        Some(Ok(own)) => *own,
+        _ => RegistryError::Connection {
+            host: host.to_string(),
+            cause,
+            hint: "; the download of a layer broke: retry",
+        },
+    }
 }
 
 /// GET a manifest or config (small, read whole), checking its digest when one is expected.
@@ -905,15 +919,12 @@ async fn get_document(
         .to_string();
     let url = format!("{}v2/{path}/{rest}", puller.base_url());
     let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
+    let stream = puller.body(resp, &format!("GET {url}"));
+    tokio::pin!(stream);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| BaseError::Registry {
+        let chunk = chunk.map_err(|source| BaseError::Registry {
             reference: reference.to_string(),
-            source: RegistryError::Connection {
-                host: url.clone(),
-                cause: e.to_string(),
-                hint: "",
-            },
+            source,
         })?;
         if body.len() + chunk.len() > MAX_DOCUMENT {
             return Err(invalid(

@@ -58,7 +58,7 @@
 
 use crate::channel::ChannelWriter;
 use crate::container_fs::{ContainerFs, Want, FETCH_SCRIPT};
-use crate::engine::{Body, DockerEngine};
+use crate::engine::{Body, DockerEngine, EngineError};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -291,6 +291,9 @@ pub enum BuilderError {
         /// The engine's message.
         message: String,
     },
+    /// The engine went silent during a call (see [`crate::stall`]).
+    #[error(transparent)]
+    Stalled(EngineError),
     /// Something in the builder container did not behave (e.g. `erl` is missing).
     #[error("{0}")]
     Builder(String),
@@ -309,12 +312,13 @@ pub enum BuilderError {
 
 impl BuilderError {
     /// The reason the Elixir side matches on: `builder_image_missing`, `release_build_failed`,
-    /// `cancelled`, or `builder_error` for everything else.
+    /// `cancelled`, `engine_stalled`, or `builder_error` for everything else.
     pub fn reason(&self) -> &'static str {
         match self {
             BuilderError::BuilderImageMissing { .. } => "builder_image_missing",
             BuilderError::BuildFailed { .. } => "release_build_failed",
             BuilderError::Cancelled => "cancelled",
+            BuilderError::Stalled(_) => "engine_stalled",
             _ => "builder_error",
         }
     }
@@ -329,6 +333,17 @@ fn indent(lines: &[String]) -> String {
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The error for a failed engine call: the engine's own words, or that it went silent.
+fn call_err(action: &str, e: bollard::errors::Error) -> BuilderError {
+    match crate::engine::stalled_in(&e) {
+        Some(stalled) => BuilderError::Stalled(EngineError::Stalled {
+            action: action.to_string(),
+            stalled: stalled.clone(),
+        }),
+        None => engine_err(action, message_of(e)),
+    }
 }
 
 fn engine_err(action: &str, message: impl ToString) -> BuilderError {
@@ -520,7 +535,7 @@ impl ContainerEngine for DockerEngine {
                 user: i.config.and_then(|c| c.user).unwrap_or_default(),
             })),
             Err(e) if status_of(&e) == Some(404) => Ok(Err(message_of(e))),
-            Err(e) => Err(engine_err("the image inspection", message_of(e))),
+            Err(e) => Err(call_err("the image inspection", e)),
         }
     }
 
@@ -557,7 +572,7 @@ impl ContainerEngine for DockerEngine {
         let opts = CreateContainerOptionsBuilder::default().build();
         match self.docker.create_container(Some(opts), body).await {
             Ok(r) => Ok(r.id),
-            Err(e) => Err(engine_err("creating the builder container", message_of(e))),
+            Err(e) => Err(call_err("creating the builder container", e)),
         }
     }
 
@@ -573,7 +588,7 @@ impl ContainerEngine for DockerEngine {
             .docker
             .attach_container(id, Some(opts))
             .await
-            .map_err(|e| engine_err("attaching to the builder container", message_of(e)))?;
+            .map_err(|e| call_err("attaching to the builder container", e))?;
         Ok(StdinHold::new(conn))
     }
 
@@ -581,7 +596,7 @@ impl ContainerEngine for DockerEngine {
         self.docker
             .start_container(id, None)
             .await
-            .map_err(|e| engine_err("starting the builder container", message_of(e)))
+            .map_err(|e| call_err("starting the builder container", e))
     }
 
     async fn upload(&self, id: &str, dir: &str, tar: Body) -> Result<(), BuilderError> {
@@ -589,7 +604,7 @@ impl ContainerEngine for DockerEngine {
         self.docker
             .upload_to_container(id, Some(opts), bollard::body_try_stream(tar))
             .await
-            .map_err(|e| engine_err("the upload of the project", message_of(e)))
+            .map_err(|e| call_err("the upload of the project", e))
     }
 
     async fn exec(
@@ -612,12 +627,12 @@ impl ContainerEngine for DockerEngine {
             .docker
             .create_exec(id, config)
             .await
-            .map_err(|e| engine_err("creating an exec in the builder", message_of(e)))?;
+            .map_err(|e| call_err("creating an exec in the builder", e))?;
         let started = self
             .docker
             .start_exec(&created.id, None)
             .await
-            .map_err(|e| engine_err("starting an exec in the builder", message_of(e)))?;
+            .map_err(|e| call_err("starting an exec in the builder", e))?;
         match started {
             bollard::exec::StartExecResults::Attached { output, .. } => {
                 let stream = output.filter_map(|item| async move {
@@ -628,7 +643,7 @@ impl ContainerEngine for DockerEngine {
                         }
                         Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
                         Ok(LogOutput::StdIn { .. }) => None,
-                        Err(e) => Some(Err(engine_err("reading exec output", message_of(e)))),
+                        Err(e) => Some(Err(call_err("reading exec output", e))),
                     }
                 });
                 Ok((created.id, Box::pin(stream)))
@@ -644,7 +659,7 @@ impl ContainerEngine for DockerEngine {
             .docker
             .inspect_exec(exec_id)
             .await
-            .map_err(|e| engine_err("inspecting an exec", message_of(e)))?;
+            .map_err(|e| call_err("inspecting an exec", e))?;
         if i.running == Some(true) {
             return Ok(None);
         }
@@ -661,7 +676,7 @@ impl ContainerEngine for DockerEngine {
             Err(e) if status_of(&e) == Some(404) => return Ok(()),
             // 409 "removal already in progress": AutoRemove raced us. Wait for it below.
             Err(e) if status_of(&e) == Some(409) => {}
-            Err(e) => return Err(engine_err("removing the builder container", message_of(e))),
+            Err(e) => return Err(call_err("removing the builder container", e)),
         }
         for _ in 0..100 {
             match self.docker.inspect_container(id, None).await {
@@ -702,7 +717,7 @@ impl ContainerEngine for DockerEngine {
             .create_volume(req)
             .await
             .map(|_| ())
-            .map_err(|e| engine_err(&format!("creating the cache volume {name}"), message_of(e)))
+            .map_err(|e| call_err(&format!("creating the cache volume {name}"), e))
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), BuilderError> {
@@ -710,9 +725,9 @@ impl ContainerEngine for DockerEngine {
         match self.docker.remove_volume(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(engine_err(
+            Err(e) => Err(call_err(
                 &format!("removing the cache volume {name} (is another build using it?)"),
-                message_of(e),
+                e,
             )),
         }
     }
@@ -726,7 +741,7 @@ impl ContainerEngine for DockerEngine {
             .docker
             .list_volumes(Some(opts))
             .await
-            .map_err(|e| engine_err("listing volumes", message_of(e)))?;
+            .map_err(|e| call_err("listing volumes", e))?;
         Ok(r.volumes
             .unwrap_or_default()
             .into_iter()
@@ -749,7 +764,7 @@ impl ContainerEngine for DockerEngine {
             .docker
             .list_containers(Some(opts))
             .await
-            .map_err(|e| engine_err("listing containers", message_of(e)))?;
+            .map_err(|e| call_err("listing containers", e))?;
         Ok(list
             .into_iter()
             .filter_map(|c| {

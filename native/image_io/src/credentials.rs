@@ -16,22 +16,51 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// Environment variable holding a user name for every registry.
 pub const USERNAME_VAR: &str = "DOCKER_RELEASE_REGISTRY_USERNAME";
 /// Environment variable holding the password (or token) that goes with [`USERNAME_VAR`].
 pub const PASSWORD_VAR: &str = "DOCKER_RELEASE_REGISTRY_PASSWORD";
 
+/// The key `docker login` stores Docker Hub's credentials under.
+pub const HUB_KEY: &str = "https://index.docker.io/v1/";
+
+/// The user name that marks a [`Credential`] as an identity token.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
+/// Whether `host` is Docker Hub (`docker.io`, `index.docker.io`, `registry-1.docker.io`).
+///
+/// ```
+/// use image_io::credentials::is_docker_hub;
+/// assert!(is_docker_hub("docker.io"));
+/// assert!(is_docker_hub("registry-1.docker.io"));
+/// assert!(!is_docker_hub("ghcr.io"));
+/// ```
+pub fn is_docker_hub(host: &str) -> bool {
+    matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    )
+}
+
 /// A user name and password (or token). `Debug` never shows the password.
+///
+/// A user name of [`IDENTITY_TOKEN_USER`] makes the password an identity token (an OAuth2
+/// refresh token): it is exchanged at the registry's token service, never sent as a password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     /// User name.
     pub username: String,
     /// Password or access token.
     pub password: String,
+}
+
+impl Credential {
+    /// The identity token this credential holds, if it is one.
+    pub fn identity_token(&self) -> Option<&str> {
+        (self.username == IDENTITY_TOKEN_USER).then_some(self.password.as_str())
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -52,6 +81,9 @@ pub struct CredentialStore {
     pub config_file: Option<PathBuf>,
     /// The search path for `docker-credential-*` helpers (a `PATH` value).
     pub helper_path: Option<OsString>,
+    /// How long a credential helper may take (`None`: [`crate::stall::DEFAULT_STALL`]); one
+    /// that waits longer (a keychain prompt nobody answers) is ended and reported.
+    pub helper_timeout: Option<std::time::Duration>,
 }
 
 /// Why credentials could not be read. Finding none is not an error.
@@ -107,6 +139,7 @@ impl CredentialStore {
             fixed,
             config_file: dir.map(|d| d.join("config.json")),
             helper_path: set("PATH").map(OsString::from),
+            helper_timeout: None,
         }
     }
 
@@ -128,27 +161,55 @@ impl CredentialStore {
         };
         let config: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| config_error(path, format!("it is not valid JSON ({e})")))?;
-        let helper = config
-            .get("credHelpers")
-            .and_then(|h| h.get(host))
-            .or_else(|| config.get("credsStore"))
+        // The names this registry may be stored under, in the order the Docker CLI asks.
+        let keys: Vec<&str> = if is_docker_hub(host) {
+            vec![
+                HUB_KEY,
+                "docker.io",
+                "index.docker.io",
+                "registry-1.docker.io",
+            ]
+        } else {
+            vec![host]
+        };
+        let helpers = config.get("credHelpers");
+        let named = keys.iter().find_map(|k| {
+            helpers
+                .and_then(|h| h.get(*k))
+                .and_then(|h| h.as_str())
+                .filter(|h| !h.is_empty())
+                .map(|h| (h, *k))
+        });
+        let store = config
+            .get("credsStore")
             .and_then(|h| h.as_str())
-            .filter(|h| !h.is_empty());
-        if let Some(helper) = helper {
-            return self.run_helper(helper, path, host);
+            .filter(|h| !h.is_empty())
+            .map(|h| (h, keys[0]));
+        if let Some((helper, key)) = named.or(store) {
+            return self.run_helper(helper, path, key);
         }
         let Some(entry) = config
             .get("auths")
             .and_then(|a| a.as_object())
             .and_then(|a| {
-                a.iter()
-                    .find(|(key, _)| auths_key_host(key) == host)
-                    .map(|(_, v)| v)
+                keys.iter().find_map(|k| {
+                    a.get(*k).or_else(|| {
+                        a.iter()
+                            .find(|(key, _)| auths_key_host(key) == auths_key_host(k))
+                            .map(|(_, v)| v)
+                    })
+                })
             })
         else {
             return Ok(None);
         };
         let text = |k: &str| entry.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        if !text("identitytoken").is_empty() {
+            return Ok(Some(Credential {
+                username: IDENTITY_TOKEN_USER.to_string(),
+                password: text("identitytoken").to_string(),
+            }));
+        }
         if !text("auth").is_empty() {
             let bad = |why: &str| config_error(path, format!("auths[{host:?}].auth {why}"));
             let decoded = BASE64
@@ -191,29 +252,18 @@ impl CredentialStore {
                 "{name} is not on PATH; install it or remove the helper from the configuration"
             ))
         })?;
-        let mut child = Command::new(&program)
-            .arg("get")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| err(format!("cannot run {}: {e}", program.display())))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A helper that exits without reading stdin is judged by its output, not by this.
-            let _ = stdin.write_all(host.as_bytes());
-        }
-        let out = child
-            .wait_with_output()
+        let limit = self.helper_timeout.unwrap_or(crate::stall::DEFAULT_STALL);
+        let out = crate::process::run(&program, &["get"], host.as_bytes(), limit)
             .map_err(|e| err(format!("cannot run {}: {e}", program.display())))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
+        if out.status != 0 {
             let said = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
             // The helpers' protocol: this message means "no credentials stored for this host".
             if said.contains("credentials not found") {
                 return Ok(None);
             }
             return Err(err(format!(
-                "it exited with {}: {}",
+                "it exited with status {}: {}",
                 out.status,
                 said.trim()
             )));

@@ -231,6 +231,10 @@ impl FlowError {
             FlowError::TarballMissing { .. } | FlowError::TarballUnusable { .. } => {
                 "tarball_missing"
             }
+            FlowError::Engine {
+                source: EngineError::Stalled { .. },
+                ..
+            } => "engine_stalled",
             FlowError::Engine { .. } => "engine_error",
             FlowError::LocalFile { .. } => "output_error",
             FlowError::Cancelled { .. } => "cancelled",
@@ -969,6 +973,12 @@ impl Lines {
 }
 
 fn bollard_err(action: &str, e: bollard::errors::Error) -> EngineError {
+    if let Some(stalled) = crate::engine::stalled_in(&e) {
+        return EngineError::Stalled {
+            action: action.to_string(),
+            stalled: stalled.clone(),
+        };
+    }
     match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => EngineError::Api {
             action: action.to_string(),
@@ -976,7 +986,7 @@ fn bollard_err(action: &str, e: bollard::errors::Error) -> EngineError {
         },
         other => EngineError::Api {
             action: action.to_string(),
-            message: other.to_string(),
+            message: crate::engine::bollard_chain(&other),
         },
     }
 }

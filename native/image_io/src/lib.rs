@@ -9,5 +9,8 @@ pub mod credentials;
 pub mod dockerfiles;
 pub mod engine;
 pub mod pipeline;
+mod process;
 pub mod registry;
 pub mod sink;
+pub mod stall;
+mod transport;

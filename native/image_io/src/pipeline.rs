@@ -21,6 +21,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How the engine is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +89,9 @@ pub struct Request {
     pub outputs: Outputs,
     /// Where to write the JSON summary, if anywhere.
     pub metadata_file: Option<PathBuf>,
+    /// The bound on silence of every engine request ([`crate::stall`]); registry requests
+    /// take theirs from `outputs.push`.
+    pub stall_timeout: Duration,
 }
 
 /// Progress, for people.
@@ -180,14 +184,7 @@ impl From<BuildError> for Failure {
 
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Failure {
-        let reason = match &e {
-            EngineError::Config(_) => "engine_config",
-            EngineError::Unreachable { .. } => "engine_unreachable",
-            EngineError::Api { .. } => "engine_error",
-            EngineError::Load(_) => "load_failed",
-            EngineError::Platform { .. } => "platform_mismatch",
-        };
-        Failure::new(reason, e)
+        Failure::new(e.reason(), e)
     }
 }
 
@@ -247,7 +244,7 @@ pub async fn run(
             match resolve_endpoint(&|k| std::env::var(k).ok())? {
                 Endpoint::Missing(sock) => {
                     events(Event::Notice(format!(
-                        "no Docker engine socket at {}: writing an image archive to {} instead (load it with `docker load -i {}`)",
+                        "no Docker engine socket at {} (the default; DOCKER_HOST is not set and no Docker context is selected): writing an image archive to {} instead (load it with `docker load -i {}`)",
                         sock.display(),
                         fallback.display(),
                         fallback.display()
@@ -259,11 +256,11 @@ pub async fn run(
                     events(Event::Step(format!(
                         "connecting to the Docker engine at {endpoint}"
                     )));
-                    Some(DockerEngine::connect(&endpoint).await?)
+                    Some(DockerEngine::connect_with(&endpoint, req.stall_timeout).await?)
                 }
             }
         }
-        _ => Some(required_engine(&events, "this build").await?),
+        _ => Some(required_engine(&events, "this build", req.stall_timeout).await?),
     };
     let load_into_engine = !matches!(req.outputs.engine, EngineOutput::Off);
 
@@ -335,13 +332,18 @@ pub async fn run(
             events(Event::Step(format!("loading the base image {reference}")));
             // A local base needs an engine even when the outputs don't use one.
             let own = match (&engine, resolve_endpoint(&|k| std::env::var(k).ok())) {
-                (None, Ok(ep @ (Endpoint::Unix(_) | Endpoint::Tcp(_)))) => {
-                    DockerEngine::connect(&ep).await.ok()
+                (None, Ok(ep)) if !matches!(ep, Endpoint::Missing(_)) => {
+                    DockerEngine::connect_with(&ep, req.stall_timeout)
+                        .await
+                        .ok()
                 }
                 _ => None,
             };
             let platform = release_platform(&*fs, &settings).ok();
-            let registry = req.outputs.push.clone().unwrap_or_default();
+            let registry = req.outputs.push.clone().unwrap_or_else(|| PushOptions {
+                stall_timeout: Some(req.stall_timeout),
+                ..PushOptions::default()
+            });
             let loaded = base::load_base(
                 reference,
                 engine.as_ref().or(own.as_ref()),
@@ -602,6 +604,7 @@ fn human_bytes(n: u64) -> String {
 async fn required_engine(
     events: &Arc<dyn Fn(Event) + Send + Sync>,
     purpose: &str,
+    stall: Duration,
 ) -> Result<DockerEngine, Failure> {
     let endpoint = resolve_endpoint(&|k| std::env::var(k).ok())?;
     if let Endpoint::Missing(sock) = &endpoint {
@@ -616,16 +619,17 @@ async fn required_engine(
     events(Event::Step(format!(
         "connecting to the Docker engine at {endpoint}"
     )));
-    Ok(DockerEngine::connect(&endpoint).await?)
+    Ok(DockerEngine::connect_with(&endpoint, stall).await?)
 }
 
 /// Run the article's two-Dockerfile flow (`Dockerfile.build`, then `Dockerfile`) in the engine.
 pub async fn run_dockerfiles(
     flow: DockerfileFlow,
+    stall: Duration,
     events: Arc<dyn Fn(Event) + Send + Sync>,
     cancelled: Arc<AtomicBool>,
 ) -> Result<FlowOutcome, Failure> {
-    let engine = required_engine(&events, "the Dockerfile flow").await?;
+    let engine = required_engine(&events, "the Dockerfile flow", stall).await?;
     let on_step = {
         let events = events.clone();
         Arc::new(move |s: &str| events(Event::Step(s.to_string())))

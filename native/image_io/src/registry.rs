@@ -18,6 +18,7 @@ use crate::credentials::{
     Credential, CredentialError, CredentialStore, PASSWORD_VAR, USERNAME_VAR,
 };
 use crate::sink::{Built, Progress};
+use crate::stall::{Stalled, HOW_TO_CHANGE};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -45,14 +46,15 @@ pub struct PushOptions {
     /// Where credentials come from; `None` reads the process environment
     /// ([`CredentialStore::from_env`]).
     pub credentials: Option<CredentialStore>,
-    /// How long a request may go without progress (no upload bytes taken, no answer) before
-    /// it fails; `None` for [`DEFAULT_STALL`].
+    /// How long a request may go without progress (no upload bytes taken, no answer, no
+    /// byte of the answer's body) before it fails; `None` for [`DEFAULT_STALL`]. Credential
+    /// helpers get as long.
     pub stall_timeout: Option<Duration>,
 }
 
 /// A request that makes no progress for this long fails (a registry or proxy that stopped
-/// reading or answering would otherwise hang the push for ever).
-pub const DEFAULT_STALL: Duration = Duration::from_secs(60);
+/// reading or answering would otherwise hang the push for ever); see [`crate::stall`].
+pub use crate::stall::DEFAULT_STALL;
 
 /// What a push did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -119,6 +121,14 @@ pub enum RegistryError {
         /// What to check, `; …`, or empty.
         hint: &'static str,
     },
+    /// The registry (or its token service) went silent: see [`crate::stall`].
+    #[error(
+        "{stalled}: check the registry (and any proxy in between), then retry; {HOW_TO_CHANGE}"
+    )]
+    Stalled {
+        /// Who, during what, for how long.
+        stalled: Stalled,
+    },
     /// The registry answered something the protocol does not allow.
     #[error("unexpected answer from the registry: {url} {problem}")]
     Protocol {
@@ -166,6 +176,7 @@ impl RegistryError {
             RegistryError::NotFound { .. } => "registry_not_found",
             RegistryError::Server { .. } => "registry_error",
             RegistryError::Connection { .. } => "registry_unreachable",
+            RegistryError::Stalled { .. } => "registry_stalled",
             RegistryError::Protocol { .. } => "registry_protocol",
             RegistryError::Io { .. } => "registry_blob_unreadable",
             RegistryError::CaFile { .. } => "registry_ca_file",
@@ -185,11 +196,7 @@ pub async fn push(
 ) -> Result<PushOutcome, RegistryError> {
     let targets = group_tags(&built.tags)?;
     let http = client(opts)?;
-    let store = Arc::new(
-        opts.credentials
-            .clone()
-            .unwrap_or_else(|| CredentialStore::from_env(&|k| std::env::var(k).ok())),
-    );
+    let store = Arc::new(store_of(opts));
     let image = &built.image;
     let config = Bytes::from(image.config_json());
     let manifest = Bytes::from(image.manifest_json());
@@ -221,8 +228,14 @@ pub async fn push(
     };
     let sent = Arc::new(AtomicU64::new(0));
     for (host, repos) in targets {
-        let mut reg =
-            Registry::connect(http.clone(), &host, opts, store.clone(), sent.clone()).await?;
+        let mut reg = Registry::connect(
+            http.clone(),
+            api_host(&host),
+            opts,
+            store.clone(),
+            sent.clone(),
+        )
+        .await?;
         for (path, tags) in repos {
             for blob in &blobs {
                 if reg.upload_blob(&path, blob, &sent, &progress).await? {
@@ -240,6 +253,14 @@ pub async fn push(
         }
     }
     Ok(outcome)
+}
+
+/// The credentials of `opts`, else the environment's; helpers get the stall timeout.
+fn store_of(opts: &PushOptions) -> CredentialStore {
+    opts.credentials.clone().unwrap_or_else(|| CredentialStore {
+        helper_timeout: opts.stall_timeout,
+        ..CredentialStore::from_env(&|k| std::env::var(k).ok())
+    })
 }
 
 /// Registry host → repository path → tags, in the order the tags were given.
@@ -271,6 +292,21 @@ fn group_tags(tags: &[Reference]) -> Result<Targets, RegistryError> {
         }
     }
     Ok(out)
+}
+
+/// The host that serves a registry's API: Docker Hub's names all mean `registry-1.docker.io`.
+///
+/// ```
+/// use image_io::registry::api_host;
+/// assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+/// assert_eq!(api_host("ghcr.io"), "ghcr.io");
+/// ```
+pub fn api_host(host: &str) -> &str {
+    if crate::credentials::is_docker_hub(host) {
+        "registry-1.docker.io"
+    } else {
+        host
+    }
 }
 
 /// Whether `host` (`host[:port]`) is this machine: `localhost`, `127.0.0.0/8` or `[::1]`.
@@ -388,7 +424,8 @@ impl Registry {
             let req = http.get(url.clone());
             let activity = activity.clone();
             async move {
-                let res = watch_stall(req.send(), &activity, stall, host).await?;
+                let step = format!("GET {url}");
+                let res = watch_stall(req.send(), &activity, stall, host, &step).await?;
                 Ok::<_, RegistryError>((url, res))
             }
         };
@@ -609,9 +646,16 @@ impl Registry {
                     req = req.header(AUTHORIZATION, a.clone());
                 }
             }
-            let resp = watch_stall(build(req)?.send(), &self.activity, self.stall, &self.host)
-                .await?
-                .map_err(|e| connection(&self.host, &e))?;
+            let step = format!("{method} {url}");
+            let resp = watch_stall(
+                build(req)?.send(),
+                &self.activity,
+                self.stall,
+                &self.host,
+                &step,
+            )
+            .await?
+            .map_err(|e| connection(&self.host, &e))?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -641,6 +685,12 @@ impl Registry {
                         "asks for a user name and password, and none are configured",
                     ));
                 };
+                if c.identity_token().is_some() {
+                    return Err(self.unauthorized(
+                        path,
+                        "asks for a user name and password, and the credentials found are an identity token (which only a token service takes)",
+                    ));
+                }
                 format!("Basic {}", basic(&c))
             }
             "bearer" => format!(
@@ -679,27 +729,64 @@ impl Registry {
             url: self.base.to_string(),
             problem: format!("names an invalid token realm {realm:?}: {e}"),
         })?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(service) = params.get("service") {
-                q.append_pair("service", service);
-            }
-            q.append_pair("scope", &format!("repository:{path}:pull,push"));
-        }
         let realm_host = match (url.host_str(), url.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_string(),
             (None, _) => realm.to_string(),
         };
-        let mut req = self.http.get(url.clone());
-        if let Some(c) = credential {
-            req = req.basic_auth(&c.username, Some(&c.password));
-        }
-        let resp = watch_stall(req.send(), &self.activity, self.stall, &realm_host)
+        let scope = format!("repository:{path}:pull,push");
+        let (req, step) = match credential.and_then(Credential::identity_token) {
+            // An identity token is an OAuth2 refresh token: exchanged with a POST of the
+            // refresh-token grant (the distribution token specification), never sent as a
+            // password.
+            Some(refresh_token) => {
+                url.set_query(None);
+                let mut form = form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh_token)
+                    .append_pair("client_id", "docker_release")
+                    .append_pair("scope", &scope);
+                if let Some(service) = params.get("service") {
+                    form.append_pair("service", service);
+                }
+                let req = self
+                    .http
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.finish());
+                (req, format!("POST {url} (identity token exchange)"))
+            }
+            None => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(service) = params.get("service") {
+                        q.append_pair("service", service);
+                    }
+                    q.append_pair("scope", &scope);
+                }
+                let mut req = self.http.get(url.clone());
+                if let Some(c) = credential {
+                    req = req.basic_auth(&c.username, Some(&c.password));
+                }
+                (req, format!("GET {url}"))
+            }
+        };
+        let resp = watch_stall(req.send(), &self.activity, self.stall, &realm_host, &step)
             .await?
             .map_err(|e| connection(&realm_host, &e))?;
         match resp.status() {
             s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST
+                if credential.and_then(Credential::identity_token).is_some() =>
+            {
+                return Err(self.unauthorized(
+                    path,
+                    &format!(
+                        "(token service {realm_host}) refused the identity token ({})",
+                        resp.status()
+                    ),
+                ))
+            }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 return Err(self.unauthorized(
                     path,
@@ -711,10 +798,7 @@ impl Registry {
             }
             _ => return Err(failure(&realm_host, path, &url, resp).await),
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| connection(&realm_host, &e))?;
+        let body = read_body(resp, self.stall, &realm_host, &step).await?;
         let json: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
                 url: url.to_string(),
@@ -820,12 +904,14 @@ fn file_stream(
 /// Run `request` until it ends, or fail when `activity` (upload bytes taken) has not moved for
 /// `stall` (checked every tenth of it, at most every second): a registry or proxy that stopped
 /// reading the upload or never answers. The time from the last byte sent to the answer counts
-/// too, so a registry gets `stall` to verify a blob.
+/// too, so a registry gets `stall` to verify a blob. `host` and `step` (`PUT https://…`) name
+/// the request in the error.
 async fn watch_stall<F: std::future::Future>(
     request: F,
     activity: &AtomicU64,
     stall: Duration,
     host: &str,
+    step: &str,
 ) -> Result<F::Output, RegistryError> {
     tokio::pin!(request);
     let tick = (stall / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -840,19 +926,74 @@ async fn watch_stall<F: std::future::Future>(
                     seen = now;
                     since = tokio::time::Instant::now();
                 } else if since.elapsed() >= stall {
-                    return Err(RegistryError::Connection {
-                        host: host.to_string(),
-                        cause: format!(
-                            "no progress for {} s: it neither took more of the upload nor answered",
-                            stall.as_secs_f64()
-                        ),
-                        hint: "; check the registry (and any proxy in between), then retry",
-                    });
+                    return Err(stalled(host, step, stall));
                 }
             }
         }
     }
 }
+
+fn stalled(host: &str, step: &str, waited: Duration) -> RegistryError {
+    RegistryError::Stalled {
+        stalled: Stalled {
+            peer: format!("the registry at {host}"),
+            request: step.to_string(),
+            waited,
+            detail: String::new(),
+        },
+    }
+}
+
+/// The body of `resp` as a stream of chunks, each of which must come within `stall`.
+pub(crate) fn body_stream(
+    resp: Response,
+    stall: Duration,
+    host: &str,
+    step: &str,
+) -> impl futures_util::Stream<Item = Result<Bytes, RegistryError>> + Send + 'static {
+    let (host, step) = (host.to_string(), step.to_string());
+    futures_util::stream::unfold(Some(Box::pin(resp.bytes_stream())), move |body| {
+        let (host, step) = (host.clone(), step.clone());
+        async move {
+            let mut body = body?;
+            match tokio::time::timeout(stall, body.next()).await {
+                Err(_) => Some((Err(stalled(&host, &step, stall)), None)),
+                Ok(None) => None,
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+                Ok(Some(Err(e))) => Some((Err(connection(&host, &e)), None)),
+            }
+        }
+    })
+}
+
+/// The whole body of a (small) answer, each chunk within `stall`.
+async fn read_body(
+    resp: Response,
+    stall: Duration,
+    host: &str,
+    step: &str,
+) -> Result<Bytes, RegistryError> {
+    let mut body = Vec::new();
+    let stream = body_stream(resp, stall, host, step);
+    tokio::pin!(stream);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(RegistryError::Protocol {
+                url: step.to_string(),
+                problem: format!("answered with more than {MAX_ANSWER} bytes where a short JSON document belongs"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+/// The largest token answer read.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// How long an error answer's body is waited for (it only adds detail to the message).
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(10);
 
 fn basic(c: &Credential) -> String {
     BASE64.encode(format!("{}:{}", c.username, c.password))
@@ -921,7 +1062,11 @@ pub fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
 /// The error for a response that is not what the protocol expects at this step.
 async fn failure(host: &str, path: &str, url: &Url, resp: Response) -> RegistryError {
     let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = tokio::time::timeout(ERROR_BODY_WAIT, resp.bytes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let detail = registry_message(&body)
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
@@ -980,7 +1125,9 @@ fn registry_message(body: &[u8]) -> Option<String> {
 fn connection(host: &str, e: &reqwest::Error) -> RegistryError {
     let cause = chain(e);
     let lower = cause.to_ascii_lowercase();
-    let hint = if is_tls_trust_error(e) {
+    let hint = if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+        "; it answers plain HTTP, not HTTPS: pass --insecure-registry (or insecure_registry: true) to push to it over plain HTTP, or give it a TLS certificate"
+    } else if is_tls_trust_error(e) {
         "; the registry's TLS certificate is not trusted: give the CA certificate that signed it as the CA file option"
     } else if lower.contains("tls") || lower.contains("handshake") {
         "; TLS failed: check that the registry speaks HTTPS on this port (plain HTTP is only used for loopback hosts or with the insecure option)"
@@ -1037,11 +1184,7 @@ impl Puller {
     /// Connect to `host` (`GET /v2/`) with the transport and credentials of `opts`.
     pub(crate) async fn connect(host: &str, opts: &PushOptions) -> Result<Puller, RegistryError> {
         let http = client(opts)?;
-        let store = Arc::new(
-            opts.credentials
-                .clone()
-                .unwrap_or_else(|| CredentialStore::from_env(&|k| std::env::var(k).ok())),
-        );
+        let store = Arc::new(store_of(opts));
         Ok(Puller {
             reg: Registry::connect(http, host, opts, store, Arc::new(AtomicU64::new(0))).await?,
         })
@@ -1067,6 +1210,15 @@ impl Puller {
         } else {
             Err(failure(&self.reg.host, path, &url, resp).await)
         }
+    }
+
+    /// The body of an answer of [`Puller::get`], each chunk within the stall timeout.
+    pub(crate) fn body(
+        &self,
+        resp: Response,
+        step: &str,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, RegistryError>> + Send + 'static {
+        body_stream(resp, self.reg.stall, &self.reg.host, step)
     }
 
     /// The scheme and host the registry answers at (`http://127.0.0.1:5000/`).

@@ -754,10 +754,18 @@ async fn a_registry_that_stops_reading_an_upload_fails_after_the_stall_timeout()
     let took = started.elapsed();
     // One second without progress, checked every 100 ms; far from the 30 s hang.
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert_eq!(err.reason(), "registry_unreachable", "{err}");
+    assert_eq!(err.reason(), "registry_stalled", "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("no progress for 1 s"), "{msg}");
-    assert!(msg.contains(&fake.host()), "{msg}");
+    assert!(
+        msg.contains("neither took nor sent a byte for 1 s"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("the registry at {}", fake.host())),
+        "{msg}"
+    );
+    assert!(msg.contains("during PUT http://"), "{msg}");
+    assert!(msg.contains("--stall-timeout"), "{msg}");
     println!("stalled upload after {took:?}: {msg}");
 }
 
@@ -771,7 +779,49 @@ async fn a_registry_that_never_answers_fails_after_the_stall_timeout() {
     let started = Instant::now();
     let err = push_err(&b, &impatient(no_credentials())).await;
     assert!(started.elapsed() < Duration::from_secs(10), "{err}");
-    assert!(err.to_string().contains("no progress for 1 s"), "{err}");
+    assert_eq!(err.reason(), "registry_stalled", "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("for 1 s during GET http://{}/v2/", fake.host())),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_answer_that_stops_half_way_fails_after_the_stall_timeout() {
+    let tokens = FakeServer::start(|_| Reply::Partial {
+        status: 200,
+        declared: 4096,
+        sent: br#"{"token":"ab"#.to_vec(),
+        hold: Duration::from_secs(30),
+    });
+    let realm = format!("http://{}/token", tokens.host());
+    let fake = fake_registry(move |req| {
+        (req.target == "/v2/").then(|| {
+            Reply::new(
+                401,
+                &[(
+                    "WWW-Authenticate",
+                    &format!(r#"Bearer realm="{realm}",service="fake""#),
+                )],
+                b"",
+            )
+        })
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let b = small_built(tmp.path(), &fake.host());
+    let started = Instant::now();
+    let err = push_err(&b, &impatient(no_credentials())).await;
+    println!("stalled token answer: {err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+    assert_eq!(err.reason(), "registry_stalled", "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("the registry at {}", tokens.host())),
+        "{msg}"
+    );
+    assert!(msg.contains("for 1 s during GET http://"), "{msg}");
+    assert!(msg.contains("/token?"), "{msg}");
 }
 
 #[tokio::test]
@@ -814,5 +864,235 @@ async fn a_manifest_digest_the_registry_disagrees_with_is_an_error() {
     assert_eq!(
         put.header("content-type"),
         Some("application/vnd.oci.image.manifest.v1+json")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docker Hub's credential keys and identity tokens.
+
+#[test]
+fn docker_hub_credentials_are_found_under_the_key_docker_login_writes() {
+    use image_io::credentials::HUB_KEY;
+    let tmp = tempfile::tempdir().unwrap();
+    // `docker login` (no helper) writes auths["https://index.docker.io/v1/"].
+    let cfg = docker_config(
+        &tmp.path().join("auths"),
+        serde_json::json!({"auths": {HUB_KEY: {"auth": STANDARD.encode("hubuser:hubpass")}}}),
+    );
+    let store = store_for(&cfg, None);
+    let hub = Some(Credential {
+        username: "hubuser".into(),
+        password: "hubpass".into(),
+    });
+    for host in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+        assert_eq!(store.get(host).unwrap(), hub, "{host}");
+    }
+    assert_eq!(store.get("ghcr.io").unwrap(), None);
+
+    // A helper (credHelpers under the Hub key, or credsStore) is asked for the Hub key, which
+    // is what `docker login` stored through it.
+    let helper_bin = fake_helper(tmp.path(), HUB_KEY);
+    for (name, json) in [
+        (
+            "helpers",
+            serde_json::json!({"credHelpers": {HUB_KEY: "fake"}}),
+        ),
+        ("store", serde_json::json!({"credsStore": "fake"})),
+    ] {
+        let cfg = docker_config(&tmp.path().join(name), json);
+        let store = store_for(&cfg, Some(&helper_bin));
+        assert_eq!(
+            store.get("registry-1.docker.io").unwrap(),
+            Some(Credential {
+                username: "user".into(),
+                password: "pass".into(),
+            }),
+            "{name}"
+        );
+    }
+    let log = std::fs::read_to_string(tmp.path().join("helper.log")).unwrap();
+    assert_eq!(log.lines().collect::<Vec<_>>(), vec![HUB_KEY, HUB_KEY]);
+}
+
+#[test]
+fn identity_tokens_are_read_from_auths_and_from_helpers() {
+    use image_io::credentials::IDENTITY_TOKEN_USER;
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-tokens");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\ncat >/dev/null\nprintf '{\"Username\":\"<token>\",\"Secret\":\"refresh-from-helper\"}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cfg = docker_config(
+        tmp.path(),
+        serde_json::json!({
+            "credHelpers": {"helped.example.com": "tokens"},
+            "auths": {
+                "registry.example.com": {"identitytoken": "refresh-from-auths", "auth": STANDARD.encode("u:p")},
+            },
+        }),
+    );
+    let store = store_for(&cfg, Some(&bin));
+    let c = store.get("registry.example.com").unwrap().unwrap();
+    assert_eq!(c.username, IDENTITY_TOKEN_USER);
+    assert_eq!(c.identity_token(), Some("refresh-from-auths"));
+    let c = store.get("helped.example.com").unwrap().unwrap();
+    assert_eq!(c.identity_token(), Some("refresh-from-helper"));
+}
+
+/// A token service for identity tokens: takes only the OAuth2 refresh-token grant (a POST of
+/// a form) with `refresh`, and answers with a token the registry accepts. Every request is
+/// recorded as `(method, target, body)`.
+struct RefreshTokenService {
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String, String)>>>,
+}
+
+impl RefreshTokenService {
+    fn start(key_dir: std::path::PathBuf, refresh: &'static str) -> RefreshTokenService {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end();
+                    if h.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).unwrap();
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let mut parts = line.split_whitespace();
+                let (method, target) = (
+                    parts.next().unwrap_or("").to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                );
+                log.lock()
+                    .unwrap()
+                    .push((method.clone(), target.clone(), body.clone()));
+                let form: Vec<(String, String)> = rs::query(&format!("/?{body}"));
+                let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                let (status, answer) = if method == "POST"
+                    && field("grant_type").as_deref() == Some("refresh_token")
+                    && field("refresh_token").as_deref() == Some(refresh)
+                {
+                    let scope = field("scope").unwrap_or_default();
+                    let token = rs::sign_token(&key_dir, "test-issuer", "test-registry", &scope);
+                    (
+                        "200 OK",
+                        serde_json::json!({"access_token": token, "expires_in": 600}).to_string(),
+                    )
+                } else {
+                    (
+                        "401 Unauthorized",
+                        "{\"error\":\"invalid_grant\"}".to_string(),
+                    )
+                };
+                let mut out = conn;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        RefreshTokenService { addr, seen }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_token_is_exchanged_for_a_token_the_real_registry_accepts() {
+    let Some(bin) = rs::registry_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    rs::make_token_key(&d);
+    let tokens = RefreshTokenService::start(d.clone(), "the-refresh-token");
+    let extra = format!(
+        "auth:\n  token:\n    realm: http://{}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+        tokens.addr,
+        d.join("token.crt").display()
+    );
+    let reg = Registry::start(&bin, &d, &extra);
+    let blobs = BlobDir {
+        root: d.join("blobs"),
+    };
+    let image = rs::image(vec![rs::layer(&blobs, "app", "/app/y", b"app".to_vec())]);
+    let b = built(
+        image.clone(),
+        &blobs,
+        &[format!("{}/team/app:idtoken", reg.host)],
+    );
+    // As `docker login` writes it for an OAuth login: no password, an identity token.
+    let cfg = docker_config(
+        &d,
+        serde_json::json!({"auths": {reg.host.clone(): {"identitytoken": "the-refresh-token"}}}),
+    );
+    let opts = PushOptions {
+        credentials: Some(store_for(&cfg, None)),
+        ..PushOptions::default()
+    };
+    let out = push_ok(&b, &opts).await;
+    assert_eq!(out.manifest_digest, image.manifest_digest());
+    let reqs = reg.our_requests(1);
+    assert_eq!(count(&reqs, "PUT", "/manifests/idtoken"), 1, "{reqs:#?}");
+    // The token came from the refresh-token grant, for pull and push of the repository, and
+    // the identity token was never sent as a password.
+    let seen = tokens.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (method, target, body) = &seen[0];
+    assert_eq!((method.as_str(), target.as_str()), ("POST", "/token"));
+    let form = rs::query(&format!("/?{body}"));
+    for pair in [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", "the-refresh-token"),
+        ("service", "test-registry"),
+        ("scope", "repository:team/app:pull,push"),
+        ("client_id", "docker_release"),
+    ] {
+        assert!(
+            form.contains(&(pair.0.to_string(), pair.1.to_string())),
+            "{pair:?} in {form:?}"
+        );
+    }
+
+    // A refresh token the service refuses: a clear refusal, naming the identity token.
+    let cfg = docker_config(
+        &d.join("bad"),
+        serde_json::json!({"auths": {reg.host.clone(): {"identitytoken": "revoked"}}}),
+    );
+    let opts = PushOptions {
+        credentials: Some(store_for(&cfg, None)),
+        ..PushOptions::default()
+    };
+    let err = push_err(&b, &opts).await;
+    println!("revoked identity token: {err}");
+    assert_eq!(err.reason(), "registry_unauthorized", "{err}");
+    assert!(
+        err.to_string().contains("refused the identity token"),
+        "{err}"
     );
 }

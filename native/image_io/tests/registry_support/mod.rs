@@ -349,6 +349,18 @@ pub enum Reply {
     /// Read this many body bytes, then hold the connection for this long without reading
     /// more or answering (a stalled registry or proxy).
     ReadThenHang(usize, Duration),
+    /// Read the body, answer with a head that declares `declared` body bytes, send only
+    /// `sent`, then hold the connection for `hold` (an answer that stops half-way).
+    Partial {
+        /// Status code.
+        status: u16,
+        /// The `Content-Length` announced.
+        declared: usize,
+        /// The bytes actually sent.
+        sent: Vec<u8>,
+        /// How long to hold the connection afterwards.
+        hold: Duration,
+    },
 }
 
 impl Reply {
@@ -467,6 +479,23 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
             Reply::ReadThenHang(n, hold) => {
                 let mut buf = vec![0u8; n.min(req.content_length)];
                 let _ = reader.read_exact(&mut buf);
+                std::thread::sleep(hold);
+                return;
+            }
+            Reply::Partial {
+                status,
+                declared,
+                sent,
+                hold,
+            } => {
+                let _ = std::io::copy(
+                    &mut (&mut reader).take(req.content_length as u64),
+                    &mut std::io::sink(),
+                );
+                let head = format!("HTTP/1.1 {status} Fake\r\nContent-Length: {declared}\r\n\r\n");
+                let _ = out.write_all(head.as_bytes());
+                let _ = out.write_all(&sent);
+                let _ = out.flush();
                 std::thread::sleep(hold);
                 return;
             }
