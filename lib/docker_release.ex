@@ -182,8 +182,6 @@ defmodule DockerRelease do
       {:docker_release, ^id, {:bytes, _step, _done}} ->
         await(job, id)
 
-      # `job` is referenced by every clause that waits on: were it garbage-collected while the
-      # build runs, the build would be cancelled.
       {:docker_release, ^id, {:ok, outcome}} ->
         {:ok, outcome}
 

@@ -186,8 +186,10 @@ impl From<Outcome> for NifOutcome {
     }
 }
 
-/// A running job, held by the caller. When the caller dies (monitored) or drops every
-/// reference, the job is cancelled.
+/// A running job. The job itself holds a reference to its handle until its final message is
+/// sent, so the handle lives as long as the work whatever the caller does with its copy (a
+/// caller that drops it, or whose compiler no longer keeps it live, must not cancel the build
+/// when the garbage collector runs). The job is cancelled when the caller dies (monitored).
 struct Job {
     cancelled: Arc<AtomicBool>,
 }
@@ -195,12 +197,6 @@ struct Job {
 #[rustler::resource_impl]
 impl Resource for Job {
     fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
-        self.cancelled.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
         self.cancelled.store(true, Ordering::Relaxed);
     }
 }
@@ -349,7 +345,10 @@ where
 
     let rt = runtime();
     let work = rt.spawn(work(events, cancelled.clone()));
+    // Keeps the handle (and so the monitor of the caller) alive until the final message.
+    let held = job.clone();
     rt.spawn(async move {
+        let _held = held;
         let abort = work.abort_handle();
         let watch = async {
             while !cancelled.load(Ordering::Relaxed) {

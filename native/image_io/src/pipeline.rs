@@ -195,6 +195,13 @@ impl From<SinkError> for Failure {
             SinkError::File { .. } | SinkError::Archive(_) => Failure::new("output_error", e),
             SinkError::IdMismatch { .. } => Failure::new("load_failed", e),
             SinkError::Internal(_) => Failure::new("internal", e),
+            SinkError::NotUndone { error, left } => {
+                let inner = Failure::from(*error);
+                Failure::new(
+                    inner.reason,
+                    format!("{}. Not put back: {}", inner.message, left.join("; ")),
+                )
+            }
         }
     }
 }
@@ -507,55 +514,129 @@ pub async fn run(
             })
         })
     };
-    // Every file output is prepared before anything is committed or tagged: an output path that
-    // cannot be written fails the run before the engine is touched, and a failure anywhere
-    // leaves existing files at those paths as they were.
+    // Every output commits together or not at all. First what changes nothing anyone sees:
+    // the files are written away from their paths (an unusable path fails here, before the
+    // engine is touched) and the image is loaded into the engine untagged. Then, in order, what
+    // can be taken back: engine tags, registry tags, files. A failure after the first of those
+    // puts back what was changed, and the message says what could not be.
     let metadata = match &req.metadata_file {
-        Some(path) => Some(sink::PendingFile::create(path)?),
+        Some(path) => Some(sink::PendingFile::create_with_scratch(path, &req.work_dir)?),
         None => None,
     };
-    let archive = match archive_path {
+    let mut archive = match archive_path {
         Some(path) => {
             events(Event::Step(format!("writing {}", path.display())));
-            let pending = sink::PendingFile::create(&path)?;
+            let pending = sink::PendingFile::create_with_scratch(&path, &req.work_dir)?;
             Some(sink::archive_into(built.clone(), pending, bytes_event("archive")).await?)
         }
         None => None,
     };
-    if let Some(engine) = engine.as_ref().filter(|_| load_into_engine) {
-        events(Event::Step("loading the image into the engine".into()));
-        let loaded = sink::engine(engine, built.clone(), bytes_event("load")).await?;
-        outcome.engine = Some(engine.endpoint().to_string());
-        outcome.engine_size = Some(loaded.size);
-    }
-    if let Some(opts) = &req.outputs.push {
-        events(Event::Step("pushing to the registry".into()));
-        outcome.pushed = Some(registry::push(built.clone(), opts, bytes_event("push")).await?);
-    }
-    let mut archive = archive;
-    if let Some(pending) = &mut archive {
-        outcome.archive = Some(pending.path().to_path_buf());
-        outcome.archive_size = Some(pending.flushed_len()?);
-    }
-    if let Some(mut pending) = metadata {
-        let json = serde_json::to_vec_pretty(&outcome)
-            .map_err(|e| Failure::new("internal", e.to_string()))?;
-        use std::io::Write;
-        pending
-            .writer()
-            .write_all(&json)
-            .map_err(|source| SinkError::File {
-                path: pending.path().to_path_buf(),
-                source,
-            })?;
-        if let Some(archive) = archive {
-            archive.commit()?;
+    let engine = engine.as_ref().filter(|_| load_into_engine);
+    let mut changes = Changes::default();
+    let committed = async {
+        if let Some(engine) = engine {
+            events(Event::Step("loading the image into the engine".into()));
+            let loaded = sink::engine_load(engine, built.clone(), bytes_event("load")).await?;
+            changes.image_id = loaded.id.clone();
+            sink::tag(engine, &loaded.id, &built.tags, &mut changes.tags).await?;
+            outcome.engine = Some(engine.endpoint().to_string());
+            outcome.engine_size = Some(loaded.size);
         }
-        pending.commit()?;
-    } else if let Some(archive) = archive {
-        archive.commit()?;
+        if let Some(opts) = &req.outputs.push {
+            events(Event::Step("pushing to the registry".into()));
+            outcome.pushed = Some(
+                registry::push_undoable(
+                    built.clone(),
+                    opts,
+                    bytes_event("push"),
+                    &mut changes.registry,
+                )
+                .await?,
+            );
+        }
+        if let Some(pending) = &mut archive {
+            outcome.archive = Some(pending.path().to_path_buf());
+            outcome.archive_size = Some(pending.flushed_len()?);
+        }
+        let metadata = match metadata {
+            Some(mut pending) => {
+                let json = serde_json::to_vec_pretty(&outcome)
+                    .map_err(|e| Failure::new("internal", e.to_string()))?;
+                use std::io::Write;
+                pending
+                    .writer()
+                    .write_all(&json)
+                    .map_err(|source| SinkError::File {
+                        path: pending.path().to_path_buf(),
+                        source,
+                    })?;
+                pending.flushed_len()?;
+                Some(pending)
+            }
+            None => None,
+        };
+        // Regular files first (renames, which can be put back), a device or FIFO last.
+        let mut files: Vec<sink::PendingFile> = archive.into_iter().chain(metadata).collect();
+        files.sort_by_key(|f| f.is_stream());
+        for file in files {
+            changes.files.push(file.publish()?);
+        }
+        Ok::<(), Failure>(())
     }
-    Ok(outcome)
+    .await;
+    match committed {
+        Ok(()) => {
+            changes.keep();
+            Ok(outcome)
+        }
+        Err(failure) => Err(changes.undo(failure, engine).await),
+    }
+}
+
+/// What the outputs of a run changed so far, to put back when a later output fails.
+#[derive(Default)]
+struct Changes {
+    /// The image ID the engine tags were moved to.
+    image_id: String,
+    tags: Vec<sink::TagMove>,
+    registry: registry::PushedTags,
+    files: Vec<sink::Published>,
+}
+
+impl Changes {
+    fn keep(self) {
+        for f in self.files {
+            f.keep();
+        }
+    }
+
+    /// Put everything back, the last change first; `failure`'s message gains what could not be.
+    async fn undo(self, mut failure: Failure, engine: Option<&DockerEngine>) -> Failure {
+        let changed = !self.files.is_empty() || !self.tags.is_empty() || self.registry.moved() > 0;
+        let mut left = Vec::new();
+        for f in self.files.into_iter().rev() {
+            if let Err(e) = f.undo() {
+                left.push(e);
+            }
+        }
+        left.extend(self.registry.undo().await);
+        if let Some(engine) = engine {
+            left.extend(sink::untag(engine, &self.image_id, self.tags).await);
+        }
+        if !left.is_empty() {
+            failure.message = format!(
+                "{}\nThis run could not undo everything it had changed before it failed:\n  - {}",
+                failure.message,
+                left.join("\n  - ")
+            );
+        } else if changed {
+            failure.message = format!(
+                "{} (the tags and files this run had already changed were put back as they were)",
+                failure.message
+            );
+        }
+        failure
+    }
 }
 
 /// More fetch rounds than any closure is deep: a plan still asking after this many is a bug.
