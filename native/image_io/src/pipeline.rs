@@ -12,7 +12,7 @@ use crate::sink::{self, Built, SinkError};
 use image_core::archive::BlobDir;
 use image_core::build::{build_cached, BuildError, LayerCache, Progress as BuildProgress};
 use image_core::fs::{Fs, HostFs};
-use image_core::image::Summary;
+use image_core::image::{Summary, MAX_CREATED};
 use image_core::layer::LayerError;
 use image_core::layer::Source as EntrySource;
 use image_core::plan::{plan, release_platform, BasePlanError, PlanError, RuntimeFile, Settings};
@@ -236,6 +236,7 @@ pub async fn run(
     events: Arc<dyn Fn(Event) + Send + Sync>,
     cancelled: Arc<AtomicBool>,
 ) -> Result<Outcome, Failure> {
+    check_request(&req)?;
     let tags = req
         .tags
         .iter()
@@ -639,6 +640,47 @@ impl Changes {
     }
 }
 
+/// Values that would make a broken image or a confusing failure later (the Elixir side checks
+/// them first, with the same rules; this is the second line for any other caller).
+fn check_request(req: &Request) -> Result<(), Failure> {
+    let invalid = |m: String| Err(Failure::new("invalid_config", m));
+    if req.created > MAX_CREATED {
+        return invalid(format!(
+            "invalid image timestamp (SOURCE_DATE_EPOCH): it must be from 0 to {MAX_CREATED} (9999-12-31T23:59:59Z), got: {}",
+            req.created
+        ));
+    }
+    for e in &req.settings.env {
+        let name = e.split('=').next().unwrap_or_default();
+        if !e.contains('=') || name.is_empty() || e.contains('\0') {
+            return invalid(format!(
+                "invalid container_env entry: expected NAME=value with a non-empty NAME and no NUL byte, got: {e:?}"
+            ));
+        }
+    }
+    for (k, v) in &req.settings.labels {
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return invalid(format!(
+                "invalid label: expected a non-empty key, and no NUL byte in key or value, got: {k:?} = {v:?}"
+            ));
+        }
+    }
+    let paths = [
+        Some(&req.settings.release_dir),
+        Some(&req.work_dir),
+        req.layer_cache.as_ref(),
+        req.outputs.archive.as_ref(),
+        req.metadata_file.as_ref(),
+    ];
+    let extra = req.settings.extra_files.iter().map(Some);
+    for p in paths.into_iter().chain(extra).flatten() {
+        if p.as_os_str().as_encoded_bytes().contains(&0) {
+            return invalid(format!("invalid path: it contains a NUL byte, got: {p:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// More fetch rounds than any closure is deep: a plan still asking after this many is a bug.
 const MAX_FETCH_ROUNDS: usize = 64;
 
@@ -716,4 +758,57 @@ pub async fn run_dockerfiles(
         })
     };
     Ok(dockerfiles::run(&engine, &flow, on_step, on_line, cancelled).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Request {
+        Request {
+            source: Source::Host,
+            settings: Settings::default(),
+            base: None,
+            created: 0,
+            compression_level: 1,
+            tags: vec!["hello:1".into()],
+            work_dir: "/tmp/work".into(),
+            layer_cache: None,
+            outputs: Outputs {
+                engine: EngineOutput::Off,
+                archive: None,
+                push: None,
+            },
+            metadata_file: None,
+        }
+    }
+
+    #[test]
+    fn values_that_would_break_the_image_are_refused_with_the_rule() {
+        assert!(check_request(&request()).is_ok());
+        let mut r = request();
+        r.created = MAX_CREATED;
+        assert!(check_request(&r).is_ok());
+        r.created = MAX_CREATED + 1;
+        let f = check_request(&r).unwrap_err();
+        assert_eq!(f.reason, "invalid_config");
+        assert!(f.message.contains("9999-12-31T23:59:59Z"), "{}", f.message);
+        assert!(f.message.contains("253402300800"), "{}", f.message);
+
+        for bad in ["A\0B=x", "A=x\0", "=x", "NOEQUALS"] {
+            let mut r = request();
+            r.settings.env = vec![bad.into()];
+            let f = check_request(&r).unwrap_err();
+            assert!(f.message.contains("NAME=value"), "{bad:?}: {}", f.message);
+        }
+        let mut r = request();
+        r.settings.labels.insert("k".into(), "v\0".into());
+        assert!(check_request(&r).is_err());
+        let mut r = request();
+        r.settings.extra_files = vec!["/etc/a\0b".into()];
+        assert!(check_request(&r)
+            .unwrap_err()
+            .message
+            .contains("NUL byte"));
+    }
 }
