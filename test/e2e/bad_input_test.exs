@@ -65,7 +65,8 @@ defmodule DockerRelease.E2E.BadInputTest do
     assert out =~ "not an assembled release"
   end
 
-  test "a release build that fails", %{repo: repo} do
+  # A copy of examples/hello whose project/0 gets `extra` (keyword entries as source text).
+  defp hello_project!(extra \\ "") do
     project = Path.join(tmp_dir!(), "hello")
     File.mkdir_p!(project)
 
@@ -75,9 +76,15 @@ defmodule DockerRelease.E2E.BadInputTest do
     mix_exs =
       File.read!(Path.join(hello_dir(), "mix.exs"))
       |> String.replace(~s(path: "../.."), ~s(path: #{inspect(root())}))
+      |> String.replace("deps: deps(),", "deps: deps(),#{extra}")
 
     assert mix_exs =~ ~s(path: #{inspect(root())})
     File.write!(Path.join(project, "mix.exs"), mix_exs)
+    project
+  end
+
+  test "a release build that fails", %{repo: repo} do
+    project = hello_project!()
 
     File.write!(
       Path.join(project, "lib/broken.ex"),
@@ -90,6 +97,33 @@ defmodule DockerRelease.E2E.BadInputTest do
     assert out =~ ~r/SyntaxError|syntax error/
     assert out =~ "mix release hello` failed"
     refute image_exists?(tag)
+  end
+
+  test "SOURCE_DATE_EPOCH past year 9999 is refused before any work", %{rel: rel, repo: repo} do
+    tag = "#{repo}/hello:year10000"
+
+    out =
+      assert_fails(["--from-release", rel, "--tag", tag],
+        env: [{"SOURCE_DATE_EPOCH", "253402300800"}]
+      )
+
+    assert out =~ "invalid SOURCE_DATE_EPOCH"
+    assert out =~ "from 0 to 253402300799 (9999-12-31T23:59:59Z), got: \"253402300800\""
+    refute out =~ "resolving runtime files"
+    refute image_exists?(tag)
+  end
+
+  test "a map where mix.exs needs a path, a NUL in an env name: the rule, not a stack trace" do
+    for {extra, says} <- [
+          {~s( docker_release: [output: %{a: 1}],), "invalid output: expected a path"},
+          {~s( docker_release: [extra_files: [%{}]],), "invalid extra_files"},
+          {~S( docker_release: [container_env: [{"A\0B", "x"}]],), "invalid container_env"}
+        ] do
+      out = assert_fails([], cd: hello_project!(extra))
+      assert out =~ says
+      refute out =~ "UndefinedError"
+      refute out =~ ~r/^\s+\(\w+ [\d.]+\) lib\//m, "a stack trace:\n#{out}"
+    end
   end
 
   test "an engine socket with no listener", %{rel: rel, repo: repo} do
