@@ -398,7 +398,13 @@ fn lock_try(env: Env, path: String) -> Term {
         .open(&path);
     let mut file = match open {
         Ok(f) => f,
-        Err(e) => return (atoms::error(), format!("cannot open the lock file {path}: {e}")).encode(env),
+        Err(e) => {
+            return (
+                atoms::error(),
+                format!("cannot open the lock file {path}: {e}"),
+            )
+                .encode(env)
+        }
     };
     match file.try_lock() {
         Ok(()) => {
@@ -409,7 +415,11 @@ fn lock_try(env: Env, path: String) -> Term {
                 .and_then(|_| file.write_all(pid.as_bytes()))
                 .and_then(|_| file.flush());
             if let Err(e) = written {
-                return (atoms::error(), format!("cannot write the lock file {path}: {e}")).encode(env);
+                return (
+                    atoms::error(),
+                    format!("cannot write the lock file {path}: {e}"),
+                )
+                    .encode(env);
             }
             let lock = ResourceArc::new(Lock {
                 file: Mutex::new(Some(file)),

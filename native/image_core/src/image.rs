@@ -249,7 +249,6 @@ pub(crate) fn to_bytes(v: &Value) -> Vec<u8> {
 /// `docker load` and skopeo refuse an image whose `created` has more.
 pub const MAX_CREATED: u64 = 253_402_300_799;
 
-
 /// Seconds since the epoch as an RFC 3339 UTC timestamp.
 ///
 /// ```

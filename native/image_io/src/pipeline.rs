@@ -156,6 +156,7 @@ impl From<PlanError> for Failure {
             PlanError::Read { .. } => "read_error",
             PlanError::Closure(_) => "missing_runtime_file",
             PlanError::MissingTool(_) => "missing_runtime_file",
+            PlanError::ExtraFile { .. } => "invalid_config",
         };
         Failure::new(reason, e)
     }
@@ -402,6 +403,9 @@ pub async fn run(
             ));
         }
     };
+    for notice in &plan.notices {
+        events(Event::Notice(notice.clone()));
+    }
     if let Some(b) = &built_release {
         let (bytes, entries) = b.fs.fetched();
         events(Event::Notice(format!(
@@ -806,9 +810,6 @@ mod tests {
         assert!(check_request(&r).is_err());
         let mut r = request();
         r.settings.extra_files = vec!["/etc/a\0b".into()];
-        assert!(check_request(&r)
-            .unwrap_err()
-            .message
-            .contains("NUL byte"));
+        assert!(check_request(&r).unwrap_err().message.contains("NUL byte"));
     }
 }

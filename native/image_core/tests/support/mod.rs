@@ -654,6 +654,7 @@ pub fn sample_plan(dir: &Path) -> image_core::plan::Plan {
             stop_signal: None,
         },
         runtime_files: vec![],
+        notices: vec![],
     }
 }
 
