@@ -19,7 +19,7 @@ defmodule DockerRelease.BuildLock do
   Runs `fun` holding the lock of `config`'s project and environment, when the run builds on
   the host or reads a release from the project's build directory; otherwise runs it as is.
   """
-  @spec with_lock(Config.t(), keyword, (-> result)) :: result when result: var
+  @spec with_lock(Config.t(), keyword, (() -> result)) :: result when result: var
   def with_lock(%Config{} = config, project, fun) do
     if needed?(config, project) do
       path = lock_path(config)

@@ -126,6 +126,55 @@ defmodule DockerRelease.E2E.BadInputTest do
     end
   end
 
+  test "--extra-file of /proc, /dev or a FIFO says why it cannot go into an image", ctx do
+    fifo = Path.join(tmp_dir!(), "pipe")
+    {_, 0} = cmd("mkfifo", [fifo])
+
+    for {extra, says} <- [
+          {"/proc/cpuinfo", "is under /proc: the container runtime mounts its own"},
+          {"/dev/null", "is under /dev: the container runtime mounts its own"},
+          {fifo, "is a device, FIFO or socket"}
+        ] do
+      tag = "#{ctx.repo}/hello:extra"
+      out = assert_fails(["--from-release", ctx.rel, "--tag", tag, "--extra-file", extra])
+      assert out =~ "extra_files: #{extra} #{says}"
+      refute out =~ "retry"
+      refute image_exists?(tag)
+    end
+  end
+
+  test "--extra-file of a file others cannot read stays private in the image, and says so", ctx do
+    dir = tmp_dir!()
+    secret = Path.join(dir, "secret.conf")
+    File.write!(secret, "password=x\n")
+    File.chmod!(secret, 0o640)
+    archive = Path.join(dir, "hello.tar")
+
+    {out, _} =
+      mix_release!([
+        "--from-release",
+        ctx.rel,
+        "--tag",
+        "#{ctx.repo}/hello:private",
+        "--extra-file",
+        secret,
+        "--output",
+        archive
+      ])
+
+    assert out =~ "stay private in the image"
+    assert out =~ secret
+
+    files = tar_files!(archive)
+    {_config, layers} = manifest_paths!(files["manifest.json"])
+    [runtime | _] = layers
+    layer = Path.join(dir, "runtime.tar.gz")
+    File.write!(layer, files[runtime])
+    {listing, 0} = cmd("tar", ["-tvzf", layer])
+    line = listing |> String.split("\n") |> Enum.find(&String.ends_with?(&1, "secret.conf"))
+    assert line =~ ~r{^-rw------- 0/0 }, listing
+  end
+
   test "an engine socket with no listener", %{rel: rel, repo: repo} do
     dir = tmp_dir!()
     sock = Path.join(dir, "engine.sock")

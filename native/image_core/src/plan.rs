@@ -270,7 +270,7 @@ fn check_extra(fs: &dyn Fs, extra: &Path) -> Result<(), PlanError> {
         Some(mount) => Err(PlanError::ExtraFile {
             path: extra.to_path_buf(),
             why: format!(
-                "is under {mount}, which the container runtime mounts over the image when a container starts (as it does /proc, /sys and /dev): it cannot be copied into an image. Copy what you need into a regular file and add that"
+                "is under {mount}: the container runtime mounts its own /proc, /sys and /dev over the image when a container starts, so it cannot be copied into an image. Copy what you need into a regular file and add that"
             ),
         }),
         None => Ok(()),

@@ -495,7 +495,10 @@ fn a_fifo_as_extra_file_is_refused_and_inside_a_directory_left_out_with_a_notice
     let dir = tmp.path().join("extra");
     put(tmp.path(), "extra/data.txt", b"x", 0o644);
     let fifo = dir.join("pipe");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(made.success());
 
     let mut s = settings(&rel);
