@@ -481,7 +481,7 @@ fn extra_files_of_the_runtime_mounts_are_refused_with_why() {
         let msg = err.to_string();
         assert!(msg.contains(&*extra.to_string_lossy()), "{msg}");
         assert!(
-            msg.contains("container runtime mounts over the image"),
+            msg.contains("the container runtime mounts its own"),
             "{msg}"
         );
         assert!(!msg.contains("retry"), "{msg}");
