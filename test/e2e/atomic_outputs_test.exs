@@ -95,6 +95,53 @@ defmodule DockerRelease.E2E.AtomicOutputsTest do
     refute image_exists?(also)
   end
 
+  test "a push whose metadata file then fails puts the registry's tags back", ctx do
+    %{port: port} = start_registry!(tmp_dir!())
+    repo = "127.0.0.1:#{port}/#{ctx.repo}/hello"
+
+    digest = fn tag ->
+      {out, status} =
+        cmd("skopeo", [
+          "inspect",
+          "--tls-verify=false",
+          "-f",
+          "{{.Digest}}",
+          "docker://#{repo}:#{tag}"
+        ])
+
+      if status == 0, do: String.trim(out), else: nil
+    end
+
+    {out, _} =
+      mix_release!(["--from-release", ctx.rel, "--tag", "#{repo}:stable", "--push"],
+        env: [{"SOURCE_DATE_EPOCH", "1000000000"}]
+      )
+
+    before = printed_digest!(out)
+    assert digest.("stable") == before
+
+    out =
+      failing_run([
+        "--from-release",
+        ctx.rel,
+        "--tag",
+        "#{repo}:stable",
+        "--tag",
+        "#{repo}:fresh",
+        "--push",
+        "--metadata-file",
+        "/dev/full"
+      ])
+
+    assert out =~ "cannot write /dev/full"
+    # :stable names its old manifest again; :fresh cannot be removed, and the message says so.
+    assert digest.("stable") == before
+    assert out =~ "could not undo everything"
+    assert out =~ "#{repo}:fresh was created"
+    assert out =~ "skopeo delete docker://#{repo}:fresh"
+    refute out =~ "#{repo}:stable"
+  end
+
   test "a tag the engine refuses puts the tags moved before it back", ctx do
     fresh = "#{ctx.repo}/hello:before-refused"
     on_exit(fn -> rm_images([fresh]) end)
