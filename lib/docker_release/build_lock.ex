@@ -55,8 +55,16 @@ defmodule DockerRelease.BuildLock do
   end
 
   defp acquire!(path) do
-    File.mkdir_p!(Path.dirname(path))
-    acquire(path, nil, 0)
+    case File.mkdir_p(Path.dirname(path)) do
+      :ok ->
+        acquire(path, nil, 0)
+
+      {:error, reason} ->
+        raise Error,
+          reason: :output_error,
+          message:
+            "cannot create #{Path.dirname(path)} for the build lock: #{:file.format_error(reason)}"
+    end
   end
 
   defp acquire(path, announced, polls) do

@@ -99,11 +99,21 @@ impl LayerCache {
             .join(format!("{}{}", Self::prefix(diff_id, level), digest.hex()))
     }
 
-    /// Keep the `keep` most recently used entries, remove the rest (and stray temporary files).
+    /// Keep the `keep` most recently used entries, remove the rest, and the temporary files of
+    /// runs whose process is gone (killed while putting an entry in).
     pub fn prune(&self, keep: usize) -> io::Result<()> {
         let mut entries = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
             let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial")) {
+                let pid = rest.rsplit('.').next().unwrap_or_default();
+                if !Path::new("/proc").join(pid).exists() && Path::new("/proc/self").exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                continue;
+            }
             let used = e.metadata()?.modified()?;
             entries.push((used, e.path()));
         }

@@ -751,8 +751,15 @@ fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
     assert_eq!(reused, vec!["app"]);
     assert_eq!(repaired.manifest_digest(), changed.manifest_digest());
 
-    // Pruning keeps the most recently used entries.
+    // Pruning keeps the most recently used entries, and removes the temporary files of runs
+    // killed while putting an entry in (not those of live ones).
+    let dead = cache.dir.join(".abc.999999999.partial");
+    let live = cache.dir.join(format!(".abc.{}.partial", std::process::id()));
+    std::fs::write(&dead, b"x").unwrap();
+    std::fs::write(&live, b"x").unwrap();
     cache.prune(2).unwrap();
+    assert!(!dead.exists() && live.exists());
+    std::fs::remove_file(&live).unwrap();
     let left: Vec<_> = std::fs::read_dir(&cache.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
