@@ -99,7 +99,8 @@ defmodule Mix.Tasks.Docker.Release do
 
   Interrupting: SIGTERM ends the task with status 143; SIGINT (Ctrl-C) opens the Erlang VM's
   BREAK menu while stdin is a terminal: press `a` to abort. However the task ends, its builder
-  containers are removed, no tag is moved and no temporary file is left.
+  containers are removed, no tag is moved and no temporary file is left beside `--output` (a
+  killed run's scratch directory under `_build/docker_release/runs` goes with the next run).
 
   A failed run changes nothing: the outputs of a run (engine tags, registry tags, `--output`,
   `--metadata-file`) commit together, and a failure after some were committed puts them back.
