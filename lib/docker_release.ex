@@ -14,7 +14,7 @@ defmodule DockerRelease do
   Most users run `mix docker.release`; `build/2` is the same thing as a function.
   """
 
-  alias DockerRelease.{BuildLock, Config, Error, HostBuild, Native}
+  alias DockerRelease.{BuildLock, Config, Error, HostBuild, Native, Release}
 
   @typedoc "What a successful build produced (also what `--metadata-file` writes, as JSON)."
   @type outcome :: %{
@@ -82,31 +82,45 @@ defmodule DockerRelease do
   end
 
   defp request!(config, project) do
+    release = config.mix_release
     # Before the release build: a bad SOURCE_DATE_EPOCH fails at once.
     created = created(config.project_dir)
 
     {release_name, release_dir} =
       cond do
         config.from_release ->
-          {config.release || release_name_in(config.from_release), config.from_release}
+          dir = config.from_release
+          HostBuild.warn_build_paths(dir, [dir, config.project_dir])
+          {config.release || Release.name_in!(dir), dir}
 
         config.builder ->
-          # Built in the builder container; the pipeline finds it there.
+          # Built in the builder container, at the path it runs from in the image.
           check_path_deps!(config, project)
-          {name, _host_dir} = HostBuild.release!(config, project)
 
           Mix.shell().info(
-            "==> building release #{name} in #{config.builder} (MIX_ENV=#{config.env})"
+            "==> building release #{release.name} in #{config.builder} (MIX_ENV=#{config.env})"
           )
 
-          {name, "/release"}
+          {release.name, "/app"}
 
         true ->
           ensure_linux_host!()
-          {name, dir} = HostBuild.release!(config, project)
-          HostBuild.build!(config, name)
-          {name, dir}
+          HostBuild.build!(config)
+          HostBuild.warn_build_paths(release.dir, build_paths(config, project, release))
+          {release.name, release.dir}
       end
+
+    cookie_notice(project, release_name)
+    labels = labels(config)
+
+    if dirty?(config.project_dir) do
+      Mix.shell().info([
+        :yellow,
+        "==> tracked files under #{config.project_dir} have uncommitted changes: the image gets no " <>
+          "org.opencontainers.image.revision label (it would name a commit the image is not)",
+        :reset
+      ])
+    end
 
     base_dir = Path.join([config.project_dir, "_build", "docker_release"])
     work_dir = scratch_dir!(base_dir, release_name)
@@ -120,7 +134,7 @@ defmodule DockerRelease do
       uid: config.uid,
       gid: config.gid,
       env: Enum.map(config.container_env, fn {k, v} -> "#{k}=#{v}" end),
-      labels: labels(config),
+      labels: labels,
       exposed_ports: Enum.map(config.expose, &"#{&1}/tcp"),
       created: created,
       compression_level: config.compression_level,
@@ -137,6 +151,7 @@ defmodule DockerRelease do
       registry_ca: config.registry_ca,
       metadata_file: config.metadata_file,
       builder: config.builder,
+      named_release: release == nil or release.named?,
       project_dir: config.project_dir,
       mix_env: config.env,
       no_cache: config.no_cache,
@@ -194,6 +209,28 @@ defmodule DockerRelease do
     end
   end
 
+  # Directories of this machine that must not be baked into the release (it runs from /app).
+  defp build_paths(config, project, release) do
+    build_path = Path.expand(Keyword.get(project, :build_path, "_build"), config.project_dir)
+    [release.dir, build_path, config.project_dir]
+  end
+
+  # A `cookie:` in the release config is a choice: say that it stays out of the image, and how
+  # to give it to the containers.
+  defp cookie_notice(project, release_name) do
+    options = Keyword.get(Keyword.get(project, :releases, []), String.to_atom(release_name), [])
+
+    if Keyword.has_key?(options, :cookie) do
+      Mix.shell().info([
+        :yellow,
+        "==> release #{release_name} sets cookie: in mix.exs; it is not put into the image (anyone " <>
+          "who can pull an image can read its files). Give it to each container at run time: " <>
+          "docker run -e RELEASE_COOKIE=... (the same value on every node that should connect)",
+        :reset
+      ])
+    end
+  end
+
   # A builder container sees only the project directory: a path dependency of the build's
   # environment outside it cannot be built there. Path deps are followed into their own mix.exs
   # (and into umbrella apps), so one declared deeper down is found too.
@@ -213,7 +250,7 @@ defmodule DockerRelease do
 
     {outside, _seen} =
       Enum.reduce(
-        [{project, root} | Enum.map(children, &{load_config(&1), &1})],
+        [{project, root} | Enum.map(children, &{Release.mix_config(&1), &1})],
         {[], MapSet.new([root | children])},
         fn
           {proj, dir}, acc -> walk_path_deps(proj, dir, env, root, acc)
@@ -251,27 +288,16 @@ defmodule DockerRelease do
 
         true ->
           abs = Path.expand(path, dir)
-          walk_path_deps(load_config(abs), abs, env, root, {outside, MapSet.put(seen, abs)})
+
+          walk_path_deps(
+            Release.mix_config(abs),
+            abs,
+            env,
+            root,
+            {outside, MapSet.put(seen, abs)}
+          )
       end
     end)
-  end
-
-  # The project/0 of the Mix project in `dir` (without compiling it).
-  defp load_config(dir) do
-    if File.exists?(Path.join(dir, "mix.exs")) do
-      name = String.to_atom("docker_release_dep_#{:erlang.phash2(dir)}")
-      # Mix may have loaded this mix.exs already (umbrella apps, deps): reloading is harmless.
-      previous = Code.compiler_options()[:ignore_module_conflict]
-      Code.compiler_options(ignore_module_conflict: true)
-
-      try do
-        Mix.Project.in_project(name, dir, fn _ -> Mix.Project.config() end)
-      after
-        Code.compiler_options(ignore_module_conflict: previous)
-      end
-    else
-      []
-    end
   end
 
   defp dep_opts({name, opts}) when is_list(opts), do: {name, opts}
@@ -290,32 +316,6 @@ defmodule DockerRelease do
             "this host (#{inspect(other)}) cannot build a release for a Linux image: a release " <>
               "carries the ERTS of the machine that built it. Build it in a Linux builder container, " <>
               "or pass --from-release with a release built on Linux"
-    end
-  end
-
-  defp release_name_in(dir) do
-    scripts =
-      dir
-      |> Path.join("bin/*")
-      |> Path.wildcard()
-      |> Enum.reject(&String.ends_with?(&1, ".bat"))
-      |> Enum.map(&Path.basename/1)
-
-    case scripts do
-      [name] ->
-        name
-
-      [] ->
-        raise Error,
-          reason: :not_a_release,
-          message:
-            "#{dir} is not an assembled release: it has no bin/ script. Run `mix release` or pass the release's directory"
-
-      names ->
-        raise Error,
-          reason: :invalid_config,
-          message:
-            "#{dir}/bin holds several scripts (#{Enum.join(names, ", ")}): name the release with --release NAME"
     end
   end
 
@@ -355,50 +355,105 @@ defmodule DockerRelease do
     end
   end
 
-  defp labels(config) do
+  @doc """
+  The image's labels: OCI `title` (the app, or an umbrella's release) and `version` (the
+  release's), then from git, when `config.project_dir` is in a work tree:
+
+    * `org.opencontainers.image.revision` - the commit (`HEAD`), only when no tracked file
+      under the project directory has uncommitted changes: a dirty tree's image is not that
+      commit, so it gets no revision label (`dirty?/1`);
+    * `org.opencontainers.image.source` - the `origin` remote, only when `source_url/1` makes a
+      URL a reader can open of it.
+
+  `config.labels` come last and win.
+  """
+  @spec labels(Config.t()) :: [{String.t(), String.t()}]
+  def labels(%Config{} = config) do
     base = [
       {"org.opencontainers.image.title", to_string(config.app)},
       {"org.opencontainers.image.version", config.version}
     ]
 
     git_labels =
-      with {:ok, rev} <- git(config.project_dir, ["rev-parse", "HEAD"]) do
-        source =
-          case git(config.project_dir, ["config", "--get", "remote.origin.url"]) do
-            {:ok, url} -> [{"org.opencontainers.image.source", public_url(url)}]
-            :error -> []
-          end
+      case git(config.project_dir, ["rev-parse", "HEAD"]) do
+        {:ok, rev} ->
+          revision =
+            if dirty?(config.project_dir),
+              do: [],
+              else: [{"org.opencontainers.image.revision", rev}]
 
-        [{"org.opencontainers.image.revision", rev} | source]
-      else
-        _ -> []
+          source =
+            with {:ok, url} <- git(config.project_dir, ["config", "--get", "remote.origin.url"]),
+                 url when is_binary(url) <- source_url(url) do
+              [{"org.opencontainers.image.source", url}]
+            else
+              _ -> []
+            end
+
+          revision ++ source
+
+        :error ->
+          []
       end
 
     Enum.uniq_by(base ++ git_labels ++ config.labels, &elem(&1, 0))
   end
 
   @doc """
-  A git remote URL without credentials, as https where it can be.
-
-      iex> DockerRelease.public_url("https://user:token@github.com/acme/hello.git")
-      "https://github.com/acme/hello.git"
-      iex> DockerRelease.public_url("git@github.com:acme/hello.git")
-      "https://github.com/acme/hello.git"
-      iex> DockerRelease.public_url("ssh://git@example.com:2222/acme/hello.git")
-      "ssh://example.com:2222/acme/hello.git"
+  Whether tracked files under `dir` (a directory in a git work tree) have uncommitted changes,
+  staged or not. Untracked files do not count. `false` outside a work tree.
   """
-  @spec public_url(String.t()) :: String.t()
-  def public_url(url) do
+  @spec dirty?(Path.t()) :: boolean
+  def dirty?(dir) do
+    case git(dir, ["status", "--porcelain", "--untracked-files=no", "--", "."]) do
+      {:ok, ""} -> false
+      {:ok, _changes} -> true
+      :error -> false
+    end
+  end
+
+  @doc """
+  A git remote as a URL a reader can open, for `org.opencontainers.image.source`, or `nil`.
+
+  `https` URLs are kept without user info (credentials), query string and fragment; scp-like
+  `[user@]host:path` and `ssh://[user@]host/path` (no port) become `https://host/path`. Anything
+  else (a local path, `file://`, `http://`, `git://`, `ssh://` with a port) gives `nil`: no label.
+
+      iex> DockerRelease.source_url("https://user:token@github.com/acme/hello.git?ref=x#frag")
+      "https://github.com/acme/hello.git"
+      iex> DockerRelease.source_url("git@github.com:acme/hello.git")
+      "https://github.com/acme/hello.git"
+      iex> DockerRelease.source_url("ssh://git@gitlab.example.com/acme/hello.git")
+      "https://gitlab.example.com/acme/hello.git"
+      iex> DockerRelease.source_url("ssh://git@example.com:2222/acme/hello.git")
+      nil
+      iex> DockerRelease.source_url("/home/me/repos/hello.git")
+      nil
+      iex> DockerRelease.source_url("file:///home/me/repos/hello.git")
+      nil
+  """
+  @spec source_url(String.t()) :: String.t() | nil
+  def source_url(url) do
     cond do
       url =~ ~r{^[a-z][a-z0-9+.-]*://}i ->
-        %URI{URI.parse(url) | userinfo: nil} |> URI.to_string()
+        case URI.parse(url) do
+          %URI{scheme: "https", host: host} = uri when is_binary(host) and host != "" ->
+            URI.to_string(%URI{uri | userinfo: nil, query: nil, fragment: nil})
 
-      match = Regex.run(~r{^(?:[^@/]+@)?([^:/]+):(.+)$}, url) ->
+          %URI{scheme: "ssh", host: host, port: port, path: "/" <> path}
+          when is_binary(host) and host != "" and port in [nil, 22] and path != "" ->
+            "https://#{host}/#{path}"
+
+          _ ->
+            nil
+        end
+
+      match = Regex.run(~r{^(?:[^@/:]+@)?([A-Za-z0-9][A-Za-z0-9.-]*):/*([^/].*)$}, url) ->
         [_, host, path] = match
-        "https://#{host}/#{path}"
+        if String.contains?(host, "."), do: "https://#{host}/#{path}"
 
       true ->
-        url
+        nil
     end
   end
 

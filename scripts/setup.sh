@@ -12,6 +12,7 @@ PACKAGES=(
   docker-registry              # a local registry for push tests
   debootstrap busybox-static pigz
   gcc musl-tools               # ELF fixtures for the closure tests
+  make libc6-dev               # the C NIF of the project-shapes corpus, built on the host
   apache2-utils openssl         # htpasswd and certificates for the registry auth and TLS tests
   git curl ca-certificates procps
   # Also used, and Essential in Debian and Ubuntu: coreutils (timeout, mkfifo, mknod), tar,

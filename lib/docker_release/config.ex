@@ -18,7 +18,9 @@ defmodule DockerRelease.Config do
   Keys (each also a flag of `mix docker.release`, see `mix help docker.release`):
 
     * `:env` - the Mix environment the release is built in. Default `"prod"`.
-    * `:release` - which release of `releases:` to build, when there are several.
+    * `:release` - which release of `releases:` to build, when there are several and
+      `default_release:` names none. Without a `releases:` key the project's default release
+      (named after `:app`) is built, as by a plain `mix release`.
     * `:from_release` - an already-assembled release directory: skip the build.
     * `:tags` - image references `NAME[:TAG]`. Default `APP:VERSION` and `APP:latest`.
     * `:output` - write an image archive at this path instead of loading into the engine.
@@ -45,9 +47,19 @@ defmodule DockerRelease.Config do
     * `:no_cache` - build without the engine's or docker_release's caches.
     * `:registry_ca` - a PEM file of CA certificates the registry's TLS certificate is checked
       against, besides the system's.
+
+  Besides these keys the struct holds what the project says: `app` (the image's name: the
+  app, or for an umbrella the release), `version` (the release's own `version:` when it has
+  one, else the project's: the default tags and the version label use it), `project_dir`, and
+  `mix_release`, the `DockerRelease.Release` to build (`nil` with `:from_release` or
+  `:build_dockerfile`). An umbrella without `releases:`, several releases and none picked, or a
+  release an image cannot run (`include_erts: false`, no `:unix` executables) is refused here,
+  before anything is built, with what to change in `mix.exs`.
   """
 
   @type t :: %__MODULE__{}
+
+  alias DockerRelease.Release
 
   defstruct app: nil,
             version: nil,
@@ -75,7 +87,8 @@ defmodule DockerRelease.Config do
             release_tarball: nil,
             no_cache: false,
             builder: nil,
-            base: nil
+            base: nil,
+            mix_release: nil
 
   @keys [
     :env,
@@ -117,8 +130,6 @@ defmodule DockerRelease.Config do
   """
   @spec new!(keyword, keyword, Path.t()) :: t
   def new!(project, opts, project_dir \\ File.cwd!()) do
-    version = Keyword.get(project, :version)
-
     file_config =
       case Keyword.get(project, :docker_release, []) do
         list when is_list(list) ->
@@ -148,39 +159,68 @@ defmodule DockerRelease.Config do
     end
 
     merged = Keyword.merge(file_config, Enum.reject(opts, fn {_k, v} -> v in [nil, []] end))
-    app = Keyword.get(project, :app) || umbrella_name(project, merged)
+    types!(merged)
+    env = to_string(Keyword.get(merged, :env, "prod"))
+    requested = merged[:release] && to_string(merged[:release])
+    check_names!(env, requested)
 
-    config = struct!(__MODULE__, [app: app, version: version, project_dir: project_dir] ++ merged)
+    {app, version, mix_release} = release!(project, merged, project_dir, env, requested)
+
+    config =
+      struct!(
+        __MODULE__,
+        [app: app, version: version, project_dir: project_dir, mix_release: mix_release] ++
+          merged
+      )
+
     validate!(config)
   end
 
-  # An umbrella root has no :app: its image is named after the release it builds.
-  defp umbrella_name(project, config) do
-    releases = Keyword.get(project, :releases, [])
+  # The image's name (the app, or the release of an umbrella), its version, and the release
+  # `mix release` builds (none with --from-release or the Dockerfile flow).
+  defp release!(project, merged, project_dir, env, requested) do
+    cond do
+      from = merged[:from_release] ->
+        name =
+          requested ||
+            (project[:app] == nil &&
+               Release.name_in!(Path.expand(to_string(from), project_dir)))
 
-    case {config[:release], Keyword.keys(releases)} do
-      {nil, [only]} -> only
-      {nil, _} -> nil
-      {name, _} -> name |> to_string() |> String.to_atom()
+        {project[:app] || String.to_atom(name),
+         Release.version(project, project_dir, name || to_string(project[:app])), nil}
+
+      merged[:build_dockerfile] ->
+        app =
+          project[:app] ||
+            String.to_atom(Release.choose!(project, project_dir, env, requested).name)
+
+        {app, project[:version], nil}
+
+      true ->
+        release = Release.choose!(project, project_dir, env, requested)
+        {project[:app] || String.to_atom(release.name), release.version, release}
     end
   end
 
-  defp validate!(%__MODULE__{} = c) do
-    types!(c)
+  defp check_names!(env, requested) do
+    unless env =~ ~r/^[a-z][a-z0-9_]*$/,
+      do: invalid!("invalid env: expected a Mix environment name like prod, got: #{inspect(env)}")
 
-    unless is_atom(c.app) and c.app != nil,
+    if requested && not (requested =~ ~r/^[a-z][a-z0-9_]*$/),
       do:
         invalid!(
-          "the project has no :app in project/0 and no single release to name the image after: " <>
-            "pick a release with --release NAME"
+          "invalid release name: it must start with a lowercase letter and contain only lowercase letters, digits and _, got: #{inspect(requested)}"
         )
+  end
 
+  defp validate!(%__MODULE__{} = c) do
     unless is_binary(c.version), do: invalid!("the project has no :version in project/0")
 
     c = %{
       c
       | env: to_string(c.env),
-        release: c.release && to_string(c.release),
+        release:
+          if(c.mix_release, do: c.mix_release.name, else: c.release && to_string(c.release)),
         tags: c.tags || default_tags(c),
         build_tag: c.build_tag || "#{c.app}-build:#{String.replace(c.version || "", "+", "_")}",
         release_tarball: c.release_tarball || "#{c.app}.tar.gz",
@@ -191,16 +231,6 @@ defmodule DockerRelease.Config do
         extra_files:
           Enum.map(List.wrap(c.extra_files), &Path.expand(to_string(&1), c.project_dir))
     }
-
-    unless c.env =~ ~r/^[a-z][a-z0-9_]*$/,
-      do:
-        invalid!("invalid env: expected a Mix environment name like prod, got: #{inspect(c.env)}")
-
-    if c.release && not (c.release =~ ~r/^[a-z][a-z0-9_]*$/),
-      do:
-        invalid!(
-          "invalid release name: it must start with a lowercase letter and contain only lowercase letters, digits and _, got: #{inspect(c.release)}"
-        )
 
     uint!(:uid, c.uid, 0, 4_294_967_295)
     uint!(:gid, c.gid, 0, 4_294_967_295)
@@ -276,28 +306,35 @@ defmodule DockerRelease.Config do
   end
 
   # The type of every key that is read as a path or name, checked before anything uses it.
-  defp types!(c) do
-    for key <- [:from_release, :output, :metadata_file, :registry_ca, :build_dockerfile] do
-      path!(key, Map.fetch!(c, key))
+  defp types!(merged) do
+    for key <- [
+          :from_release,
+          :output,
+          :metadata_file,
+          :registry_ca,
+          :build_dockerfile,
+          :dockerfile
+        ] do
+      path!(key, merged[key])
     end
 
-    path!(:dockerfile, c.dockerfile)
+    extra_files = Keyword.get(merged, :extra_files, [])
 
-    unless Enum.all?(List.wrap(c.extra_files), &path?/1),
+    unless Enum.all?(List.wrap(extra_files), &path?/1),
       do:
         invalid!(
-          "invalid extra_files: expected a list of paths (strings without NUL bytes), got: #{inspect(c.extra_files)}"
+          "invalid extra_files: expected a list of paths (strings without NUL bytes), got: #{inspect(extra_files)}"
         )
 
     for key <- [:env, :release] do
-      value = Map.fetch!(c, key)
+      value = merged[key]
 
       unless is_nil(value) or is_binary(value) or (is_atom(value) and value not in [true, false]),
         do: invalid!("invalid #{key}: expected a name (a string), got: #{inspect(value)}")
     end
 
     for key <- [:builder, :base, :build_tag, :release_tarball] do
-      value = Map.fetch!(c, key)
+      value = merged[key]
 
       unless is_nil(value) or (is_binary(value) and not String.contains?(value, <<0>>)),
         do: invalid!("invalid #{key}: expected a string, got: #{inspect(value)}")

@@ -1,85 +1,27 @@
 defmodule DockerRelease.HostBuild do
   @moduledoc """
-  Builds a release on the host: `MIX_ENV=ENV mix release NAME --overwrite` in a separate `mix`
-  OS process, its output streamed to the shell.
+  Builds a release on the host: `MIX_ENV=ENV mix release [NAME] --overwrite` in a separate
+  `mix` OS process, its output streamed to the shell; then looks in the assembled release for
+  paths of the build machine that will not exist in the image (`build_paths/2`).
   """
 
-  alias DockerRelease.{Config, Error}
+  alias DockerRelease.{Config, Error, Release}
 
   @doc """
-  The release to build for `config` in the current Mix project: `{name, directory}`.
-
-  Raises `DockerRelease.Error` (`:no_release`) when the project defines no release to pick
-  (an umbrella without `releases:`), when `--release` names an unknown one, or when there are
-  several and none was picked.
+  Runs `mix release` for `config.mix_release` in `config.env`, streaming its output through
+  `Mix.shell()`: `mix release NAME` for a release `releases:` defines, a plain `mix release`
+  for the default release of a project without `releases:` (where `mix release APP` fails).
+  Raises `DockerRelease.Error` (`:release_build_failed`) when it fails.
   """
-  @spec release!(Config.t(), keyword) :: {String.t(), Path.t()}
-  def release!(%Config{} = config, project) do
-    releases = Keyword.get(project, :releases, [])
-    names = Enum.map(releases, fn {name, _} -> to_string(name) end)
-    umbrella? = Keyword.has_key?(project, :apps_path)
-
-    name =
-      cond do
-        config.release &&
-            (config.release in names or
-               (names == [] and not umbrella? and config.release == to_string(config.app))) ->
-          config.release
-
-        config.release ->
-          no_release!(
-            "the project has no release named #{inspect(config.release)}; its releases: #{list(names)}"
-          )
-
-        length(names) == 1 ->
-          hd(names)
-
-        names == [] and umbrella? ->
-          no_release!(
-            "this umbrella project defines no release: add one under releases: in mix.exs (see `mix help release`)"
-          )
-
-        names == [] ->
-          to_string(config.app)
-
-        true ->
-          no_release!(
-            "the project defines several releases (#{list(names)}): pick one with --release NAME"
-          )
-      end
-
-    release_opts = Keyword.get(releases, String.to_atom(name), [])
-
-    dir =
-      case Keyword.get(release_opts, :path) do
-        nil ->
-          build_path =
-            Path.expand(Keyword.get(project, :build_path, "_build"), config.project_dir)
-
-          Path.join([build_path, config.env, "rel", name])
-
-        path ->
-          Path.expand(path, config.project_dir)
-      end
-
-    {name, dir}
-  end
-
-  @doc """
-  Runs `mix release` for release `name` in `config.env`, streaming its output through
-  `Mix.shell()`. Raises `DockerRelease.Error` (`:release_build_failed`) when it fails.
-  """
-  @spec build!(Config.t(), String.t()) :: :ok
-  def build!(%Config{} = config, name) do
+  @spec build!(Config.t()) :: :ok
+  def build!(%Config{mix_release: %Release{} = release} = config) do
     mix =
       System.find_executable("mix") ||
         raise Error, reason: :release_build_failed, message: "`mix` was not found on PATH"
 
-    args = ["release", name, "--overwrite"]
-
-    Mix.shell().info(
-      "==> building release #{name} (MIX_ENV=#{config.env} mix #{Enum.join(args, " ")})"
-    )
+    args = ["release" | if(release.named?, do: [release.name], else: [])] ++ ["--overwrite"]
+    command = "MIX_ENV=#{config.env} mix #{Enum.join(args, " ")}"
+    Mix.shell().info("==> building release #{release.name} (#{command})")
 
     {_, status} =
       System.cmd(mix, args,
@@ -93,11 +35,112 @@ defmodule DockerRelease.HostBuild do
       raise Error,
         reason: :release_build_failed,
         message:
-          "`MIX_ENV=#{config.env} mix release #{name}` failed with exit status #{status}; " <>
-            "its output is above. Fix the build, then run the command again"
+          "`#{command}` failed with exit status #{status} in #{config.project_dir}; its output is " <>
+            "above (the same command run there by hand fails the same way)"
     end
 
     :ok
+  end
+
+  # What `build_paths/2` reads: text files of the release other than code and ERTS.
+  @skip_top ~w(lib tmp)
+  @max_scan 1_000_000
+
+  @doc """
+  Lines of the release in `release_dir` that contain one of `paths` (directories of the build
+  machine: the project, its build path, the release itself), as `{file, line_number, line,
+  path}` with `file` relative to the release. Such a line breaks when the image runs the
+  release from `/app` (a `vm.args.eex` with `-ssl_dist_optfile <%= @release.path %>/…`, a
+  `sys.config` value from `Path.expand/1` at config time).
+
+  Reads the release's regular text files outside `lib/`, `erts-*/` and `tmp/` (`releases/*`
+  with `vm.args`, `sys.config`, `env.sh`, `runtime.exs`; `bin/`; overlays), up to 1 MB each;
+  files with a NUL byte (boot files, compiled code) are skipped.
+
+      iex> dir = Path.join(System.tmp_dir!(), "dr-doctest-#{System.unique_integer([:positive])}")
+      iex> File.mkdir_p!(Path.join(dir, "releases/0.1.0"))
+      iex> File.write!(Path.join(dir, "releases/0.1.0/vm.args"), "-sname x\\n-ssl_dist_optfile /home/me/p/ssl.conf\\n")
+      iex> DockerRelease.HostBuild.build_paths(dir, ["/home/me/p"])
+      [{"releases/0.1.0/vm.args", 2, "-ssl_dist_optfile /home/me/p/ssl.conf", "/home/me/p"}]
+      iex> File.rm_rf!(dir) |> is_list()
+      true
+  """
+  @spec build_paths(Path.t(), [Path.t()]) :: [
+          {Path.t(), pos_integer, String.t(), Path.t()}
+        ]
+  def build_paths(release_dir, paths) do
+    # The longest path a line contains is the one named (the release dir rather than the
+    # project that holds it).
+    paths =
+      paths |> Enum.uniq() |> Enum.reject(&(&1 in ["", "/"])) |> Enum.sort_by(&(-byte_size(&1)))
+
+    for {file, text} <- text_files(release_dir, ""),
+        {line, n} <- Enum.with_index(String.split(text, "\n"), 1),
+        path = Enum.find(paths, &String.contains?(line, &1)),
+        do: {file, n, String.trim(line), path}
+  end
+
+  defp text_files(root, rel) do
+    case File.ls(Path.join(root, rel)) do
+      {:ok, names} ->
+        names
+        |> Enum.sort()
+        |> Enum.flat_map(fn name ->
+          rel = if rel == "", do: name, else: Path.join(rel, name)
+          full = Path.join(root, rel)
+
+          case File.lstat(full) do
+            {:ok, %{type: :directory}} ->
+              if rel in @skip_top or String.starts_with?(rel, "erts-"),
+                do: [],
+                else: text_files(root, rel)
+
+            {:ok, %{type: :regular, size: size}}
+            when size <= @max_scan and rel != "releases/COOKIE" ->
+              case File.read(full) do
+                {:ok, text} -> if String.contains?(text, <<0>>), do: [], else: [{rel, text}]
+                {:error, _} -> []
+              end
+
+            _ ->
+              []
+          end
+        end)
+
+      {:error, _} ->
+        []
+    end
+  end
+
+  @doc """
+  Prints a warning through `Mix.shell()` for each line `build_paths/2` finds, with the fix.
+  """
+  @spec warn_build_paths(Path.t(), [Path.t()]) :: :ok
+  def warn_build_paths(release_dir, paths) do
+    case build_paths(release_dir, paths) do
+      [] ->
+        :ok
+
+      found ->
+        for {file, n, line, path} <- found do
+          Mix.shell().info([
+            :yellow,
+            "==> warning: #{file}:#{n} of the release contains #{path}, a path of this machine " <>
+              "that does not exist in the image (the release runs from /app): #{line}",
+            :reset
+          ])
+        end
+
+        Mix.shell().info([
+          :yellow,
+          "==> Compute such paths when the release starts, from $RELEASE_ROOT (in rel/env.sh.eex or " <>
+            ~s{with System.fetch_env!("RELEASE_ROOT") in config/runtime.exs), or build with } <>
+            "--builder, which assembles the release at /app",
+          :reset
+        ])
+
+        :ok
+    end
   end
 
   # Stream output live when printing to a terminal; other shells (tests) get whole lines.
@@ -106,9 +149,4 @@ defmodule DockerRelease.HostBuild do
       do: IO.stream(:stdio, :line),
       else: %DockerRelease.ShellLines{}
   end
-
-  defp list([]), do: "none"
-  defp list(names), do: Enum.join(names, ", ")
-
-  defp no_release!(message), do: raise(Error, reason: :no_release, message: message)
 end

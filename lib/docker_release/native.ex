@@ -31,6 +31,9 @@ defmodule DockerRelease.Native do
               registry_ca: nil,
               metadata_file: nil,
               builder: nil,
+              # true: `releases:` defines the release (the builder runs `mix release NAME`);
+              # false: a plain `mix release` (the default release, no `releases:` key).
+              named_release: true,
               project_dir: "",
               mix_env: "prod",
               no_cache: false,

@@ -1,10 +1,12 @@
 defmodule DockerRelease.ConfigTest do
   use ExUnit.Case, async: true
 
-  alias DockerRelease.{Config, Error}
+  alias DockerRelease.{Config, Error, Release}
 
   doctest DockerRelease.Config
   doctest DockerRelease
+  doctest DockerRelease.Release
+  doctest DockerRelease.HostBuild
 
   @project [app: :hello, version: "0.1.0"]
 
@@ -202,50 +204,129 @@ defmodule DockerRelease.ConfigTest do
     c = Config.new!(umbrella, [], "/p")
     assert c.app == :shop
     assert c.tags == ["shop:0.1.0", "shop:latest"]
-    assert {"shop", "/p/_build/prod/rel/shop"} = DockerRelease.HostBuild.release!(c, umbrella)
+    assert %Release{name: "shop", named?: true, dir: "/p/_build/prod/rel/shop"} = c.mix_release
+  end
+
+  test "the default tags and the version are the release's own version" do
+    project = @project ++ [releases: [hello: [version: "0.0.1"]]]
+    c = Config.new!(project, [], "/p")
+    assert c.version == "0.0.1"
+    assert c.tags == ["hello:0.0.1", "hello:latest"]
+    labels = DockerRelease.labels(%{c | project_dir: System.tmp_dir!()})
+    assert {"org.opencontainers.image.version", "0.0.1"} in labels
   end
 
   describe "release selection" do
-    alias DockerRelease.HostBuild
-
-    test "the only release, the app's default, or the one named" do
+    test "the default release of a project without releases:, the only one, the one named" do
       c = Config.new!(@project, [], "/p")
-      assert {"hello", "/p/_build/prod/rel/hello"} = HostBuild.release!(c, @project)
+
+      assert %Release{name: "hello", named?: false, dir: "/p/_build/prod/rel/hello"} =
+               c.mix_release
+
+      assert c.release == "hello"
+      assert Config.new!(@project, [release: "hello"], "/p").mix_release.named? == false
 
       project = @project ++ [releases: [web: [], worker: [path: "out/worker"]]]
       c = Config.new!(project, [release: "worker", env: "staging"], "/p")
-      assert {"worker", "/p/out/worker"} = HostBuild.release!(c, project)
+      assert %Release{name: "worker", named?: true, dir: "/p/out/worker"} = c.mix_release
       c = Config.new!(project, [release: "web", env: "staging"], "/p")
-      assert {"web", "/p/_build/staging/rel/web"} = HostBuild.release!(c, project)
+      assert %Release{name: "web", dir: "/p/_build/staging/rel/web"} = c.mix_release
+
+      project = @project ++ [build_path: "../shared/_build", releases: [only: []]]
+      c = Config.new!(project, [], "/p/app")
+
+      assert %Release{name: "only", named?: true, dir: "/p/shared/_build/prod/rel/only"} =
+               c.mix_release
     end
 
-    test "several releases and none picked, an unknown name, an umbrella without releases" do
+    test "default_release: picks one of several" do
+      project = @project ++ [default_release: :worker, releases: [web: [], worker: []]]
+      assert Config.new!(project, [], "/p").mix_release.name == "worker"
+      assert Config.new!(project, [release: "web"], "/p").mix_release.name == "web"
+    end
+
+    test "several releases and none picked, an unknown name" do
       project = @project ++ [releases: [web: [], worker: []]]
-
-      e =
-        assert_raise Error, fn -> HostBuild.release!(Config.new!(project, [], "/p"), project) end
-
+      e = assert_raise Error, fn -> Config.new!(project, [], "/p") end
       assert e.reason == :no_release
-      assert e.message =~ "several releases (web, worker)"
+      assert e.message =~ "several releases (web, worker) and no default_release"
       assert e.message =~ "--release NAME"
+      assert e.message =~ "default_release: :web"
 
-      e =
-        assert_raise Error, fn ->
-          HostBuild.release!(Config.new!(project, [release: "nope"], "/p"), project)
-        end
+      e = assert_raise Error, fn -> Config.new!(project, [release: "nope"], "/p") end
+      assert e.message =~ ~s(no release named "nope"; its releases: web, worker)
 
+      e = assert_raise Error, fn -> Config.new!(@project, [release: "nope"], "/p") end
       assert e.message =~ ~s(no release named "nope")
+      assert e.message =~ "no releases: key, so its only release is the default one, hello"
+    end
 
+    test "on every output path, an umbrella without releases: gets one message naming its apps" do
+      dir = umbrella_dir!(~w(core web))
       umbrella = [apps_path: "apps", version: "0.1.0"]
-      e = assert_raise Error, fn -> Config.new!(umbrella, [], "/p") end
-      assert e.message =~ "no single release to name the image after"
+
+      for opts <- [[], [release: "r"], [output: "x.tar"], [push: true, tags: ["r.io/a/b:1"]]] do
+        e = assert_raise Error, fn -> Config.new!(umbrella, opts, dir) end
+        assert e.reason == :no_release
+        assert e.message =~ "umbrella project defines no release"
+        assert e.message =~ "applications: [core: :permanent, web: :permanent]"
+        assert e.message =~ "releases: ["
+        refute e.message =~ "no :app"
+      end
+
+      e = assert_raise Error, fn -> Config.new!(umbrella, [release: "r"], dir) end
+      assert e.message =~ ~s(there is no release named "r")
+      assert e.message =~ "r: [applications: [core: :permanent, web: :permanent]]"
+    end
+
+    test "an umbrella release without applications, include_erts: false, no :unix executables" do
+      dir = umbrella_dir!(~w(core))
+      umbrella = [apps_path: "apps", version: "0.1.0", releases: [r: []]]
+      e = assert_raise Error, fn -> Config.new!(umbrella, [], dir) end
+      assert e.message =~ "release r of this umbrella project lists no applications"
 
       e =
         assert_raise Error, fn ->
-          HostBuild.release!(Config.new!(umbrella, [release: "r"], "/p"), umbrella)
+          Config.new!(@project ++ [releases: [hello: [include_erts: false]]], [], "/p")
         end
 
-      assert e.message =~ ~s(no release named "r")
+      assert e.reason == :invalid_config
+      assert e.message =~ "include_erts: false"
+      assert e.message =~ "remove include_erts: false"
+
+      e =
+        assert_raise Error, fn ->
+          Config.new!(
+            @project ++ [releases: [hello: [include_executables_for: [:windows]]]],
+            [],
+            "/p"
+          )
+        end
+
+      assert e.message =~ "include_executables_for: [:windows]"
+      assert e.message =~ "add :unix"
     end
+
+    test "--from-release in an umbrella is named after the release's bin script" do
+      dir = umbrella_dir!(~w(core))
+      rel = Path.join(dir, "rel")
+      File.mkdir_p!(Path.join(rel, "bin"))
+      File.write!(Path.join(rel, "bin/shop"), "")
+      c = Config.new!([apps_path: "apps", version: "1.0.0"], [from_release: "rel"], dir)
+      assert {c.app, c.tags, c.mix_release} == {:shop, ["shop:1.0.0", "shop:latest"], nil}
+    end
+  end
+
+  # A directory with apps/NAME/mix.exs for each name, removed after the test.
+  defp umbrella_dir!(apps) do
+    dir = Path.join(System.tmp_dir!(), "dr-config-test-#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm_rf(dir) end)
+
+    for app <- apps do
+      File.mkdir_p!(Path.join([dir, "apps", app]))
+      File.write!(Path.join([dir, "apps", app, "mix.exs"]), "")
+    end
+
+    dir
   end
 end

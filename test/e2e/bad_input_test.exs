@@ -95,7 +95,7 @@ defmodule DockerRelease.E2E.BadInputTest do
     out = assert_fails(["--tag", tag], cd: project)
     assert out =~ "lib/broken.ex"
     assert out =~ ~r/SyntaxError|syntax error/
-    assert out =~ "mix release hello` failed"
+    assert out =~ "mix release hello --overwrite` failed"
     refute image_exists?(tag)
   end
 

@@ -104,7 +104,7 @@ defmodule DockerRelease.E2E.BuilderTest do
         assert run.status != 0, run.out
         assert run.out =~ "lib/broken.ex"
         assert run.out =~ "undefined function no_such_function/1"
-        assert run.out =~ "`mix release hello --overwrite --path /release` failed in the builder"
+        assert run.out =~ "`mix release hello --overwrite --path /app` failed in the builder"
         refute image_exists?(tag)
         assert [_] = containers_created(run.owner, run.started)
         assert owned_containers(run.owner) == []

@@ -560,19 +560,30 @@ defmodule DockerRelease.E2E.Builder do
 
   @builders %{
     "bookworm" => "docker-release-test/builder:bookworm",
-    "trixie" => "docker-release-test/builder:trixie"
+    "trixie" => "docker-release-test/builder:trixie",
+    # Debian 13 with a C toolchain, for projects that compile C code (a NIF) as they build.
+    "trixie-cc" => "docker-release-test/builder:trixie-cc"
   }
 
-  @doc "The builder image of a Debian suite (`\"bookworm\"`, `\"trixie\"`)."
+  @cc_include "elixir,erlang-dev,ca-certificates,gcc,make,libc6-dev"
+
+  @doc "The builder image of a Debian suite (`\"bookworm\"`, `\"trixie\"`, `\"trixie-cc\"`)."
   def builder_image(suite), do: Map.fetch!(@builders, suite)
 
   @doc """
-  Makes the builder image of `suite` with test/support/make-builder-image.sh unless it exists.
-  Returns its tag.
+  Makes the builder image of `suite` with test/support/make-builder-image.sh unless it exists
+  (`"trixie-cc"`: trixie plus gcc, make and libc6-dev). Returns its tag.
   """
   def ensure_builder!(suite) do
     script = Path.join(root(), "test/support/make-builder-image.sh")
-    {out, status} = cmd("bash", [script, suite, builder_image(suite)], timeout: 900)
+
+    {debian, env} =
+      case suite do
+        "trixie-cc" -> {"trixie", [{"BUILDER_INCLUDE", @cc_include}]}
+        other -> {other, []}
+      end
+
+    {out, status} = cmd("bash", [script, debian, builder_image(suite)], timeout: 900, env: env)
     assert status == 0, "could not make the #{suite} builder image:\n#{out}"
     builder_image(suite)
   end

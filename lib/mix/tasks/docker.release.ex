@@ -12,14 +12,26 @@ defmodule Mix.Tasks.Docker.Release do
       mix docker.release
 
   builds `MIX_ENV=prod mix release` in a separate `mix` process, loads the image into the Docker
-  engine and tags it `APP:VERSION` and `APP:latest`. Then:
+  engine and tags it `APP:VERSION` and `APP:latest` (the release's own `version:` when it has
+  one; an umbrella's image is named after its release). Then:
 
       docker run --rm -p 4000:4000 APP:latest            # runs `bin/APP start`
       docker run --rm APP:latest eval 'IO.puts(:ok)'     # any release command
 
   The image's user is numeric (`65532:65532` by default). No cookie from the build is in the
-  image: set `RELEASE_COOKIE` to connect nodes; without it each container generates its own at
-  start (kept in `/run/release`, used by `rpc` and `remote` in the same container).
+  image, not even one set with `cookie:` in the release config (the task says so): set
+  `RELEASE_COOKIE` to connect nodes; without it each container generates its own at start
+  (kept in `/run/release`, used by `rpc` and `remote` in the same container; `start` and
+  `daemon` say so once). A crashing node writes `/tmp/erl_crash.dump` (`ERL_CRASH_DUMP`).
+
+  Which release: with no `releases:` key, the project's default release (what a plain
+  `mix release` builds); with one release, that one; with several, `--release NAME` or the one
+  `default_release:` names. An umbrella needs a release under `releases:`: without one the task
+  stops before building and prints the lines to add to `mix.exs`. Releases that an image cannot
+  run (`include_erts: false`, `include_executables_for` without `:unix`) are refused the same
+  way. A host build warns about lines of the release that contain a path of the build machine
+  (a `vm.args.eex` with `<%= @release.path %>`): they do not hold at `/app`; `--builder`
+  assembles the release at `/app`, where they do.
 
   Without a Docker engine (no socket at `DOCKER_HOST`, the current context's endpoint, or
   `/var/run/docker.sock`) the image is written as an archive under `_build/docker_release/`
@@ -28,12 +40,14 @@ defmodule Mix.Tasks.Docker.Release do
   ## Options
 
     * `--env ENV` - the Mix environment of the release build. Default `prod`.
-    * `--release NAME` - which release to build when `releases:` has several.
+    * `--release NAME` - which release to build when `releases:` has several (and
+      `default_release:` names none).
     * `--from-release DIR` - use an already-assembled release; skip the build.
     * `--builder IMAGE` - build the release inside a container of IMAGE (an image with Elixir
       and OTP, of the OS you deploy on; it must exist in the engine) instead of on the host. The
       project is uploaded (without `_build`, `deps`, `.git` and what `.dockerignore` lists), built
-      with `mix deps.get --only ENV` and `mix release`, and the runtime files are taken from that
+      with `mix deps.get --only ENV` and `mix release` (assembled at `/app`, the path it runs from
+      in the image), and the runtime files are taken from that
       container, so the image's libraries match the release whatever your host is (macOS too).
       Only the files the image needs are read out of the container (IMAGE needs `sh`, `readlink`
       and GNU or BusyBox `tar`). Compiled deps and `_build` are kept in volumes `docker_release-cache-*` between runs;

@@ -49,6 +49,7 @@ struct NifRequest {
     registry_ca: Option<String>,
     metadata_file: Option<String>,
     builder: Option<String>,
+    named_release: bool,
     project_dir: String,
     mix_env: String,
     no_cache: bool,
@@ -61,6 +62,7 @@ impl From<NifRequest> for Request {
             source: match r.builder {
                 Some(image) => Source::Builder {
                     image,
+                    named_release: r.named_release,
                     project_dir: r.project_dir.into(),
                     mix_env: r.mix_env,
                     cache: !r.no_cache,

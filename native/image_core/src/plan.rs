@@ -39,6 +39,11 @@ const UTF8_LOCALE: &str = "/usr/lib/locale/C.utf8";
 /// CA certificates for TLS clients (Debian and Alpine path).
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// Where the VM writes `erl_crash.dump`: by default the working directory, `/app`, which the
+/// image's user cannot write to, so the dump of a crashed node would be lost. `/tmp` is
+/// writable by every user, with or without a base image.
+pub const CRASH_DUMP: &str = "ERL_CRASH_DUMP=/tmp/erl_crash.dump";
+
 /// What the caller decides; everything else is derived from the release and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -234,6 +239,7 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         env.push("ELIXIR_ERL_OPTIONS=+fnu".into());
     }
     env.push("HOME=/home/app".into());
+    env.push(CRASH_DUMP.into());
     env.extend(settings.env.iter().cloned());
     let run_config = RunConfig {
         entrypoint: vec![format!("{APP_DIR}/bin/{}", settings.release_name)],
@@ -512,7 +518,10 @@ fn runtime_layer(
 }
 
 /// The snippet appended to the image's `releases/VSN/env.sh`: the release script sources it
-/// before it reads `releases/COOKIE`, which the image does not have.
+/// before it reads `releases/COOKIE`, which the image does not have. The script exports
+/// `RELEASE_COMMAND` before sourcing `env.sh`: the notice about a generated cookie is printed
+/// by the commands that start the node (`start`, `daemon`, their `_iex` forms), not by each
+/// `eval`, `rpc` or `remote`.
 pub const COOKIE_SNIPPET: &str = r#"
 # Added by docker_release: this image ships no build-time cookie.
 if [ -z "${RELEASE_COOKIE:-}" ]; then
@@ -522,7 +531,10 @@ if [ -z "${RELEASE_COOKIE:-}" ]; then
   if [ ! -s "$__dr_file" ]; then
     __dr_cookie=$(dd if=/dev/urandom bs=32 count=1 2>/dev/null | od -An -tx1 | awk '{for (i = 1; i <= NF; i++) s = s $i} END {print s}')
     if [ -n "$__dr_cookie" ] && (umask 077; set -C; echo "$__dr_cookie" >"$__dr_file") 2>/dev/null; then
-      echo "docker_release: RELEASE_COOKIE is not set; generated a cookie for this container in $__dr_file (set RELEASE_COOKIE to connect nodes across containers)" >&2
+      case "${RELEASE_COMMAND:-}" in
+        start|start_iex|daemon|daemon_iex)
+          echo "docker_release: RELEASE_COOKIE is not set; generated a cookie for this container in $__dr_file (set RELEASE_COOKIE to connect nodes across containers)" >&2 ;;
+      esac
     fi
   fi
   RELEASE_COOKIE=$(cat "$__dr_file" 2>/dev/null || true)
@@ -787,6 +799,7 @@ pub fn plan_on_base(
         env.push("ELIXIR_ERL_OPTIONS=+fnu".into());
     }
     env.push(format!("HOME={BASE_HOME}"));
+    env.push(CRASH_DUMP.into());
     env.extend(settings.env.iter().cloned());
     let mut labels = base.labels.clone();
     labels.extend(settings.labels.clone());

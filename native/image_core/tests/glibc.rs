@@ -15,7 +15,9 @@ use image_core::glibc::{
     ReleaseOnBase,
 };
 use image_core::layer::Source;
-use image_core::plan::{plan_on_base, Base, BasePlanError, Settings, BASE_HOME, COOKIE_DIR};
+use image_core::plan::{
+    plan_on_base, Base, BasePlanError, Settings, BASE_HOME, COOKIE_DIR, CRASH_DUMP,
+};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -506,6 +508,7 @@ fn a_plan_on_a_compatible_base_has_no_runtime_layer_and_inherits_the_base_config
     if !locale {
         want.push("ELIXIR_ERL_OPTIONS=+fnu".into());
     }
+    want.push(CRASH_DUMP.into());
     want.push("FOO=bar".into());
     assert_eq!(c.env, want);
     assert_eq!(c.user, "1234:5678");

@@ -21,11 +21,16 @@
 //!    engine closes the container's stdin (`StdinOnce`), `cat` exits, PID 1's exit kills every
 //!    exec in the container, and `AutoRemove` deletes it. No exit handler is needed.
 //! 5. Upload the project ([`image_core::context::write_context`], streamed) to [`SRC_DIR`].
-//! 6. One exec runs, under `flock` on the cache, `mix deps.get --only ENV` then
-//!    `mix release NAME --overwrite --path /release`; output is streamed line by line.
+//! 6. One exec (as root) empties [`RELEASE_DIR`] (`/app`: the release is assembled at the path
+//!    it runs from in the image, so paths the release bakes in at build time, e.g. from
+//!    `@release.path` in `rel/vm.args.eex`, stay true) and, for an image with a non-root user,
+//!    gives it `/src` and `/app`. Then one exec runs, under `flock` on the cache,
+//!    `mix deps.get --only ENV` then `mix release [NAME] --overwrite --path /app` (a plain
+//!    `mix release` for the default release of a project without `releases:`); output is
+//!    streamed line by line.
 //! 7. The builder's OTP release: the same exec prints the name of the `releases/N` directory
 //!    of the `erl` it used (no VM is started); `erl -eval` is the fallback.
-//! 8. The release (`/release`, on the container's own filesystem) comes out whole, as the
+//! 8. The release (`/app`, on the container's own filesystem) comes out whole, as the
 //!    first fetch of [`crate::container_fs`] (one exec of `tar`).
 //! 9. The caller plans the image over [`BuiltRelease::fs`]; what the plan needs from the rest
 //!    of the builder's filesystem is fetched in batches by [`BuiltRelease::fetch_wants`] (one
@@ -89,8 +94,9 @@ pub const LABEL_CACHE_MIX_ENV: &str = "docker_release.cache.mix_env";
 pub const LABEL_CACHE_IMAGE: &str = "docker_release.cache.image";
 /// Where the project is uploaded in the container.
 pub const SRC_DIR: &str = "/src";
-/// Where the release is assembled in the container (outside the volumes).
-pub const RELEASE_DIR: &str = "/release";
+/// Where the release is assembled in the container (outside the volumes): the path it runs from
+/// in the image ([`image_core::plan::APP_DIR`]), so that paths baked into it at build time hold.
+pub const RELEASE_DIR: &str = image_core::plan::APP_DIR;
 /// The lock that serialises builds sharing a cache.
 pub const LOCK_FILE: &str = "/src/_build/.docker_release.lock";
 /// How many output lines a [`BuilderError::BuildFailed`] keeps.
@@ -113,8 +119,12 @@ pub struct BuilderSpec {
     pub project_dir: PathBuf,
     /// `MIX_ENV` for the build.
     pub mix_env: String,
-    /// The release to assemble.
+    /// The release to assemble (its `bin/` script).
     pub release_name: String,
+    /// `true` when the project's `releases:` defines the release (built with
+    /// `mix release NAME`); `false` for the default release of a project without `releases:`,
+    /// built with a plain `mix release` (`mix release APP` fails there).
+    pub named_release: bool,
     /// `false` (`--no-cache`): start from fresh cache volumes.
     pub cache: bool,
     /// What to leave out of the upload (usually `Excludes::for_project(&project_dir)`).
@@ -823,8 +833,19 @@ fn valid_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// The script of the build exec. `$1` is the release name, `$2` the step marker; `MIX_ENV`
-/// comes from the environment. Everything goes to stdout so lines keep their order.
+/// The script of the preparing exec (as root): `$1` is [`RELEASE_DIR`], emptied; `$2` the
+/// image's user, given `/src` and `$1` (empty: the image runs as root).
+const PREPARE_SCRIPT: &str =
+    r#"rm -rf "$1" && mkdir -p "$1" && if [ -n "$2" ]; then chown -R "$2" /src "$1"; fi"#;
+
+/// The script of the build exec. `$1` is the name for `mix release` (empty: a plain
+/// `mix release`, the default release), `$2` the step marker; `MIX_ENV` comes from the
+/// environment. Everything goes to stdout so lines keep their order.
+///
+/// Both Mix steps run in one VM when `mix` is the Elixir script (not a version manager's
+/// shell shim, which `elixir -S` cannot run): a one-line task defined with `elixir -e` prints
+/// the marker between them, once (`mix cmd echo` would print it once per umbrella app, each
+/// time under an `==> app` header).
 const BUILD_SCRIPT: &str = r#"exec 2>&1
 set -e
 if command -v flock >/dev/null 2>&1; then
@@ -837,7 +858,15 @@ else
   echo "$2 noflock"
 fi
 echo "$2 deps.get"
-mix do deps.get --only "$MIX_ENV" + cmd echo "$2 release" + release "$1" --overwrite --path /release
+m=$(command -v mix) || m=
+if head -n 1 "$m" 2>/dev/null | grep -q elixir; then
+  elixir -e 'defmodule Mix.Tasks.DockerRelease.Step do use Mix.Task; def run(a), do: IO.puts(Enum.join(a, " ")) end' \
+    -S mix do deps.get --only "$MIX_ENV" + docker_release.step "$2 release" + release ${1:+"$1"} --overwrite --path /app
+else
+  mix deps.get --only "$MIX_ENV"
+  echo "$2 release"
+  mix release ${1:+"$1"} --overwrite --path /app
+fi
 e=$(command -v erl 2>/dev/null) && e=$(readlink -f "$e" 2>/dev/null) || e=
 if [ -n "$e" ]; then
   for v in "${e%/bin/erl}"/releases/*/OTP_VERSION; do
@@ -890,6 +919,7 @@ async fn until_cancelled(flag: &AtomicBool) {
 ///     project_dir: project,
 ///     mix_env: "prod".into(),
 ///     release_name: "hello".into(),
+///     named_release: true,
 ///     cache: true,
 /// };
 /// let mut built = build_release(
@@ -1091,28 +1121,34 @@ async fn in_container(
     ];
     if as_root {
         env.push("HOME=/root".into());
-    } else {
-        // The upload and fresh volumes belong to root: hand them to the image's user.
-        let chown = ExecSpec {
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                r#"mkdir -p /release && chown -R "$1" /src /release"#.into(),
-                "sh".into(),
-                image.user.clone(),
-            ],
-            env: vec![],
-            user: Some("0:0".into()),
-            working_dir: "/".into(),
-        };
-        let (status, out) = run_captured(engine, id, &chown).await?;
-        if status != 0 {
-            return Err(BuilderError::Builder(format!(
-                "giving /src and /release to the builder image's user {:?} failed with exit status {status}: {}",
-                image.user,
-                out.trim()
-            )));
-        }
+    }
+    // The release goes to an empty RELEASE_DIR (whatever the builder image has there would
+    // end up in the image). The upload and fresh volumes belong to root: a non-root image's
+    // user gets them.
+    let prepare = ExecSpec {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            PREPARE_SCRIPT.into(),
+            "sh".into(),
+            RELEASE_DIR.into(),
+            if as_root {
+                String::new()
+            } else {
+                image.user.clone()
+            },
+        ],
+        env: vec![],
+        user: Some("0:0".into()),
+        working_dir: "/".into(),
+    };
+    let (status, out) = run_captured(engine, id, &prepare).await?;
+    if status != 0 {
+        return Err(BuilderError::Builder(format!(
+            "preparing {RELEASE_DIR} (and giving it and /src to the builder image's user {:?}) failed with exit status {status}: {}",
+            image.user,
+            out.trim()
+        )));
     }
 
     let otp = run_build(engine, id, spec, &env, on_step, on_line).await?;
@@ -1175,7 +1211,11 @@ async fn run_build(
             "-c".into(),
             BUILD_SCRIPT.into(),
             "docker_release".into(),
-            spec.release_name.clone(),
+            if spec.named_release {
+                spec.release_name.clone()
+            } else {
+                String::new()
+            },
             marker.clone(),
         ],
         env: env.to_vec(),
@@ -1186,10 +1226,14 @@ async fn run_build(
         ("deps.get", format!("mix deps.get --only {}", spec.mix_env)),
         (
             "release",
-            format!(
-                "mix release {} --overwrite --path {RELEASE_DIR}",
-                spec.release_name
-            ),
+            if spec.named_release {
+                format!(
+                    "mix release {} --overwrite --path {RELEASE_DIR}",
+                    spec.release_name
+                )
+            } else {
+                format!("mix release --overwrite --path {RELEASE_DIR}")
+            },
         ),
     ];
     let (exec_id, output) = engine.exec(id, &build).await?;
@@ -1472,6 +1516,82 @@ mod tests {
         let got = l.push(&long);
         assert_eq!(got.len(), 1);
         assert_eq!(l.finish(), vec![Line::Text("a".repeat(10))]);
+    }
+
+    /// Runs [`BUILD_SCRIPT`] with `PATH` holding only `tools` (shell scripts by name) and the
+    /// few utilities it calls; returns its output.
+    fn run_build_script(tools: &[(&str, &str)], release: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in tools {
+            let path = dir.path().join(name);
+            std::fs::write(&path, body).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for tool in ["head", "grep", "readlink"] {
+            let found = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap();
+            std::os::unix::fs::symlink(found, dir.path().join(tool)).unwrap();
+        }
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", BUILD_SCRIPT, "docker_release", release, "@M"])
+            .env_clear()
+            .env("PATH", dir.path())
+            .env("MIX_ENV", "prod")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn build_script_runs_both_mix_steps_in_one_vm_and_prints_the_marker_once() {
+        // `mix` is the Elixir script: `elixir -S mix do …` with our step task between.
+        let tools = [
+            ("mix", "#!/usr/bin/env elixir\nMix.CLI.main()\n"),
+            (
+                "elixir",
+                "#!/bin/sh\nfor a in \"$@\"; do echo \"[$a]\"; done\n",
+            ),
+        ];
+        let out = run_build_script(&tools, "hello");
+        let args: Vec<&str> = out.lines().collect();
+        assert_eq!(args[..2], ["@M noflock", "@M deps.get"]);
+        assert_eq!(args[2], "[-e]");
+        assert!(args[3].contains("defmodule Mix.Tasks.DockerRelease.Step"));
+        let rest = "[-S] [mix] [do] [deps.get] [--only] [prod] [+] [docker_release.step] [@M release] [+] [release] [hello] [--overwrite] [--path] [/app]";
+        assert_eq!(args[4..].join(" "), rest);
+        // The default release: no name at all (`mix release APP` fails without releases:).
+        let out = run_build_script(&tools, "");
+        assert!(
+            out.ends_with("[+]\n[release]\n[--overwrite]\n[--path]\n[/app]\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn build_script_runs_mix_twice_when_mix_is_a_shim() {
+        // asdf and Nix put shell scripts named `mix` on PATH: `elixir -S` cannot run those.
+        let tools = [("mix", "#!/bin/sh\necho \"mix $*\"\n")];
+        let out = run_build_script(&tools, "hello");
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            [
+                "@M noflock",
+                "@M deps.get",
+                "mix deps.get --only prod",
+                "@M release",
+                "mix release hello --overwrite --path /app"
+            ]
+        );
+        let out = run_build_script(&tools, "");
+        assert!(
+            out.ends_with("mix release --overwrite --path /app\n"),
+            "{out}"
+        );
     }
 
     #[test]

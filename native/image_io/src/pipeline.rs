@@ -53,6 +53,9 @@ pub enum Source {
     Builder {
         /// The builder image.
         image: String,
+        /// `true`: `releases:` defines the release (`mix release NAME`); `false`: the default
+        /// release of a project without `releases:` (a plain `mix release`).
+        named_release: bool,
         /// The project on the host.
         project_dir: PathBuf,
         /// `MIX_ENV` of the build.
@@ -279,6 +282,7 @@ pub async fn run(
         Source::Host => None,
         Source::Builder {
             image,
+            named_release,
             project_dir,
             mix_env,
             cache,
@@ -299,6 +303,7 @@ pub async fn run(
                 project_dir: project_dir.clone(),
                 mix_env: mix_env.clone(),
                 release_name: settings.release_name.clone(),
+                named_release: *named_release,
                 cache: *cache,
                 excludes,
             };

@@ -64,6 +64,7 @@ fn spec(project: &Path, cache: bool) -> BuilderSpec {
         project_dir: project.to_path_buf(),
         mix_env: "prod".into(),
         release_name: "hello".into(),
+        named_release: true,
         cache,
         excludes: Excludes::for_project(project).unwrap(),
     }
@@ -219,21 +220,18 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
     let (built, cold_log) = build_live(&engine, &spec(&project, false)).await;
     let cold = t.elapsed();
     let mut built = built.unwrap_or_else(|e| panic!("{e}"));
-    assert!(is_file(&built, "/release/bin/hello"));
+    assert!(is_file(&built, "/app/bin/hello"));
     let erts: Vec<_> = built
         .fs
-        .read_dir(Path::new("/release"))
+        .read_dir(Path::new("/app"))
         .unwrap()
         .into_iter()
         .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| n.starts_with("erts-"))
         .collect();
     assert_eq!(erts.len(), 1, "{erts:?}");
-    assert!(is_file(
-        &built,
-        &format!("/release/{}/bin/beam.smp", erts[0])
-    ));
-    assert_eq!(built.release_dir, Path::new("/release"));
+    assert!(is_file(&built, &format!("/app/{}/bin/beam.smp", erts[0])));
+    assert_eq!(built.release_dir, Path::new("/app"));
     assert_eq!(built.otp_release, "25");
     assert!(built.context.files >= 5, "{:?}", built.context);
     assert!(
@@ -279,7 +277,7 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
     let (built, warm_log) = build(&engine, &spec(&project, true)).await;
     let warm = t.elapsed();
     let mut built = built.unwrap_or_else(|e| panic!("{e}"));
-    assert!(is_file(&built, "/release/bin/hello"));
+    assert!(is_file(&built, "/app/bin/hello"));
     assert_eq!(built.finish().await, None);
     let compiled: Vec<_> = lines(&warm_log, "release")
         .into_iter()
@@ -419,7 +417,7 @@ async fn a_syntax_error_fails_with_the_compilers_message_and_leaves_no_container
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("`mix release hello --overwrite --path /release` failed"),
+        msg.contains("`mix release hello --overwrite --path /app` failed"),
         "{msg}"
     );
     assert!(
@@ -477,7 +475,7 @@ async fn a_builder_image_with_a_non_root_user_builds() {
     // As nobody, mix could not write /src/_build (a root-owned volume) nor create /release
     // without the chown step: success is the check.
     let mut built = r.unwrap_or_else(|e| panic!("{e}"));
-    assert!(is_file(&built, "/release/bin/hello"));
+    assert!(is_file(&built, "/app/bin/hello"));
     assert_eq!(built.finish().await, None);
     assert!(labelled_containers(&owner()).is_empty());
 }
@@ -700,13 +698,12 @@ mod fake_engine {
             d.set_entry_type(tar::EntryType::Directory);
             d.set_mode(0o755);
             d.set_size(0);
-            t.append_data(&mut d, "release/", &b""[..]).unwrap();
+            t.append_data(&mut d, "app/", &b""[..]).unwrap();
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(0o755);
             h.set_size(3);
-            t.append_data(&mut h, "release/bin/hello", &b"#!x"[..])
-                .unwrap();
+            t.append_data(&mut h, "app/bin/hello", &b"#!x"[..]).unwrap();
             Fake {
                 calls: Mutex::new(vec![]),
                 image: Some(ImageInfo {
@@ -781,6 +778,13 @@ mod fake_engine {
                 return Ok(("fetch".into(), Box::pin(futures_util::stream::iter(items))));
             }
             self.log(Call::Exec(spec.cmd.clone()));
+            if spec.cmd.get(4).map(String::as_str) == Some(RELEASE_DIR) {
+                // The preparing exec (empty /app, hand it over): no output.
+                return Ok((
+                    "prepare".into(),
+                    Box::pin(futures_util::stream::iter(vec![])),
+                ));
+            }
             if spec.cmd[0] == "erl" {
                 let s = futures_util::stream::iter(vec![Ok(Output::Stdout(Bytes::from("25")))]);
                 return Ok(("otp".into(), Box::pin(s)));
@@ -894,6 +898,7 @@ mod fake_engine {
             project_dir: dir.to_path_buf(),
             mix_env: "prod".into(),
             release_name: "hello".into(),
+            named_release: true,
             cache: true,
             excludes: Excludes::for_project(dir).unwrap(),
         }
@@ -949,8 +954,8 @@ mod fake_engine {
         .await
         .unwrap();
         assert_eq!(built.otp_release, "25");
-        assert_eq!(built.release_dir, Path::new("/release"));
-        let hello = built.fs.read(Path::new("/release/bin/hello")).unwrap();
+        assert_eq!(built.release_dir, Path::new("/app"));
+        let hello = built.fs.read(Path::new("/app/bin/hello")).unwrap();
         assert_eq!(hello, b"#!x");
         // The container lives on until `finish`.
         assert!(!fake.calls().iter().any(|c| matches!(c, Call::Remove(_))));
@@ -979,20 +984,24 @@ mod fake_engine {
                 vec!["lib".into(), "lib/a.ex".into(), "mix.exs".into()]
             )
         );
+        // /app is emptied as root; a root image's user gets nothing handed over.
         assert!(
-            matches!(&calls[7], Call::Exec(cmd) if cmd[..2] == ["sh", "-c"] && cmd[4] == "hello")
+            matches!(&calls[7], Call::Exec(cmd) if cmd[..2] == ["sh", "-c"] && cmd[4..] == ["/app", ""])
+        );
+        assert!(
+            matches!(&calls[8], Call::Exec(cmd) if cmd[..2] == ["sh", "-c"] && cmd[4] == "hello")
         );
         // The build named no OTP release: `erl` is asked.
-        assert!(matches!(&calls[8], Call::Exec(cmd) if cmd[0] == "erl"));
-        assert_eq!(calls[9], Call::Fetch(vec!["L:release".into()]));
-        assert_eq!(calls[10], Call::Remove("c1".into()));
-        assert_eq!(calls.len(), 11);
+        assert!(matches!(&calls[9], Call::Exec(cmd) if cmd[0] == "erl"));
+        assert_eq!(calls[10], Call::Fetch(vec!["L:app".into()]));
+        assert_eq!(calls[11], Call::Remove("c1".into()));
+        assert_eq!(calls.len(), 12);
         let seen = seen.lock().unwrap().clone();
         assert!(seen.contains(&("deps.get".into(), "All dependencies are up to date".into())));
         assert!(seen.contains(&("release".into(), "Compiling 1 file (.ex)".into())));
         assert!(seen.contains(&(
             "step".into(),
-            "running `mix release hello --overwrite --path /release` in the builder".into()
+            "running `mix release hello --overwrite --path /app` in the builder".into()
         )));
         assert!(!seen.iter().any(|(_, l)| l.contains("@@docker_release")));
     }
@@ -1035,7 +1044,7 @@ mod fake_engine {
         let err = build_with(&fake, dir.path()).await.unwrap_err();
         assert!(
             err.to_string()
-                .contains("/release is not in the builder container"),
+                .contains("/app is not in the builder container"),
             "{err}"
         );
         assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
@@ -1071,7 +1080,7 @@ mod fake_engine {
         assert!(last_lines.last().unwrap().contains("SyntaxError"));
         let msg = err.to_string();
         assert!(
-            msg.contains("`mix release hello --overwrite --path /release` failed"),
+            msg.contains("`mix release hello --overwrite --path /app` failed"),
             "{msg}"
         );
         assert!(
