@@ -107,7 +107,10 @@ impl LayerCache {
             let e = e?;
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial")) {
+            if let Some(rest) = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".partial"))
+            {
                 let pid = rest.rsplit('.').next().unwrap_or_default();
                 if !Path::new("/proc").join(pid).exists() && Path::new("/proc/self").exists() {
                     let _ = std::fs::remove_file(e.path());

@@ -754,7 +754,9 @@ fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
     // Pruning keeps the most recently used entries, and removes the temporary files of runs
     // killed while putting an entry in (not those of live ones).
     let dead = cache.dir.join(".abc.999999999.partial");
-    let live = cache.dir.join(format!(".abc.{}.partial", std::process::id()));
+    let live = cache
+        .dir
+        .join(format!(".abc.{}.partial", std::process::id()));
     std::fs::write(&dead, b"x").unwrap();
     std::fs::write(&live, b"x").unwrap();
     cache.prune(2).unwrap();
