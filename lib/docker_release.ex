@@ -5,7 +5,8 @@ defmodule DockerRelease do
   The data flow, one module per arrow:
 
       config (mix.exs + flags)       DockerRelease.Config
-        -> release (host build)      DockerRelease.HostBuild
+        -> release (host build)      DockerRelease.HostBuild (one run at a time per project:
+                                     DockerRelease.BuildLock)
         -> runtime files, layers,    the Rust NIF (DockerRelease.Native): image_core plans the
            image, output             runtime files and writes layers; image_io loads the image
                                      into the engine or writes an archive
@@ -13,7 +14,7 @@ defmodule DockerRelease do
   Most users run `mix docker.release`; `build/2` is the same thing as a function.
   """
 
-  alias DockerRelease.{Config, Error, HostBuild, Native, Release}
+  alias DockerRelease.{BuildLock, Config, Error, HostBuild, Native, Release}
 
   @typedoc "What a successful build produced (also what `--metadata-file` writes, as JSON)."
   @type outcome :: %{
@@ -52,7 +53,7 @@ defmodule DockerRelease do
       build_with_dockerfiles(config)
     else
       check_engine!(config)
-      config |> request!(project) |> run()
+      BuildLock.with_lock(config, project, fn -> config |> request!(project) |> run() end)
     end
   rescue
     e in Error -> {:error, e}
@@ -88,6 +89,8 @@ defmodule DockerRelease do
 
   defp request!(config, project) do
     release = config.mix_release
+    # Before the release build: a bad SOURCE_DATE_EPOCH fails at once.
+    created = created(config.project_dir)
 
     {release_name, release_dir} =
       cond do
@@ -139,7 +142,7 @@ defmodule DockerRelease do
       env: Enum.map(config.container_env, fn {k, v} -> "#{k}=#{v}" end),
       labels: labels,
       exposed_ports: Enum.map(config.expose, &"#{&1}/tcp"),
-      created: created(config.project_dir),
+      created: created,
       compression_level: config.compression_level,
       tags: config.tags,
       work_dir: work_dir,
@@ -232,8 +235,6 @@ defmodule DockerRelease do
       {:docker_release, ^id, {:bytes, _step, _done}} ->
         await(job, id)
 
-      # `job` is referenced by every clause that waits on: were it garbage-collected while the
-      # build runs, the build would be cancelled.
       {:docker_release, ^id, {:ok, outcome}} ->
         {:ok, outcome}
 
@@ -376,15 +377,15 @@ defmodule DockerRelease do
   end
 
   defp created(dir) do
-    with epoch when is_binary(epoch) <- System.get_env("SOURCE_DATE_EPOCH"),
-         {n, ""} when n >= 0 <- Integer.parse(String.trim(epoch)) do
-      n
-    else
-      _ ->
+    case Config.source_date_epoch!(System.get_env("SOURCE_DATE_EPOCH")) do
+      nil ->
         case git(dir, ["log", "-1", "--format=%ct"]) do
           {:ok, out} -> String.to_integer(out)
           :error -> @default_epoch
         end
+
+      n ->
+        n
     end
   end
 

@@ -16,6 +16,8 @@ PACKAGES=(
   apache2-utils openssl         # htpasswd and certificates for the registry auth and TLS tests
   dropbear-bin libnss-wrapper openssh-client   # an ssh:// engine endpoint for the ssh test
   git curl ca-certificates procps
+  # Also used, and Essential in Debian and Ubuntu: coreutils (timeout, mkfifo, mknod), tar,
+  # util-linux (flock), diffutils (cmp), libc-bin (ldd).
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -40,6 +42,16 @@ if ! command -v cargo >/dev/null 2>&1; then
   log "installing Rust with rustup"
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
   . "$HOME/.cargo/env"
+fi
+# The lint gates need clippy and rustfmt (a distribution's cargo may come without them).
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    log "adding the clippy and rustfmt components"
+    rustup component add clippy rustfmt
+  else
+    echo "cargo clippy and cargo fmt are needed: install Rust with rustup (https://rustup.rs)." >&2
+    exit 1
+  fi
 fi
 rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
 if [ "$rust_minor" -lt 91 ]; then

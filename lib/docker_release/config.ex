@@ -172,6 +172,7 @@ defmodule DockerRelease.Config do
       |> Keyword.merge(env_config())
       |> Keyword.merge(Enum.reject(opts, fn {_k, v} -> v in [nil, []] end))
 
+    types!(merged)
     env = to_string(Keyword.get(merged, :env, "prod"))
     requested = merged[:release] && to_string(merged[:release])
     check_names!(env, requested)
@@ -337,6 +338,90 @@ defmodule DockerRelease.Config do
     %{c | tags: tags}
   end
 
+  # The type of every key that is read as a path or name, checked before anything uses it.
+  defp types!(merged) do
+    for key <- [
+          :from_release,
+          :output,
+          :metadata_file,
+          :registry_ca,
+          :build_dockerfile,
+          :dockerfile
+        ] do
+      path!(key, merged[key])
+    end
+
+    extra_files = Keyword.get(merged, :extra_files, [])
+
+    unless Enum.all?(List.wrap(extra_files), &path?/1),
+      do:
+        invalid!(
+          "invalid extra_files: expected a list of paths (strings without NUL bytes), got: #{inspect(extra_files)}"
+        )
+
+    for key <- [:env, :release] do
+      value = merged[key]
+
+      unless is_nil(value) or is_binary(value) or (is_atom(value) and value not in [true, false]),
+        do: invalid!("invalid #{key}: expected a name (a string), got: #{inspect(value)}")
+    end
+
+    for key <- [:builder, :base, :build_tag, :release_tarball] do
+      value = merged[key]
+
+      unless is_nil(value) or (is_binary(value) and not String.contains?(value, <<0>>)),
+        do: invalid!("invalid #{key}: expected a string, got: #{inspect(value)}")
+    end
+  end
+
+  defp path!(_key, nil), do: :ok
+
+  defp path!(key, value) do
+    unless path?(value),
+      do:
+        invalid!(
+          "invalid #{key}: expected a path (a non-empty string without NUL bytes), got: #{inspect(value)}"
+        )
+  end
+
+  defp path?(value),
+    do: is_binary(value) and value != "" and not String.contains?(value, <<0>>)
+
+  @max_epoch 253_402_300_799
+
+  @doc """
+  The image timestamp `SOURCE_DATE_EPOCH` asks for: `nil` when it is unset or empty, else the
+  number of seconds since 1970-01-01 (UTC), from 0 to #{@max_epoch} (9999-12-31T23:59:59Z: image
+  timestamps have four-digit years, and `docker load` refuses later ones). Raises
+  `DockerRelease.Error` (`:invalid_config`) for anything else, as the reproducible-builds
+  specification asks.
+
+      iex> DockerRelease.Config.source_date_epoch!("1700000000")
+      1700000000
+      iex> DockerRelease.Config.source_date_epoch!(nil)
+      nil
+      iex> DockerRelease.Config.source_date_epoch!("253402300800")
+      ** (DockerRelease.Error) invalid SOURCE_DATE_EPOCH: expected a whole number of seconds since 1970-01-01 from 0 to 253402300799 (9999-12-31T23:59:59Z), got: "253402300800"
+  """
+  @spec source_date_epoch!(String.t() | nil) :: non_neg_integer | nil
+  def source_date_epoch!(value) do
+    trimmed = value && String.trim(value)
+
+    cond do
+      trimmed in [nil, ""] ->
+        nil
+
+      trimmed =~ ~r/^\d{1,12}$/ and String.to_integer(trimmed) <= @max_epoch ->
+        String.to_integer(trimmed)
+
+      true ->
+        invalid!(
+          "invalid SOURCE_DATE_EPOCH: expected a whole number of seconds since 1970-01-01 " <>
+            "from 0 to #{@max_epoch} (9999-12-31T23:59:59Z), got: #{inspect(value)}"
+        )
+    end
+  end
+
   defp default_tags(c) do
     name = c.app |> to_string() |> String.downcase()
     version_tag = name <> ":" <> String.replace(c.version, "+", "_")
@@ -359,14 +444,19 @@ defmodule DockerRelease.Config do
     ok =
       is_list(value) and
         Enum.all?(value, fn
-          {k, v} -> is_binary(k) and k != "" and is_binary(v) and not String.contains?(k, "=")
-          _ -> false
+          {k, v} ->
+            is_binary(k) and k != "" and is_binary(v) and
+              not String.contains?(k, ["=", <<0>>]) and not String.contains?(v, <<0>>)
+
+          _ ->
+            false
         end)
 
     unless ok,
       do:
         invalid!(
-          "invalid #{key}: expected a list of {\"NAME\", \"value\"} string pairs, got: #{inspect(value)}"
+          "invalid #{key}: expected a list of {\"NAME\", \"value\"} string pairs " <>
+            "(NAME not empty, without = or NUL bytes; value without NUL bytes), got: #{inspect(value)}"
         )
   end
 

@@ -1,6 +1,6 @@
 defmodule DockerRelease.Native do
   # Every NIF of the Rust crate `docker_release_nif` has a stub here with the same name and
-  # arity, prefixed by area (`image_`, `reference_`, `job_`). The library is loaded on first use (not
+  # arity, prefixed by area (`image_`, `reference_`, `lock_`, `job_`). The library is loaded on first use (not
   # @on_load, which would also fire while compiling, before cargo has run).
   @moduledoc false
 
@@ -68,6 +68,10 @@ defmodule DockerRelease.Native do
   # connecting (see `engine_endpoint` in the crate).
   @doc false
   def engine_endpoint, do: load_and_apply(:engine_endpoint, [])
+  @doc false
+  def lock_try(path), do: load_and_apply(:lock_try, [path])
+  @doc false
+  def lock_release(lock), do: load_and_apply(:lock_release, [lock])
   # Tests only: a job that panics inside (see `job_panic_probe` in the crate).
   @doc false
   def job_panic_probe, do: load_and_apply(:job_panic_probe, [])

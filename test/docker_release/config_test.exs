@@ -144,6 +144,69 @@ defmodule DockerRelease.ConfigTest do
       end
     end
 
+    test "a value of the wrong type where a path or name is expected" do
+      for {key, value} <- [
+            output: %{},
+            metadata_file: [a: 1],
+            from_release: 42,
+            registry_ca: "",
+            dockerfile: :x,
+            output: "out" <> <<0>> <> ".tar"
+          ] do
+        e =
+          assert_raise Error, fn ->
+            Config.new!(@project ++ [docker_release: [{key, value}]], [], "/src")
+          end
+
+        assert e.reason == :invalid_config
+        assert e.message =~ "invalid #{key}: expected a path"
+        assert e.message =~ inspect(value)
+      end
+
+      e =
+        assert_raise Error, fn ->
+          Config.new!(@project ++ [docker_release: [extra_files: ["/etc/a", %{}]]], [], "/src")
+        end
+
+      assert e.message =~ ~s(invalid extra_files: expected a list of paths)
+      assert e.message =~ "%{}"
+
+      e = assert_raise Error, fn -> Config.new!(@project, [env: %{}], "/src") end
+      assert e.message =~ "invalid env: expected a name (a string), got: %{}"
+
+      e = assert_raise Error, fn -> Config.new!(@project, [builder: 12], "/src") end
+      assert e.message =~ "invalid builder: expected a string, got: 12"
+    end
+
+    test "NUL bytes in environment names and values, and labels" do
+      for pairs <- [[{"A\0B", "x"}], [{"A", "x\0y"}], [{"", "x"}]] do
+        e =
+          assert_raise Error, fn ->
+            Config.new!(@project ++ [docker_release: [container_env: pairs]], [])
+          end
+
+        assert e.message =~ "invalid container_env"
+        assert e.message =~ "without = or NUL bytes"
+        assert e.message =~ inspect(pairs)
+      end
+
+      assert_raise Error, ~r/invalid labels.*NUL/, fn ->
+        Config.new!(@project ++ [docker_release: [labels: [{"a", "b\0"}]]], [])
+      end
+    end
+
+    test "SOURCE_DATE_EPOCH outside 0..9999-12-31T23:59:59Z or not a number" do
+      assert Config.source_date_epoch!(" 0 ") == 0
+      assert Config.source_date_epoch!("") == nil
+      assert Config.source_date_epoch!("253402300799") == 253_402_300_799
+
+      for bad <- ["253402300800", "99999999999999", "-1", "1.5", "abc", "1e9"] do
+        e = assert_raise Error, fn -> Config.source_date_epoch!(bad) end
+        assert e.reason == :invalid_config
+        assert e.message =~ "from 0 to 253402300799 (9999-12-31T23:59:59Z), got: #{inspect(bad)}"
+      end
+    end
+
     test "a project without version" do
       assert_raise Error, ~r/no :version/, fn -> Config.new!([app: :x], []) end
     end

@@ -81,6 +81,16 @@ defmodule DockerRelease.NativeTest do
     assert again.image_id == outcome.image_id
   end
 
+  # OTP 27's compiler does not keep a variable live after its last use, so a job handle bound
+  # and never used again is garbage: the build must not depend on the caller keeping it.
+  test "a job whose handle is dropped and garbage-collected still ends with its result", ctx do
+    {:ok, _job, id} = Native.image_build(request(ctx.release, ctx.tmp))
+    :erlang.garbage_collect()
+    assert_receive {:docker_release, ^id, {:step, _}}, 10_000
+    :erlang.garbage_collect()
+    assert {:ok, %{image_id: "sha256:" <> _}} = List.last(collect(id))
+  end
+
   test "errors arrive as a matchable reason plus a readable message", ctx do
     {:ok, _job, id} = Native.image_build(request("/nonexistent/rel", ctx.tmp))
 

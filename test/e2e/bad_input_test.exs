@@ -65,7 +65,8 @@ defmodule DockerRelease.E2E.BadInputTest do
     assert out =~ "not an assembled release"
   end
 
-  test "a release build that fails", %{repo: repo} do
+  # A copy of examples/hello whose project/0 gets `extra` (keyword entries as source text).
+  defp hello_project!(extra \\ "") do
     project = Path.join(tmp_dir!(), "hello")
     File.mkdir_p!(project)
 
@@ -75,9 +76,15 @@ defmodule DockerRelease.E2E.BadInputTest do
     mix_exs =
       File.read!(Path.join(hello_dir(), "mix.exs"))
       |> String.replace(~s(path: "../.."), ~s(path: #{inspect(root())}))
+      |> String.replace("deps: deps(),", "deps: deps(),#{extra}")
 
     assert mix_exs =~ ~s(path: #{inspect(root())})
     File.write!(Path.join(project, "mix.exs"), mix_exs)
+    project
+  end
+
+  test "a release build that fails", %{repo: repo} do
+    project = hello_project!()
 
     File.write!(
       Path.join(project, "lib/broken.ex"),
@@ -90,6 +97,82 @@ defmodule DockerRelease.E2E.BadInputTest do
     assert out =~ ~r/SyntaxError|syntax error/
     assert out =~ "mix release hello --overwrite` failed"
     refute image_exists?(tag)
+  end
+
+  test "SOURCE_DATE_EPOCH past year 9999 is refused before any work", %{rel: rel, repo: repo} do
+    tag = "#{repo}/hello:year10000"
+
+    out =
+      assert_fails(["--from-release", rel, "--tag", tag],
+        env: [{"SOURCE_DATE_EPOCH", "253402300800"}]
+      )
+
+    assert out =~ "invalid SOURCE_DATE_EPOCH"
+    assert out =~ "from 0 to 253402300799 (9999-12-31T23:59:59Z), got: \"253402300800\""
+    refute out =~ "resolving runtime files"
+    refute image_exists?(tag)
+  end
+
+  test "a map where mix.exs needs a path, a NUL in an env name: the rule, not a stack trace" do
+    for {extra, says} <- [
+          {~s( docker_release: [output: %{a: 1}],), "invalid output: expected a path"},
+          {~s( docker_release: [extra_files: [%{}]],), "invalid extra_files"},
+          {~S( docker_release: [container_env: [{"A\0B", "x"}]],), "invalid container_env"}
+        ] do
+      out = assert_fails([], cd: hello_project!(extra))
+      assert out =~ says
+      refute out =~ "UndefinedError"
+      refute out =~ ~r/^\s+\(\w+ [\d.]+\) lib\//m, "a stack trace:\n#{out}"
+    end
+  end
+
+  test "--extra-file of /proc, /dev or a FIFO says why it cannot go into an image", ctx do
+    fifo = Path.join(tmp_dir!(), "pipe")
+    {_, 0} = cmd("mkfifo", [fifo])
+
+    for {extra, says} <- [
+          {"/proc/cpuinfo", "is under /proc: the container runtime mounts its own"},
+          {"/dev/null", "is under /dev: the container runtime mounts its own"},
+          {fifo, "is a device, FIFO or socket"}
+        ] do
+      tag = "#{ctx.repo}/hello:extra"
+      out = assert_fails(["--from-release", ctx.rel, "--tag", tag, "--extra-file", extra])
+      assert out =~ "extra_files: #{extra} #{says}"
+      refute out =~ "retry"
+      refute image_exists?(tag)
+    end
+  end
+
+  test "--extra-file of a file others cannot read stays private in the image, and says so", ctx do
+    dir = tmp_dir!()
+    secret = Path.join(dir, "secret.conf")
+    File.write!(secret, "password=x\n")
+    File.chmod!(secret, 0o640)
+    archive = Path.join(dir, "hello.tar")
+
+    {out, _} =
+      mix_release!([
+        "--from-release",
+        ctx.rel,
+        "--tag",
+        "#{ctx.repo}/hello:private",
+        "--extra-file",
+        secret,
+        "--output",
+        archive
+      ])
+
+    assert out =~ "stay private in the image"
+    assert out =~ secret
+
+    files = tar_files!(archive)
+    {_config, layers} = manifest_paths!(files["manifest.json"])
+    [runtime | _] = layers
+    layer = Path.join(dir, "runtime.tar.gz")
+    File.write!(layer, files[runtime])
+    {listing, 0} = cmd("tar", ["-tvzf", layer])
+    line = listing |> String.split("\n") |> Enum.find(&String.ends_with?(&1, "secret.conf"))
+    assert line =~ ~r{^-rw------- 0/0 }, listing
   end
 
   test "an engine socket with no listener", %{rel: rel, repo: repo} do

@@ -137,7 +137,7 @@ defmodule DockerRelease.E2E.OutputsTest do
   test "podman loads and runs the archive", ctx do
     case System.find_executable("podman") do
       nil ->
-        IO.puts("\npodman is not installed: `podman load` not checked")
+        missing!("podman is not installed (apt-get install podman): `podman load` not checked")
 
       _ ->
         on_exit(fn -> cmd("podman", ["image", "rm", "-f", ctx.tag]) end)

@@ -69,11 +69,18 @@ defmodule Mix.Tasks.Docker.Release do
       `/bin/sh` and the utilities of the release scripts; otherwise it is refused with the list
       of what is missing. Its `/etc` is left as it is.
     * `--output PATH` - write an image archive at PATH instead of loading into the engine. A
-      failed run leaves an existing file at PATH untouched.
+      failed or killed run leaves an existing file at PATH untouched and no temporary file
+      behind. A symlink is followed (the file it points to is replaced); a FIFO or character
+      device gets the archive written through it once everything else succeeded (e.g.
+      `--output /dev/fd/3 3>&1 >&2 | docker load`: the task's own output goes to stdout); a
+      directory, block device, socket or terminal is refused.
     * `--metadata-file PATH` - write a JSON summary for CI: tags, image ID, manifest digest,
       layers with digests and sizes, and every runtime file with why it is there.
     * `--extra-file PATH` - copy this file or directory of the build environment into the image
-      at the same path (for `dlopen`ed libraries and data files); repeatable.
+      at the same path (for `dlopen`ed libraries and data files); repeatable. Paths under
+      `/proc`, `/sys` and `/dev` and devices, FIFOs or sockets are refused (the container
+      runtime provides those); a file others cannot read stays private in the image (0600,
+      owned by root, so the app's user cannot read it), and the task says so.
     * `--uid N`, `--gid N` - the numeric user and group the container runs as. Default 65532.
     * `--expose PORT` - declare a port; repeatable.
     * `--compression-level N` - gzip level of the layers, 1 (default, fast) to 9 (smallest).
@@ -122,7 +129,20 @@ defmodule Mix.Tasks.Docker.Release do
 
   Interrupting: SIGTERM ends the task with status 143; SIGINT (Ctrl-C) opens the Erlang VM's
   BREAK menu while stdin is a terminal: press `a` to abort. However the task ends, its builder
-  containers are removed and no tag is moved.
+  containers are removed, no tag is moved and no temporary file is left beside `--output` (a
+  killed run's scratch directory under `_build/docker_release/runs` goes with the next run).
+
+  A failed run changes nothing: the outputs of a run (engine tags, registry tags, `--output`,
+  `--metadata-file`) commit together, and a failure after some were committed puts them back.
+  What cannot be put back (a registry tag that did not exist before: the registry API cannot
+  remove one) is named in the error with how to remove it.
+
+  Several runs in one project at once take turns: a host build locks
+  `_build/docker_release/host-build-ENV.lock` until it ends, and a later run waits, printing
+  the OS pid of the run it waits for.
+
+  `SOURCE_DATE_EPOCH` (the image's timestamp, else the last commit's) must be a whole number of
+  seconds from 0 to 253402300799 (9999-12-31T23:59:59Z).
 
   Note: this task is usually a dev-only dependency. With `MIX_ENV=prod` exported in your shell,
   Mix does not see it ("The task docker.release could not be found"): run it without `MIX_ENV`.

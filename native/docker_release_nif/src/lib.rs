@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 mod atoms {
-    rustler::atoms! { ok, error, docker_release, step, notice, bytes, output }
+    rustler::atoms! { ok, error, busy, docker_release, step, notice, bytes, output }
 }
 
 /// Mirrors `DockerRelease.Native.Request` (all keys always present).
@@ -196,8 +196,10 @@ impl From<Outcome> for NifOutcome {
     }
 }
 
-/// A running job, held by the caller. When the caller dies (monitored) or drops every
-/// reference, the job is cancelled.
+/// A running job. The job itself holds a reference to its handle until its final message is
+/// sent, so the handle lives as long as the work whatever the caller does with its copy (a
+/// caller that drops it, or whose compiler no longer keeps it live, must not cancel the build
+/// when the garbage collector runs). The job is cancelled when the caller dies (monitored).
 struct Job {
     cancelled: Arc<AtomicBool>,
 }
@@ -205,12 +207,6 @@ struct Job {
 #[rustler::resource_impl]
 impl Resource for Job {
     fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
-        self.cancelled.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
         self.cancelled.store(true, Ordering::Relaxed);
     }
 }
@@ -361,7 +357,10 @@ where
 
     let rt = runtime();
     let work = rt.spawn(work(events, cancelled.clone()));
+    // Keeps the handle (and so the monitor of the caller) alive until the final message.
+    let held = job.clone();
     rt.spawn(async move {
+        let _held = held;
         let abort = work.abort_handle();
         let watch = async {
             while !cancelled.load(Ordering::Relaxed) {
@@ -404,6 +403,77 @@ fn engine_endpoint(env: Env) -> Term {
             (atoms::error(), reason, f.message).encode(env)
         }
     }
+}
+
+/// An exclusive lock on a file (`flock`), held until [`lock_release`] or until the handle is
+/// garbage-collected; the kernel releases it when the OS process dies, however it dies.
+struct Lock {
+    file: Mutex<Option<std::fs::File>>,
+}
+
+#[rustler::resource_impl]
+impl Resource for Lock {}
+
+/// Try to take the lock at `path` (created if missing): `{:ok, lock}` and this OS process's pid
+/// written into the file, or `{:busy, holder}` with what the holder wrote (its pid), or
+/// `{:error, message}`. Never blocks.
+#[rustler::nif(schedule = "DirtyIo")]
+fn lock_try(env: Env, path: String) -> Term {
+    use std::io::{Read, Seek, Write};
+    let open = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path);
+    let mut file = match open {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                atoms::error(),
+                format!("cannot open the lock file {path}: {e}"),
+            )
+                .encode(env)
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let pid = std::process::id().to_string();
+            let written = file
+                .set_len(0)
+                .and_then(|_| file.seek(std::io::SeekFrom::Start(0)))
+                .and_then(|_| file.write_all(pid.as_bytes()))
+                .and_then(|_| file.flush());
+            if let Err(e) = written {
+                return (
+                    atoms::error(),
+                    format!("cannot write the lock file {path}: {e}"),
+                )
+                    .encode(env);
+            }
+            let lock = ResourceArc::new(Lock {
+                file: Mutex::new(Some(file)),
+            });
+            (atoms::ok(), lock).encode(env)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            (atoms::busy(), holder.trim().to_string()).encode(env)
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            (atoms::error(), format!("cannot lock {path}: {e}")).encode(env)
+        }
+    }
+}
+
+/// Release a lock taken by [`lock_try`] (closing its file). Releasing twice is harmless.
+#[rustler::nif]
+fn lock_release(lock: ResourceArc<Lock>) -> Atom {
+    if let Ok(mut f) = lock.file.lock() {
+        f.take();
+    }
+    atoms::ok()
 }
 
 /// Parse an image reference: `{:ok, {repository, tag}}` or `{:error, message}`.

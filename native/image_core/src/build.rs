@@ -47,11 +47,17 @@ pub enum Progress {
     },
 }
 
-/// Compressed layers kept between builds, named by their `diff_id` and gzip level, so that a
-/// layer whose tar is identical to one built before (the runtime, ERTS and deps layers when only
-/// the app changed) costs a hashing pass instead of a compression. The blob's own digest is
-/// computed again on every use; entries are written whole (a temporary name, then a rename) and
-/// [`LayerCache::prune`] keeps the newest.
+/// Compressed layers kept between builds, so that a layer whose tar is identical to one built
+/// before (the runtime, ERTS and deps layers when only the app changed) costs a hashing pass
+/// instead of a compression.
+///
+/// A cache hit must give the very bytes a fresh compression would: the same tar compresses to
+/// other bytes with another gzip level or another version of the encoder, and a damaged or
+/// foreign entry can still decompress to the right tar. So an entry is named by the layer's
+/// `diff_id`, the gzip level, a fingerprint of the encoder ([`encoder_fingerprint`]) and the
+/// digest of the compressed bytes as they were written; it is used only when its bytes still
+/// have that digest and decompress to that `diff_id`. Entries are written whole (a temporary
+/// name, then a rename) and [`LayerCache::prune`] keeps the newest.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     /// The directory (created on first use).
@@ -59,15 +65,58 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    fn entry(&self, diff_id: &crate::digest::Digest, level: u32) -> PathBuf {
-        self.dir.join(format!("{}.gz{level}", diff_id.hex()))
+    /// `DIFFID.gzLEVEL-FINGERPRINT.` : the start of the names of entries for this layer.
+    fn prefix(diff_id: &crate::digest::Digest, level: u32) -> String {
+        format!(
+            "{}.gz{level}-{}.",
+            diff_id.hex(),
+            encoder_fingerprint(level)
+        )
     }
 
-    /// Keep the `keep` most recently used entries, remove the rest (and stray temporary files).
+    /// The entry for a layer, with the digest its bytes had when they were written.
+    fn find(
+        &self,
+        diff_id: &crate::digest::Digest,
+        level: u32,
+    ) -> Option<(PathBuf, crate::digest::Digest)> {
+        let prefix = Self::prefix(diff_id, level);
+        std::fs::read_dir(&self.dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name();
+            let hex = name.to_str()?.strip_prefix(&prefix)?;
+            Some((e.path(), crate::digest::Digest::from_hex(hex)?))
+        })
+    }
+
+    /// The path of the entry for a layer whose compressed bytes have `digest`.
+    pub fn entry(
+        &self,
+        diff_id: &crate::digest::Digest,
+        level: u32,
+        digest: &crate::digest::Digest,
+    ) -> PathBuf {
+        self.dir
+            .join(format!("{}{}", Self::prefix(diff_id, level), digest.hex()))
+    }
+
+    /// Keep the `keep` most recently used entries, remove the rest, and the temporary files of
+    /// runs whose process is gone (killed while putting an entry in).
     pub fn prune(&self, keep: usize) -> io::Result<()> {
         let mut entries = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
             let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if let Some(rest) = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".partial"))
+            {
+                let pid = rest.rsplit('.').next().unwrap_or_default();
+                if !Path::new("/proc").join(pid).exists() && Path::new("/proc/self").exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                continue;
+            }
             let used = e.metadata()?.modified()?;
             entries.push((used, e.path()));
         }
@@ -78,6 +127,37 @@ impl LayerCache {
         }
         Ok(())
     }
+}
+
+/// A short fingerprint of the gzip encoder at `level`: the start of the sha256 of a fixed probe
+/// (text, repetitions and noise, which exercise matching, literals and block choices)
+/// compressed the way layers are. Another encoder version or backend that compresses
+/// differently almost surely changes it, so the layer cache never serves its entries as ours.
+pub fn encoder_fingerprint(level: u32) -> &'static str {
+    use std::sync::OnceLock;
+    static PRINTS: [OnceLock<String>; 10] = [const { OnceLock::new() }; 10];
+    let level = level.min(9);
+    PRINTS[level as usize].get_or_init(|| {
+        let mut probe = Vec::with_capacity(200_000);
+        for i in 0..2000u32 {
+            probe.extend_from_slice(
+                format!("lib/app-{i}/ebin/Elixir.App.Module{i}.beam {}\n", i * 7919).as_bytes(),
+            );
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..65_536 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            probe.push(x as u8);
+        }
+        probe.extend(std::iter::repeat_n(b'a', 40_000));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        // Writing to a Vec cannot fail.
+        let _ = gz.write_all(&probe);
+        let bytes = gz.finish().unwrap_or_default();
+        crate::digest::Digest::of(&bytes).hex()[..12].to_string()
+    })
 }
 
 /// Errors while writing layers.
@@ -198,7 +278,7 @@ pub fn build_cached(
         std::fs::rename(&tmp, &dest).map_err(blob_err(&dest))?;
         if let Some(cache) = cache {
             // A cache that cannot be written only costs the next build its speed.
-            let _ = put_in_cache(cache, &dest, &info.diff_id, level);
+            let _ = put_in_cache(cache, &dest, &info, level);
         }
         layers.push(info);
     }
@@ -227,13 +307,16 @@ fn from_cache(
             layer: spec.name.clone(),
             source,
         })?;
-    let entry = cache.entry(&diff_id, level);
+    let Some((entry, recorded)) = cache.find(&diff_id, level) else {
+        return Ok(None);
+    };
     let Ok(file) = std::fs::File::open(&entry) else {
         return Ok(None);
     };
-    // The entry is used only if it really is this layer: its bytes decompress to a tar with
-    // this diff_id. Its own digest is computed from the same bytes.
-    let Some(digest_and_size) = verify(file, &diff_id) else {
+    // The entry is used only if it really is this layer as we compressed it: its bytes still
+    // have the digest they had when written, and decompress to a tar with this diff_id.
+    let digest_and_size = verify(file, &diff_id).filter(|(d, _)| *d == recorded);
+    let Some(digest_and_size) = digest_and_size else {
         let _ = std::fs::remove_file(&entry);
         return Ok(None);
     };
@@ -280,19 +363,20 @@ fn verify(
     (uncompressed == *diff_id).then_some((digest, size))
 }
 
-/// Put the blob at `blob` in `cache` under `diff_id` and `level`: a hard link (a copy across
+/// Put the blob at `blob` (the layer `info`) in `cache`: a hard link (a copy across
 /// filesystems) under a temporary name, then a rename, so an entry is never seen half-written.
-fn put_in_cache(
-    cache: &LayerCache,
-    blob: &Path,
-    diff_id: &crate::digest::Digest,
-    level: u32,
-) -> io::Result<()> {
+fn put_in_cache(cache: &LayerCache, blob: &Path, info: &LayerInfo, level: u32) -> io::Result<()> {
     std::fs::create_dir_all(&cache.dir)?;
-    let entry = cache.entry(diff_id, level);
-    let tmp = cache
-        .dir
-        .join(format!(".{}.{}.partial", diff_id.hex(), std::process::id()));
+    // Entries for this layer and level written by another encoder or damaged go.
+    if let Some((old, _)) = cache.find(&info.diff_id, level) {
+        let _ = std::fs::remove_file(old);
+    }
+    let entry = cache.entry(&info.diff_id, level, &info.digest);
+    let tmp = cache.dir.join(format!(
+        ".{}.{}.partial",
+        info.diff_id.hex(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&tmp);
     link_or_copy(blob, &tmp)?;
     std::fs::rename(&tmp, &entry)

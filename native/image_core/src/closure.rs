@@ -108,6 +108,9 @@ pub struct Closure {
     /// Symlinks that do not exist in the source but must exist in the image: link path ->
     /// target (see "The `ld.so.conf` trap" in the module docs).
     pub extra_links: BTreeMap<PathBuf, PathBuf>,
+    /// Devices, FIFOs and sockets found inside an added directory, left out (they cannot be
+    /// in an image): the caller says so.
+    pub skipped: Vec<PathBuf>,
 }
 
 /// Why a closure could not be computed.
@@ -147,6 +150,12 @@ pub enum ClosureError {
         /// The error.
         #[source]
         source: io::Error,
+    },
+    /// A path given to add is a device, FIFO or socket.
+    #[error("{} is a device, FIFO or socket: only files, directories and symlinks can be copied into an image (devices come from the container runtime)", path.display())]
+    Special {
+        /// The path (canonical).
+        path: PathBuf,
     },
     /// A library the loader would load is not a valid ELF file.
     #[error("{} is not a valid ELF file: {message}", path.display())]
@@ -351,7 +360,13 @@ impl<'a> Resolver<'a> {
                     }
                 }
             }
-            Kind::Symlink | Kind::Other => {}
+            Kind::Other if in_walk => {
+                if !excluded {
+                    self.closure.skipped.push(canon);
+                }
+            }
+            Kind::Other => return Err(ClosureError::Special { path: canon }),
+            Kind::Symlink => {}
         }
         Ok(())
     }

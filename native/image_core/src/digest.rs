@@ -24,6 +24,20 @@ impl Digest {
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The digest whose hex part is `hex` (64 lower-case hex digits), if it is one.
+    ///
+    /// ```
+    /// let d = image_core::digest::Digest::of(b"");
+    /// assert_eq!(image_core::digest::Digest::from_hex(&d.hex()), Some(d));
+    /// assert_eq!(image_core::digest::Digest::from_hex("e3b0"), None);
+    /// ```
+    pub fn from_hex(hex: &str) -> Option<Digest> {
+        if hex.len() != 64 || hex.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        hex::decode(hex).ok()?.try_into().ok().map(Digest)
+    }
 }
 
 impl fmt::Display for Digest {

@@ -245,6 +245,10 @@ pub(crate) fn to_bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// The latest image timestamp: the last second of year 9999. RFC 3339 has four-digit years, and
+/// `docker load` and skopeo refuse an image whose `created` has more.
+pub const MAX_CREATED: u64 = 253_402_300_799;
+
 /// Seconds since the epoch as an RFC 3339 UTC timestamp.
 ///
 /// ```

@@ -132,6 +132,13 @@ pub enum LayerError {
         /// Its size when listed.
         expected: u64,
     },
+    /// A file listed with size 0 had content when read: its content is generated on reading
+    /// (a file of `/proc` or `/sys`).
+    #[error("{path} reports a size of 0 but has content: it is generated when read (like the files of /proc and /sys) and cannot be copied into an image; copy what you need into a regular file and add that")]
+    Generated {
+        /// The file.
+        path: PathBuf,
+    },
     /// Two entries claim the same image path with different content.
     #[error("two different entries for {0} in one layer")]
     Duplicate(PathBuf),
@@ -328,6 +335,7 @@ fn append<W: Write>(
             };
             match tar.append_data(&mut h, rel, &mut exact) {
                 Ok(()) if exact.left == 0 && exact.at_end()? => Ok(()),
+                Ok(()) if meta.size == 0 => Err(LayerError::Generated { path: src.clone() }),
                 Ok(()) => Err(LayerError::Changed {
                     path: src.clone(),
                     expected: meta.size,
@@ -492,6 +500,22 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, LayerError::Changed { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_listed_with_size_0_that_has_content_is_generated_not_changed() {
+        let spec = LayerSpec {
+            name: "t".into(),
+            entries: vec![Entry::new(
+                "/cpuinfo",
+                Source::File("/proc/cpuinfo".into()),
+                0o444,
+            )],
+        };
+        let err =
+            write_layer(&HostFs::new("/"), &spec, 0, 1, Vec::new(), &mut |_| true).unwrap_err();
+        assert!(matches!(err, LayerError::Generated { .. }), "{err}");
+        assert!(!err.to_string().contains("retry"), "{err}");
     }
 
     #[test]

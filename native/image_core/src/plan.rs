@@ -89,6 +89,8 @@ pub struct Plan {
     pub run_config: RunConfig,
     /// The runtime files outside `/app`, with reasons.
     pub runtime_files: Vec<RuntimeFile>,
+    /// What the user should know about the plan (files left out, permissions kept private).
+    pub notices: Vec<String>,
 }
 
 impl Plan {
@@ -98,6 +100,7 @@ impl Plan {
         layers: impl IntoIterator<Item = LayerSpec>,
         run_config: RunConfig,
         runtime_files: Vec<RuntimeFile>,
+        notices: Vec<String>,
     ) -> Plan {
         Plan {
             platform,
@@ -107,6 +110,7 @@ impl Plan {
                 .collect(),
             run_config,
             runtime_files,
+            notices,
         }
     }
 }
@@ -139,6 +143,14 @@ pub enum PlanError {
     /// A runtime file could not be found or resolved.
     #[error(transparent)]
     Closure(#[from] crate::closure::ClosureError),
+    /// A path of `extra_files` cannot go into an image.
+    #[error("extra_files: {} {why}", path.display())]
+    ExtraFile {
+        /// The path as given.
+        path: PathBuf,
+        /// Why not, and what to do.
+        why: String,
+    },
     /// A required program is missing from the build environment.
     #[error("{0} was not found in the build environment ({PATH}); the release scripts need it. Install it there or add it with extra_files")]
     MissingTool(String),
@@ -204,14 +216,19 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         );
     }
     for extra in &settings.extra_files {
-        keep(resolver.add(extra, "extra_files").map_err(Into::into));
+        keep(check_extra(fs, extra).and_then(|()| {
+            resolver
+                .add(extra, EXTRA_FILES)
+                .map_err(|e| extra_error(extra, e))
+        }));
     }
     if let Some(e) = first_err {
         return Err(e);
     }
     let closure = resolver.finish();
+    let mut notices = skipped_notice(&closure.skipped);
 
-    let (runtime, runtime_files) = runtime_layer(fs, &closure, settings)?;
+    let (runtime, runtime_files) = runtime_layer(fs, &closure, settings, &mut notices)?;
     let (otp, deps, app) = release_layers(fs, settings, &erts_vsn, &rel_vsn)?;
 
     let mut env = vec![format!("PATH={PATH}")];
@@ -239,7 +256,88 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         [runtime, otp, deps, app],
         run_config,
         runtime_files,
+        notices,
     ))
+}
+
+/// The reason recorded for paths of `extra_files`.
+const EXTRA_FILES: &str = "extra_files";
+
+/// Where the container runtime mounts its own filesystems over the image: nothing there can be
+/// copied into one (the files of `/proc` and `/sys` are generated when read, and report a size
+/// of 0).
+const RUNTIME_MOUNTS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Refuse an `extra_files` path under [`RUNTIME_MOUNTS`], as given or once resolved.
+fn check_extra(fs: &dyn Fs, extra: &Path) -> Result<(), PlanError> {
+    let canon = resolve_path(fs, extra).map(|(c, _)| c).ok();
+    let under = |p: &Path| RUNTIME_MOUNTS.iter().find(|m| p.starts_with(m)).copied();
+    match under(extra).or_else(|| canon.as_deref().and_then(under)) {
+        Some(mount) => Err(PlanError::ExtraFile {
+            path: extra.to_path_buf(),
+            why: format!(
+                "is under {mount}: the container runtime mounts its own /proc, /sys and /dev over the image when a container starts, so it cannot be copied into an image. Copy what you need into a regular file and add that"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A closure error about an `extra_files` path itself, said as such.
+fn extra_error(extra: &Path, e: crate::closure::ClosureError) -> PlanError {
+    match e {
+        crate::closure::ClosureError::Special { .. } => PlanError::ExtraFile {
+            path: extra.to_path_buf(),
+            why: "is a device, FIFO or socket: only files, directories and symlinks can be copied into an image".into(),
+        },
+        other => other.into(),
+    }
+}
+
+/// The notice for devices, FIFOs and sockets left out of added directories.
+fn skipped_notice(skipped: &[PathBuf]) -> Vec<String> {
+    if skipped.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "left out of the image: {} (devices, FIFOs and sockets inside extra_files directories cannot be in an image)",
+        list_paths(skipped)
+    )]
+}
+
+/// Up to five paths, then how many more.
+fn list_paths(paths: &[PathBuf]) -> String {
+    let mut shown: Vec<String> = paths
+        .iter()
+        .take(5)
+        .map(|p| p.display().to_string())
+        .collect();
+    if paths.len() > 5 {
+        shown.push(format!("and {} more", paths.len() - 5));
+    }
+    shown.join(", ")
+}
+
+/// The mode an `extra_files` entry gets: the normal one ([`crate::layer::normal_mode`]) when
+/// others may read it where it was built; otherwise it stays private: `0600` (`0700` when
+/// executable), owned by root. Widening a file like `/etc/shadow` to `0644` would hand it to
+/// every user of the container.
+fn extra_mode(kind: Kind, mode: u32) -> Option<u32> {
+    if mode & 0o004 != 0 || kind != Kind::File {
+        return None;
+    }
+    Some(if mode & 0o111 != 0 { 0o700 } else { 0o600 })
+}
+
+/// The notice for `extra_files` kept private.
+fn private_notice(private: &[PathBuf], uid: u32) -> Vec<String> {
+    if private.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "extra_files not readable by others where they were built stay private in the image (mode 0600 or 0700, owned by root), so the app's user {uid} cannot read them: {}. Make them world-readable there if the app needs them",
+        list_paths(private)
+    )]
 }
 
 /// What the release's own files say: ERTS and release versions, and the platform of ERTS.
@@ -321,9 +419,11 @@ fn runtime_layer(
     fs: &dyn Fs,
     closure: &Closure,
     s: &Settings,
+    notices: &mut Vec<String>,
 ) -> Result<(LayerSpec, Vec<RuntimeFile>), PlanError> {
     let mut entries = Vec::new();
     let mut files = Vec::new();
+    let mut private = Vec::new();
     for (path, e) in &closure.entries {
         let meta = fs.lstat(path).map_err(|source| PlanError::Read {
             path: path.clone(),
@@ -339,12 +439,20 @@ fn runtime_layer(
             Kind::Dir => Source::Dir,
             _ => Source::File(path.clone()),
         };
-        entries.push(Entry::new(path.clone(), source, meta.mode));
+        let entry = Entry::new(path.clone(), source, meta.mode);
+        match extra_mode(e.kind, meta.mode).filter(|_| e.reason == EXTRA_FILES) {
+            Some(mode) => {
+                private.push(path.clone());
+                entries.push(entry.owned(mode, 0, 0));
+            }
+            None => entries.push(entry),
+        }
         files.push(RuntimeFile {
             path: path.clone(),
             reason: e.reason.clone(),
         });
     }
+    notices.extend(private_notice(&private, s.uid));
     for (link, target) in &closure.extra_links {
         entries.push(Entry::new(
             link.clone(),
@@ -673,7 +781,8 @@ pub fn plan_on_base(
         return Err(incompatible(problems).into());
     }
 
-    let (dirs, runtime_files) = base_dirs_layer(fs, settings, base)?;
+    let mut notices = Vec::new();
+    let (dirs, runtime_files) = base_dirs_layer(fs, settings, base, &mut notices)?;
     let (otp, deps, app) = release_layers(fs, settings, &erts_vsn, &rel_vsn)?;
 
     let has_locale = is_musl_system(base.fs)
@@ -715,6 +824,7 @@ pub fn plan_on_base(
         [dirs, otp, deps, app],
         run_config,
         runtime_files,
+        notices,
     ))
 }
 
@@ -783,6 +893,7 @@ fn base_dirs_layer(
     fs: &dyn Fs,
     s: &Settings,
     base: &Base<'_>,
+    notices: &mut Vec<String>,
 ) -> Result<(LayerSpec, Vec<RuntimeFile>), PlanError> {
     let (uid, gid) = (s.uid, s.gid);
     let mut entries = Vec::new();
@@ -807,12 +918,15 @@ fn base_dirs_layer(
     }
     // extra_files come from the build environment, as they are: no library closure (the base
     // provides libraries), symlinks inside directories kept as symlinks.
+    let (mut private, mut skipped) = (Vec::new(), Vec::new());
     for extra in &s.extra_files {
+        check_extra(fs, extra)?;
         let (canon, _) = resolve_path(fs, extra).map_err(|source| PlanError::Read {
             path: extra.clone(),
             source,
         })?;
         let mut stack = vec![(canon, in_base(base.fs, extra))];
+        let mut top = true;
         while let Some((src, dest)) = stack.pop() {
             let meta = fs.lstat(&src).map_err(|source| PlanError::Read {
                 path: src.clone(),
@@ -836,15 +950,34 @@ fn base_dirs_layer(
                     })?)
                 }
                 Kind::File => Source::File(src.clone()),
-                Kind::Other => continue,
+                Kind::Other if top => {
+                    return Err(extra_error(
+                        extra,
+                        crate::closure::ClosureError::Special { path: src },
+                    ))
+                }
+                Kind::Other => {
+                    skipped.push(src);
+                    continue;
+                }
             };
-            entries.push(Entry::new(dest.clone(), source, meta.mode));
+            top = false;
+            let entry = Entry::new(dest.clone(), source, meta.mode);
+            match extra_mode(meta.kind, meta.mode) {
+                Some(mode) => {
+                    private.push(dest.clone());
+                    entries.push(entry.owned(mode, 0, 0));
+                }
+                None => entries.push(entry),
+            }
             files.push(RuntimeFile {
                 path: dest,
-                reason: "extra_files".into(),
+                reason: EXTRA_FILES.into(),
             });
         }
     }
+    notices.extend(skipped_notice(&skipped));
+    notices.extend(private_notice(&private, uid));
     Ok((
         LayerSpec {
             name: "dirs".into(),

@@ -740,9 +740,8 @@ fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(entries.len(), 3, "{entries:?}");
-    let runtime_entry = cache
-        .dir
-        .join(format!("{}.gz6", plain.layers[0].diff_id.hex()));
+    let runtime_entry = cache.entry(&plain.layers[0].diff_id, 6, &plain.layers[0].digest);
+    assert!(runtime_entry.exists(), "{runtime_entry:?} in {entries:?}");
     let mut bytes = std::fs::read(&runtime_entry).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -752,12 +751,115 @@ fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
     assert_eq!(reused, vec!["app"]);
     assert_eq!(repaired.manifest_digest(), changed.manifest_digest());
 
-    // Pruning keeps the most recently used entries.
+    // Pruning keeps the most recently used entries, and removes the temporary files of runs
+    // killed while putting an entry in (not those of live ones).
+    let dead = cache.dir.join(".abc.999999999.partial");
+    let live = cache
+        .dir
+        .join(format!(".abc.{}.partial", std::process::id()));
+    std::fs::write(&dead, b"x").unwrap();
+    std::fs::write(&live, b"x").unwrap();
     cache.prune(2).unwrap();
+    assert!(!dead.exists() && live.exists());
+    std::fs::remove_file(&live).unwrap();
     let left: Vec<_> = std::fs::read_dir(&cache.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left.len(), 2, "{left:?}");
-    assert!(left.contains(&format!("{}.gz6", changed.layers[1].diff_id.hex())));
+    let app_entry = cache.entry(&changed.layers[1].diff_id, 6, &changed.layers[1].digest);
+    assert!(app_entry.exists(), "{left:?}");
+}
+
+/// Another gzip encoding of the right tar (another level, another encoder version, a damaged
+/// or hand-made entry) decompresses to the same `diff_id`, but a cache hit must give the bytes a
+/// fresh compression gives, or the manifest digest would change while the image ID does not.
+#[test]
+fn the_layer_cache_never_serves_another_encoding_of_the_right_tar() {
+    use image_core::build::{build_cached, encoder_fingerprint, LayerCache, Progress};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    support::sample_tree(&src, 0o644);
+    let cache = LayerCache {
+        dir: tmp.path().join("layers"),
+    };
+    let fs = image_core::fs::HostFs::new("/");
+    let mut run = 0;
+    let mut build = |cache: Option<&LayerCache>| {
+        run += 1;
+        let blobs = BlobDir {
+            root: tmp.path().join(format!("blobs-{run}")),
+        };
+        let mut reused = Vec::new();
+        let image = build_cached(
+            &fs,
+            &support::sample_plan(&src),
+            CREATED,
+            6,
+            &blobs,
+            cache,
+            &mut |p| {
+                if let Progress::Reused { name, .. } = p {
+                    reused.push(name);
+                }
+                true
+            },
+        )
+        .unwrap();
+        (image, blobs, reused)
+    };
+    let (plain, plain_blobs, _) = build(None);
+    build(Some(&cache));
+    let layer = &plain.layers[0];
+    let tar = {
+        let gz = std::fs::read(plain_blobs.path(&layer.digest)).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut tar)
+            .unwrap();
+        tar
+    };
+    let foreign = {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    };
+    assert_ne!(Digest::of(&foreign), layer.digest, "a different encoding");
+    let ours = cache.entry(&layer.diff_id, 6, &layer.digest);
+    let put = |name: &Path| {
+        for e in std::fs::read_dir(&cache.dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&layer.diff_id.hex())
+            {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        std::fs::write(name, &foreign).unwrap();
+    };
+
+    // 1. The foreign bytes under our entry's name (a damaged or replaced entry).
+    // 2. Under a name that records their own digest, with another encoder's fingerprint.
+    // 3. Under the name of an older cache layout (diff_id and level only).
+    let other_encoder = cache.dir.join(format!(
+        "{}.gz6-{}.{}",
+        layer.diff_id.hex(),
+        "0".repeat(encoder_fingerprint(6).len()),
+        Digest::of(&foreign).hex()
+    ));
+    let old_layout = cache.dir.join(format!("{}.gz6", layer.diff_id.hex()));
+    for name in [&ours, &other_encoder, &old_layout] {
+        put(name);
+        let (image, _, reused) = build(Some(&cache));
+        assert!(
+            !reused.contains(&"runtime".to_string()),
+            "{name:?} was served: {reused:?}"
+        );
+        assert_eq!(image.layers[0].digest, layer.digest, "{name:?}");
+        assert_eq!(image.manifest_digest(), plain.manifest_digest(), "{name:?}");
+        assert!(ours.exists(), "a fresh entry replaces {name:?}");
+        let (_, _, reused) = build(Some(&cache));
+        assert!(reused.contains(&"runtime".to_string()));
+    }
 }

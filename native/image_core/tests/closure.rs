@@ -1,7 +1,10 @@
 //! Closure resolution checked against the real loader (`ldd`, running programs) on this machine.
 //!
-//! These tests assume a glibc Linux with gcc; the ERTS tests skip (with a message) when
-//! `/usr/lib/erlang` is absent.
+//! These tests assume a glibc Linux with gcc; the ERTS tests need `/usr/lib/erlang`. A missing
+//! prerequisite skips a test with a message, and fails it in CI (see `support/prereq.rs`).
+
+#[path = "support/prereq.rs"]
+mod prereq;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::symlink;
@@ -16,7 +19,7 @@ fn erlang_present() -> bool {
     if Path::new("/usr/lib/erlang").is_dir() {
         true
     } else {
-        println!("SKIP: /usr/lib/erlang is absent");
+        prereq::missing("/usr/lib/erlang is absent (apt-get install erlang-dev)");
         false
     }
 }
@@ -28,7 +31,7 @@ fn have(tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        println!("SKIP: {tool} is not available");
+        prereq::missing(format!("{tool} is not available"));
     }
     ok
 }
@@ -521,10 +524,17 @@ fn unreadable_paths_and_elf_detection() {
 /// musl: RUNPATH is inherited along the chain and `libc.so` is the loader itself; checked
 /// against musl's own `--list`.
 #[test]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    ignore = "musl's x86-64 loader: an x86-64 host"
+)]
 fn musl_rules_match_musl_loader() {
     let ldso = Path::new("/lib/ld-musl-x86_64.so.1");
-    if !have("musl-gcc") || !ldso.exists() {
-        println!("SKIP: musl-gcc or {} missing", ldso.display());
+    if !have("musl-gcc") {
+        return;
+    }
+    if !ldso.exists() {
+        prereq::missing(format!("{} (apt-get install musl)", ldso.display()));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -2,8 +2,12 @@
 //! gcc-made fixtures: a fake `libc.so.6` whose version definitions stop at `GLIBC_2.31`, a musl
 //! base, a base that hides `libcrypto.so.3`. Then base-mode plans over such bases.
 //!
-//! These tests assume an x86-64 glibc Linux with gcc (as the closure tests do); the ones that
-//! need Erlang or musl skip with a message when it is absent.
+//! These tests need an x86-64 glibc Linux with gcc (as the closure tests do): on other hosts
+//! they are ignored. The ones that need Erlang or musl skip with a message when it is absent,
+//! and fail in CI (see `support/prereq.rs`).
+
+#[path = "support/prereq.rs"]
+mod prereq;
 
 use image_core::fs::{Fs, HostFs, Meta};
 use image_core::glibc::{
@@ -215,9 +219,13 @@ fn incompatible(e: BasePlanError) -> Incompatible {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_env = "gnu")),
+    ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
+)]
 fn versions_of_this_machine() {
     if !x86_64_glibc() {
-        println!("SKIP: not an x86-64 glibc machine");
+        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
         return;
     }
     let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
@@ -285,9 +293,13 @@ fn messages_state_the_rule_and_what_to_do() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_env = "gnu")),
+    ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
+)]
 fn an_old_glibc_is_refused_with_the_highest_version_needed() {
     if !x86_64_glibc() {
-        println!("SKIP: not an x86-64 glibc machine");
+        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -338,6 +350,10 @@ fn an_old_glibc_is_refused_with_the_highest_version_needed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_env = "gnu")),
+    ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
+)]
 fn a_missing_library_names_the_release_file_and_the_package() {
     let crypto = std::fs::read_dir("/usr/lib/erlang/lib")
         .ok()
@@ -347,7 +363,7 @@ fn a_missing_library_names_the_release_file_and_the_package() {
         .map(|e| e.path().join("priv/lib/crypto.so"))
         .find(|p| p.is_file());
     let Some(crypto) = crypto.filter(|_| x86_64_glibc()) else {
-        println!("SKIP: no host Erlang crypto NIF");
+        prereq::missing("the host's Erlang crypto NIF (apt-get install erlang-dev)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -380,10 +396,17 @@ fn a_missing_library_names_the_release_file_and_the_package() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_env = "gnu")),
+    ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
+)]
 fn a_glibc_release_on_a_musl_base_misses_its_interpreter() {
     let musl = Path::new("/lib/ld-musl-x86_64.so.1");
     if !x86_64_glibc() || !musl.exists() {
-        println!("SKIP: needs x86-64 glibc and {}", musl.display());
+        prereq::missing(format!(
+            "{} and the host's glibc (apt-get install musl)",
+            musl.display()
+        ));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -416,9 +439,13 @@ fn a_glibc_release_on_a_musl_base_misses_its_interpreter() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_env = "gnu")),
+    ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
+)]
 fn a_plan_on_a_compatible_base_has_no_runtime_layer_and_inherits_the_base_config() {
     if !x86_64_glibc() {
-        println!("SKIP: not an x86-64 glibc machine");
+        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -497,9 +524,13 @@ fn a_plan_on_a_compatible_base_has_no_runtime_layer_and_inherits_the_base_config
 }
 
 #[test]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_env = "gnu")),
+    ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
+)]
 fn a_base_of_another_platform_is_refused_before_anything_else() {
     if !x86_64_glibc() {
-        println!("SKIP: not an x86-64 glibc machine");
+        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -520,9 +551,13 @@ fn a_base_of_another_platform_is_refused_before_anything_else() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_env = "gnu")),
+    ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
+)]
 fn a_base_without_tmp_or_tools_gets_tmp_or_is_refused() {
     if !x86_64_glibc() {
-        println!("SKIP: not an x86-64 glibc machine");
+        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

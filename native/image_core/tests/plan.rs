@@ -459,6 +459,107 @@ fn an_extra_file_is_copied_at_its_path() {
 }
 
 #[test]
+fn extra_files_of_the_runtime_mounts_are_refused_with_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rel = fixture(tmp.path());
+    // A link to /proc counts as /proc.
+    let link = tmp.path().join("cpuinfo");
+    std::os::unix::fs::symlink("/proc/cpuinfo", &link).unwrap();
+    for extra in [
+        PathBuf::from("/proc/cpuinfo"),
+        PathBuf::from("/dev/null"),
+        PathBuf::from("/sys/kernel"),
+        link,
+    ] {
+        let mut s = settings(&rel);
+        s.extra_files = vec![extra.clone()];
+        let err = plan(&HostFs::new("/"), &s).unwrap_err();
+        assert!(
+            matches!(err, PlanError::ExtraFile { .. }),
+            "{extra:?}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&*extra.to_string_lossy()), "{msg}");
+        assert!(
+            msg.contains("the container runtime mounts its own"),
+            "{msg}"
+        );
+        assert!(!msg.contains("retry"), "{msg}");
+    }
+}
+
+#[test]
+fn a_fifo_as_extra_file_is_refused_and_inside_a_directory_left_out_with_a_notice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rel = fixture(tmp.path());
+    let dir = tmp.path().join("extra");
+    put(tmp.path(), "extra/data.txt", b"x", 0o644);
+    let fifo = dir.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let mut s = settings(&rel);
+    s.extra_files = vec![fifo.clone()];
+    let err = plan(&HostFs::new("/"), &s).unwrap_err();
+    assert!(matches!(err, PlanError::ExtraFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("device, FIFO or socket"), "{err}");
+
+    s.extra_files = vec![dir.clone()];
+    let p = plan(&HostFs::new("/"), &s).unwrap();
+    expect_entry(&p, "runtime", &dir.join("data.txt").to_string_lossy());
+    assert!(entry(layer(&p, "runtime"), &fifo.to_string_lossy()).is_none());
+    assert!(
+        p.notices
+            .iter()
+            .any(|n| n.contains("left out") && n.contains(&*fifo.to_string_lossy())),
+        "{:?}",
+        p.notices
+    );
+}
+
+#[test]
+fn extra_files_others_cannot_read_stay_private_and_the_plan_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rel = fixture(tmp.path());
+    put(tmp.path(), "extra/shadow", b"root:secret", 0o640);
+    put(tmp.path(), "extra/tool", b"#!/bin/sh\n", 0o750);
+    put(tmp.path(), "extra/public.txt", b"x", 0o664);
+    let mut s = settings(&rel);
+    s.extra_files = vec![tmp.path().join("extra")];
+    let p = plan(&HostFs::new("/"), &s).unwrap();
+    let path = |n: &str| {
+        tmp.path()
+            .join("extra")
+            .join(n)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let shadow = expect_entry(&p, "runtime", &path("shadow"));
+    assert_eq!(
+        (shadow.mode, shadow.exact_mode, shadow.uid, shadow.gid),
+        (0o600, true, 0, 0)
+    );
+    let tool = expect_entry(&p, "runtime", &path("tool"));
+    assert_eq!((tool.mode, tool.exact_mode), (0o700, true));
+    let public = expect_entry(&p, "runtime", &path("public.txt"));
+    assert!(!public.exact_mode, "a readable file gets the normal mode");
+    let notice = p
+        .notices
+        .iter()
+        .find(|n| n.contains("private"))
+        .unwrap_or_else(|| panic!("no notice: {:?}", p.notices));
+    assert!(
+        notice.contains(&path("shadow")) && notice.contains(&path("tool")),
+        "{notice}"
+    );
+    assert!(!notice.contains("public.txt"), "{notice}");
+    assert!(notice.contains(&UID.to_string()), "{notice}");
+}
+
+#[test]
 fn apps_with_pre_release_versions_go_to_their_layers() {
     let tmp = tempfile::tempdir().unwrap();
     let rel = fixture(tmp.path());

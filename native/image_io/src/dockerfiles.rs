@@ -1175,6 +1175,12 @@ mod tests {
             self.call(format!("inspect {id}"));
             Ok(("sha256:final".into(), 1234))
         }
+        async fn tagged(&self, _repo: &str, _tag: &str) -> Result<Option<String>, EngineError> {
+            Err(EngineError::Config("not used".into()))
+        }
+        async fn untag(&self, _repo: &str, _tag: &str) -> Result<(), EngineError> {
+            Err(EngineError::Config("not used".into()))
+        }
     }
 
     impl BuildEngine for Fake {

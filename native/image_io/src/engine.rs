@@ -1,7 +1,8 @@
 //! The Docker Engine, behind a narrow trait.
 //!
-//! docker_release uses four engine calls: the engine's platform, load an archive stream, tag an
-//! image, and inspect it. [`Engine`] names exactly those, so tests can swap in a fake;
+//! docker_release uses six engine calls: the engine's platform, load an archive stream, tag an
+//! image, inspect it, and, to put tags back after a failed run, look up and remove a tag.
+//! [`Engine`] names exactly those, so tests can swap in a fake;
 //! [`DockerEngine`] implements them with bollard, over [`crate::transport`] (Unix socket, TCP,
 //! TLS, `ssh`), every request bounded in silence ([`crate::stall`]).
 //!
@@ -409,6 +410,14 @@ pub trait Engine: Send + Sync {
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// The image's ID and size as the engine reports them.
     fn inspect(&self, id: &str) -> impl Future<Output = Result<(String, u64), EngineError>> + Send;
+    /// The ID of the image `repo:tag` points at now; `None` when there is no such tag.
+    fn tagged(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> impl Future<Output = Result<Option<String>, EngineError>> + Send;
+    /// Remove the tag `repo:tag` (the image goes too when nothing else refers to it).
+    fn untag(&self, repo: &str, tag: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
 }
 
 impl EngineError {
@@ -752,6 +761,30 @@ impl Engine for DockerEngine {
             i.id.unwrap_or_default(),
             i.size.map(|s| s.max(0) as u64).unwrap_or(0),
         ))
+    }
+
+    async fn tagged(&self, repo: &str, tag: &str) -> Result<Option<String>, EngineError> {
+        let name = format!("{repo}:{tag}");
+        match self.docker.inspect_image(&name).await {
+            Ok(i) => Ok(i.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.failure(&format!("looking up {name}"), e)),
+        }
+    }
+
+    async fn untag(&self, repo: &str, tag: &str) -> Result<(), EngineError> {
+        let name = format!("{repo}:{tag}");
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+            .force(false)
+            .noprune(true)
+            .build();
+        self.docker
+            .remove_image(&name, Some(opts), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure(&format!("removing the tag {name}"), e))
     }
 }
 

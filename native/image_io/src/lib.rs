@@ -8,6 +8,7 @@ pub mod container_fs;
 pub mod credentials;
 pub mod dockerfiles;
 pub mod engine;
+pub mod pending;
 pub mod pipeline;
 mod process;
 pub mod registry;

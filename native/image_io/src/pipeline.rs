@@ -12,7 +12,7 @@ use crate::sink::{self, Built, SinkError};
 use image_core::archive::BlobDir;
 use image_core::build::{build_cached, BuildError, LayerCache, Progress as BuildProgress};
 use image_core::fs::{Fs, HostFs};
-use image_core::image::Summary;
+use image_core::image::{Summary, MAX_CREATED};
 use image_core::layer::LayerError;
 use image_core::layer::Source as EntrySource;
 use image_core::plan::{plan, release_platform, BasePlanError, PlanError, RuntimeFile, Settings};
@@ -163,6 +163,7 @@ impl From<PlanError> for Failure {
             PlanError::Read { .. } => "read_error",
             PlanError::Closure(_) => "missing_runtime_file",
             PlanError::MissingTool(_) => "missing_runtime_file",
+            PlanError::ExtraFile { .. } => "invalid_config",
         };
         Failure::new(reason, e)
     }
@@ -195,6 +196,13 @@ impl From<SinkError> for Failure {
             SinkError::File { .. } | SinkError::Archive(_) => Failure::new("output_error", e),
             SinkError::IdMismatch { .. } => Failure::new("load_failed", e),
             SinkError::Internal(_) => Failure::new("internal", e),
+            SinkError::NotUndone { error, left } => {
+                let inner = Failure::from(*error);
+                Failure::new(
+                    inner.reason,
+                    format!("{}. Not put back: {}", inner.message, left.join("; ")),
+                )
+            }
         }
     }
 }
@@ -229,6 +237,7 @@ pub async fn run(
     events: Arc<dyn Fn(Event) + Send + Sync>,
     cancelled: Arc<AtomicBool>,
 ) -> Result<Outcome, Failure> {
+    check_request(&req)?;
     let tags = req
         .tags
         .iter()
@@ -401,6 +410,9 @@ pub async fn run(
             ));
         }
     };
+    for notice in &plan.notices {
+        events(Event::Notice(notice.clone()));
+    }
     if let Some(b) = &built_release {
         let (bytes, entries) = b.fs.fetched();
         events(Event::Notice(format!(
@@ -514,55 +526,170 @@ pub async fn run(
             })
         })
     };
-    // Every file output is prepared before anything is committed or tagged: an output path that
-    // cannot be written fails the run before the engine is touched, and a failure anywhere
-    // leaves existing files at those paths as they were.
+    // Every output commits together or not at all. First what changes nothing anyone sees:
+    // the files are written away from their paths (an unusable path fails here, before the
+    // engine is touched) and the image is loaded into the engine untagged. Then, in order, what
+    // can be taken back: engine tags, registry tags, files. A failure after the first of those
+    // puts back what was changed, and the message says what could not be.
     let metadata = match &req.metadata_file {
-        Some(path) => Some(sink::PendingFile::create(path)?),
+        Some(path) => Some(sink::PendingFile::create_with_scratch(path, &req.work_dir)?),
         None => None,
     };
-    let archive = match archive_path {
+    let mut archive = match archive_path {
         Some(path) => {
             events(Event::Step(format!("writing {}", path.display())));
-            let pending = sink::PendingFile::create(&path)?;
+            let pending = sink::PendingFile::create_with_scratch(&path, &req.work_dir)?;
             Some(sink::archive_into(built.clone(), pending, bytes_event("archive")).await?)
         }
         None => None,
     };
-    if let Some(engine) = engine.as_ref().filter(|_| load_into_engine) {
-        events(Event::Step("loading the image into the engine".into()));
-        let loaded = sink::engine(engine, built.clone(), bytes_event("load")).await?;
-        outcome.engine = Some(engine.endpoint().to_string());
-        outcome.engine_size = Some(loaded.size);
-    }
-    if let Some(opts) = &req.outputs.push {
-        events(Event::Step("pushing to the registry".into()));
-        outcome.pushed = Some(registry::push(built.clone(), opts, bytes_event("push")).await?);
-    }
-    let mut archive = archive;
-    if let Some(pending) = &mut archive {
-        outcome.archive = Some(pending.path().to_path_buf());
-        outcome.archive_size = Some(pending.flushed_len()?);
-    }
-    if let Some(mut pending) = metadata {
-        let json = serde_json::to_vec_pretty(&outcome)
-            .map_err(|e| Failure::new("internal", e.to_string()))?;
-        use std::io::Write;
-        pending
-            .writer()
-            .write_all(&json)
-            .map_err(|source| SinkError::File {
-                path: pending.path().to_path_buf(),
-                source,
-            })?;
-        if let Some(archive) = archive {
-            archive.commit()?;
+    let engine = engine.as_ref().filter(|_| load_into_engine);
+    let mut changes = Changes::default();
+    let committed = async {
+        if let Some(engine) = engine {
+            events(Event::Step("loading the image into the engine".into()));
+            let loaded = sink::engine_load(engine, built.clone(), bytes_event("load")).await?;
+            changes.image_id = loaded.id.clone();
+            sink::tag(engine, &loaded.id, &built.tags, &mut changes.tags).await?;
+            outcome.engine = Some(engine.endpoint().to_string());
+            outcome.engine_size = Some(loaded.size);
         }
-        pending.commit()?;
-    } else if let Some(archive) = archive {
-        archive.commit()?;
+        if let Some(opts) = &req.outputs.push {
+            events(Event::Step("pushing to the registry".into()));
+            outcome.pushed = Some(
+                registry::push_undoable(
+                    built.clone(),
+                    opts,
+                    bytes_event("push"),
+                    &mut changes.registry,
+                )
+                .await?,
+            );
+        }
+        if let Some(pending) = &mut archive {
+            outcome.archive = Some(pending.path().to_path_buf());
+            outcome.archive_size = Some(pending.flushed_len()?);
+        }
+        let metadata = match metadata {
+            Some(mut pending) => {
+                let json = serde_json::to_vec_pretty(&outcome)
+                    .map_err(|e| Failure::new("internal", e.to_string()))?;
+                use std::io::Write;
+                pending
+                    .writer()
+                    .write_all(&json)
+                    .map_err(|source| SinkError::File {
+                        path: pending.path().to_path_buf(),
+                        source,
+                    })?;
+                pending.flushed_len()?;
+                Some(pending)
+            }
+            None => None,
+        };
+        // Regular files first (renames, which can be put back), a device or FIFO last.
+        let mut files: Vec<sink::PendingFile> = archive.into_iter().chain(metadata).collect();
+        files.sort_by_key(|f| f.is_stream());
+        for file in files {
+            changes.files.push(file.publish()?);
+        }
+        Ok::<(), Failure>(())
     }
-    Ok(outcome)
+    .await;
+    match committed {
+        Ok(()) => {
+            changes.keep();
+            Ok(outcome)
+        }
+        Err(failure) => Err(changes.undo(failure, engine).await),
+    }
+}
+
+/// What the outputs of a run changed so far, to put back when a later output fails.
+#[derive(Default)]
+struct Changes {
+    /// The image ID the engine tags were moved to.
+    image_id: String,
+    tags: Vec<sink::TagMove>,
+    registry: registry::PushedTags,
+    files: Vec<sink::Published>,
+}
+
+impl Changes {
+    fn keep(self) {
+        for f in self.files {
+            f.keep();
+        }
+    }
+
+    /// Put everything back, the last change first; `failure`'s message gains what could not be.
+    async fn undo(self, mut failure: Failure, engine: Option<&DockerEngine>) -> Failure {
+        let changed = !self.files.is_empty() || !self.tags.is_empty() || self.registry.moved() > 0;
+        let mut left = Vec::new();
+        for f in self.files.into_iter().rev() {
+            if let Err(e) = f.undo() {
+                left.push(e);
+            }
+        }
+        left.extend(self.registry.undo().await);
+        if let Some(engine) = engine {
+            left.extend(sink::untag(engine, &self.image_id, self.tags).await);
+        }
+        if !left.is_empty() {
+            failure.message = format!(
+                "{}\nThis run could not undo everything it had changed before it failed:\n  - {}",
+                failure.message,
+                left.join("\n  - ")
+            );
+        } else if changed {
+            failure.message = format!(
+                "{} (the tags and files this run had already changed were put back as they were)",
+                failure.message
+            );
+        }
+        failure
+    }
+}
+
+/// Values that would make a broken image or a confusing failure later (the Elixir side checks
+/// them first, with the same rules; this is the second line for any other caller).
+fn check_request(req: &Request) -> Result<(), Failure> {
+    let invalid = |m: String| Err(Failure::new("invalid_config", m));
+    if req.created > MAX_CREATED {
+        return invalid(format!(
+            "invalid image timestamp (SOURCE_DATE_EPOCH): it must be from 0 to {MAX_CREATED} (9999-12-31T23:59:59Z), got: {}",
+            req.created
+        ));
+    }
+    for e in &req.settings.env {
+        let name = e.split('=').next().unwrap_or_default();
+        if !e.contains('=') || name.is_empty() || e.contains('\0') {
+            return invalid(format!(
+                "invalid container_env entry: expected NAME=value with a non-empty NAME and no NUL byte, got: {e:?}"
+            ));
+        }
+    }
+    for (k, v) in &req.settings.labels {
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return invalid(format!(
+                "invalid label: expected a non-empty key, and no NUL byte in key or value, got: {k:?} = {v:?}"
+            ));
+        }
+    }
+    let paths = [
+        Some(&req.settings.release_dir),
+        Some(&req.work_dir),
+        req.layer_cache.as_ref(),
+        req.outputs.archive.as_ref(),
+        req.metadata_file.as_ref(),
+    ];
+    let extra = req.settings.extra_files.iter().map(Some);
+    for p in paths.into_iter().chain(extra).flatten() {
+        if p.as_os_str().as_encoded_bytes().contains(&0) {
+            return invalid(format!("invalid path: it contains a NUL byte, got: {p:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// More fetch rounds than any closure is deep: a plan still asking after this many is a bug.
@@ -644,4 +771,55 @@ pub async fn run_dockerfiles(
         })
     };
     Ok(dockerfiles::run(&engine, &flow, on_step, on_line, cancelled).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Request {
+        Request {
+            source: Source::Host,
+            settings: Settings::default(),
+            base: None,
+            created: 0,
+            compression_level: 1,
+            tags: vec!["hello:1".into()],
+            work_dir: "/tmp/work".into(),
+            layer_cache: None,
+            outputs: Outputs {
+                engine: EngineOutput::Off,
+                archive: None,
+                push: None,
+            },
+            metadata_file: None,
+            stall_timeout: crate::stall::DEFAULT_STALL,
+        }
+    }
+
+    #[test]
+    fn values_that_would_break_the_image_are_refused_with_the_rule() {
+        assert!(check_request(&request()).is_ok());
+        let mut r = request();
+        r.created = MAX_CREATED;
+        assert!(check_request(&r).is_ok());
+        r.created = MAX_CREATED + 1;
+        let f = check_request(&r).unwrap_err();
+        assert_eq!(f.reason, "invalid_config");
+        assert!(f.message.contains("9999-12-31T23:59:59Z"), "{}", f.message);
+        assert!(f.message.contains("253402300800"), "{}", f.message);
+
+        for bad in ["A\0B=x", "A=x\0", "=x", "NOEQUALS"] {
+            let mut r = request();
+            r.settings.env = vec![bad.into()];
+            let f = check_request(&r).unwrap_err();
+            assert!(f.message.contains("NAME=value"), "{bad:?}: {}", f.message);
+        }
+        let mut r = request();
+        r.settings.labels.insert("k".into(), "v\0".into());
+        assert!(check_request(&r).is_err());
+        let mut r = request();
+        r.settings.extra_files = vec!["/etc/a\0b".into()];
+        assert!(check_request(&r).unwrap_err().message.contains("NUL byte"));
+    }
 }

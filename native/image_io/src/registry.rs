@@ -2,8 +2,11 @@
 //! the registry are the archive's digests.
 //!
 //! For each repository named by the tags: one `HEAD` per blob (layers, then the config); a blob
-//! the registry lacks is uploaded with `POST …/blobs/uploads/` and one streamed `PUT`; then the
-//! manifest is `PUT` once per tag. Blobs are read from their files in chunks, never whole.
+//! the registry lacks is uploaded with `POST …/blobs/uploads/` and one streamed `PUT`. Only when
+//! every repository has every blob do tags move: for each tag, a `GET` of what it names now (kept
+//! to put it back if a later step fails, see [`PushedTags::undo`]; a tag that already names the
+//! manifest is left as it is), then a `PUT` of the manifest. Blobs are read from their files in
+//! chunks, never whole.
 //!
 //! Transport: plain HTTP is tried first for loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) and,
 //! with [`PushOptions::insecure`], for every host; HTTPS is used otherwise, and also when such a
@@ -159,6 +162,14 @@ pub enum RegistryError {
     /// The HTTP client could not be set up, or a worker thread failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Moving a tag failed, and not every tag moved before could be put back.
+    #[error("{error}. Not put back: {}", left.join("; "))]
+    NotUndone {
+        /// The failure.
+        error: Box<RegistryError>,
+        /// What was left, each with how to undo it.
+        left: Vec<String>,
+    },
 }
 
 impl RegistryError {
@@ -182,17 +193,45 @@ impl RegistryError {
             RegistryError::CaFile { .. } => "registry_ca_file",
             RegistryError::Credentials(_) => "registry_credentials",
             RegistryError::Internal(_) => "registry_internal",
+            RegistryError::NotUndone { error, .. } => error.reason(),
         }
     }
 }
 
 /// Push `built` to every repository its tags name.
 ///
-/// `progress` is called with the blob bytes uploaded so far in this push.
+/// `progress` is called with the blob bytes uploaded so far in this push. Every blob goes to
+/// every repository before the first tag moves; when moving a tag fails, the tags already moved
+/// are put back ([`PushedTags::undo`]) and the error says what could not be.
 pub async fn push(
     built: Arc<Built>,
     opts: &PushOptions,
     progress: Progress,
+) -> Result<PushOutcome, RegistryError> {
+    let mut pushed = PushedTags::default();
+    match push_undoable(built, opts, progress, &mut pushed).await {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => {
+            let left = pushed.undo().await;
+            Err(if left.is_empty() {
+                e
+            } else {
+                RegistryError::NotUndone {
+                    error: Box::new(e),
+                    left,
+                }
+            })
+        }
+    }
+}
+
+/// [`push`], recording in `pushed` each tag moved (with the manifest it named before), so the
+/// caller can put them back when this or a later step fails.
+pub async fn push_undoable(
+    built: Arc<Built>,
+    opts: &PushOptions,
+    progress: Progress,
+    pushed: &mut PushedTags,
 ) -> Result<PushOutcome, RegistryError> {
     let targets = group_tags(&built.tags)?;
     let http = client(opts)?;
@@ -201,6 +240,7 @@ pub async fn push(
     let config = Bytes::from(image.config_json());
     let manifest = Bytes::from(image.manifest_json());
     let manifest_digest = image.manifest_digest();
+    pushed.digest = Some(manifest_digest.clone());
 
     // Each blob once, even when two layers are identical; the config last.
     let mut blobs: Vec<Blob> = Vec::new();
@@ -227,27 +267,59 @@ pub async fn push(
         tags: Vec::new(),
     };
     let sent = Arc::new(AtomicU64::new(0));
-    for (host, repos) in targets {
+    // Blobs first, everywhere: a failure there leaves no tag moved.
+    for (host, repos) in &targets {
         let mut reg = Registry::connect(
             http.clone(),
-            api_host(&host),
+            api_host(host),
             opts,
             store.clone(),
             sent.clone(),
         )
         .await?;
-        for (path, tags) in repos {
+        for (path, _) in repos {
             for blob in &blobs {
-                if reg.upload_blob(&path, blob, &sent, &progress).await? {
+                if reg.upload_blob(path, blob, &sent, &progress).await? {
                     outcome.uploaded_blobs += 1;
                     outcome.uploaded_bytes += blob.size;
                 } else {
                     outcome.skipped_blobs += 1;
                 }
             }
+        }
+        pushed.sessions.push(reg);
+    }
+    // Then the tags, each after reading what it named before.
+    for (session, (host, repos)) in targets.iter().enumerate() {
+        for (path, tags) in repos {
             for tag in tags {
-                reg.put_manifest(&path, &tag, &manifest, &manifest_digest)
-                    .await?;
+                let reg = &mut pushed.sessions[session];
+                let previous = reg.current_manifest(path, tag, &manifest_digest).await;
+                if let Previous::Same = previous {
+                    outcome.tags.push(format!("{host}/{path}:{tag}"));
+                    continue;
+                }
+                let moved = MovedTag {
+                    session,
+                    path: path.clone(),
+                    tag: tag.clone(),
+                    previous,
+                };
+                pushed.moved.push(moved);
+                if let Err(e) = reg
+                    .put_manifest(path, tag, &manifest, &manifest_digest)
+                    .await
+                {
+                    // A PUT can fail after the registry stored the manifest (a cut connection):
+                    // the tag counts as moved unless it does not name our manifest.
+                    if !matches!(
+                        reg.current_manifest(path, tag, &manifest_digest).await,
+                        Previous::Same | Previous::Unknown(_)
+                    ) {
+                        pushed.moved.pop();
+                    }
+                    return Err(e);
+                }
                 outcome.tags.push(format!("{host}/{path}:{tag}"));
             }
         }
@@ -261,6 +333,77 @@ fn store_of(opts: &PushOptions) -> CredentialStore {
         helper_timeout: opts.stall_timeout,
         ..CredentialStore::from_env(&|k| std::env::var(k).ok())
     })
+}
+
+/// Every manifest media type, for reading what a tag names.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// What a tag named before a push moved it.
+enum Previous {
+    /// Nothing: the tag did not exist.
+    Nothing,
+    /// This manifest (bytes and media type).
+    Manifest(Bytes, String),
+    /// Already the pushed manifest: nothing moves.
+    Same,
+    /// It could not be read (why).
+    Unknown(String),
+}
+
+struct MovedTag {
+    session: usize,
+    path: String,
+    tag: String,
+    previous: Previous,
+}
+
+/// The tags a push moved, with the sessions needed to put them back.
+#[derive(Default)]
+pub struct PushedTags {
+    sessions: Vec<Registry>,
+    moved: Vec<MovedTag>,
+    digest: Option<Digest>,
+}
+
+impl PushedTags {
+    /// Put every moved tag back on the manifest it named before, the last moved first. The
+    /// distribution API cannot remove a tag: a tag that did not exist before stays, and the
+    /// returned list says so, with how to remove it; so it does for anything else that could not
+    /// be put back.
+    pub async fn undo(mut self) -> Vec<String> {
+        let digest = self
+            .digest
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let mut left = Vec::new();
+        for m in std::mem::take(&mut self.moved).into_iter().rev() {
+            let reg = &mut self.sessions[m.session];
+            let name = format!("{}/{}:{}", reg.host, m.path, m.tag);
+            match m.previous {
+                Previous::Same => {}
+                Previous::Manifest(bytes, media) => {
+                    if let Err(e) = reg.restore_manifest(&m.path, &m.tag, &bytes, &media).await {
+                        left.push(format!(
+                            "the registry's tag {name} points at the new manifest {digest} and could not be put back ({e}); push the previous image to it again"
+                        ));
+                    }
+                }
+                Previous::Nothing => left.push(format!(
+                    "the registry's tag {name} was created (manifest {digest}) and the registry API cannot remove a tag: delete it in the registry, e.g. `skopeo delete docker://{name}` (which deletes the manifest and every tag on it)"
+                )),
+                Previous::Unknown(why) => left.push(format!(
+                    "the registry's tag {name} points at the new manifest {digest}; what it named before could not be read ({why}), so it was not put back"
+                )),
+            }
+        }
+        left
+    }
+
+    /// How many tags the push moved so far.
+    pub fn moved(&self) -> usize {
+        self.moved.len()
+    }
 }
 
 /// Registry host → repository path → tags, in the order the tags were given.
@@ -590,6 +733,51 @@ impl Registry {
             return Err(failure(&self.host, path, &put, resp).await);
         }
         Ok(true)
+    }
+
+    /// What `path:tag` names now, to put it back after a failure.
+    async fn current_manifest(&mut self, path: &str, tag: &str, pushing: &Digest) -> Previous {
+        let url = self.url(path, &format!("manifests/{tag}"));
+        let resp = match self
+            .send(path, Method::GET, &url, |req| {
+                Ok(req.header(reqwest::header::ACCEPT, MANIFEST_TYPES))
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Previous::Unknown(e.to_string()),
+        };
+        match resp.status() {
+            StatusCode::NOT_FOUND => return Previous::Nothing,
+            s if !s.is_success() => return Previous::Unknown(format!("{url} answered {s}")),
+            _ => {}
+        }
+        let media = header_text(&resp, CONTENT_TYPE.as_str()).unwrap_or_default();
+        match resp.bytes().await {
+            Ok(b) if Digest::of(&b) == *pushing => Previous::Same,
+            Ok(b) => Previous::Manifest(b, media),
+            Err(e) => Previous::Unknown(e.to_string()),
+        }
+    }
+
+    /// `PUT` a manifest read before back under `tag`.
+    async fn restore_manifest(
+        &mut self,
+        path: &str,
+        tag: &str,
+        bytes: &Bytes,
+        media: &str,
+    ) -> Result<(), RegistryError> {
+        let url = self.url(path, &format!("manifests/{tag}"));
+        let resp = self
+            .send(path, Method::PUT, &url, |req| {
+                Ok(req.header(CONTENT_TYPE, media).body(bytes.clone()))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(failure(&self.host, path, &url, resp).await);
+        }
+        Ok(())
     }
 
     async fn put_manifest(

@@ -53,105 +53,17 @@ pub enum SinkError {
     /// A worker thread panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A step failed after earlier ones had changed things, and not all could be put back.
+    #[error("{error}. Not put back: {}", left.join("; "))]
+    NotUndone {
+        /// The failure.
+        error: Box<SinkError>,
+        /// What was left, each with how to undo it.
+        left: Vec<String>,
+    },
 }
 
-/// A file being written next to its final path, moved into place only by [`PendingFile::commit`].
-///
-/// Until then whatever is at the final path stays as it was; a `PendingFile` dropped without
-/// a commit removes its temporary file. Several outputs of one run commit together, at the end,
-/// so a failure in any of them changes none.
-pub struct PendingFile {
-    path: PathBuf,
-    tmp: PathBuf,
-    writer: Option<io::BufWriter<std::fs::File>>,
-    committed: bool,
-}
-
-impl PendingFile {
-    /// Start writing `path`: creates the temporary file now, so an unwritable path fails early.
-    pub fn create(path: &Path) -> Result<PendingFile, SinkError> {
-        let file_err = |source| SinkError::File {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path.file_name().ok_or_else(|| {
-            file_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a file name",
-            ))
-        })?;
-        let tmp = dir.join(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = std::fs::File::create(&tmp).map_err(file_err)?;
-        Ok(PendingFile {
-            path: path.to_path_buf(),
-            tmp,
-            writer: Some(io::BufWriter::with_capacity(1 << 20, file)),
-            committed: false,
-        })
-    }
-
-    /// The final path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The writer of the temporary file.
-    pub fn writer(&mut self) -> &mut io::BufWriter<std::fs::File> {
-        match &mut self.writer {
-            Some(w) => w,
-            // `writer` is only taken by `commit`, which consumes `self`.
-            None => unreachable!("PendingFile used after commit"),
-        }
-    }
-
-    /// Flush what was written so far and return the temporary file's size.
-    pub fn flushed_len(&mut self) -> Result<u64, SinkError> {
-        let path = self.path.clone();
-        let file_err = |source| SinkError::File {
-            path: path.clone(),
-            source,
-        };
-        let w = self.writer();
-        w.flush().map_err(file_err)?;
-        w.get_ref().metadata().map(|m| m.len()).map_err(file_err)
-    }
-
-    /// Flush, sync and rename over the final path. Returns the file's size.
-    pub fn commit(mut self) -> Result<u64, SinkError> {
-        let file_err = |source| SinkError::File {
-            path: self.path.clone(),
-            source,
-        };
-        let mut w = self
-            .writer
-            .take()
-            .ok_or_else(|| file_err(io::Error::other("already committed")))?;
-        w.flush().map_err(file_err)?;
-        let file = w.into_inner().map_err(|e| file_err(e.into_error()))?;
-        file.sync_all().map_err(file_err)?;
-        let size = file.metadata().map_err(file_err)?.len();
-        drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(file_err)?;
-        self.committed = true;
-        Ok(size)
-    }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
+pub use crate::pending::{PendingFile, Published};
 
 /// Write `path` atomically with `f`: see [`PendingFile`].
 pub fn write_atomically<T>(
@@ -207,8 +119,32 @@ pub struct Loaded {
 }
 
 /// Stream the image into the engine, then tag it. Tags move only after the engine has the whole
-/// image, and only when it reports the image ID we computed.
+/// image, and only when it reports the image ID we computed; when a tag is refused, the tags
+/// already moved are put back ([`tag`], [`untag`]).
 pub async fn engine<E: Engine>(
+    engine: &E,
+    built: Arc<Built>,
+    progress: Progress,
+) -> Result<Loaded, SinkError> {
+    let loaded = engine_load(engine, built.clone(), progress).await?;
+    let mut moves = Vec::new();
+    if let Err(e) = tag(engine, &loaded.id, &built.tags, &mut moves).await {
+        let left = untag(engine, &loaded.id, moves).await;
+        return Err(if left.is_empty() {
+            e
+        } else {
+            SinkError::NotUndone {
+                error: Box::new(e),
+                left,
+            }
+        });
+    }
+    Ok(loaded)
+}
+
+/// Stream the image into the engine, untagged, and check that the engine stored the image ID we
+/// computed. An untagged image changes nothing anyone refers to.
+pub async fn engine_load<E: Engine>(
     engine: &E,
     built: Arc<Built>,
     progress: Progress,
@@ -271,10 +207,75 @@ pub async fn engine<E: Engine>(
     if id != want {
         return Err(SinkError::IdMismatch { want, got: id });
     }
-    for t in &built.tags {
-        engine.tag(&id, &t.repository(), &t.tag).await?;
-    }
     Ok(Loaded { id, size })
+}
+
+/// A tag [`tag`] moved, and the image it pointed at before (`None`: it did not exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagMove {
+    /// The tag.
+    pub reference: Reference,
+    /// The image ID it pointed at before.
+    pub previous: Option<String>,
+}
+
+/// Point each of `tags` at image `id`, recording in `moves` what each pointed at before, so
+/// that a failure (here or in a later output) can be undone with [`untag`].
+pub async fn tag<E: Engine>(
+    engine: &E,
+    id: &str,
+    tags: &[Reference],
+    moves: &mut Vec<TagMove>,
+) -> Result<(), SinkError> {
+    for t in tags {
+        let repo = t.repository();
+        let previous = engine.tagged(&repo, &t.tag).await?;
+        if previous.as_deref() == Some(id) {
+            continue;
+        }
+        engine.tag(id, &repo, &t.tag).await?;
+        moves.push(TagMove {
+            reference: t.clone(),
+            previous,
+        });
+    }
+    Ok(())
+}
+
+/// Put the tags of `moves` back where they were before they were pointed at `id`, the last
+/// moved first. A tag that no longer points at `id` (someone moved it since) is left alone.
+/// Returns what could not be put back, each with the command that does it.
+pub async fn untag<E: Engine>(engine: &E, id: &str, moves: Vec<TagMove>) -> Vec<String> {
+    let mut left = Vec::new();
+    for m in moves.into_iter().rev() {
+        let repo = m.reference.repository();
+        let name = format!("{repo}:{}", m.reference.tag);
+        match engine.tagged(&repo, &m.reference.tag).await {
+            Ok(Some(now)) if now == id => {}
+            Ok(_) => continue,
+            Err(e) => {
+                left.push(format!(
+                    "the engine's tag {name} may still point at {id} ({e})"
+                ));
+                continue;
+            }
+        }
+        let result = match &m.previous {
+            Some(prev) => engine.tag(prev, &repo, &m.reference.tag).await,
+            None => engine.untag(&repo, &m.reference.tag).await,
+        };
+        if let Err(e) = result {
+            left.push(match &m.previous {
+                Some(prev) => format!(
+                    "the engine's tag {name} points at {id} instead of {prev} ({e}); put it back with `docker tag {prev} {name}`"
+                ),
+                None => format!(
+                    "the engine's tag {name} was left on {id} ({e}); remove it with `docker image rm {name}`"
+                ),
+            });
+        }
+    }
+    left
 }
 
 const CHUNK: usize = 1 << 20;

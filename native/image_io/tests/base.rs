@@ -60,14 +60,14 @@ fn ensure_image(tag: &str, suite: &str, include: &str) -> bool {
     match out {
         Ok(o) if o.status.success() => true,
         Ok(o) => {
-            println!(
-                "SKIP: cannot make {tag}: {}",
+            registry_support::prereq::missing(format!(
+                "cannot make {tag}: {}",
                 String::from_utf8_lossy(&o.stderr)
-            );
+            ));
             false
         }
         Err(e) => {
-            println!("SKIP: cannot run make-builder-image.sh: {e}");
+            registry_support::prereq::missing(format!("cannot run make-builder-image.sh: {e}"));
             false
         }
     }
@@ -89,14 +89,14 @@ fn hello_release() -> Option<PathBuf> {
     match out {
         Ok(o) if o.status.success() => Some(rel.canonicalize().unwrap()),
         Ok(o) => {
-            println!(
-                "SKIP: mix release failed: {}",
+            registry_support::prereq::missing(format!(
+                "mix release of examples/hello failed: {}",
                 String::from_utf8_lossy(&o.stderr)
-            );
+            ));
             None
         }
         Err(e) => {
-            println!("SKIP: cannot run mix: {e}");
+            registry_support::prereq::missing(format!("cannot run mix: {e}"));
             None
         }
     }
@@ -105,18 +105,18 @@ fn hello_release() -> Option<PathBuf> {
 async fn engine() -> Option<DockerEngine> {
     match resolve_endpoint(&|k| std::env::var(k).ok()) {
         Ok(Endpoint::Missing(p)) => {
-            println!("SKIP: no engine socket at {}", p.display());
+            registry_support::prereq::missing(format!("no engine socket at {}", p.display()));
             None
         }
         Ok(ep) => match DockerEngine::connect(&ep).await {
             Ok(e) => Some(e),
             Err(e) => {
-                println!("SKIP: engine: {e}");
+                registry_support::prereq::missing(format!("engine: {e}"));
                 None
             }
         },
         Err(e) => {
-            println!("SKIP: engine: {e}");
+            registry_support::prereq::missing(format!("engine: {e}"));
             None
         }
     }
@@ -627,15 +627,19 @@ async fn a_base_behind_tls_and_basic_auth_is_pulled_with_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    ignore = "musl's x86-64 loader: an x86-64 host"
+)]
 async fn a_musl_base_is_refused_for_its_c_library() {
     let musl = Path::new("/lib/ld-musl-x86_64.so.1");
     let busybox = Path::new("/bin/busybox");
     if !musl.exists() || !busybox.exists() {
-        println!(
-            "SKIP: needs {} (musl) and {} (busybox-static)",
+        registry_support::prereq::missing(format!(
+            "{} (apt-get install musl) and {} (apt-get install busybox-static)",
             musl.display(),
             busybox.display()
-        );
+        ));
         return;
     }
     let Some(engine) = engine().await else { return };

@@ -10,7 +10,9 @@ use image_core::archive::BlobDir;
 use image_core::image::Image;
 use image_core::reference::Reference;
 use image_io::credentials::{Credential, CredentialError, CredentialStore};
-use image_io::registry::{push, PushOptions, PushOutcome, RegistryError};
+use image_io::registry::{
+    push, push_undoable, PushOptions, PushOutcome, PushedTags, RegistryError,
+};
 use image_io::sink::{Built, Progress};
 use registry_support as rs;
 use registry_support::{count, FakeServer, Registry, Reply};
@@ -131,20 +133,23 @@ async fn plain_http_push_keeps_digests_uploads_once_and_skips_known_blobs() {
         serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["digest"], want.to_string());
 
-    // Second push of the same image: one HEAD per blob, no upload, only the manifests.
+    // Second push of the same image: one HEAD per blob, no upload; each tag is read and,
+    // already naming this manifest, not written again.
     reg.clear_log();
     let second = push_ok(&b, &no_credentials()).await;
     assert_eq!(second.manifest_digest, want);
     assert_eq!((second.uploaded_blobs, second.skipped_blobs), (0, 4));
     assert_eq!(second.uploaded_bytes, 0);
-    let reqs = reg.our_requests(2);
+    assert_eq!(second.tags, tags.to_vec());
+    let reqs = reg.our_requests(0);
     let heads: Vec<&String> = reqs.iter().filter(|r| r.starts_with("HEAD ")).collect();
     assert_eq!(heads.len(), 4, "{reqs:#?}");
     let distinct: std::collections::BTreeSet<&&String> = heads.iter().collect();
     assert_eq!(distinct.len(), 4, "exactly one HEAD per blob: {reqs:#?}");
     assert_eq!(count(&reqs, "POST", "/blobs/"), 0, "{reqs:#?}");
     assert_eq!(count(&reqs, "PUT", "/blobs/"), 0, "{reqs:#?}");
-    assert_eq!(count(&reqs, "PUT", "/manifests/"), 2, "{reqs:#?}");
+    assert_eq!(count(&reqs, "GET", "/manifests/"), 2, "{reqs:#?}");
+    assert_eq!(count(&reqs, "PUT", "/manifests/"), 0, "{reqs:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1094,5 +1099,158 @@ async fn an_identity_token_is_exchanged_for_a_token_the_real_registry_accepts() 
     assert!(
         err.to_string().contains("refused the identity token"),
         "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tags move together or not at all.
+
+#[tokio::test]
+async fn a_refused_second_tag_puts_the_first_back_on_its_previous_manifest() {
+    const OLD: &[u8] = br#"{"schemaVersion":2,"old":true}"#;
+    const OLD_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    let fake = fake_registry(|req| match (req.method.as_str(), req.target.as_str()) {
+        ("HEAD", _) => Some(Reply::new(200, &[], b"")),
+        ("GET", "/v2/team/app/manifests/1") => {
+            Some(Reply::new(200, &[("Content-Type", OLD_TYPE)], OLD))
+        }
+        ("GET", t) if t.contains("/manifests/") => Some(Reply::new(404, &[], b"")),
+        ("PUT", "/v2/team/app/manifests/1") => Some(Reply::new(201, &[], b"")),
+        ("PUT", "/v2/team/app/manifests/2") => Some(Reply::new(500, &[], b"tag storage exploded")),
+        _ => None,
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let blobs = BlobDir {
+        root: tmp.path().join("blobs"),
+    };
+    let image = rs::image(vec![rs::layer(
+        &blobs,
+        "app",
+        "/app",
+        rs::noise(3, 1 << 16),
+    )]);
+    let b = built(
+        image,
+        &blobs,
+        &[
+            format!("{}/team/app:1", fake.host()),
+            format!("{}/team/app:2", fake.host()),
+        ],
+    );
+    let err = push_err(&b, &no_credentials()).await;
+    assert!(err.to_string().contains("exploded"), "{err}");
+    assert!(
+        !err.to_string().contains("Not put back"),
+        "everything was put back: {err}"
+    );
+    let puts: Vec<(String, Option<String>)> = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("/manifests/"))
+        .map(|r| {
+            (
+                r.target.clone(),
+                r.header("content-type").map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(
+        puts,
+        vec![
+            (
+                "/v2/team/app/manifests/1".to_string(),
+                Some("application/vnd.oci.image.manifest.v1+json".to_string())
+            ),
+            (
+                "/v2/team/app/manifests/2".to_string(),
+                Some("application/vnd.oci.image.manifest.v1+json".to_string())
+            ),
+            // Tag 1 put back on what it named before, with that manifest's media type.
+            (
+                "/v2/team/app/manifests/1".to_string(),
+                Some(OLD_TYPE.to_string())
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn blobs_go_to_every_registry_before_any_tag_moves() {
+    let fake = fake_registry(|req| match req.method.as_str() {
+        "HEAD" => Some(Reply::new(200, &[], b"")),
+        "GET" if req.target.contains("/manifests/") => Some(Reply::new(404, &[], b"")),
+        "PUT" => Some(Reply::new(201, &[], b"")),
+        _ => None,
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let blobs = BlobDir {
+        root: tmp.path().join("blobs"),
+    };
+    let image = rs::image(vec![rs::layer(
+        &blobs,
+        "app",
+        "/app",
+        rs::noise(3, 1 << 16),
+    )]);
+    let unreachable = format!("127.0.0.1:{}", rs::free_port());
+    let b = built(
+        image,
+        &blobs,
+        &[
+            format!("{}/team/app:1", fake.host()),
+            format!("{unreachable}/team/app:1"),
+        ],
+    );
+    let err = push_err(&b, &no_credentials()).await;
+    assert_eq!(err.reason(), "registry_unreachable", "{err}");
+    assert_eq!(
+        fake.lines().iter().filter(|l| l.starts_with("PUT")).count(),
+        0,
+        "no tag moved on the first registry: {:?}",
+        fake.lines()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_after_a_push_puts_tags_back_and_names_the_new_ones() {
+    let Some(bin) = rs::registry_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&bin, dir.path(), "");
+    let blobs = BlobDir {
+        root: dir.path().join("blobs"),
+    };
+    let old = rs::three_layer_image(&blobs, 1);
+    let new = rs::three_layer_image(&blobs, 2);
+    let stable = format!("{}/team/app:stable", reg.host);
+    let fresh = format!("{}/team/app:fresh", reg.host);
+    push_ok(
+        &built(old, &blobs, std::slice::from_ref(&stable)),
+        &no_credentials(),
+    )
+    .await;
+    let before = skopeo_raw_digest(&stable);
+
+    let b = built(new, &blobs, &[stable.clone(), fresh.clone()]);
+    let mut pushed = PushedTags::default();
+    push_undoable(b, &no_credentials(), quiet(), &mut pushed)
+        .await
+        .unwrap();
+    assert_ne!(skopeo_raw_digest(&stable), before);
+    assert_eq!(pushed.moved(), 2);
+
+    let left = pushed.undo().await;
+    assert_eq!(
+        skopeo_raw_digest(&stable),
+        before,
+        "stable is back on the old manifest"
+    );
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0].contains(&fresh) && left[0].contains("skopeo delete"),
+        "{left:?}"
     );
 }

@@ -175,6 +175,8 @@ enum Call {
     Load,
     Inspect(String),
     Tag(String, String, String),
+    Tagged(String),
+    Untag(String),
 }
 
 #[derive(Clone, Copy)]
@@ -193,6 +195,10 @@ struct FakeEngine {
     /// The ID `inspect` reports; `None` to echo what was asked.
     inspect_id: Option<String>,
     calls: Mutex<Vec<Call>>,
+    /// `repo:tag` → image ID, as the engine has them.
+    tag_map: Mutex<std::collections::BTreeMap<String, String>>,
+    /// A `repo:tag` the engine refuses to set.
+    refuse_tag: Option<String>,
     received: Mutex<Vec<u8>>,
     /// Whether the body stream carried an error item (the writer aborting the upload).
     body_error: Mutex<Option<String>>,
@@ -205,6 +211,8 @@ impl FakeEngine {
             load,
             inspect_id: None,
             calls: Mutex::new(vec![]),
+            tag_map: Mutex::new(Default::default()),
+            refuse_tag: None,
             received: Mutex::new(vec![]),
             body_error: Mutex::new(None),
         }
@@ -258,6 +266,27 @@ impl Engine for FakeEngine {
 
     async fn tag(&self, id: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
         self.record(Call::Tag(id.into(), repo.into(), tag.into()));
+        let name = format!("{repo}:{tag}");
+        if self.refuse_tag.as_deref() == Some(name.as_str()) {
+            return Err(EngineError::Api {
+                action: format!("tagging {name}"),
+                message: "refused on purpose".into(),
+            });
+        }
+        self.tag_map.lock().unwrap().insert(name, id.into());
+        Ok(())
+    }
+
+    async fn tagged(&self, repo: &str, tag: &str) -> Result<Option<String>, EngineError> {
+        let name = format!("{repo}:{tag}");
+        self.record(Call::Tagged(name.clone()));
+        Ok(self.tag_map.lock().unwrap().get(&name).cloned())
+    }
+
+    async fn untag(&self, repo: &str, tag: &str) -> Result<(), EngineError> {
+        let name = format!("{repo}:{tag}");
+        self.record(Call::Untag(name.clone()));
+        self.tag_map.lock().unwrap().remove(&name);
         Ok(())
     }
 
@@ -295,8 +324,11 @@ async fn engine_load_tags_once_per_tag_after_a_complete_load() {
             Call::Platform,
             Call::Load,
             Call::Inspect(id.clone()),
+            Call::Tagged("example.com/team/hello:1.0".into()),
             Call::Tag(id.clone(), "example.com/team/hello".into(), "1.0".into()),
+            Call::Tagged("hello:latest".into()),
             Call::Tag(id.clone(), "hello".into(), "latest".into()),
+            Call::Tagged("localhost:5000/hello:dev".into()),
             Call::Tag(id.clone(), "localhost:5000/hello".into(), "dev".into()),
         ]
     );
@@ -399,4 +431,83 @@ async fn a_blob_missing_during_load_aborts_the_upload_and_tags_nothing() {
     );
     assert!(fake.tags().is_empty());
     assert!(!fake.calls().iter().any(|c| matches!(c, Call::Inspect(_))));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tags move together or not at all.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_second_tag_puts_the_first_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello:1", "hello:2", "hello:3"]);
+    let mut fake = FakeEngine::new(LoadBehaviour::Ok);
+    let old = format!("sha256:{}", "1".repeat(64));
+    fake.tag_map
+        .lock()
+        .unwrap()
+        .insert("hello:1".into(), old.clone());
+    fake.refuse_tag = Some("hello:3".into());
+    let err = sink::engine(&fake, b.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused on purpose"), "{err}");
+    // hello:1 points at the image it pointed at before, hello:2 (new) is gone again.
+    let tags = fake.tag_map.lock().unwrap().clone();
+    assert_eq!(
+        tags.into_iter().collect::<Vec<_>>(),
+        vec![("hello:1".to_string(), old.clone())]
+    );
+    let id = image_id(&b.image);
+    let calls = fake.calls();
+    let undo = &calls[calls.len() - 4..];
+    assert_eq!(
+        undo,
+        [
+            Call::Tagged("hello:2".into()),
+            Call::Untag("hello:2".into()),
+            Call::Tagged("hello:1".into()),
+            Call::Tag(old, "hello".into(), "1".into()),
+        ],
+        "the last moved tag is put back first; all calls: {calls:?} (image {id})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untag_leaves_a_tag_someone_else_moved_since() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello:1"]);
+    let fake = FakeEngine::new(LoadBehaviour::Ok);
+    let id = image_id(&b.image);
+    let mut moves = Vec::new();
+    sink::tag(&fake, &id, &b.tags, &mut moves).await.unwrap();
+    assert_eq!(moves.len(), 1);
+    let theirs = format!("sha256:{}", "2".repeat(64));
+    fake.tag_map
+        .lock()
+        .unwrap()
+        .insert("hello:1".into(), theirs.clone());
+    let left = sink::untag(&fake, &id, moves).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        fake.tag_map.lock().unwrap().get("hello:1"),
+        Some(&theirs),
+        "another run's tag is not touched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_already_on_the_image_is_not_moved_and_not_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello:1"]);
+    let fake = FakeEngine::new(LoadBehaviour::Ok);
+    let id = image_id(&b.image);
+    fake.tag_map
+        .lock()
+        .unwrap()
+        .insert("hello:1".into(), id.clone());
+    let mut moves = Vec::new();
+    sink::tag(&fake, &id, &b.tags, &mut moves).await.unwrap();
+    assert!(moves.is_empty());
+    assert!(sink::untag(&fake, &id, moves).await.is_empty());
+    assert_eq!(fake.tag_map.lock().unwrap().get("hello:1"), Some(&id));
 }

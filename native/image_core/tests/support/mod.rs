@@ -8,6 +8,8 @@
 //! every test crate.
 #![allow(dead_code)]
 
+pub mod prereq;
+
 use flate2::read::GzDecoder;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -536,7 +538,8 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     u64::try_from(secs).map_err(|_| bad())
 }
 
-/// The path of an external tool, or `None` after printing a SKIP message.
+/// The path of an external tool, or `None` when it is not installed (see [`prereq::missing`]:
+/// in CI that fails the test).
 pub fn tool(name: &str) -> Option<PathBuf> {
     for dir in ["/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin"] {
         let p = Path::new(dir).join(name);
@@ -544,7 +547,7 @@ pub fn tool(name: &str) -> Option<PathBuf> {
             return Some(p);
         }
     }
-    println!("SKIP: {name} is not installed");
+    prereq::missing(format!("{name} is not installed"));
     None
 }
 
@@ -654,6 +657,7 @@ pub fn sample_plan(dir: &Path) -> image_core::plan::Plan {
             stop_signal: None,
         },
         runtime_files: vec![],
+        notices: vec![],
     }
 }
 

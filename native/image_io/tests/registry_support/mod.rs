@@ -3,6 +3,9 @@
 //! images built with `image_core`.
 #![allow(dead_code)]
 
+#[path = "../../../image_core/tests/support/prereq.rs"]
+pub mod prereq;
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use image_core::archive::BlobDir;
@@ -101,14 +104,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `/usr/bin/docker-registry`, or `None` after printing why the test is skipped.
+/// `/usr/bin/docker-registry`, or `None` when it is not installed (in CI that fails the test:
+/// see [`prereq::missing`]).
 pub fn registry_binary() -> Option<PathBuf> {
     let p = PathBuf::from("/usr/bin/docker-registry");
     if p.is_file() {
         Some(p)
     } else {
-        println!(
-            "SKIP: /usr/bin/docker-registry is not installed (apt-get install docker-registry)"
+        prereq::missing(
+            "/usr/bin/docker-registry is not installed (apt-get install docker-registry)",
         );
         None
     }
