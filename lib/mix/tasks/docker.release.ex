@@ -37,7 +37,10 @@ defmodule Mix.Tasks.Docker.Release do
       container, so the image's libraries match the release whatever your host is (macOS too).
       Only the files the image needs are read out of the container (IMAGE needs `sh`, `readlink`
       and GNU or BusyBox `tar`). Compiled deps and `_build` are kept in volumes `docker_release-cache-*` between runs;
-      `--no-cache` starts clean. The container is removed even if the task is killed.
+      `--no-cache` starts clean. Mix recompiles the files whose content differs from what the
+      volumes were last built from, whatever their mtimes (a restored older copy ships its own
+      code; a fresh clone recompiles nothing). The container is removed even if the task is
+      killed.
     * `--tag NAME[:TAG]` - tag the image; repeat for several. Replaces the default tags.
     * `--base IMAGE` - put the release on top of this base image's layers (a distro, for teams
       that want one) instead of the runtime files. Read from the engine, or from the registry its
@@ -93,6 +96,11 @@ defmodule Mix.Tasks.Docker.Release do
   Interrupting: SIGTERM ends the task with status 143; SIGINT (Ctrl-C) opens the Erlang VM's
   BREAK menu while stdin is a terminal: press `a` to abort. However the task ends, its builder
   containers are removed and no tag is moved.
+
+  Host builds and restored files: Mix recompiles what is in `_build/prod` by modification
+  time, so files put back with older mtimes over an existing `_build` (`cp -a`, `rsync -a`,
+  `tar x`) may not be recompiled, and the image would carry the old code; the task cannot
+  tell. Run `MIX_ENV=prod mix compile --force` after restoring older files, or use `--builder`.
 
   Note: this task is usually a dev-only dependency. With `MIX_ENV=prod` exported in your shell,
   Mix does not see it ("The task docker.release could not be found"): run it without `MIX_ENV`.
@@ -150,7 +158,7 @@ defmodule Mix.Tasks.Docker.Release do
 
         Image     #{Enum.join(outcome.tags, ", ")}
         ID        #{outcome.image_id}
-        Size      #{mb(outcome.size)} in the engine
+        Size      #{size(outcome.size)} in the engine
         """)
 
       {:ok, outcome} ->
@@ -206,14 +214,14 @@ defmodule Mix.Tasks.Docker.Release do
 
     sizes =
       [
-        outcome.engine_size && "#{mb(outcome.engine_size)} in the engine",
-        outcome.archive_size && "#{mb(outcome.archive_size)} archive",
-        "#{mb(outcome.compressed_size)} compressed"
+        outcome.engine_size && "#{size(outcome.engine_size)} in the engine",
+        outcome.archive_size && "#{size(outcome.archive_size)} archive",
+        "#{size(outcome.compressed_size)} compressed"
       ]
       |> Enum.filter(& &1)
       |> Enum.join(", ")
 
-    layers = Enum.map_join(outcome.layers, ", ", &"#{&1.name} #{mb(&1.size)}")
+    layers = Enum.map_join(outcome.layers, ", ", &"#{&1.name} #{size(&1.size)}")
     first_tag = hd(outcome.tags)
 
     shell.info("""
@@ -228,7 +236,7 @@ defmodule Mix.Tasks.Docker.Release do
     if pushed = outcome.pushed do
       shell.info(
         "Pushed    #{Enum.join(pushed.tags, ", ")}: uploaded #{pushed.uploaded_blobs} blob(s), " <>
-          "#{mb(pushed.uploaded_bytes)}; #{pushed.skipped_blobs} already there"
+          "#{size(pushed.uploaded_bytes)}; #{pushed.skipped_blobs} already there"
       )
     end
 
@@ -247,5 +255,15 @@ defmodule Mix.Tasks.Docker.Release do
     :ok
   end
 
-  defp mb(bytes), do: :io_lib.format("~.1f MB", [bytes / 1_000_000]) |> to_string()
+  @doc false
+  # A size in the unit that shows it (SI, as `docker images` prints): "812 B", "45.9 kB",
+  # "12.3 MB", "1.2 GB".
+  def size(bytes) when bytes < 1000, do: "#{bytes} B"
+  def size(bytes), do: scale(bytes / 1000, ~w(kB MB GB TB))
+
+  defp scale(value, [unit]), do: "#{:erlang.float_to_binary(value, decimals: 1)} #{unit}"
+
+  defp scale(value, [unit | bigger]) do
+    if Float.round(value, 1) < 1000, do: scale(value, [unit]), else: scale(value / 1000, bigger)
+  end
 end

@@ -21,8 +21,9 @@
 //!    engine closes the container's stdin (`StdinOnce`), `cat` exits, PID 1's exit kills every
 //!    exec in the container, and `AutoRemove` deletes it. No exit handler is needed.
 //! 5. Upload the project ([`image_core::context::write_context`], streamed) to [`SRC_DIR`].
-//! 6. One exec runs, under `flock` on the cache, `mix deps.get --only ENV` then
-//!    `mix release NAME --overwrite --path /release`; output is streamed line by line.
+//! 6. One exec runs, under `flock` on the cache, the sources check (see [Cache](#cache)),
+//!    `mix deps.get --only ENV` then `mix release NAME --overwrite --path /release`; output
+//!    is streamed line by line.
 //! 7. The builder's OTP release: the same exec prints the name of the `releases/N` directory
 //!    of the `erl` it used (no VM is started); `erl -eval` is the fallback.
 //! 8. The release (`/release`, on the container's own filesystem) comes out whole, as the
@@ -48,8 +49,13 @@
 //! other: the build holds `flock` on [`LOCK_FILE`] (util-linux, present in every Debian
 //! image; without it the build runs unlocked and says so).
 //!
-//! The context keeps real mtimes, so Mix in the container recompiles exactly what changed
-//! since the cached `_build`.
+//! The volumes outlive the project's files, and Mix decides what to recompile from mtimes, so
+//! the upload's mtimes alone cannot be trusted (a project recreated with older mtimes would
+//! ship the code the cache was built from). Under the lock, before Mix runs, the build script
+//! compares every uploaded file with the digests the cache's last successful build recorded
+//! (see [`sources`]): a changed file gets the current time, an unchanged one an old fixed
+//! time, so Mix recompiles exactly what changed since the cached `_build`, whatever the files'
+//! mtimes on the host (a fresh `git clone` included).
 
 use crate::channel::ChannelWriter;
 use crate::container_fs::{ContainerFs, Want, FETCH_SCRIPT};
@@ -74,6 +80,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+mod sources;
+use sources::SOURCES_SCRIPT;
 
 /// Label on every temporary container docker_release creates (value `true`).
 pub const LABEL_TEMPORARY: &str = "docker_release.temporary";
@@ -823,8 +832,9 @@ fn valid_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// The script of the build exec. `$1` is the release name, `$2` the step marker; `MIX_ENV`
-/// comes from the environment. Everything goes to stdout so lines keep their order.
+/// The script of the build exec (run after [`SOURCES_SCRIPT`], which defines the
+/// `docker_release_sources*` functions). `$1` is the release name, `$2` the step marker;
+/// `MIX_ENV` comes from the environment. Everything goes to stdout so lines keep their order.
 const BUILD_SCRIPT: &str = r#"exec 2>&1
 set -e
 if command -v flock >/dev/null 2>&1; then
@@ -836,6 +846,8 @@ if command -v flock >/dev/null 2>&1; then
 else
   echo "$2 noflock"
 fi
+trap 'docker_release_sources_done $?' EXIT
+docker_release_sources "$2"
 echo "$2 deps.get"
 mix do deps.get --only "$MIX_ENV" + cmd echo "$2 release" + release "$1" --overwrite --path /release
 e=$(command -v erl 2>/dev/null) && e=$(readlink -f "$e" 2>/dev/null) || e=
@@ -1173,7 +1185,7 @@ async fn run_build(
         cmd: vec![
             "sh".into(),
             "-c".into(),
-            BUILD_SCRIPT.into(),
+            format!("{SOURCES_SCRIPT}{BUILD_SCRIPT}"),
             "docker_release".into(),
             spec.release_name.clone(),
             marker.clone(),
@@ -1209,6 +1221,17 @@ async fn run_build(
                 "wait" => on_step(&format!(
                     "waiting for another build that uses the same cache (lock {LOCK_FILE})"
                 )),
+                "sources all -" => on_step(
+                    "no earlier build in the cache volumes: every file counts as changed",
+                ),
+                m if m.starts_with("sources ") => {
+                    let mut n = m["sources ".len()..].split(' ');
+                    if let (Some(changed), Some(total)) = (n.next(), n.next()) {
+                        on_step(&format!(
+                            "{changed} of {total} files differ from what the cache volumes were last built from"
+                        ));
+                    }
+                }
                 "noflock" => on_step(&format!(
                     "warning: {} has no flock: builds sharing this cache are not serialised; do not run two at once",
                     spec.image
@@ -1253,7 +1276,9 @@ async fn run_build(
                 .unwrap_or_default(),
             None => (
                 "prepare".to_string(),
-                format!("flock {LOCK_FILE} (preparing the build)"),
+                format!(
+                    "flock {LOCK_FILE}; comparing the sources with the cache (preparing the build)"
+                ),
             ),
         };
         return Err(BuilderError::BuildFailed {
