@@ -58,6 +58,8 @@ defmodule Mix.Tasks.Docker.Release do
     * `--expose PORT` - declare a port; repeatable.
     * `--compression-level N` - gzip level of the layers, 1 (default, fast) to 9 (smallest).
     * `--list-files` - print the runtime files outside `/app` and why each is there.
+    * `--quiet` (`-q`) - print nothing but errors, then one line: the image's first tag and its
+      ID (`hello:0.1.0 sha256:…`), for scripts.
     * `--push` - push the image to the registry its tags name (`--tag
       registry.example.com/team/app:1.0`), straight over the registry API: no engine needed,
       and the pushed digests are the archive's. Only blobs the registry lacks are uploaded.
@@ -92,6 +94,11 @@ defmodule Mix.Tasks.Docker.Release do
 
   Every option can also be set under `docker_release:` in `project/0` (see
   `DockerRelease.Config`); flags win.
+
+  Progress: long steps (writing layers, loading into the engine, writing an archive, pushing)
+  show the bytes done and the rate, on a terminal in one line that updates itself, otherwise
+  (CI logs) in a line every 10 seconds while the step lasts (`DOCKER_RELEASE_PROGRESS_EVERY=N`:
+  every N seconds).
 
   Interrupting: SIGTERM ends the task with status 143; SIGINT (Ctrl-C) opens the Erlang VM's
   BREAK menu while stdin is a terminal: press `a` to abort. However the task ends, its builder
@@ -131,10 +138,11 @@ defmodule Mix.Tasks.Docker.Release do
     release_tarball: :string,
     no_cache: :boolean,
     builder: :string,
-    base: :string
+    base: :string,
+    quiet: :boolean
   ]
 
-  @aliases [t: :tag, o: :output]
+  @aliases [t: :tag, o: :output, q: :quiet]
 
   @impl true
   def run(args) do
@@ -144,6 +152,7 @@ defmodule Mix.Tasks.Docker.Release do
     {:ok, _} = System.trap_signal(:sigterm, fn -> System.halt(143) end)
     project = Mix.Project.config()
     {list_files?, opts} = Keyword.pop(opts, :list_files, false)
+    {quiet?, opts} = Keyword.pop(opts, :quiet, false)
 
     config =
       try do
@@ -152,7 +161,10 @@ defmodule Mix.Tasks.Docker.Release do
         e in DockerRelease.Error -> Mix.raise(e.message)
       end
 
-    case DockerRelease.build(config, project) do
+    case build(config, project, quiet?) do
+      {:ok, outcome} when quiet? ->
+        IO.puts("#{hd(outcome.tags)} #{outcome.image_id}")
+
       {:ok, %{tarball_bytes: _} = outcome} ->
         Mix.shell().info("""
 
@@ -166,6 +178,20 @@ defmodule Mix.Tasks.Docker.Release do
 
       {:error, %DockerRelease.Error{message: message}} ->
         Mix.raise(message)
+    end
+  end
+
+  # --quiet: nothing but errors while building (Mix.Shell.Quiet), then one line.
+  defp build(config, project, false), do: DockerRelease.build(config, project)
+
+  defp build(config, project, true) do
+    shell = Mix.shell()
+    Mix.shell(Mix.Shell.Quiet)
+
+    try do
+      DockerRelease.build(config, project)
+    after
+      Mix.shell(shell)
     end
   end
 
@@ -258,12 +284,5 @@ defmodule Mix.Tasks.Docker.Release do
   @doc false
   # A size in the unit that shows it (SI, as `docker images` prints): "812 B", "45.9 kB",
   # "12.3 MB", "1.2 GB".
-  def size(bytes) when bytes < 1000, do: "#{bytes} B"
-  def size(bytes), do: scale(bytes / 1000, ~w(kB MB GB TB))
-
-  defp scale(value, [unit]), do: "#{:erlang.float_to_binary(value, decimals: 1)} #{unit}"
-
-  defp scale(value, [unit | bigger]) do
-    if Float.round(value, 1) < 1000, do: scale(value, [unit]), else: scale(value / 1000, bigger)
-  end
+  def size(bytes), do: DockerRelease.Progress.size(bytes)
 end
