@@ -50,15 +50,20 @@ build() {
   nif=$(grep -o 'nif_version_[0-9]*_[0-9]*' "$ROOT/native/docker_release_nif/Cargo.toml" | head -1 |
     sed 's/nif_version_\([0-9]*\)_\([0-9]*\)/\1.\2/')
   [ -n "$nif" ] || die "no nif_version_* feature in native/docker_release_nif/Cargo.toml"
-  [ -n "$target" ] || target=$(rustc -vV | sed -n 's/^host: //p')
-  [ -n "$target" ] || die "cannot tell the Rust host target (rustc -vV)"
-
   local args=(build --release --locked -p docker_release_nif)
   lib_dir="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-  if [ "$target" != "$(rustc -vV | sed -n 's/^host: //p')" ]; then
+  if [ -n "$target" ]; then
+    # Named: built for it (also with CARGO=cross), into target/TRIPLE/release.
     args+=(--target "$target")
     lib_dir="${CARGO_TARGET_DIR:-$ROOT/target}/$target/release"
+  else
+    target=$(rustc -vV | sed -n 's/^host: //p')
+    [ -n "$target" ] || die "cannot tell the Rust host target (rustc -vV)"
   fi
+  # musl targets link the C runtime statically by default, which a cdylib cannot do.
+  case "$target" in
+    *-musl*) export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=-crt-static" ;;
+  esac
   # As the Mix compiler does: variables that cannot change the library are not passed on.
   (cd "$ROOT" && env -u SOURCE_DATE_EPOCH -u CC_ENABLE_DEBUG_OUTPUT -u LIBC_BUILD_VERBOSE \
     "${CARGO:-cargo}" "${args[@]}") >&2

@@ -106,8 +106,8 @@ defmodule DockerRelease.E2E.PackageTest do
   end
 
   # A fresh copy of examples/hello whose docker_release dependency is the unpacked package.
-  defp app_using!(pkg) do
-    dir = tmp_dir!("dr-e2e-package-app")
+  defp app_using!(pkg, dir \\ tmp_dir!("dr-e2e-package-app")) do
+    File.mkdir_p!(dir)
     src = hello_dir()
 
     for entry <- File.ls!(src),
@@ -213,6 +213,72 @@ defmodule DockerRelease.E2E.PackageTest do
     {out, status} = mix!(other, ["compile"], env)
     assert status == 0, out
     assert out =~ "installed the prebuilt NIF #{ctx.artifact} (from the cache "
+  end
+
+  # The `script:` lines of the README's .gitlab-ci.yml, as written there.
+  defp gitlab_script! do
+    readme = File.read!(Path.join(root(), "README.md"))
+    [_, job] = Regex.run(~r/```yaml\n# \.gitlab-ci\.yml\n(.*?)```/s, readme)
+    [_, lines] = Regex.run(~r/\n  script:\n((?:    - .*\n)+)/, job)
+    assert job =~ "XDG_CACHE_HOME: $CI_PROJECT_DIR/.cache"
+    assert job =~ "paths: [deps/, _build/, .cache/docker_release/]"
+
+    for line <- String.split(lines, "\n", trim: true),
+        do: String.replace_prefix(line, "    - ", "")
+  end
+
+  defp run_job!(dir, env) do
+    for line <- gitlab_script!(), into: "" do
+      {out, status} = cmd("sh", ["-c", line], cd: dir, env: env, timeout: 600)
+      assert status == 0, "`#{line}` failed (#{status}):\n#{out}"
+      out
+    end
+  end
+
+  test "the README's GitLab job: push, deploy by digest, caches that carry over", ctx do
+    registry = start_registry!(tmp_dir!("dr-e2e-package-registry"))
+    image = "127.0.0.1:#{registry.port}/team/hello"
+    on_exit(fn -> rm_images(["#{image}:0123abc"]) end)
+    dir = Path.join(tmp_dir!("dr-e2e-package-ci"), "project")
+    app_using!(ctx.pkg, dir)
+
+    env =
+      toolless_env(ctx, [
+        {"DOCKER_RELEASE_NIF_BASE_URL", "file://#{ctx.artifacts}"},
+        {"CI_PROJECT_DIR", dir},
+        {"XDG_CACHE_HOME", Path.join(dir, ".cache")},
+        {"CI_REGISTRY_IMAGE", image},
+        {"CI_COMMIT_SHA", "0123abc"},
+        {"CI_REGISTRY_USER", "ci"},
+        {"CI_REGISTRY_PASSWORD", "not-checked-by-this-registry"}
+      ])
+
+    out = run_job!(dir, env)
+    assert out =~ "==> docker_release: fetching its prebuilt NIF"
+    digest = printed_digest!(out)
+    assert File.read!(Path.join(dir, "image.env")) == "IMAGE_REF=#{image}@#{digest}\n"
+    assert out =~ "Deploy    #{image}@#{digest}"
+
+    # The deploy step pulls by digest.
+    docker!(["pull", "#{image}@#{digest}"], timeout: 120)
+    assert DockerRelease.E2E.Builder.serve_and_get!("#{image}@#{digest}") =~ "hello from hello"
+
+    # The next pipeline: a fresh checkout at the same path (new mtimes), GitLab's cache restored.
+    saved = dir <> ".saved"
+    File.rename!(dir, saved)
+    app_using!(ctx.pkg, dir)
+
+    for path <- ~w(deps _build .cache/docker_release), File.exists?(Path.join(saved, path)) do
+      File.mkdir_p!(Path.dirname(Path.join(dir, path)))
+      {o, 0} = cmd("cp", ["-a", Path.join(saved, path), Path.join(dir, path)])
+      assert o == ""
+    end
+
+    out = run_job!(dir, env)
+    refute out =~ "docker_release: fetching", out
+    assert out =~ "layer 1/3: runtime unchanged, taken from the layer cache", out
+    assert out =~ ~r/Pushed    #{Regex.escape(image)}:0123abc: uploaded 0 blob\(s\)/, out
+    assert printed_digest!(out) == digest
   end
 
   test "a tampered artifact is refused: not installed, not loaded, the task says why", ctx do

@@ -51,7 +51,8 @@ defmodule Mix.Tasks.Docker.Release do
     * `--output PATH` - write an image archive at PATH instead of loading into the engine. A
       failed run leaves an existing file at PATH untouched.
     * `--metadata-file PATH` - write a JSON summary for CI: tags, image ID, manifest digest,
-      layers with digests and sizes, and every runtime file with why it is there.
+      layers with digests and sizes, and every runtime file with why it is there; with
+      `--push`, `pushed.references` holds `REGISTRY/REPO@sha256:…` for deploy steps.
     * `--extra-file PATH` - copy this file or directory of the build environment into the image
       at the same path (for `dlopen`ed libraries and data files); repeatable.
     * `--uid N`, `--gid N` - the numeric user and group the container runs as. Default 65532.
@@ -264,6 +265,8 @@ defmodule Mix.Tasks.Docker.Release do
         "Pushed    #{Enum.join(pushed.tags, ", ")}: uploaded #{pushed.uploaded_blobs} blob(s), " <>
           "#{size(pushed.uploaded_bytes)}; #{pushed.skipped_blobs} already there"
       )
+
+      for ref <- pushed.references, do: shell.info("Deploy    #{ref}")
     end
 
     if outcome.engine do

@@ -141,6 +141,7 @@ struct NifPushed {
     uploaded_blobs: usize,
     skipped_blobs: usize,
     tags: Vec<String>,
+    references: Vec<String>,
 }
 
 impl From<Outcome> for NifOutcome {
@@ -176,6 +177,7 @@ impl From<Outcome> for NifOutcome {
                 uploaded_blobs: p.uploaded_blobs,
                 skipped_blobs: p.skipped_blobs,
                 tags: p.tags,
+                references: p.references,
             }),
             runtime_files: o
                 .runtime_files

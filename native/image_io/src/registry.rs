@@ -67,6 +67,9 @@ pub struct PushOutcome {
     pub uploaded_blobs: usize,
     /// The references pushed, `host/path:tag`.
     pub tags: Vec<String>,
+    /// One reference by digest per repository pushed, `host/path@sha256:…`: what a deploy
+    /// step should pull (a tag can move, a digest cannot).
+    pub references: Vec<String>,
 }
 
 /// Why a push failed. Each variant has a [`reason`](RegistryError::reason) for the Elixir side and a
@@ -218,6 +221,7 @@ pub async fn push(
         skipped_blobs: 0,
         uploaded_blobs: 0,
         tags: Vec::new(),
+        references: Vec::new(),
     };
     let sent = Arc::new(AtomicU64::new(0));
     for (host, repos) in targets {
@@ -237,6 +241,9 @@ pub async fn push(
                     .await?;
                 outcome.tags.push(format!("{host}/{path}:{tag}"));
             }
+            outcome
+                .references
+                .push(format!("{host}/{path}@{manifest_digest}"));
         }
     }
     Ok(outcome)
