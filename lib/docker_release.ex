@@ -80,6 +80,22 @@ defmodule DockerRelease do
     await(job, id)
   end
 
+  @doc """
+  Removes the builder cache volumes (`--builder`) of the project in `project_dir`, or of every
+  project when `nil`, from the engine the environment names. Returns
+  `{:ok, %{removed: [name], kept: [{name, why}]}}` (a volume in use is kept) or
+  `{:error, %DockerRelease.Error{}}`.
+
+      {:ok, %{removed: _, kept: []}} = DockerRelease.clean_volumes(File.cwd!())
+  """
+  @spec clean_volumes(Path.t() | nil) :: {:ok, map} | {:error, Error.t()}
+  def clean_volumes(project_dir) do
+    {:ok, job, id} = Native.image_clean(%Native.CleanRequest{project_dir: project_dir})
+    await(job, id)
+  rescue
+    e in Error -> {:error, e}
+  end
+
   defp request!(config, project) do
     {release_name, release_dir} =
       cond do

@@ -51,8 +51,16 @@ defmodule DockerRelease.Native do
               no_cache: false
   end
 
+  defmodule CleanRequest do
+    @moduledoc false
+    # Mirrors `NifCleanRequest` in native/docker_release_nif/src/lib.rs.
+    defstruct project_dir: nil
+  end
+
   @doc false
   def image_build(request), do: load_and_apply(:image_build, [request])
+  @doc false
+  def image_clean(request), do: load_and_apply(:image_clean, [request])
   @doc false
   def image_dockerfiles(request), do: load_and_apply(:image_dockerfiles, [request])
   @doc false

@@ -606,7 +606,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// Connect to the engine the environment names; an engine is required.
-async fn required_engine(
+pub(crate) async fn required_engine(
     events: &Arc<dyn Fn(Event) + Send + Sync>,
     purpose: &str,
 ) -> Result<DockerEngine, Failure> {
