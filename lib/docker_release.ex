@@ -14,7 +14,7 @@ defmodule DockerRelease do
   Most users run `mix docker.release`; `build/2` is the same thing as a function.
   """
 
-  alias DockerRelease.{BuildLock, Config, Error, HostBuild, Native, Release}
+  alias DockerRelease.{BuildLock, Config, Error, HostBuild, Native, Progress, Release}
 
   @typedoc "What a successful build produced (also what `--metadata-file` writes, as JSON)."
   @type outcome :: %{
@@ -82,6 +82,22 @@ defmodule DockerRelease do
         stall_timeout: config.stall_timeout
       })
 
+    await(job, id)
+  rescue
+    e in Error -> {:error, e}
+  end
+
+  @doc """
+  Removes the builder cache volumes (`--builder`) of the project in `project_dir`, or of every
+  project when `nil`, from the engine the environment names. Returns
+  `{:ok, %{removed: [name], kept: [{name, why}]}}` (a volume in use is kept) or
+  `{:error, %DockerRelease.Error{}}`.
+
+      {:ok, %{removed: _, kept: []}} = DockerRelease.clean_volumes(File.cwd!())
+  """
+  @spec clean_volumes(Path.t() | nil) :: {:ok, map} | {:error, Error.t()}
+  def clean_volumes(project_dir) do
+    {:ok, job, id} = Native.image_clean(%Native.CleanRequest{project_dir: project_dir})
     await(job, id)
   rescue
     e in Error -> {:error, e}
@@ -218,28 +234,42 @@ defmodule DockerRelease do
     dir
   end
 
-  defp await(job, id) do
+  defp await(job, id), do: await(job, id, Progress.new(Progress.mode(), Progress.interval()))
+
+  # Lines go to Mix.shell(); byte progress is drawn by DockerRelease.Progress (a live line on a
+  # terminal, a plain line every 10 s off one), ended before any other line.
+  defp await(job, id, progress) do
     receive do
       {:docker_release, ^id, {:step, text}} ->
+        progress = before_line(progress)
         Mix.shell().info("==> " <> text)
-        await(job, id)
+        await(job, id, progress)
 
       {:docker_release, ^id, {:notice, text}} ->
+        progress = before_line(progress)
         Mix.shell().info([:yellow, "==> " <> text, :reset])
-        await(job, id)
+        await(job, id, progress)
 
       {:docker_release, ^id, {:output, _step, line}} ->
+        progress = before_line(progress)
         Mix.shell().info("    " <> line)
-        await(job, id)
+        await(job, id, progress)
 
-      {:docker_release, ^id, {:bytes, _step, _done}} ->
-        await(job, id)
+      {:docker_release, ^id, {:bytes, step, done}} ->
+        {out, progress} = Progress.bytes(progress, step, done, now_ms())
+        await(job, id, show(progress, out))
 
       {:docker_release, ^id, {:ok, outcome}} ->
+        before_line(progress)
         {:ok, outcome}
 
       {:docker_release, ^id, {:error, reason, message}} ->
+        before_line(progress)
         {:error, %Error{reason: reason, message: message}}
+    after
+      1000 ->
+        {out, progress} = Progress.tick(progress, now_ms())
+        await(job, id, show(progress, out))
     end
   end
 
@@ -263,6 +293,28 @@ defmodule DockerRelease do
         :reset
       ])
     end
+  end
+
+  defp now_ms, do: System.monotonic_time(:millisecond)
+
+  defp before_line(progress) do
+    {out, progress} = Progress.interrupt(progress)
+    show(progress, out)
+  end
+
+  # A terminal gets the raw text (carriage returns included); any other shell whole lines.
+  defp show(%Progress{mode: :tty} = progress, out) do
+    IO.write(out)
+    progress
+  end
+
+  defp show(progress, out) do
+    out
+    |> IO.iodata_to_binary()
+    |> String.split("\n", trim: true)
+    |> Enum.each(&Mix.shell().info/1)
+
+    progress
   end
 
   # A builder container sees only the project directory: a path dependency of the build's

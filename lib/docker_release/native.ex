@@ -56,10 +56,16 @@ defmodule DockerRelease.Native do
               stall_timeout: 300
   end
 
-  @lib "libdocker_release_nif"
+  defmodule CleanRequest do
+    @moduledoc false
+    # Mirrors `NifCleanRequest` in native/docker_release_nif/src/lib.rs.
+    defstruct project_dir: nil
+  end
 
   @doc false
   def image_build(request), do: load_and_apply(:image_build, [request])
+  @doc false
+  def image_clean(request), do: load_and_apply(:image_clean, [request])
   @doc false
   def image_dockerfiles(request), do: load_and_apply(:image_dockerfiles, [request])
   @doc false
@@ -99,19 +105,39 @@ defmodule DockerRelease.Native do
   end
 
   defp load do
-    path = Path.join(:code.priv_dir(:docker_release), "native/#{@lib}")
+    path = DockerRelease.NativeLib.installed_path()
 
-    case :erlang.load_nif(String.to_charlist(path), 0) do
-      :ok ->
-        :ok
+    with :ok <- ensure_installed(path) do
+      case :erlang.load_nif(String.to_charlist(Path.rootname(path)), 0) do
+        :ok ->
+          :ok
 
-      {:error, {:reload, _}} ->
-        :ok
+        {:error, {:reload, _}} ->
+          :ok
 
-      {:error, {reason, text}} ->
-        {:error,
-         "cannot load docker_release's native library #{path}.so (#{reason}: #{text}). " <>
-           "Recompile docker_release (`mix deps.compile docker_release --force`); it needs cargo."}
+        {:error, {reason, text}} ->
+          {:error,
+           "cannot load docker_release's native library #{path} (#{reason}: #{text}). " <>
+             "Install it again: `mix deps.compile docker_release --force` (it fetches the " <>
+             "prebuilt library, or builds it with DOCKER_RELEASE_BUILD=1)"}
+      end
+    end
+  end
+
+  # The compiler installs the library; when it could not (no network, no toolchain), the
+  # first use tries again, and its failure is the task's error. Once loaded, never again.
+  defp ensure_installed(path) do
+    if :persistent_term.get({__MODULE__, :installed}, false) do
+      :ok
+    else
+      case DockerRelease.NativeLib.ensure(path) do
+        {:error, _kind, message} ->
+          {:error, "docker_release's native library is not installed: " <> message}
+
+        _ ->
+          :persistent_term.put({__MODULE__, :installed}, true)
+          :ok
+      end
     end
   end
 end

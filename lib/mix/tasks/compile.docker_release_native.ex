@@ -1,72 +1,45 @@
 defmodule Mix.Tasks.Compile.DockerReleaseNative do
   @moduledoc """
-  Builds docker_release's Rust NIF with `cargo build --release` and installs it as
-  `priv/native/libdocker_release_nif.so` in the application's build directory.
+  Installs docker_release's NIF as `priv/native/libdocker_release_nif.so` in the
+  application's build directory.
 
   Listed in `compilers:` after `:elixir`, so it also runs when docker_release is a dependency.
-  It rebuilds only when a file under `native/`, `Cargo.toml` or `Cargo.lock` is newer than the
-  installed library. Needs `cargo` (Rust 1.91 or newer, e.g. from https://rustup.rs).
+  By default it installs the prebuilt library for this machine's target, verified against the
+  package's checksum file (see the README, "Install"); with `DOCKER_RELEASE_BUILD=1`, or when
+  no prebuilt library exists for the target, it builds one with `cargo build --release` (Rust
+  1.91 or newer and a C compiler), again only when a file under `native/`, `Cargo.toml` or
+  `Cargo.lock` is newer than the installed library.
+
+  It never fails `mix compile` for a missing toolchain, an unreachable download or a
+  checksum that does not match: it says so, and `mix docker.release` tries again (and
+  fails with that message) when it needs the library.
   """
   use Mix.Task.Compiler
 
-  @lib "libdocker_release_nif.so"
+  alias DockerRelease.NativeLib
 
   @impl true
   def run(_args) do
-    root = Path.expand("../../..", __DIR__)
-    dest_dir = Path.join(Mix.Project.app_path(), "priv/native")
-    dest = Path.join(dest_dir, @lib)
+    dest = Path.join([Mix.Project.app_path(), "priv/native/libdocker_release_nif.so"])
 
-    if stale?(root, dest) do
-      build!(root)
-      File.mkdir_p!(dest_dir)
-      # Remove before copying: overwriting a loaded library in place can crash a running VM.
-      File.rm(dest)
-      File.cp!(Path.join([target_dir(root), "release", @lib]), dest)
-      {:ok, []}
-    else
-      {:noop, []}
-    end
-  end
+    case NativeLib.ensure(dest) do
+      :noop ->
+        {:noop, []}
 
-  defp stale?(root, dest) do
-    case File.stat(dest, time: :posix) do
-      {:ok, %{mtime: built}} ->
-        sources =
-          Path.wildcard(Path.join(root, "native/**/*.{rs,toml}")) ++
-            Enum.map(["Cargo.toml", "Cargo.lock"], &Path.join(root, &1))
+      {:installed, what} ->
+        Mix.shell().info("==> docker_release: installed #{what}")
+        {:ok, []}
 
-        Enum.any?(sources, fn src ->
-          match?({:ok, %{mtime: t}} when t > built, File.stat(src, time: :posix))
-        end)
+      {:error, :build, message} ->
+        Mix.raise(message)
 
-      {:error, _} ->
-        true
-    end
-  end
+      {:error, _kind, message} ->
+        Mix.shell().error(
+          "warning: docker_release's NIF is not installed: #{message}. " <>
+            "`mix docker.release` tries again when it needs it."
+        )
 
-  defp target_dir(root), do: System.get_env("CARGO_TARGET_DIR") || Path.join(root, "target")
-
-  defp build!(root) do
-    cargo =
-      System.find_executable("cargo") ||
-        Enum.find(
-          [Path.expand("~/.cargo/bin/cargo")],
-          &File.exists?/1
-        ) ||
-        Mix.raise("""
-        docker_release needs Rust to build its native code, and `cargo` was not found on PATH.
-        Install Rust 1.91 or newer (https://rustup.rs: `curl https://sh.rustup.rs -sSf | sh`),
-        then open a new shell (or `. ~/.cargo/env`) and run the command again.
-        """)
-
-    Mix.shell().info("==> docker_release: building native code (cargo build --release)")
-
-    args = ["build", "--release", "--locked", "-p", "docker_release_nif"]
-
-    case System.cmd(cargo, args, cd: root, stderr_to_stdout: true, into: IO.stream(:stdio, :line)) do
-      {_, 0} -> :ok
-      {_, status} -> Mix.raise("cargo build failed (exit status #{status}); see the output above")
+        {:ok, []}
     end
   end
 end

@@ -60,7 +60,10 @@ defmodule Mix.Tasks.Docker.Release do
       container, so the image's libraries match the release whatever your host is (macOS too).
       Only the files the image needs are read out of the container (IMAGE needs `sh`, `readlink`
       and GNU or BusyBox `tar`). Compiled deps and `_build` are kept in volumes `docker_release-cache-*` between runs;
-      `--no-cache` starts clean. The container is removed even if the task is killed.
+      `--no-cache` starts clean. Mix recompiles the files whose content differs from what the
+      volumes were last built from, whatever their mtimes (a restored older copy ships its own
+      code; a fresh clone recompiles nothing). The container is removed even if the task is
+      killed.
     * `--tag NAME[:TAG]` - tag the image; repeat for several. Replaces the default tags.
     * `--base IMAGE` - put the release on top of this base image's layers (a distro, for teams
       that want one) instead of the runtime files. Read from the engine, or from the registry its
@@ -75,7 +78,8 @@ defmodule Mix.Tasks.Docker.Release do
       `--output /dev/fd/3 3>&1 >&2 | docker load`: the task's own output goes to stdout); a
       directory, block device, socket or terminal is refused.
     * `--metadata-file PATH` - write a JSON summary for CI: tags, image ID, manifest digest,
-      layers with digests and sizes, and every runtime file with why it is there.
+      layers with digests and sizes, and every runtime file with why it is there; with
+      `--push`, `pushed.references` holds `REGISTRY/REPO@sha256:…` for deploy steps.
     * `--extra-file PATH` - copy this file or directory of the build environment into the image
       at the same path (for `dlopen`ed libraries and data files); repeatable. Paths under
       `/proc`, `/sys` and `/dev` and devices, FIFOs or sockets are refused (the container
@@ -85,6 +89,8 @@ defmodule Mix.Tasks.Docker.Release do
     * `--expose PORT` - declare a port; repeatable.
     * `--compression-level N` - gzip level of the layers, 1 (default, fast) to 9 (smallest).
     * `--list-files` - print the runtime files outside `/app` and why each is there.
+    * `--quiet` (`-q`) - print nothing but errors, then one line: the image's first tag and its
+      ID (`hello:0.1.0 sha256:…`), for scripts.
     * `--push` - push the image to the registry its tags name (`--tag
       registry.example.com/team/app:1.0`), straight over the registry API: no engine needed,
       and the pushed digests are the archive's. Only blobs the registry lacks are uploaded.
@@ -127,6 +133,11 @@ defmodule Mix.Tasks.Docker.Release do
   Every option can also be set under `docker_release:` in `project/0` (see
   `DockerRelease.Config`); flags win.
 
+  Progress: long steps (writing layers, loading into the engine, writing an archive, pushing)
+  show the bytes done and the rate, on a terminal in one line that updates itself, otherwise
+  (CI logs) in a line every 10 seconds while the step lasts (`DOCKER_RELEASE_PROGRESS_EVERY=N`:
+  every N seconds).
+
   Interrupting: SIGTERM ends the task with status 143; SIGINT (Ctrl-C) opens the Erlang VM's
   BREAK menu while stdin is a terminal: press `a` to abort. However the task ends, its builder
   containers are removed, no tag is moved and no temporary file is left beside `--output` (a
@@ -143,6 +154,11 @@ defmodule Mix.Tasks.Docker.Release do
 
   `SOURCE_DATE_EPOCH` (the image's timestamp, else the last commit's) must be a whole number of
   seconds from 0 to 253402300799 (9999-12-31T23:59:59Z).
+
+  Host builds and restored files: Mix recompiles what is in `_build/prod` by modification
+  time, so files put back with older mtimes over an existing `_build` (`cp -a`, `rsync -a`,
+  `tar x`) may not be recompiled, and the image would carry the old code; the task cannot
+  tell. Run `MIX_ENV=prod mix compile --force` after restoring older files, or use `--builder`.
 
   Note: this task is usually a dev-only dependency. With `MIX_ENV=prod` exported in your shell,
   Mix does not see it ("The task docker.release could not be found"): run it without `MIX_ENV`.
@@ -174,10 +190,11 @@ defmodule Mix.Tasks.Docker.Release do
     release_tarball: :string,
     no_cache: :boolean,
     builder: :string,
-    base: :string
+    base: :string,
+    quiet: :boolean
   ]
 
-  @aliases [t: :tag, o: :output]
+  @aliases [t: :tag, o: :output, q: :quiet]
 
   @impl true
   def run(args) do
@@ -187,6 +204,7 @@ defmodule Mix.Tasks.Docker.Release do
     {:ok, _} = System.trap_signal(:sigterm, fn -> System.halt(143) end)
     project = Mix.Project.config()
     {list_files?, opts} = Keyword.pop(opts, :list_files, false)
+    {quiet?, opts} = Keyword.pop(opts, :quiet, false)
 
     config =
       try do
@@ -195,13 +213,16 @@ defmodule Mix.Tasks.Docker.Release do
         e in DockerRelease.Error -> Mix.raise(e.message)
       end
 
-    case DockerRelease.build(config, project) do
+    case build(config, project, quiet?) do
+      {:ok, outcome} when quiet? ->
+        IO.puts("#{hd(outcome.tags)} #{outcome.image_id}")
+
       {:ok, %{tarball_bytes: _} = outcome} ->
         Mix.shell().info("""
 
         Image     #{Enum.join(outcome.tags, ", ")}
         ID        #{outcome.image_id}
-        Size      #{mb(outcome.size)} in the engine
+        Size      #{size(outcome.size)} in the engine
         """)
 
       {:ok, outcome} ->
@@ -209,6 +230,20 @@ defmodule Mix.Tasks.Docker.Release do
 
       {:error, %DockerRelease.Error{message: message}} ->
         Mix.raise(message)
+    end
+  end
+
+  # --quiet: nothing but errors while building (Mix.Shell.Quiet), then one line.
+  defp build(config, project, false), do: DockerRelease.build(config, project)
+
+  defp build(config, project, true) do
+    shell = Mix.shell()
+    Mix.shell(Mix.Shell.Quiet)
+
+    try do
+      DockerRelease.build(config, project)
+    after
+      Mix.shell(shell)
     end
   end
 
@@ -257,14 +292,14 @@ defmodule Mix.Tasks.Docker.Release do
 
     sizes =
       [
-        outcome.engine_size && "#{mb(outcome.engine_size)} in the engine",
-        outcome.archive_size && "#{mb(outcome.archive_size)} archive",
-        "#{mb(outcome.compressed_size)} compressed"
+        outcome.engine_size && "#{size(outcome.engine_size)} in the engine",
+        outcome.archive_size && "#{size(outcome.archive_size)} archive",
+        "#{size(outcome.compressed_size)} compressed"
       ]
       |> Enum.filter(& &1)
       |> Enum.join(", ")
 
-    layers = Enum.map_join(outcome.layers, ", ", &"#{&1.name} #{mb(&1.size)}")
+    layers = Enum.map_join(outcome.layers, ", ", &"#{&1.name} #{size(&1.size)}")
     first_tag = hd(outcome.tags)
 
     shell.info("""
@@ -279,8 +314,10 @@ defmodule Mix.Tasks.Docker.Release do
     if pushed = outcome.pushed do
       shell.info(
         "Pushed    #{Enum.join(pushed.tags, ", ")}: uploaded #{pushed.uploaded_blobs} blob(s), " <>
-          "#{mb(pushed.uploaded_bytes)}; #{pushed.skipped_blobs} already there"
+          "#{size(pushed.uploaded_bytes)}; #{pushed.skipped_blobs} already there"
       )
+
+      for ref <- pushed.references, do: shell.info("Deploy    #{ref}")
     end
 
     if outcome.engine do
@@ -298,5 +335,8 @@ defmodule Mix.Tasks.Docker.Release do
     :ok
   end
 
-  defp mb(bytes), do: :io_lib.format("~.1f MB", [bytes / 1_000_000]) |> to_string()
+  @doc false
+  # A size in the unit that shows it (SI, as `docker images` prints): "812 B", "45.9 kB",
+  # "12.3 MB", "1.2 GB".
+  def size(bytes), do: DockerRelease.Progress.size(bytes)
 end

@@ -151,6 +151,7 @@ struct NifPushed {
     uploaded_blobs: usize,
     skipped_blobs: usize,
     tags: Vec<String>,
+    references: Vec<String>,
 }
 
 impl From<Outcome> for NifOutcome {
@@ -186,6 +187,7 @@ impl From<Outcome> for NifOutcome {
                 uploaded_blobs: p.uploaded_blobs,
                 skipped_blobs: p.skipped_blobs,
                 tags: p.tags,
+                references: p.references,
             }),
             runtime_files: o
                 .runtime_files
@@ -474,6 +476,35 @@ fn lock_release(lock: ResourceArc<Lock>) -> Atom {
         f.take();
     }
     atoms::ok()
+}
+
+/// What `image_clean` takes: the project directory, or nil for every project.
+#[derive(NifStruct)]
+#[module = "DockerRelease.Native.CleanRequest"]
+struct NifCleanRequest {
+    project_dir: Option<String>,
+}
+
+/// What `image_clean` did.
+#[derive(NifMap)]
+struct NifCleaned {
+    removed: Vec<String>,
+    kept: Vec<(String, String)>,
+}
+
+/// Remove the builder cache volumes of a project (or of all); `{:ok, job, id}` at once, then
+/// messages as for a build.
+#[rustler::nif]
+fn image_clean(env: Env, request: NifCleanRequest) -> (Atom, ResourceArc<Job>, u64) {
+    let project = request.project_dir.map(std::path::PathBuf::from);
+    start_job(env, move |events, _cancelled| async move {
+        image_io::clean::run_clean(project, events)
+            .await
+            .map(|c| NifCleaned {
+                removed: c.removed,
+                kept: c.kept,
+            })
+    })
 }
 
 /// Parse an image reference: `{:ok, {repository, tag}}` or `{:error, message}`.

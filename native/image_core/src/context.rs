@@ -2,9 +2,11 @@
 //!
 //! [`write_context`] walks the project root and writes every entry that [`Excludes`] lets
 //! through. Unlike the image layers (see `layer.rs`), a context keeps the **real** modification
-//! times and modes: Mix decides what to recompile by comparing mtimes, so a normalised mtime
-//! would either recompile everything or nothing. Only the owner is normalised (uid/gid 0, no
-//! names): the builder runs as root and host uids mean nothing inside it.
+//! times and modes, as `docker build` sends them (a Dockerfile's `RUN mix compile` sees what
+//! the host has). A builder container does not rely on them: its build script re-times the
+//! files by content before Mix runs (`image_io`'s `builder::sources`). Only the owner is
+//! normalised (uid/gid 0, no names): the builder runs as root and host uids mean nothing
+//! inside it.
 //!
 //! # Excludes
 //!

@@ -24,8 +24,8 @@
 //! 6. One exec (as root) empties [`RELEASE_DIR`] (`/app`: the release is assembled at the path
 //!    it runs from in the image, so paths the release bakes in at build time, e.g. from
 //!    `@release.path` in `rel/vm.args.eex`, stay true) and, for an image with a non-root user,
-//!    gives it `/src` and `/app`. Then one exec runs, under `flock` on the cache,
-//!    `mix deps.get --only ENV` then `mix release [NAME] --overwrite --path /app` (a plain
+//!    gives it `/src` and `/app`. Then one exec runs, under `flock` on the cache, the
+//!    sources check (see [Cache](#cache)), `mix deps.get --only ENV` then `mix release [NAME] --overwrite --path /app` (a plain
 //!    `mix release` for the default release of a project without `releases:`); output is
 //!    streamed line by line.
 //! 7. The builder's OTP release: the same exec prints the name of the `releases/N` directory
@@ -53,8 +53,13 @@
 //! other: the build holds `flock` on [`LOCK_FILE`] (util-linux, present in every Debian
 //! image; without it the build runs unlocked and says so).
 //!
-//! The context keeps real mtimes, so Mix in the container recompiles exactly what changed
-//! since the cached `_build`.
+//! The volumes outlive the project's files, and Mix decides what to recompile from mtimes, so
+//! the upload's mtimes alone cannot be trusted (a project recreated with older mtimes would
+//! ship the code the cache was built from). Under the lock, before Mix runs, the build script
+//! compares every uploaded file with the digests the cache's last successful build recorded
+//! (see [`sources`]): a changed file gets the current time, an unchanged one an old fixed
+//! time, so Mix recompiles exactly what changed since the cached `_build`, whatever the files'
+//! mtimes on the host (a fresh `git clone` included).
 
 use crate::channel::ChannelWriter;
 use crate::container_fs::{ContainerFs, Want, FETCH_SCRIPT};
@@ -79,6 +84,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+mod sources;
+use sources::SOURCES_SCRIPT;
 
 /// Label on every temporary container docker_release creates (value `true`).
 pub const LABEL_TEMPORARY: &str = "docker_release.temporary";
@@ -853,7 +861,8 @@ fn valid_name(s: &str) -> bool {
 const PREPARE_SCRIPT: &str =
     r#"rm -rf "$1" && mkdir -p "$1" && if [ -n "$2" ]; then chown -R "$2" /src "$1"; fi"#;
 
-/// The script of the build exec. `$1` is the name for `mix release` (empty: a plain
+/// The script of the build exec (run after [`SOURCES_SCRIPT`], which defines the
+/// `docker_release_sources*` functions). `$1` is the name for `mix release` (empty: a plain
 /// `mix release`, the default release), `$2` the step marker; `MIX_ENV` comes from the
 /// environment. Everything goes to stdout so lines keep their order.
 ///
@@ -872,6 +881,8 @@ if command -v flock >/dev/null 2>&1; then
 else
   echo "$2 noflock"
 fi
+trap 'docker_release_sources_done $?' EXIT
+docker_release_sources "$2"
 echo "$2 deps.get"
 m=$(command -v mix) || m=
 if head -n 1 "$m" 2>/dev/null | grep -q elixir; then
@@ -1224,7 +1235,7 @@ async fn run_build(
         cmd: vec![
             "sh".into(),
             "-c".into(),
-            BUILD_SCRIPT.into(),
+            format!("{SOURCES_SCRIPT}{BUILD_SCRIPT}"),
             "docker_release".into(),
             if spec.named_release {
                 spec.release_name.clone()
@@ -1268,6 +1279,17 @@ async fn run_build(
                 "wait" => on_step(&format!(
                     "waiting for another build that uses the same cache (lock {LOCK_FILE})"
                 )),
+                "sources all -" => on_step(
+                    "no earlier build in the cache volumes: every file counts as changed",
+                ),
+                m if m.starts_with("sources ") => {
+                    let mut n = m["sources ".len()..].split(' ');
+                    if let (Some(changed), Some(total)) = (n.next(), n.next()) {
+                        on_step(&format!(
+                            "{changed} of {total} files differ from what the cache volumes were last built from"
+                        ));
+                    }
+                }
                 "noflock" => on_step(&format!(
                     "warning: {} has no flock: builds sharing this cache are not serialised; do not run two at once",
                     spec.image
@@ -1312,7 +1334,9 @@ async fn run_build(
                 .unwrap_or_default(),
             None => (
                 "prepare".to_string(),
-                format!("flock {LOCK_FILE} (preparing the build)"),
+                format!(
+                    "flock {LOCK_FILE}; comparing the sources with the cache (preparing the build)"
+                ),
             ),
         };
         return Err(BuilderError::BuildFailed {

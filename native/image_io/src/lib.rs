@@ -4,6 +4,7 @@
 pub mod base;
 pub mod builder;
 mod channel;
+pub mod clean;
 pub mod container_fs;
 pub mod credentials;
 pub mod dockerfiles;

@@ -722,13 +722,25 @@ fn want_sources(fs: &dyn Fs, plan: &image_core::plan::Plan) {
     }
 }
 
-/// `12.3 MB`.
+/// A size in the unit that shows it (SI, as `docker images` and the task's summary print):
+/// `812 B`, `45.9 kB`, `12.3 MB`, `1.2 GB`.
 fn human_bytes(n: u64) -> String {
-    format!("{:.1} MB", n as f64 / 1e6)
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1000.0;
+    for unit in ["kB", "MB", "GB"] {
+        // Compared as printed, so 999,950 bytes is `1.0 MB`, not `1000.0 kB`.
+        if (value * 10.0).round() < 10_000.0 {
+            return format!("{value:.1} {unit}");
+        }
+        value /= 1000.0;
+    }
+    format!("{value:.1} TB")
 }
 
 /// Connect to the engine the environment names; an engine is required.
-async fn required_engine(
+pub(crate) async fn required_engine(
     events: &Arc<dyn Fn(Event) + Send + Sync>,
     purpose: &str,
     stall: Duration,
@@ -821,5 +833,17 @@ mod tests {
         let mut r = request();
         r.settings.extra_files = vec!["/etc/a\0b".into()];
         assert!(check_request(&r).unwrap_err().message.contains("NUL byte"));
+    }
+
+    #[test]
+    fn sizes_use_the_unit_that_shows_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1000), "1.0 kB");
+        assert_eq!(human_bytes(45_900), "45.9 kB");
+        assert_eq!(human_bytes(999_949), "999.9 kB");
+        assert_eq!(human_bytes(999_950), "1.0 MB");
+        assert_eq!(human_bytes(23_456_789), "23.5 MB");
+        assert_eq!(human_bytes(1_234_567_890), "1.2 GB");
     }
 }

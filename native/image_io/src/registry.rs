@@ -72,6 +72,9 @@ pub struct PushOutcome {
     pub uploaded_blobs: usize,
     /// The references pushed, `host/path:tag`.
     pub tags: Vec<String>,
+    /// One reference by digest per repository pushed, `host/path@sha256:…`: what a deploy
+    /// step should pull (a tag can move, a digest cannot).
+    pub references: Vec<String>,
 }
 
 /// Why a push failed. Each variant has a [`reason`](RegistryError::reason) for the Elixir side and a
@@ -265,6 +268,7 @@ pub async fn push_undoable(
         skipped_blobs: 0,
         uploaded_blobs: 0,
         tags: Vec::new(),
+        references: Vec::new(),
     };
     let sent = Arc::new(AtomicU64::new(0));
     // Blobs first, everywhere: a failure there leaves no tag moved.
@@ -322,6 +326,9 @@ pub async fn push_undoable(
                 }
                 outcome.tags.push(format!("{host}/{path}:{tag}"));
             }
+            outcome
+                .references
+                .push(format!("{host}/{path}@{manifest_digest}"));
         }
     }
     Ok(outcome)

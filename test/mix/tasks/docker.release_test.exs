@@ -48,6 +48,17 @@ defmodule Mix.Tasks.Docker.ReleaseTest do
     refute_received {:mix_shell, :info, ["==> building release" <> _]}
   end
 
+  test "sizes are printed in the unit that shows them" do
+    assert Task.size(0) == "0 B"
+    assert Task.size(999) == "999 B"
+    assert Task.size(1000) == "1.0 kB"
+    assert Task.size(45_900) == "45.9 kB"
+    assert Task.size(999_949) == "999.9 kB"
+    assert Task.size(999_950) == "1.0 MB"
+    assert Task.size(28_012_345) == "28.0 MB"
+    assert Task.size(1_234_567_890) == "1.2 GB"
+  end
+
   test "every option is documented in mix help" do
     doc = Mix.Task.moduledoc(Task)
 
