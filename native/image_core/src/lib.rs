@@ -2,6 +2,7 @@
 //!
 //! The data flow is `plan` (release + build environment → layer specs, via `closure` and `elf`)
 //! → `build` (layer specs → blobs + [`image::Image`]) → `archive` (image → archive bytes).
+//! `oci` reads the documents of others' images (base images) into types.
 #![deny(missing_docs)]
 pub mod archive;
 pub mod build;
@@ -13,5 +14,6 @@ pub mod fs;
 pub mod glibc;
 pub mod image;
 pub mod layer;
+pub mod oci;
 pub mod plan;
 pub mod reference;

@@ -1,113 +1,15 @@
-//! Outputs. Each takes the same [`Built`] image value: a fourth output is one more function here.
+//! The engine: the image streamed into `POST /images/load` untagged, its ID checked, then the
+//! tags moved, each recorded to be put back.
 
-use crate::channel::ChannelWriter;
-use crate::engine::{Body, Engine, EngineError};
-use bytes::Bytes;
-use image_core::archive::{write_archive, ArchiveError, BlobDir};
-use image_core::image::Image;
+use super::{Built, Feedback, Order, Progress, Sink, SinkError};
+use crate::channel::body_from_writer;
+use crate::engine::{Engine, EngineError};
+use crate::outcome::Outcome;
+use futures_util::future::BoxFuture;
+use image_core::archive::{write_archive, ArchiveError};
 use image_core::reference::Reference;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-
-/// An assembled image with the blobs it refers to and the tags to give it.
-#[derive(Debug, Clone)]
-pub struct Built {
-    /// The image value.
-    pub image: Image,
-    /// Where its layer blobs are.
-    pub blobs: BlobDir,
-    /// Tags to apply.
-    pub tags: Vec<Reference>,
-}
-
-/// Progress callback with bytes done so far.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
-
-/// Errors of an output.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The archive could not be produced.
-    #[error(transparent)]
-    Archive(#[from] ArchiveError),
-    /// The output file could not be written.
-    #[error("cannot write {path}: {source}")]
-    File {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
-    },
-    /// The engine failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    /// The engine loaded something else than the image we sent.
-    #[error("the engine reports image {got} after loading, but the image sent was {want}")]
-    IdMismatch {
-        /// Expected ID.
-        want: String,
-        /// Reported ID.
-        got: String,
-    },
-    /// A worker thread panicked or was cancelled.
-    #[error("internal error: {0}")]
-    Internal(String),
-    /// A step failed after earlier ones had changed things, and not all could be put back.
-    #[error("{error}. Not put back: {}", left.join("; "))]
-    NotUndone {
-        /// The failure.
-        error: Box<SinkError>,
-        /// What was left, each with how to undo it.
-        left: Vec<String>,
-    },
-}
-
-pub use crate::pending::{PendingFile, Published};
-
-/// Write `path` atomically with `f`: see [`PendingFile`].
-pub fn write_atomically<T>(
-    path: &Path,
-    f: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> Result<T, SinkError>,
-) -> Result<T, SinkError> {
-    let mut pending = PendingFile::create(path)?;
-    let value = f(pending.writer())?;
-    pending.commit()?;
-    Ok(value)
-}
-
-/// Write the image as an archive into `pending` (not yet committed). Returns it for the caller
-/// to commit once every output of the run has succeeded.
-pub async fn archive_into(
-    built: Arc<Built>,
-    mut pending: PendingFile,
-    progress: Progress,
-) -> Result<PendingFile, SinkError> {
-    tokio::task::spawn_blocking(move || {
-        let mut report = |n| progress(n);
-        write_archive(
-            &built.image,
-            &built.tags,
-            &built.blobs,
-            pending.writer(),
-            &mut report,
-        )?;
-        Ok(pending)
-    })
-    .await
-    .map_err(|e| SinkError::Internal(e.to_string()))?
-}
-
-/// Write the image as an archive file at `path` (atomically). Returns the archive's size.
-pub async fn archive_file(
-    built: Arc<Built>,
-    path: PathBuf,
-    progress: Progress,
-) -> Result<u64, SinkError> {
-    let pending = PendingFile::create(&path)?;
-    let pending = archive_into(built, pending, progress).await?;
-    pending.commit()
-}
 
 /// What the engine reports for a loaded image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,29 +61,19 @@ pub async fn engine_load<E: Engine>(
         }
         .into());
     }
-    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
     let writer_built = built.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter::new(tx.clone(), CHUNK);
+    let (body, writer) = body_from_writer(CHUNK, move |out| {
         let mut report = |n| progress(n);
         // The archive sent to the engine carries no tags: tags are set after a complete load.
-        let res = write_archive(
+        write_archive(
             &writer_built.image,
             &[],
             &writer_built.blobs,
-            &mut out,
+            out,
             &mut report,
         )
-        .and_then(|w| w.flush().map_err(ArchiveError::Write));
-        if let Err(e) = &res {
-            // Abort the request body so the engine discards the partial upload.
-            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-        }
-        res
+        .and_then(|w| w.flush().map_err(ArchiveError::Write))
     });
-    let body: Body = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
     let loaded = engine.load(body).await;
     let written = writer
         .await
@@ -279,3 +171,81 @@ pub async fn untag<E: Engine>(engine: &E, id: &str, moves: Vec<TagMove>) -> Vec<
 }
 
 const CHUNK: usize = 1 << 20;
+
+/// The local engine: loaded at the write, tagged at the commit.
+pub struct EngineSink<'a, E: Engine> {
+    engine: &'a E,
+    endpoint: String,
+    feedback: Feedback,
+    loaded: Option<Loaded>,
+    moves: Vec<TagMove>,
+}
+
+impl<'a, E: Engine> EngineSink<'a, E> {
+    /// The engine reached at `endpoint` (for the outcome).
+    pub fn new(engine: &'a E, endpoint: String, feedback: Feedback) -> Self {
+        EngineSink {
+            engine,
+            endpoint,
+            feedback,
+            loaded: None,
+            moves: Vec::new(),
+        }
+    }
+}
+
+impl<E: Engine> Sink for EngineSink<'_, E> {
+    fn write<'a>(&'a mut self, built: &'a Arc<Built>) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            (self.feedback.step)("loading the image into the engine".into());
+            let loaded =
+                engine_load(self.engine, built.clone(), self.feedback.bytes("load")).await?;
+            self.loaded = Some(loaded);
+            Ok(())
+        })
+    }
+
+    fn commit<'a>(
+        &'a mut self,
+        built: &'a Arc<Built>,
+        _outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let id = self
+                .loaded
+                .as_ref()
+                .map(|l| l.id.clone())
+                .unwrap_or_default();
+            tag(self.engine, &id, &built.tags, &mut self.moves).await
+        })
+    }
+
+    fn undo(&mut self) -> BoxFuture<'_, Vec<String>> {
+        let moves = std::mem::take(&mut self.moves);
+        let id = self
+            .loaded
+            .as_ref()
+            .map(|l| l.id.clone())
+            .unwrap_or_default();
+        Box::pin(async move { untag(self.engine, &id, moves).await })
+    }
+
+    fn keep(&mut self) {
+        self.moves.clear();
+    }
+
+    fn changed(&self) -> bool {
+        !self.moves.is_empty()
+    }
+
+    fn report(&self, outcome: &mut Outcome) {
+        if let Some(l) = &self.loaded {
+            outcome.engine = Some(self.endpoint.clone());
+            outcome.engine_size = Some(l.size);
+        }
+    }
+
+    fn order(&self) -> Order {
+        Order::Engine
+    }
+}
