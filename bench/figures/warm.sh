@@ -21,14 +21,7 @@ STANDALONE_REPORT=1
 [ "$STANDALONE_REPORT" = 0 ] || RAW="$RESULTS/warm-raw.tsv"
 parse_common_args "$@"
 [ "$STANDALONE_REPORT" = 0 ] || : >"$RAW"
-WHICH="hello,with_deps"
-set -- "${FIGURE_ARGS[@]+"${FIGURE_ARGS[@]}"}"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --only) WHICH=$2; shift 2 ;;
-    *) die "unknown argument $1" ;;
-  esac
-done
+parse_only "hello,with_deps"
 
 TAGS=()
 cleanup_hook() { [ ${#TAGS[@]} -eq 0 ] || rmi "${TAGS[@]}"; }
@@ -91,21 +84,4 @@ record load1 warm 0 "$(cut -d' ' -f1 /proc/loadavg)"
 [[ ",$WHICH," != *",hello,"* ]] || measure hello "$HELLO"
 [[ ",$WHICH," != *",with_deps,"* ]] || measure with_deps "$WITH_DEPS"
 
-if [ "$STANDALONE_REPORT" = 1 ]; then
-  python3 - "$RAW" <<'EOF'
-import collections, statistics, sys
-ms = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    f = line.rstrip("\n").split("\t")
-    if f[0] == "warm_ms":
-        ms[f[1]].append(float(f[3]))
-    elif f[0] in ("warm_check", "note"):
-        print("\t".join(f))
-for name in ("hello", "with_deps"):
-    b, o = ms.get(name + "_bare"), ms.get(name + "_ours")
-    if b and o:
-        mb, mo = statistics.median(b), statistics.median(o)
-        print(f"{name:10} bare {mb / 1000:5.2f} s  ours {mo / 1000:5.2f} s  ratio {mo / mb:.2f}"
-              f"   (bare: {', '.join(f'{v / 1000:.2f}' for v in b)}; ours: {', '.join(f'{v / 1000:.2f}' for v in o)})")
-EOF
-fi
+[ "$STANDALONE_REPORT" = 0 ] || python3 "$BENCH/report_figures.py" "$RAW" warm

@@ -156,13 +156,17 @@ pub enum PlanError {
     MissingTool(String),
 }
 
+impl PlanError {
+    /// The error for a failed read of `path`, for `map_err`.
+    fn read(path: &Path) -> impl FnOnce(std::io::Error) -> PlanError {
+        let path = path.to_path_buf();
+        move |source| PlanError::Read { path, source }
+    }
+}
+
 /// Make the plan for `settings`, reading the release and the build environment through `fs`.
 pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
     let rel = &settings.release_dir;
-    let read_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PlanError::Read { path, source }
-    };
     let ReleaseFacts {
         erts_vsn,
         rel_vsn,
@@ -180,7 +184,7 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         }
     };
     let mut resolver = Resolver::new(fs, vec![rel.clone()]);
-    for f in elf::find_elf_files(fs, rel).map_err(read_err(rel))? {
+    for f in elf::find_elf_files(fs, rel).map_err(PlanError::read(rel))? {
         keep(resolver.add(&f, "release ELF file").map_err(Into::into));
     }
     keep(
@@ -425,17 +429,9 @@ fn runtime_layer(
     let mut files = Vec::new();
     let mut private = Vec::new();
     for (path, e) in &closure.entries {
-        let meta = fs.lstat(path).map_err(|source| PlanError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = fs.lstat(path).map_err(PlanError::read(&path))?;
         let source = match e.kind {
-            Kind::Symlink => {
-                Source::Symlink(fs.read_link(path).map_err(|source| PlanError::Read {
-                    path: path.clone(),
-                    source,
-                })?)
-            }
+            Kind::Symlink => Source::Symlink(fs.read_link(path).map_err(PlanError::read(&path))?),
             Kind::Dir => Source::Dir,
             _ => Source::File(path.clone()),
         };
@@ -574,10 +570,7 @@ fn release_layers(
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let src = root.join(&rel);
-        let names = fs.read_dir(&src).map_err(|source| PlanError::Read {
-            path: src.clone(),
-            source,
-        })?;
+        let names = fs.read_dir(&src).map_err(PlanError::read(&src))?;
         for name in names {
             let rel = rel.join(&name);
             let src = root.join(&rel);
@@ -587,10 +580,7 @@ fn release_layers(
                 // the cookie. The image gets an empty, app-owned `/app/tmp` instead.
                 continue;
             }
-            let meta = fs.lstat(&src).map_err(|source| PlanError::Read {
-                path: src.clone(),
-                source,
-            })?;
+            let meta = fs.lstat(&src).map_err(PlanError::read(&src))?;
             let dest = Path::new(APP_DIR).join(&rel);
             let source = match meta.kind {
                 Kind::Dir => {
@@ -598,16 +588,10 @@ fn release_layers(
                     Source::Dir
                 }
                 Kind::Symlink => {
-                    Source::Symlink(fs.read_link(&src).map_err(|source| PlanError::Read {
-                        path: src.clone(),
-                        source,
-                    })?)
+                    Source::Symlink(fs.read_link(&src).map_err(PlanError::read(&src))?)
                 }
                 Kind::File if rel == env_sh => {
-                    let mut bytes = fs.read(&src).map_err(|source| PlanError::Read {
-                        path: src.clone(),
-                        source,
-                    })?;
+                    let mut bytes = fs.read(&src).map_err(PlanError::read(&src))?;
                     bytes.extend_from_slice(COOKIE_SNIPPET.as_bytes());
                     Source::Bytes(bytes)
                 }
@@ -744,12 +728,8 @@ pub fn plan_on_base(
         }])
         .into());
     }
-    let union = ReleaseOnBase::new(fs, &settings.release_dir, base.fs).map_err(|source| {
-        PlanError::Read {
-            path: settings.release_dir.clone(),
-            source,
-        }
-    })?;
+    let union = ReleaseOnBase::new(fs, &settings.release_dir, base.fs)
+        .map_err(PlanError::read(&settings.release_dir))?;
     let mut problems = check_release(&union)?;
     let path = env_value(&base.env, "PATH").unwrap_or(PATH).to_string();
     let is_file = |p: &Path| {
@@ -921,33 +901,21 @@ fn base_dirs_layer(
     let (mut private, mut skipped) = (Vec::new(), Vec::new());
     for extra in &s.extra_files {
         check_extra(fs, extra)?;
-        let (canon, _) = resolve_path(fs, extra).map_err(|source| PlanError::Read {
-            path: extra.clone(),
-            source,
-        })?;
+        let (canon, _) = resolve_path(fs, extra).map_err(PlanError::read(&extra))?;
         let mut stack = vec![(canon, in_base(base.fs, extra))];
         let mut top = true;
         while let Some((src, dest)) = stack.pop() {
-            let meta = fs.lstat(&src).map_err(|source| PlanError::Read {
-                path: src.clone(),
-                source,
-            })?;
+            let meta = fs.lstat(&src).map_err(PlanError::read(&src))?;
             let source = match meta.kind {
                 Kind::Dir => {
-                    let names = fs.read_dir(&src).map_err(|source| PlanError::Read {
-                        path: src.clone(),
-                        source,
-                    })?;
+                    let names = fs.read_dir(&src).map_err(PlanError::read(&src))?;
                     for n in names {
                         stack.push((src.join(&n), dest.join(&n)));
                     }
                     Source::Dir
                 }
                 Kind::Symlink => {
-                    Source::Symlink(fs.read_link(&src).map_err(|source| PlanError::Read {
-                        path: src.clone(),
-                        source,
-                    })?)
+                    Source::Symlink(fs.read_link(&src).map_err(PlanError::read(&src))?)
                 }
                 Kind::File => Source::File(src.clone()),
                 Kind::Other if top => {

@@ -255,7 +255,10 @@ mod tests {
             .filter_map(|item| {
                 let (name, origin) = item.trim().split_once(": :")?;
                 let name = name.trim();
-                let origin: String = origin.chars().take_while(char::is_ascii_lowercase).collect();
+                let origin: String = origin
+                    .chars()
+                    .take_while(char::is_ascii_lowercase)
+                    .collect();
                 (name.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !name.is_empty())
                     .then(|| (name.to_string(), origin))
             })

@@ -5,14 +5,13 @@
 
 use crate::registry::PushOutcome;
 use image_core::digest::Digest;
-use image_core::image::Summary;
+use image_core::image::{rfc3339, Image};
 use image_core::layer::LayerInfo;
 use image_core::plan::RuntimeFile;
 use serde::{Serialize, Serializer};
 use std::path::PathBuf;
 
-/// What a successful build produced. The image's fields come first ([`Summary`]'s), then what
-/// each output did.
+/// What a successful build produced: the image's facts first, then what each output did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     /// The engine's image ID (config digest).
@@ -47,27 +46,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The outcome of an image before any output reported.
-    pub fn new(summary: Summary, runtime_files: Vec<RuntimeFile>) -> Outcome {
-        let Summary {
-            image_id,
-            manifest_digest,
-            platform,
-            tags,
-            created,
-            layers,
-            compressed_size,
-            uncompressed_size,
-        } = summary;
+    /// The outcome of `image`, tagged `tags`, before any output reported.
+    pub fn new(image: &Image, tags: Vec<String>, runtime_files: Vec<RuntimeFile>) -> Outcome {
         Outcome {
-            image_id,
-            manifest_digest,
-            platform,
+            image_id: image.id(),
+            manifest_digest: image.manifest_digest(),
+            platform: image.platform.to_string(),
             tags,
-            created,
-            layers,
-            compressed_size,
-            uncompressed_size,
+            created: rfc3339(image.created),
+            layers: image.layers.clone(),
+            compressed_size: image.compressed_size(),
+            uncompressed_size: image.layers.iter().map(|l| l.uncompressed_size).sum(),
             engine: None,
             engine_size: None,
             archive: None,

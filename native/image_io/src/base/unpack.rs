@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// package-manager state are half of a Debian base's files and nothing the compatibility check
 /// reads (libraries, programs, `/etc`, `/usr/lib/locale`). Creating files is what unpacking
 /// costs (5.7 s for the 6,700 entries of a Debian minbase on a VM, 1.4 s without these).
-/// The layers themselves are kept whole: this only concerns [`LoadedBase::rootfs`].
+/// The layers themselves are kept whole: this only concerns [`super::LoadedBase::rootfs`].
 pub const NOT_UNPACKED: &[&str] = &[
     "usr/share",
     "var/lib/dpkg",

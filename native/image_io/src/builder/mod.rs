@@ -31,10 +31,10 @@
 //! 7. The builder's OTP release: the same exec prints the name of the `releases/N` directory
 //!    of the `erl` it used (no VM is started); `erl -eval` is the fallback.
 //! 8. The release (`/app`, on the container's own filesystem) comes out whole, as the
-//!    first fetch of [`crate::container_fs`] (one exec of `tar`).
+//!    first fetch of [`container_fs`] (one exec of `tar`).
 //! 9. The caller plans the image over [`BuiltRelease::fs`]; what the plan needs from the rest
 //!    of the builder's filesystem is fetched in batches by [`BuiltRelease::fetch_wants`] (one
-//!    exec of `tar` per batch, see [`crate::container_fs`]).
+//!    exec of `tar` per batch, see [`container_fs`]).
 //! 10. The container is removed: by [`BuiltRelease::finish`], on failure and cancellation; if a
 //!     future or the [`BuiltRelease`] is dropped instead, a removal is started in the
 //!     background, and the closed stdin does the rest.
@@ -59,7 +59,7 @@
 //! the upload's mtimes alone cannot be trusted (a project recreated with older mtimes would
 //! ship the code the cache was built from). Under the lock, before Mix runs, the build script
 //! compares every uploaded file with the digests the cache's last successful build recorded
-//! (see [`sources`]): a changed file gets the current time, an unchanged one an old fixed
+//! (see `builder/sources.rs`): a changed file gets the current time, an unchanged one an old fixed
 //! time, so Mix recompiles exactly what changed since the cached `_build`, whatever the files'
 //! mtimes on the host (a fresh `git clone` included).
 

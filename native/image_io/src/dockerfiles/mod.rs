@@ -20,7 +20,7 @@
 //! owner process on this host is gone. Cleanup never depends on code running at exit.
 //!
 //! The engine sits behind [`BuildEngine`] (build, download, plus [`crate::engine::Engine`]'s
-//! tag and inspect and [`Containers`]' create and remove), so the flow's ordering and cleanup
+//! tag and inspect and [`crate::engine::Containers`]' create and remove), so the flow's ordering and cleanup
 //! are tested with a fake. The build contexts are made in `context.rs`, the tarball copied out
 //! in `tarball.rs`.
 

@@ -124,7 +124,7 @@ impl std::fmt::Debug for StdinHold {
     }
 }
 
-/// A labelled container, as [`ContainerEngine::list_containers`] reports it.
+/// A labelled container, as [`Containers::list_containers`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelledContainer {
     /// Container ID.
@@ -205,6 +205,11 @@ pub trait ContainerEngine: Containers {
         key: &str,
         value: &str,
     ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
+}
+
+/// The list filter for label `key=value`.
+fn label_filter(key: &str, value: &str) -> HashMap<&'static str, Vec<String>> {
+    HashMap::from([("label", vec![format!("{key}={value}")])])
 }
 
 fn remove_options() -> RemoveContainerOptions {
@@ -297,10 +302,9 @@ impl Containers for DockerEngine {
         value: &str,
     ) -> Result<Vec<LabelledContainer>, EngineError> {
         use bollard::models::ContainerSummaryStateEnum as S;
-        let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
         let opts = ListContainersOptionsBuilder::default()
             .all(true)
-            .filters(&filters)
+            .filters(&label_filter(key, value))
             .build();
         let list = self
             .docker
@@ -463,9 +467,8 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
-        let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
         let opts = ListVolumesOptionsBuilder::default()
-            .filters(&filters)
+            .filters(&label_filter(key, value))
             .build();
         let r = self
             .docker

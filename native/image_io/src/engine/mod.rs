@@ -11,10 +11,10 @@
 //! - [`BuildEngine`] (`build.rs`): `docker build` and copying a path out of a container, for
 //!   the Dockerfile flow.
 //!
-//! [`DockerEngine`] implements all three with bollard, over [`transport`] (Unix socket, TCP,
+//! [`DockerEngine`] implements all three with bollard, over `transport.rs` (Unix socket, TCP,
 //! TLS, `ssh`), every request bounded in silence ([`crate::stall`]); tests swap in fakes.
 //! Where the engine is comes from [`endpoint`]. Every failed bollard call becomes an
-//! [`EngineError`] through [`DockerEngine::failure`]: a stall, a 5xx, a refusal, or a broken
+//! [`EngineError`] through one function (`DockerEngine::failure`): a stall, a 5xx, a refusal, or a broken
 //! connection.
 
 mod build;

@@ -24,11 +24,11 @@ pub async fn publish(
         tags,
     });
     let names: Vec<String> = built.tags.iter().map(|t| t.to_string()).collect();
-    let mut outcome = Outcome::new(built.image.summary(&names), layered.runtime_files);
+    let mut outcome = Outcome::new(&built.image, names, layered.runtime_files);
     let feedback = feedback(events);
     // In this order they prepare: the metadata file and the archive are checked (and the
     // archive written) before the engine is touched.
-    let mut sinks: Vec<Box<dyn Sink + '_>> = Vec::new();
+    let mut sinks: Vec<Box<dyn Sink<'_> + '_>> = Vec::new();
     if let Some(path) = &req.metadata_file {
         sinks.push(Box::new(MetadataSink::new(
             path.clone(),

@@ -418,6 +418,38 @@ impl Registry {
         bytes: &Bytes,
         media: &str,
     ) -> Result<(), RegistryError> {
+        self.put(path, tag, bytes, media).await.map(|_| ())
+    }
+
+    /// `PUT` our manifest under `tag`, checking the digest the registry says it stored.
+    async fn put_manifest(
+        &mut self,
+        path: &str,
+        tag: &str,
+        manifest: &Bytes,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        let (url, stored) = self.put(path, tag, manifest, media_type::MANIFEST).await?;
+        match stored {
+            Some(got) if got != digest.to_string() => Err(RegistryError::Protocol {
+                url: url.to_string(),
+                problem: format!(
+                    "stored the manifest as {got}, but its digest is {digest}: a proxy or the registry rewrote it"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// `PUT` manifest `bytes` of type `media` under `tag`; the URL, and the digest the registry
+    /// says it stored (`Docker-Content-Digest`), if it says.
+    async fn put(
+        &mut self,
+        path: &str,
+        tag: &str,
+        bytes: &Bytes,
+        media: &str,
+    ) -> Result<(reqwest::Url, Option<String>), RegistryError> {
         let url = self.url(path, &format!("manifests/{tag}"));
         let resp = self
             .send(path, Method::PUT, &url, |req| {
@@ -427,38 +459,8 @@ impl Registry {
         if !resp.status().is_success() {
             return Err(failure(&self.host, path, &url, resp).await);
         }
-        Ok(())
-    }
-
-    async fn put_manifest(
-        &mut self,
-        path: &str,
-        tag: &str,
-        manifest: &Bytes,
-        digest: &Digest,
-    ) -> Result<(), RegistryError> {
-        let url = self.url(path, &format!("manifests/{tag}"));
-        let resp = self
-            .send(path, Method::PUT, &url, |req| {
-                Ok(req
-                    .header(CONTENT_TYPE, media_type::MANIFEST)
-                    .body(manifest.clone()))
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(failure(&self.host, path, &url, resp).await);
-        }
-        if let Some(got) = header_text(&resp, "docker-content-digest") {
-            if got != digest.to_string() {
-                return Err(RegistryError::Protocol {
-                    url: url.to_string(),
-                    problem: format!(
-                        "stored the manifest as {got}, but its digest is {digest}: a proxy or the registry rewrote it"
-                    ),
-                });
-            }
-        }
-        Ok(())
+        let stored = header_text(&resp, "docker-content-digest");
+        Ok((url, stored))
     }
 }
 

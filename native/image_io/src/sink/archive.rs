@@ -2,7 +2,7 @@
 //! ([`image_core::archive`]), written to a [`PendingFile`] and published with the run's other
 //! outputs.
 
-use super::{Built, Feedback, Order, PendingFile, Progress, Published, Sink, SinkError};
+use super::{Built, Changes, Feedback, FileOutput, Order, PendingFile, Progress, Sink, SinkError};
 use crate::outcome::Outcome;
 use futures_util::future::BoxFuture;
 use image_core::archive::write_archive;
@@ -56,82 +56,49 @@ pub async fn archive_file(
 
 /// `--output PATH`: the archive, written while nothing is visible and published at the commit.
 pub struct ArchiveSink {
-    path: PathBuf,
-    scratch: PathBuf,
+    file: FileOutput,
     feedback: Feedback,
-    pending: Option<PendingFile>,
     size: u64,
-    stream: bool,
-    published: Option<Published>,
 }
 
 impl ArchiveSink {
     /// The archive at `path`; bytes for a device or FIFO wait in `scratch` until the commit.
     pub fn new(path: PathBuf, scratch: PathBuf, feedback: Feedback) -> ArchiveSink {
         ArchiveSink {
-            path,
-            scratch,
+            file: FileOutput::new(path, scratch),
             feedback,
-            pending: None,
             size: 0,
-            stream: false,
-            published: None,
         }
     }
 }
 
-impl Sink for ArchiveSink {
-    fn prepare<'a>(&'a mut self, built: &'a Arc<Built>) -> BoxFuture<'a, Result<(), SinkError>> {
+impl<'a> Sink<'a> for ArchiveSink {
+    fn prepare<'s>(&'s mut self, built: &'s Arc<Built>) -> BoxFuture<'s, Result<(), SinkError>> {
         Box::pin(async move {
-            (self.feedback.step)(format!("writing {}", self.path.display()));
-            let pending = PendingFile::create_with_scratch(&self.path, &self.scratch)?;
-            let mut pending =
+            (self.feedback.step)(format!("writing {}", self.file.path().display()));
+            let pending = self.file.create()?;
+            let pending =
                 archive_into(built.clone(), pending, self.feedback.bytes("archive")).await?;
-            self.size = pending.flushed_len()?;
-            self.stream = pending.is_stream();
-            self.pending = Some(pending);
+            self.size = self.file.written(pending)?;
             Ok(())
         })
     }
 
-    fn commit<'a>(
-        &'a mut self,
-        _built: &'a Arc<Built>,
-        _outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async move {
-            if let Some(pending) = self.pending.take() {
-                self.published = Some(pending.publish()?);
-            }
-            Ok(())
-        })
-    }
-
-    fn undo(&mut self) -> BoxFuture<'_, Vec<String>> {
-        let left = self.published.take().and_then(|p| p.undo().err());
-        Box::pin(async move { left.into_iter().collect() })
-    }
-
-    fn keep(&mut self) {
-        if let Some(p) = self.published.take() {
-            p.keep();
-        }
-    }
-
-    fn changed(&self) -> bool {
-        self.published.is_some()
+    fn commit<'s>(
+        &'s mut self,
+        _built: &'s Arc<Built>,
+        _outcome: &'s Outcome,
+        changes: &'s mut Changes<'a>,
+    ) -> BoxFuture<'s, Result<(), SinkError>> {
+        Box::pin(async move { self.file.publish(changes) })
     }
 
     fn report(&self, outcome: &mut Outcome) {
-        outcome.archive = Some(self.path.clone());
+        outcome.archive = Some(self.file.path().to_path_buf());
         outcome.archive_size = Some(self.size);
     }
 
     fn order(&self) -> Order {
-        if self.stream {
-            Order::Stream
-        } else {
-            Order::File
-        }
+        self.file.order()
     }
 }

@@ -1,7 +1,7 @@
 //! The engine: the image streamed into `POST /images/load` untagged, its ID checked, then the
 //! tags moved, each recorded to be put back.
 
-use super::{Built, Feedback, Order, Progress, Sink, SinkError};
+use super::{Built, Change, Changes, Feedback, Order, Progress, Sink, SinkError};
 use crate::channel::body_from_writer;
 use crate::engine::{Engine, EngineError};
 use crate::outcome::Outcome;
@@ -178,7 +178,6 @@ pub struct EngineSink<'a, E: Engine> {
     endpoint: String,
     feedback: Feedback,
     loaded: Option<Loaded>,
-    moves: Vec<TagMove>,
 }
 
 impl<'a, E: Engine> EngineSink<'a, E> {
@@ -189,13 +188,12 @@ impl<'a, E: Engine> EngineSink<'a, E> {
             endpoint,
             feedback,
             loaded: None,
-            moves: Vec::new(),
         }
     }
 }
 
-impl<E: Engine> Sink for EngineSink<'_, E> {
-    fn write<'a>(&'a mut self, built: &'a Arc<Built>) -> BoxFuture<'a, Result<(), SinkError>> {
+impl<'a, E: Engine> Sink<'a> for EngineSink<'a, E> {
+    fn write<'s>(&'s mut self, built: &'s Arc<Built>) -> BoxFuture<'s, Result<(), SinkError>> {
         Box::pin(async move {
             (self.feedback.step)("loading the image into the engine".into());
             let loaded =
@@ -205,37 +203,23 @@ impl<E: Engine> Sink for EngineSink<'_, E> {
         })
     }
 
-    fn commit<'a>(
-        &'a mut self,
-        built: &'a Arc<Built>,
-        _outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn commit<'s>(
+        &'s mut self,
+        built: &'s Arc<Built>,
+        _outcome: &'s Outcome,
+        changes: &'s mut Changes<'a>,
+    ) -> BoxFuture<'s, Result<(), SinkError>> {
         Box::pin(async move {
-            let id = self
-                .loaded
-                .as_ref()
-                .map(|l| l.id.clone())
-                .unwrap_or_default();
-            tag(self.engine, &id, &built.tags, &mut self.moves).await
+            let id = self.loaded.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+            let mut moves = Vec::new();
+            let tagged = tag(self.engine, &id, &built.tags, &mut moves).await;
+            changes.record(EngineTags {
+                engine: self.engine,
+                id,
+                moves,
+            });
+            tagged
         })
-    }
-
-    fn undo(&mut self) -> BoxFuture<'_, Vec<String>> {
-        let moves = std::mem::take(&mut self.moves);
-        let id = self
-            .loaded
-            .as_ref()
-            .map(|l| l.id.clone())
-            .unwrap_or_default();
-        Box::pin(async move { untag(self.engine, &id, moves).await })
-    }
-
-    fn keep(&mut self) {
-        self.moves.clear();
-    }
-
-    fn changed(&self) -> bool {
-        !self.moves.is_empty()
     }
 
     fn report(&self, outcome: &mut Outcome) {
@@ -247,5 +231,23 @@ impl<E: Engine> Sink for EngineSink<'_, E> {
 
     fn order(&self) -> Order {
         Order::Engine
+    }
+}
+
+/// The engine tags a commit moved to image `id`.
+struct EngineTags<'a, E: Engine> {
+    engine: &'a E,
+    id: String,
+    moves: Vec<TagMove>,
+}
+
+impl<'a, E: Engine> Change<'a> for EngineTags<'a, E> {
+    fn is_empty(&self) -> bool {
+        self.moves.is_empty()
+    }
+
+    fn undo(self: Box<Self>) -> BoxFuture<'a, Vec<String>> {
+        let EngineTags { engine, id, moves } = *self;
+        Box::pin(async move { untag(engine, &id, moves).await })
     }
 }

@@ -9,8 +9,8 @@
 //! | [`RegistrySink`] (`--push`) | — | every blob to every repository | the tags |
 //!
 //! A new output (an image index, an SBOM referrer, a signature) is one more type implementing
-//! [`Sink`], added to the list the pipeline's publish stage makes; the run's commit-or-undo
-//! covers it without a change here. One-shot forms of the engine, archive and registry sinks
+//! [`Sink`], added to the list the pipeline's publish stage makes; what its commit changes it
+//! records as a [`Change`], and the run's commit-or-undo covers it without a change here. One-shot forms of the engine, archive and registry sinks
 //! ([`engine`], [`archive_file`], [`crate::registry::push`]) serve callers with a single output,
 //! as go-containerregistry's `daemon.Write`, `tarball.Write` and `remote.Write` do.
 
@@ -133,6 +133,68 @@ impl SinkError {
     }
 }
 
+/// A file output of a run (the archive, the metadata file): a [`PendingFile`] until the commit
+/// publishes it.
+pub(crate) struct FileOutput {
+    path: PathBuf,
+    scratch: PathBuf,
+    pending: Option<PendingFile>,
+    stream: bool,
+}
+
+impl FileOutput {
+    /// The file at `path`; bytes for a device or FIFO wait in `scratch` until the commit.
+    pub(crate) fn new(path: PathBuf, scratch: PathBuf) -> FileOutput {
+        FileOutput {
+            path,
+            scratch,
+            pending: None,
+            stream: false,
+        }
+    }
+
+    /// The path as given.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Start writing it (an unusable path fails here); the pending file, to write into.
+    pub(crate) fn create(&mut self) -> Result<PendingFile, SinkError> {
+        let pending = PendingFile::create_with_scratch(&self.path, &self.scratch)?;
+        self.stream = pending.is_stream();
+        Ok(pending)
+    }
+
+    /// Keep `pending`, written, for the commit; returns its size.
+    pub(crate) fn written(&mut self, mut pending: PendingFile) -> Result<u64, SinkError> {
+        let size = pending.flushed_len()?;
+        self.pending = Some(pending);
+        Ok(size)
+    }
+
+    /// The pending file, to write more into before the commit.
+    pub(crate) fn pending(&mut self) -> Option<&mut PendingFile> {
+        self.pending.as_mut()
+    }
+
+    /// Put the file at its path (see [`PendingFile::publish`]), recorded in `changes`.
+    pub(crate) fn publish(&mut self, changes: &mut Changes<'_>) -> Result<(), SinkError> {
+        if let Some(pending) = self.pending.take() {
+            changes.record(pending.publish()?);
+        }
+        Ok(())
+    }
+
+    /// A regular file commits with the files, a device or FIFO last.
+    pub(crate) fn order(&self) -> Order {
+        if self.stream {
+            Order::Stream
+        } else {
+            Order::File
+        }
+    }
+}
+
 /// When a sink commits among a run's sinks: what can be put back exactly first, what cannot
 /// last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -147,41 +209,79 @@ pub enum Order {
     Stream,
 }
 
+/// Something a commit changed, that can be put back: engine tags, registry tags, a file.
+pub trait Change<'a>: Send + 'a {
+    /// Whether it changed nothing after all (every tag already named the image).
+    fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Put it back; returns what could not be, each with how to do it.
+    fn undo(self: Box<Self>) -> BoxFuture<'a, Vec<String>>;
+
+    /// Keep it: the run succeeded.
+    fn keep(self: Box<Self>) {}
+}
+
+/// What the commits of a run changed, in order: put back together, the last first, or kept.
+#[derive(Default)]
+pub struct Changes<'a> {
+    list: Vec<Box<dyn Change<'a>>>,
+}
+
+impl<'a> Changes<'a> {
+    /// Record a change (also one a failing commit made part-way).
+    pub fn record(&mut self, change: impl Change<'a>) {
+        self.list.push(Box::new(change));
+    }
+
+    fn any(&self) -> bool {
+        self.list.iter().any(|c| !c.is_empty())
+    }
+
+    async fn undo(self) -> Vec<String> {
+        let mut left = Vec::new();
+        for change in self.list.into_iter().rev() {
+            left.extend(change.undo().await);
+        }
+        left
+    }
+
+    fn keep(self) {
+        for change in self.list {
+            change.keep();
+        }
+    }
+}
+
 /// One output of a run. [`publish`] calls, for all sinks: [`Sink::prepare`] (in the order
-/// given); then for each sink in [`Sink::order`]: [`Sink::write`], [`Sink::commit`]; on the
-/// first failure [`Sink::undo`] on every sink, the last first; on success [`Sink::keep`].
-/// [`Sink::report`] runs after each step, so a later sink's commit sees what earlier ones did.
-pub trait Sink: Send {
+/// given); then for each sink in [`Sink::order`]: [`Sink::write`], [`Sink::commit`]. A commit
+/// records what it changes in the run's [`Changes`]; on the first failure they are put back,
+/// the last first. [`Sink::report`] runs after each step, so a later sink's commit sees what
+/// earlier ones did.
+pub trait Sink<'a>: Send {
     /// Check the destination and do what stays on this machine and changes nothing anyone
     /// sees (an archive is written to its pending file here), before any sink writes.
-    fn prepare<'a>(&'a mut self, built: &'a Arc<Built>) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn prepare<'s>(&'s mut self, built: &'s Arc<Built>) -> BoxFuture<'s, Result<(), SinkError>> {
         let _ = built;
         Box::pin(async { Ok(()) })
     }
 
     /// Send the image to the destination without changing what anyone refers to (a load
     /// untagged, blobs uploaded).
-    fn write<'a>(&'a mut self, built: &'a Arc<Built>) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn write<'s>(&'s mut self, built: &'s Arc<Built>) -> BoxFuture<'s, Result<(), SinkError>> {
         let _ = built;
         Box::pin(async { Ok(()) })
     }
 
-    /// Make it visible (tags, the file at its path), keeping what is needed to put back what
-    /// changed. `outcome` holds what the run did so far.
-    fn commit<'a>(
-        &'a mut self,
-        built: &'a Arc<Built>,
-        outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<(), SinkError>>;
-
-    /// Put back what [`Sink::commit`] changed; returns what could not be, each with how to do it.
-    fn undo(&mut self) -> BoxFuture<'_, Vec<String>>;
-
-    /// The run succeeded: forget how to undo.
-    fn keep(&mut self);
-
-    /// Whether [`Sink::commit`] changed something (for the failure's message).
-    fn changed(&self) -> bool;
+    /// Make it visible (tags, the file at its path), recording each change in `changes`, also
+    /// when it fails part-way. `outcome` holds what the run did so far.
+    fn commit<'s>(
+        &'s mut self,
+        built: &'s Arc<Built>,
+        outcome: &'s Outcome,
+        changes: &'s mut Changes<'a>,
+    ) -> BoxFuture<'s, Result<(), SinkError>>;
 
     /// Put what this sink did into the run's outcome.
     fn report(&self, outcome: &mut Outcome) {
@@ -195,8 +295,8 @@ pub trait Sink: Send {
 /// Send `built` to every sink, all committing together or not at all (see [`Sink`]). A failure
 /// after the first commit puts back what was changed, last first, and the failure's message
 /// says so, or lists what could not be put back with how to do it.
-pub async fn publish(
-    sinks: &mut [Box<dyn Sink + '_>],
+pub async fn publish<'a>(
+    sinks: &mut [Box<dyn Sink<'a> + 'a>],
     built: &Arc<Built>,
     outcome: &mut Outcome,
 ) -> Result<(), Failure> {
@@ -205,12 +305,13 @@ pub async fn publish(
         sink.report(outcome);
     }
     sinks.sort_by_key(|s| s.order());
+    let mut changes = Changes::default();
     let mut result = Ok(());
     for sink in sinks.iter_mut() {
         result = async {
             sink.write(built).await?;
             sink.report(outcome);
-            sink.commit(built, outcome).await?;
+            sink.commit(built, outcome, &mut changes).await?;
             sink.report(outcome);
             Ok::<(), SinkError>(())
         }
@@ -220,17 +321,12 @@ pub async fn publish(
         }
     }
     let Err(error) = result else {
-        for sink in sinks.iter_mut() {
-            sink.keep();
-        }
+        changes.keep();
         return Ok(());
     };
     let mut failure = Failure::from(error);
-    let changed = sinks.iter().any(|s| s.changed());
-    let mut left = Vec::new();
-    for sink in sinks.iter_mut().rev() {
-        left.extend(sink.undo().await);
-    }
+    let changed = changes.any();
+    let left = changes.undo().await;
     if !left.is_empty() {
         failure.message = format!(
             "{}\nThis run could not undo everything it had changed before it failed:\n  - {}",

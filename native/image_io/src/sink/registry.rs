@@ -1,7 +1,7 @@
 //! A registry: every blob uploaded at the write (no tag moves), the tags at the commit, each
 //! put back if a later output fails ([`crate::registry`]).
 
-use super::{Built, Feedback, Order, Sink, SinkError};
+use super::{Built, Change, Changes, Feedback, Order, Sink, SinkError};
 use crate::outcome::Outcome;
 use crate::registry::{move_tags, upload, PushOutcome, PushedTags, RegistryOptions};
 use futures_util::future::BoxFuture;
@@ -27,8 +27,8 @@ impl RegistrySink {
     }
 }
 
-impl Sink for RegistrySink {
-    fn write<'a>(&'a mut self, built: &'a Arc<Built>) -> BoxFuture<'a, Result<(), SinkError>> {
+impl<'a> Sink<'a> for RegistrySink {
+    fn write<'s>(&'s mut self, built: &'s Arc<Built>) -> BoxFuture<'s, Result<(), SinkError>> {
         Box::pin(async move {
             (self.feedback.step)("pushing to the registry".into());
             let progress = self.feedback.bytes("push");
@@ -38,32 +38,22 @@ impl Sink for RegistrySink {
         })
     }
 
-    fn commit<'a>(
-        &'a mut self,
-        built: &'a Arc<Built>,
-        _outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn commit<'s>(
+        &'s mut self,
+        built: &'s Arc<Built>,
+        _outcome: &'s Outcome,
+        changes: &'s mut Changes<'a>,
+    ) -> BoxFuture<'s, Result<(), SinkError>> {
         Box::pin(async move {
             let Some(outcome) = self.outcome.as_mut() else {
                 return Err(SinkError::Internal(
                     "the push committed before it wrote".into(),
                 ));
             };
-            Ok(move_tags(built, &mut self.pushed, outcome).await?)
+            let moved = move_tags(built, &mut self.pushed, outcome).await;
+            changes.record(std::mem::take(&mut self.pushed));
+            Ok(moved?)
         })
-    }
-
-    fn undo(&mut self) -> BoxFuture<'_, Vec<String>> {
-        let pushed = std::mem::take(&mut self.pushed);
-        Box::pin(pushed.undo())
-    }
-
-    fn keep(&mut self) {
-        self.pushed = PushedTags::default();
-    }
-
-    fn changed(&self) -> bool {
-        self.pushed.moved() > 0
     }
 
     fn report(&self, outcome: &mut Outcome) {
@@ -74,5 +64,15 @@ impl Sink for RegistrySink {
 
     fn order(&self) -> Order {
         Order::Registry
+    }
+}
+
+impl<'a> Change<'a> for PushedTags {
+    fn is_empty(&self) -> bool {
+        self.moved() == 0
+    }
+
+    fn undo(self: Box<Self>) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(PushedTags::undo(*self))
     }
 }
