@@ -1,6 +1,6 @@
 defmodule DockerRelease.Native do
   # Every NIF of the Rust crate `docker_release_nif` has a stub here with the same name and
-  # arity, prefixed by area (`image_`, `reference_`, `lock_`, `job_`). The library is loaded on first use (not
+  # arity, prefixed by area (`image_`, `reference_`, `lock_`, `engine_`, `job_`). The library is loaded on first use (not
   # @on_load, which would also fire while compiling, before cargo has run).
   @moduledoc false
 
@@ -38,7 +38,10 @@ defmodule DockerRelease.Native do
               mix_env: "prod",
               no_cache: false,
               base: nil,
-              stall_timeout: 300
+              stall_timeout: 300,
+              # true: the host's `mix release` runs while the job starts; the job waits at its
+              # release stage for `job_resume/1` (or ends at `job_cancel/1`).
+              await_host_build: false
   end
 
   defmodule DockerfilesRequest do
@@ -78,6 +81,12 @@ defmodule DockerRelease.Native do
   def lock_try(path), do: load_and_apply(:lock_try, [path])
   @doc false
   def lock_release(lock), do: load_and_apply(:lock_release, [lock])
+  # A job started with `await_host_build: true` goes on with the host's release.
+  @doc false
+  def job_resume(job), do: load_and_apply(:job_resume, [job])
+  # Cancels a job (it ends with {:error, :cancelled, _}).
+  @doc false
+  def job_cancel(job), do: load_and_apply(:job_cancel, [job])
   # Tests only: a job that panics inside (see `job_panic_probe` in the crate).
   @doc false
   def job_panic_probe, do: load_and_apply(:job_panic_probe, [])

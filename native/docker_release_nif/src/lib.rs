@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 mod atoms {
@@ -63,6 +64,7 @@ struct NifRequest {
     no_cache: bool,
     base: Option<String>,
     stall_timeout: u64,
+    await_host_build: bool,
 }
 
 impl From<NifRequest> for Request {
@@ -120,6 +122,8 @@ impl From<NifRequest> for Request {
 /// when the garbage collector runs). The job is cancelled when the caller dies (monitored).
 struct Job {
     cancel: CancellationToken,
+    /// Resumes a job that waits for the host's release build (`job_resume`).
+    resume: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 #[rustler::resource_impl]
@@ -186,13 +190,37 @@ fn error_term<'a>(env: Env<'a>, f: &Failure) -> Term<'a> {
     (atoms::error(), reason, f.message.as_str()).encode(env)
 }
 
-/// Start a build; returns `{:ok, job, id}` at once. Messages follow as described above.
+/// Start a build; returns `{:ok, job, id}` at once. Messages follow as described above. With
+/// `await_host_build`, the job waits at its release stage for [`job_resume`].
 #[rustler::nif]
 fn image_build(env: Env, request: NifRequest) -> (Atom, ResourceArc<Job>, u64) {
+    let (resume, host_build) = if request.await_host_build {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let request: Request = request.into();
-    start_job(env, move |events, cancel| {
-        pipeline::run(request, events, cancel)
+    start_job(env, resume, move |events, cancel| {
+        pipeline::run(request, events, cancel, host_build)
     })
+}
+
+/// The host's release is built: the job goes on. Resuming twice, or a job that does not wait,
+/// is harmless.
+#[rustler::nif]
+fn job_resume(job: ResourceArc<Job>) -> Atom {
+    if let Some(tx) = job.resume.lock().ok().and_then(|mut r| r.take()) {
+        let _ = tx.send(());
+    }
+    atoms::ok()
+}
+
+/// Cancel a job: it ends with `{:error, :cancelled, message}`.
+#[rustler::nif]
+fn job_cancel(job: ResourceArc<Job>) -> Atom {
+    job.cancel.cancel();
+    atoms::ok()
 }
 
 /// Mirrors `DockerRelease.Native.DockerfilesRequest`.
@@ -224,14 +252,18 @@ fn image_dockerfiles(env: Env, request: NifDockerfiles) -> (Atom, ResourceArc<Jo
         no_cache: request.no_cache,
     };
     let stall_timeout = stall_from_secs(request.stall_timeout);
-    start_job(env, move |events, cancel| {
+    start_job(env, None, move |events, cancel| {
         pipeline::run_dockerfiles(flow, stall_timeout, events, cancel)
     })
 }
 
 /// Start `work` on the shared runtime for the calling process: events become messages, the
 /// result becomes the one final message (also on panic), the caller's death cancels it.
-fn start_job<W, F, T>(env: Env, work: W) -> (Atom, ResourceArc<Job>, u64)
+fn start_job<W, F, T>(
+    env: Env,
+    resume: Option<oneshot::Sender<()>>,
+    work: W,
+) -> (Atom, ResourceArc<Job>, u64)
 where
     W: FnOnce(pipeline::Events, CancellationToken) -> F,
     F: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
@@ -241,6 +273,7 @@ where
     let cancel = CancellationToken::new();
     let job = ResourceArc::new(Job {
         cancel: cancel.clone(),
+        resume: Mutex::new(resume),
     });
     let pid = env.pid();
     let _ = env.monitor(&job, &pid);
@@ -349,7 +382,7 @@ struct NifCleanRequest {
 #[rustler::nif]
 fn image_clean(env: Env, request: NifCleanRequest) -> (Atom, ResourceArc<Job>, u64) {
     let project = request.project_dir.map(PathBuf::from);
-    start_job(env, move |events, _cancel| {
+    start_job(env, None, move |events, _cancel| {
         image_io::clean::run_clean(project, events)
     })
 }
@@ -367,7 +400,7 @@ fn reference_parse(env: Env, input: String) -> Term {
 /// ends in exactly one final error message and leaves the VM running. Used by the tests only.
 #[rustler::nif]
 fn job_panic_probe(env: Env) -> (Atom, ResourceArc<Job>, u64) {
-    start_job(env, |events, _cancel| async move {
+    start_job(env, None, |events, _cancel| async move {
         events(Event::Step("about to panic on purpose".into()));
         if std::hint::black_box(true) {
             panic!("job_panic_probe: a deliberate panic inside a job");

@@ -76,6 +76,21 @@ pub fn write_archive<W: Write>(
     out: W,
     progress: &mut dyn FnMut(u64),
 ) -> Result<W, ArchiveError> {
+    write_archive_omitting(image, tags, blobs, out, progress, &BTreeSet::new())
+}
+
+/// [`write_archive`] without the bytes of the layer blobs in `omit` (they are still named by
+/// the manifests): for a Docker engine that already holds those layers, which `docker load`
+/// then does not open (see `image_io::sink`). Such an archive is not a complete image: it is
+/// never written to a file.
+pub fn write_archive_omitting<W: Write>(
+    image: &Image,
+    tags: &[Reference],
+    blobs: &dyn BlobSource,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+    omit: &BTreeSet<Digest>,
+) -> Result<W, ArchiveError> {
     let mtime = image.created;
     let config = image.config_json();
     let manifest = image.manifest_json();
@@ -97,7 +112,12 @@ pub fn write_archive<W: Write>(
         (manifest_digest.clone(), manifest.clone()),
     ];
     small.sort();
-    let layer_digests: BTreeSet<&Digest> = image.layers.iter().map(|l| &l.digest).collect();
+    let layer_digests: BTreeSet<&Digest> = image
+        .layers
+        .iter()
+        .map(|l| &l.digest)
+        .filter(|d| !omit.contains(*d))
+        .collect();
     let mut all: BTreeSet<&Digest> = layer_digests.clone();
     for (d, _) in &small {
         all.insert(d);

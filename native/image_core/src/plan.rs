@@ -429,9 +429,9 @@ fn runtime_layer(
     let mut files = Vec::new();
     let mut private = Vec::new();
     for (path, e) in &closure.entries {
-        let meta = fs.lstat(path).map_err(PlanError::read(&path))?;
+        let meta = fs.lstat(path).map_err(PlanError::read(path))?;
         let source = match e.kind {
-            Kind::Symlink => Source::Symlink(fs.read_link(path).map_err(PlanError::read(&path))?),
+            Kind::Symlink => Source::Symlink(fs.read_link(path).map_err(PlanError::read(path))?),
             Kind::Dir => Source::Dir,
             _ => Source::File(path.clone()),
         };
@@ -901,7 +901,7 @@ fn base_dirs_layer(
     let (mut private, mut skipped) = (Vec::new(), Vec::new());
     for extra in &s.extra_files {
         check_extra(fs, extra)?;
-        let (canon, _) = resolve_path(fs, extra).map_err(PlanError::read(&extra))?;
+        let (canon, _) = resolve_path(fs, extra).map_err(PlanError::read(extra))?;
         let mut stack = vec![(canon, in_base(base.fs, extra))];
         let mut top = true;
         while let Some((src, dest)) = stack.pop() {

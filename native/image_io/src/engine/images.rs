@@ -42,16 +42,22 @@ pub trait Engine: Send + Sync {
 
 impl Engine for DockerEngine {
     async fn platform(&self) -> Result<String, EngineError> {
-        let v = self
-            .docker
-            .version()
-            .await
-            .map_err(|e| self.failure("the version query", e))?;
-        Ok(format!(
-            "{}/{}",
-            v.os.unwrap_or_else(|| "linux".into()),
-            v.arch.unwrap_or_else(|| "amd64".into())
-        ))
+        let platform = self
+            .platform
+            .get_or_try_init(|| async {
+                let v = self
+                    .docker
+                    .version()
+                    .await
+                    .map_err(|e| self.failure("the version query", e))?;
+                Ok::<_, EngineError>(format!(
+                    "{}/{}",
+                    v.os.unwrap_or_else(|| "linux".into()),
+                    v.arch.unwrap_or_else(|| "amd64".into())
+                ))
+            })
+            .await?;
+        Ok(platform.clone())
     }
 
     async fn load(&self, body: Body) -> Result<String, EngineError> {

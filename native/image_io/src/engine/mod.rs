@@ -151,6 +151,8 @@ pub(crate) fn stalled_in(e: &bollard::errors::Error) -> Option<&Stalled> {
 pub struct DockerEngine {
     pub(crate) docker: Docker,
     endpoint: String,
+    /// The engine's `os/arch`, once asked (it does not change while we talk to it).
+    platform: tokio::sync::OnceCell<String>,
 }
 
 impl DockerEngine {

@@ -2,7 +2,7 @@
 //! builder) need. Decided before any work, so that a refusing engine fails fast.
 
 use super::{required_engine, EngineOutput, Event, Events, Request, Source};
-use crate::engine::{resolve_endpoint, DockerEngine, Endpoint};
+use crate::engine::{resolve_endpoint, DockerEngine, Endpoint, Engine};
 use crate::error::Failure;
 use std::path::PathBuf;
 
@@ -47,6 +47,10 @@ pub async fn destinations(req: &Request, events: &Events) -> Result<Destinations
         _ => Some(required_engine(events, "this build", req.stall_timeout).await?),
     };
     let load = engine.is_some() && !matches!(req.outputs.engine, EngineOutput::Off);
+    if let (true, Some(engine)) = (load, &engine) {
+        // Asked now (and kept): the load checks it later, and a host build may still run.
+        let _ = engine.platform().await;
+    }
     Ok(Destinations {
         engine,
         load,

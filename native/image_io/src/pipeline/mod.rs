@@ -65,17 +65,24 @@ pub enum Event {
 /// Where a run's [`Event`]s go.
 pub type Events = Arc<dyn Fn(Event) + Send + Sync>;
 
+/// The host's release build, running while the job starts: resolved when it is done.
+pub type HostBuild = tokio::sync::oneshot::Receiver<()>;
+
 /// Run one build: the stages, in order. `events` receives progress; cancelling `cancel` stops
 /// the work at the next file (and drops the engine connection, which makes the engine discard
-/// a partial load).
+/// a partial load). With `host_build`, the host's `mix release` is still running: the stages
+/// that do not need the release (the destinations, the engine's platform) run meanwhile, and
+/// the release stage waits for it.
 pub async fn run(
     req: Request,
     events: Events,
     cancel: CancellationToken,
+    host_build: Option<HostBuild>,
 ) -> Result<Outcome, Failure> {
     let tags = check_request(&req)?;
     let dest = destinations(&req, &events).await?;
-    let mut release = obtain_release(&req, dest.engine.as_ref(), &events, &cancel).await?;
+    let mut release =
+        obtain_release(&req, dest.engine.as_ref(), &events, &cancel, host_build).await?;
     let base = base(&req, &dest, &release, &events).await?;
     let plan = plan_until_complete(&mut release, base.as_ref(), &events, &cancel).await?;
     let image = write_layers(&req, release, plan, base, &events, &cancel).await?;

@@ -1,7 +1,7 @@
 //! Stage 2, the release: on the host (already assembled by the Elixir side), or built in a
 //! builder container; with it, the filesystem the runtime files are read from.
 
-use super::{step_and_line, Event, Events, Request, Source};
+use super::{step_and_line, Event, Events, HostBuild, Request, Source};
 use crate::builder::{self, BuilderSpec, BuiltRelease};
 use crate::engine::{sweep_leftovers, DockerEngine};
 use crate::error::{Failure, Reason};
@@ -20,13 +20,15 @@ pub struct Release<'a> {
     pub builder: Option<BuiltRelease<'a, DockerEngine>>,
 }
 
-/// Obtain the release of `req`: the host's at `settings.release_dir`, or one built in a
-/// container of the builder image (leftover containers of killed runs are swept first).
+/// Obtain the release of `req`: the host's at `settings.release_dir` (once `host_build` is
+/// done, when the host's `mix release` still runs), or one built in a container of the builder
+/// image (leftover containers of killed runs are swept first).
 pub async fn obtain_release<'a>(
     req: &Request,
     engine: Option<&'a DockerEngine>,
     events: &Events,
     cancel: &CancellationToken,
+    host_build: Option<HostBuild>,
 ) -> Result<Release<'a>, Failure> {
     let mut settings = req.settings.clone();
     let Source::Builder {
@@ -37,6 +39,13 @@ pub async fn obtain_release<'a>(
         cache,
     } = &req.source
     else {
+        if let Some(done) = host_build {
+            let cancelled = || Failure::new(Reason::Cancelled, "the build was cancelled");
+            tokio::select! {
+                r = done => r.map_err(|_| cancelled())?,
+                _ = cancel.cancelled() => return Err(cancelled()),
+            }
+        }
         return Ok(Release {
             fs: Arc::new(HostFs::new("/")),
             settings,

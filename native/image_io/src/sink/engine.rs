@@ -6,8 +6,10 @@ use crate::channel::body_from_writer;
 use crate::engine::{Engine, EngineError};
 use crate::outcome::Outcome;
 use futures_util::future::BoxFuture;
-use image_core::archive::{write_archive, ArchiveError};
+use image_core::archive::{write_archive_omitting, ArchiveError};
+use image_core::digest::Digest;
 use image_core::reference::Reference;
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::sync::Arc;
 
@@ -46,6 +48,12 @@ pub async fn engine<E: Engine>(
 
 /// Stream the image into the engine, untagged, and check that the engine stored the image ID we
 /// computed. An untagged image changes nothing anyone refers to.
+///
+/// Layers the engine already holds are not sent ([`layers_held`]): `docker load` (Docker 20.10
+/// and later) opens a layer's file only when it has no layer with that layer's chain ID, so
+/// their bytes are left out of the archive. Should the engine refuse the load all the same
+/// (it dropped such a layer meanwhile, or another engine loads differently), the whole
+/// archive is sent again.
 pub async fn engine_load<E: Engine>(
     engine: &E,
     built: Arc<Built>,
@@ -61,31 +69,12 @@ pub async fn engine_load<E: Engine>(
         }
         .into());
     }
-    let writer_built = built.clone();
-    let (body, writer) = body_from_writer(CHUNK, move |out| {
-        let mut report = |n| progress(n);
-        // The archive sent to the engine carries no tags: tags are set after a complete load.
-        write_archive(
-            &writer_built.image,
-            &[],
-            &writer_built.blobs,
-            out,
-            &mut report,
-        )
-        .and_then(|w| w.flush().map_err(ArchiveError::Write))
-    });
-    let loaded = engine.load(body).await;
-    let written = writer
-        .await
-        .map_err(|e| SinkError::Internal(e.to_string()))?;
-    match (written, loaded) {
-        // The engine hung up first: its answer says why.
-        (Err(ArchiveError::Write(e)), Err(l)) if e.kind() == io::ErrorKind::BrokenPipe => {
-            return Err(l.into())
+    let held = layers_held(engine, &built).await;
+    match send(engine, &built, held.clone(), progress.clone()).await {
+        Err(SinkError::Engine(EngineError::Load(_))) if !held.is_empty() => {
+            send(engine, &built, BTreeSet::new(), progress).await?
         }
-        (Err(w), _) => return Err(w.into()),
-        (Ok(_), Err(l)) => return Err(l.into()),
-        (Ok(_), Ok(_)) => {}
+        sent => sent?,
     }
     let want = built.image.id().to_string();
     let (id, size) = engine.inspect(&want).await.map_err(|e| match e {
@@ -100,6 +89,81 @@ pub async fn engine_load<E: Engine>(
         return Err(SinkError::IdMismatch { want, got: id });
     }
     Ok(Loaded { id, size })
+}
+
+/// Stream the image's archive, without the bytes of the layer blobs in `omit`, into
+/// `POST /images/load`.
+async fn send<E: Engine>(
+    engine: &E,
+    built: &Arc<Built>,
+    omit: BTreeSet<Digest>,
+    progress: Progress,
+) -> Result<(), SinkError> {
+    let writer_built = built.clone();
+    let (body, writer) = body_from_writer(CHUNK, move |out| {
+        let mut report = |n| progress(n);
+        // The archive sent to the engine carries no tags: tags are set after a complete load.
+        write_archive_omitting(
+            &writer_built.image,
+            &[],
+            &writer_built.blobs,
+            out,
+            &mut report,
+            &omit,
+        )
+        .and_then(|w| w.flush().map_err(ArchiveError::Write))
+    });
+    let loaded = engine.load(body).await;
+    let written = writer
+        .await
+        .map_err(|e| SinkError::Internal(e.to_string()))?;
+    match (written, loaded) {
+        // The engine hung up first: its answer says why.
+        (Err(ArchiveError::Write(e)), Err(l)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            Err(l.into())
+        }
+        (Err(w), _) => Err(w.into()),
+        (Ok(_), Err(l)) => Err(l.into()),
+        (Ok(_), Ok(_)) => Ok(()),
+    }
+}
+
+/// The layer blobs of `built` whose layers the engine holds, as far as it can tell: the layers
+/// of our image are a chain (each layer on the ones below it, named by the chain of their
+/// `diff_id`s), and the engine holds a chain when an image it has starts with it. The images
+/// asked about are the ones our tags name now (the previous build, usually) and our image
+/// itself; the longest chain any of them starts with is held. A blob is left out only when
+/// every layer that uses it is in that chain. Nothing is left out when the engine cannot say.
+async fn layers_held<E: Engine>(engine: &E, built: &Built) -> BTreeSet<Digest> {
+    let ours: Vec<String> = built
+        .image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.to_string())
+        .collect();
+    let mut candidates = vec![built.image.id().to_string()];
+    candidates.extend(
+        built
+            .tags
+            .iter()
+            .map(|t| format!("{}:{}", t.repository(), t.tag)),
+    );
+    let mut held = 0;
+    for reference in candidates {
+        if held == ours.len() {
+            break;
+        }
+        if let Ok(Some(theirs)) = engine.layers(&reference).await {
+            let common = ours.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
+            held = held.max(common);
+        }
+    }
+    let (chain, rest) = built.image.layers.split_at(held);
+    chain
+        .iter()
+        .map(|l| l.digest.clone())
+        .filter(|d| !rest.iter().any(|l| l.digest == *d))
+        .collect()
 }
 
 /// A tag [`tag`] moved, and the image it pointed at before (`None`: it did not exist).
@@ -210,7 +274,11 @@ impl<'a, E: Engine> Sink<'a> for EngineSink<'a, E> {
         changes: &'s mut Changes<'a>,
     ) -> BoxFuture<'s, Result<(), SinkError>> {
         Box::pin(async move {
-            let id = self.loaded.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+            let id = self
+                .loaded
+                .as_ref()
+                .map(|l| l.id.clone())
+                .unwrap_or_default();
             let mut moves = Vec::new();
             let tagged = tag(self.engine, &id, &built.tags, &mut moves).await;
             changes.record(EngineTags {
