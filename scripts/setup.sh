@@ -14,6 +14,7 @@ PACKAGES=(
   gcc musl-tools               # ELF fixtures for the closure tests
   make libc6-dev               # the C NIF of the project-shapes corpus, built on the host
   apache2-utils openssl         # htpasswd and certificates for the registry auth and TLS tests
+  socat                        # a TLS endpoint for the engine that keeps half-closes (dind test)
   dropbear-bin libnss-wrapper openssh-client   # an ssh:// engine endpoint for the ssh test
   git curl ca-certificates procps
   # Also used, and Essential in Debian and Ubuntu: coreutils (timeout, mkfifo, mknod), tar,
