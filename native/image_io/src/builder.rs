@@ -1575,8 +1575,12 @@ mod tests {
                 .unwrap();
             std::os::unix::fs::symlink(found, dir.path().join(tool)).unwrap();
         }
+        // The sources check has tests of its own (builder/sources.rs): stubbed here.
+        let script = format!(
+            "docker_release_sources() {{ :; }}\ndocker_release_sources_done() {{ :; }}\n{BUILD_SCRIPT}"
+        );
         let out = std::process::Command::new("/bin/sh")
-            .args(["-c", BUILD_SCRIPT, "docker_release", release, "@M"])
+            .args(["-c", &script, "docker_release", release, "@M"])
             .env_clear()
             .env("PATH", dir.path())
             .env("MIX_ENV", "prod")
