@@ -14,4 +14,5 @@ pub mod glibc;
 pub mod image;
 pub mod layer;
 pub mod plan;
+pub mod platform;
 pub mod reference;
