@@ -9,6 +9,7 @@ pub mod closure;
 pub mod context;
 pub mod digest;
 pub mod elf;
+pub mod foreign;
 pub mod fs;
 pub mod glibc;
 pub mod image;

@@ -8,6 +8,7 @@
 //! every test crate.
 #![allow(dead_code)]
 
+pub mod builders;
 pub mod prereq;
 
 use flate2::read::GzDecoder;
