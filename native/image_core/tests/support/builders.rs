@@ -112,14 +112,19 @@ pub fn rootfs(image: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// The examples released by this test process.
+static RELEASED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// `examples/NAME` released (`MIX_ENV=prod mix release`) in a container of `builder`, without
 /// its docker_release dependency (a dev-only path dependency a container cannot see). Built
-/// once per test process into a fresh copy; returns the release directory.
+/// once per test process, into a fresh copy of the example (so it is never stale); returns the
+/// release directory.
 pub fn release(name: &str, builder: &str) -> Option<PathBuf> {
     let _guard = MAKING.lock().unwrap_or_else(|e| e.into_inner());
-    let copy = cache_dir().join(format!("release-{name}-{}", std::process::id()));
+    let copy = cache_dir().join(format!("release-{name}"));
     let rel = copy.join(format!("_build/prod/rel/{name}"));
-    if rel.join("releases/start_erl.data").is_file() {
+    let mut released = RELEASED.lock().unwrap_or_else(|e| e.into_inner());
+    if released.iter().any(|r| r == name) && rel.join("releases/start_erl.data").is_file() {
         return Some(rel);
     }
     let _ = std::fs::remove_dir_all(&copy);
@@ -150,6 +155,7 @@ pub fn release(name: &str, builder: &str) -> Option<PathBuf> {
             .args([builder, "mix", "release", "--overwrite"]),
         &format!("mix release of examples/{name} in {builder}"),
     )?;
+    released.push(name.to_string());
     Some(rel)
 }
 
