@@ -16,6 +16,7 @@ use image_core::image::{Summary, MAX_CREATED};
 use image_core::layer::LayerError;
 use image_core::layer::Source as EntrySource;
 use image_core::plan::{plan, release_platform, BasePlanError, PlanError, RuntimeFile, Settings};
+use image_core::platform::PlatformOptions;
 use image_core::reference::{Reference, ReferenceError};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ pub struct Request {
     pub settings: Settings,
     /// A base image to put the release on, instead of the runtime files.
     pub base: Option<String>,
+    /// `--platform`, `--platform-image`, `--emulate` as given (not used yet: the multi-platform
+    /// build is wired in a later change; `DockerRelease.build` refuses them until then).
+    pub platforms: PlatformOptions,
     /// Timestamp of the image and of every file in it.
     pub created: u64,
     /// gzip level 1–9.
@@ -794,6 +798,7 @@ mod tests {
             source: Source::Host,
             settings: Settings::default(),
             base: None,
+            platforms: PlatformOptions::default(),
             created: 0,
             compression_level: 1,
             tags: vec!["hello:1".into()],
