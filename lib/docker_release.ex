@@ -49,11 +49,21 @@ defmodule DockerRelease do
   """
   @spec build(Config.t(), keyword) :: {:ok, outcome} | {:error, Error.t()}
   def build(%Config{} = config, project) do
-    if config.build_dockerfile do
-      build_with_dockerfiles(config)
-    else
-      check_engine!(config)
-      BuildLock.with_lock(config, project, fn -> config |> request!(project) |> run() end)
+    cond do
+      config.platforms != [] ->
+        raise Error,
+          reason: :invalid_config,
+          message:
+            "--platform: multi-platform images are not built yet (the options are checked; " <>
+              "building one image per platform follows in a later version). Drop --platform " <>
+              "(and platforms: in mix.exs) to build the image of the release's own platform"
+
+      config.build_dockerfile ->
+        build_with_dockerfiles(config)
+
+      true ->
+        check_engine!(config)
+        BuildLock.with_lock(config, project, fn -> config |> request!(project) |> run() end)
     end
   rescue
     e in Error -> {:error, e}
@@ -184,6 +194,9 @@ defmodule DockerRelease do
       mix_env: config.env,
       no_cache: config.no_cache,
       base: config.base,
+      platforms: config.platforms,
+      platform_images: config.platform_images,
+      emulate: config.emulate,
       stall_timeout: config.stall_timeout,
       await_host_build: host_build != nil
     }

@@ -1,6 +1,6 @@
 defmodule DockerRelease.Native do
   # Every NIF of the Rust crate `docker_release_nif` has a stub here with the same name and
-  # arity, prefixed by area (`image_`, `reference_`, `lock_`, `engine_`, `job_`). The library is loaded on first use (not
+  # arity, prefixed by area (`image_`, `reference_`, `platform_`, `lock_`, `job_`). The library is loaded on first use (not
   # @on_load, which would also fire while compiling, before cargo has run).
   @moduledoc false
 
@@ -38,6 +38,11 @@ defmodule DockerRelease.Native do
               mix_env: "prod",
               no_cache: false,
               base: nil,
+              # `--platform`, `--platform-image` (`[{platform, image}]`), `--emulate`, checked by
+              # `platform_check/3`.
+              platforms: [],
+              platform_images: [],
+              emulate: false,
               stall_timeout: 300,
               # true: the host's `mix release` runs while the job starts; the job waits at its
               # release stage for `job_resume/1` (or ends at `job_cancel/1`).
@@ -73,6 +78,12 @@ defmodule DockerRelease.Native do
   def image_dockerfiles(request), do: load_and_apply(:image_dockerfiles, [request])
   @doc false
   def reference_parse(input), do: load_and_apply(:reference_parse, [input])
+  # `{:ok, platforms, images}` normalised, or `{:error, message}` (see `platform_check` in the
+  # crate).
+  @doc false
+  def platform_check(platforms, images, emulate),
+    do: load_and_apply(:platform_check, [platforms, images, emulate])
+
   # `{:ok, address | nil}` or `{:error, reason, message}`: where the engine is, without
   # connecting (see `engine_endpoint` in the crate).
   @doc false

@@ -9,6 +9,7 @@
 mod term;
 
 use image_core::plan::Settings;
+use image_core::platform::PlatformOptions;
 use image_core::reference::Reference;
 use image_io::dockerfiles::DockerfileFlow;
 use image_io::error::{Failure, Reason};
@@ -63,6 +64,9 @@ struct NifRequest {
     mix_env: String,
     no_cache: bool,
     base: Option<String>,
+    platforms: Vec<String>,
+    platform_images: Vec<(String, String)>,
+    emulate: bool,
     stall_timeout: u64,
     await_host_build: bool,
 }
@@ -82,6 +86,11 @@ impl From<NifRequest> for Request {
                 None => Source::Host,
             },
             base: r.base,
+            platforms: PlatformOptions {
+                platforms: r.platforms,
+                images: r.platform_images,
+                emulate: r.emulate,
+            },
             settings: Settings {
                 release_dir: r.release_dir.into(),
                 release_name: r.release_name,
@@ -392,6 +401,35 @@ fn image_clean(env: Env, request: NifCleanRequest) -> (Atom, ResourceArc<Job>, u
 fn reference_parse(env: Env, input: String) -> Term {
     match Reference::parse(&input) {
         Ok(r) => (atoms::ok(), (r.repository(), r.tag)).encode(env),
+        Err(e) => (atoms::error(), e.to_string()).encode(env),
+    }
+}
+
+/// Check `--platform`, `--platform-image` and `--emulate` (see
+/// `image_core::platform::PlatformOptions::check`): `{:ok, platforms, images}` in their normal
+/// form (`"linux/arm64/v8"`, `[{platform, image}]`), or `{:error, message}`.
+#[rustler::nif]
+fn platform_check(
+    env: Env,
+    platforms: Vec<String>,
+    images: Vec<(String, String)>,
+    emulate: bool,
+) -> Term {
+    let options = PlatformOptions {
+        platforms,
+        images,
+        emulate,
+    };
+    match options.check() {
+        Ok(s) => {
+            let platforms: Vec<String> = s.platforms.iter().map(|p| p.to_string()).collect();
+            let images: Vec<(String, String)> = s
+                .images
+                .iter()
+                .map(|(p, i)| (p.to_string(), i.clone()))
+                .collect();
+            (atoms::ok(), platforms, images).encode(env)
+        }
         Err(e) => (atoms::error(), e.to_string()).encode(env),
     }
 }

@@ -345,14 +345,14 @@ fn private_notice(private: &[PathBuf], uid: u32) -> Vec<String> {
 }
 
 /// What the release's own files say: ERTS and release versions, and the platform of ERTS.
-struct ReleaseFacts {
-    erts_vsn: String,
-    rel_vsn: String,
-    platform: Platform,
+pub(crate) struct ReleaseFacts {
+    pub(crate) erts_vsn: String,
+    pub(crate) rel_vsn: String,
+    pub(crate) platform: Platform,
 }
 
 /// Check that `settings.release_dir` is an assembled release with ERTS and read its facts.
-fn release_facts(fs: &dyn Fs, settings: &Settings) -> Result<ReleaseFacts, PlanError> {
+pub(crate) fn release_facts(fs: &dyn Fs, settings: &Settings) -> Result<ReleaseFacts, PlanError> {
     let rel = &settings.release_dir;
     if !matches!(fs.lstat(rel).map(|m| m.kind), Ok(Kind::Dir)) {
         return Err(PlanError::NotARelease {
@@ -732,31 +732,7 @@ pub fn plan_on_base(
         .map_err(PlanError::read(&settings.release_dir))?;
     let mut problems = check_release(&union)?;
     let path = env_value(&base.env, "PATH").unwrap_or(PATH).to_string();
-    let is_file = |p: &Path| {
-        resolve_path(base.fs, p)
-            .ok()
-            .and_then(|(c, _)| base.fs.lstat(&c).ok())
-            .is_some_and(|m| m.kind == Kind::File)
-    };
-    let mut missing: Vec<String> = Vec::new();
-    if !is_file(Path::new("/bin/sh")) {
-        missing.push("/bin/sh".into());
-    }
-    for tool in SHELL_TOOLS {
-        let found = path
-            .split(':')
-            .filter(|d| d.starts_with('/'))
-            .any(|d| is_file(&Path::new(d).join(tool)));
-        if !found {
-            missing.push(tool.to_string());
-        }
-    }
-    if !missing.is_empty() {
-        problems.push(Problem::MissingTools {
-            tools: missing,
-            path: path.clone(),
-        });
-    }
+    problems.extend(missing_tools(base.fs, &path));
     if !problems.is_empty() {
         return Err(incompatible(problems).into());
     }
@@ -808,9 +784,37 @@ pub fn plan_on_base(
     ))
 }
 
+/// `/bin/sh` and the [`SHELL_TOOLS`] missing from `fs` (looked up in `path`, a `PATH` value),
+/// as one problem; none when all are there.
+pub(crate) fn missing_tools(fs: &dyn Fs, path: &str) -> Option<Problem> {
+    let is_file = |p: &Path| {
+        resolve_path(fs, p)
+            .ok()
+            .and_then(|(c, _)| fs.lstat(&c).ok())
+            .is_some_and(|m| m.kind == Kind::File)
+    };
+    let mut missing: Vec<String> = Vec::new();
+    if !is_file(Path::new("/bin/sh")) {
+        missing.push("/bin/sh".into());
+    }
+    for tool in SHELL_TOOLS {
+        let found = path
+            .split(':')
+            .filter(|d| d.starts_with('/'))
+            .any(|d| is_file(&Path::new(d).join(tool)));
+        if !found {
+            missing.push(tool.to_string());
+        }
+    }
+    (!missing.is_empty()).then(|| Problem::MissingTools {
+        tools: missing,
+        path: path.to_string(),
+    })
+}
+
 /// Same OS and architecture; variants must agree only when both are given (`arm64` configs
 /// often omit `v8`).
-fn same_platform(a: &Platform, b: &Platform) -> bool {
+pub(crate) fn same_platform(a: &Platform, b: &Platform) -> bool {
     a.os == b.os
         && a.architecture == b.architecture
         && match (&a.variant, &b.variant) {

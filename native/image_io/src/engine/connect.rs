@@ -198,5 +198,10 @@ fn tls_config(dir: &Path) -> Result<rustls::ClientConfig, EngineError> {
         builder.with_no_client_auth()
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Each engine request is its own connection (transport.rs), so a resumed session would be
+    // offered on every one after the first. TLS servers on OpenSSL that verify client
+    // certificates without a session ID context (socat, some proxies) refuse a resumption
+    // with a fatal alert; full handshakes work everywhere, for about a millisecond each here.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }

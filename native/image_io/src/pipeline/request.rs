@@ -4,6 +4,7 @@ use crate::error::{Failure, Reason};
 use crate::registry::RegistryOptions;
 use image_core::image::MAX_CREATED;
 use image_core::plan::Settings;
+use image_core::platform::PlatformOptions;
 use image_core::reference::Reference;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,6 +86,9 @@ pub struct Request {
     pub settings: Settings,
     /// A base image to put the release on, instead of the runtime files.
     pub base: Option<String>,
+    /// `--platform`, `--platform-image`, `--emulate` as given (not used yet: the multi-platform
+    /// build is wired in a later change; `DockerRelease.build` refuses them until then).
+    pub platforms: PlatformOptions,
     /// Timestamp of the image and of every file in it.
     pub created: u64,
     /// gzip level 1–9.
@@ -174,6 +178,7 @@ mod tests {
             source: Source::Host,
             settings: Settings::default(),
             base: None,
+            platforms: PlatformOptions::default(),
             created: 0,
             compression_level: 1,
             tags: vec!["hello:1".into()],
