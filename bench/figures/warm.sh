@@ -63,28 +63,22 @@ measure() {
   timed bare >/dev/null || die "mix release failed for $name (see $LOG)"
   timed ours >/dev/null || die "mix docker.release failed for $name (see $LOG)"
   timed ours_here >/dev/null || die "MIX_ENV=prod mix docker.release failed for $name (see $LOG)"
+  # round VARIANT I: one change, then VARIANT (bare, ours or ours_here) timed and checked.
+  round() {
+    n=$((n + 1)) && change "$name" "$proj" "$n"
+    off=$(log_size)
+    ms=$(timed "$1") || die "$1 failed for $name on run $2 (see $LOG)"
+    record warm_ms "${name}_$1" "$2" "$ms"
+    [ "$(tail -c +$((off + 1)) "$LOG" | grep -c '^Compiling 1 file (.ex)')" = 1 ] ||
+      note "warm $name run $2" "warm: $1 run $2 ($name) did not compile exactly one file"
+    [ "$1" != ours_here ] || tail -c +$((off + 1)) "$LOG" | grep -q 'in this VM)$' ||
+      note "warm $name run $2" "warm: ours_here run $2 ($name) did not build the release in its own VM"
+  }
   log "warm $name: $RUNS runs each, alternating"
   for i in $(seq "$RUNS"); do
-    n=$((n + 1)) && change "$name" "$proj" "$n"
-    off=$(log_size)
-    ms=$(timed bare) || die "mix release failed for $name on run $i (see $LOG)"
-    record warm_ms "${name}_bare" "$i" "$ms"
-    [ "$(tail -c +$((off + 1)) "$LOG" | grep -c '^Compiling 1 file (.ex)')" = 1 ] ||
-      note "warm $name run $i" "warm: bare run $i ($name) did not compile exactly one file"
-    n=$((n + 1)) && change "$name" "$proj" "$n"
-    off=$(log_size)
-    ms=$(timed ours) || die "mix docker.release failed for $name on run $i (see $LOG)"
-    record warm_ms "${name}_ours" "$i" "$ms"
-    [ "$(tail -c +$((off + 1)) "$LOG" | grep -c '^Compiling 1 file (.ex)')" = 1 ] ||
-      note "warm $name run $i" "warm: ours run $i ($name) did not compile exactly one file"
-    n=$((n + 1)) && change "$name" "$proj" "$n"
-    off=$(log_size)
-    ms=$(timed ours_here) || die "MIX_ENV=prod mix docker.release failed for $name on run $i (see $LOG)"
-    record warm_ms "${name}_ours_here" "$i" "$ms"
-    tail -c +$((off + 1)) "$LOG" | grep -q 'in this VM)$' ||
-      note "warm $name run $i" "warm: ours_here run $i ($name) did not build the release in its own VM"
-    [ "$(tail -c +$((off + 1)) "$LOG" | grep -c '^Compiling 1 file (.ex)')" = 1 ] ||
-      note "warm $name run $i" "warm: ours_here run $i ($name) did not compile exactly one file"
+    round bare "$i"
+    round ours "$i"
+    round ours_here "$i"
     warn "$name run $i/$RUNS done"
   done
   # The last image serves the last change.
