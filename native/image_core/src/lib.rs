@@ -15,3 +15,4 @@ pub mod image;
 pub mod layer;
 pub mod plan;
 pub mod reference;
+pub mod supply;
