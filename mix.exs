@@ -16,9 +16,11 @@ defmodule DockerRelease.MixProject do
       # Our own compiler installs the NIF (prebuilt and verified, or built with cargo); it runs
       # after :elixir (which compiles it) and also when docker_release is a dependency.
       compilers: Mix.compilers() ++ [:docker_release_native],
-      # Used only to download and verify the prebuilt NIF (DockerRelease.NativeLib), from OTP
-      # applications Mix itself has; docker_release does not start them.
-      xref: [exclude: [:crypto, :httpc, :inets, :public_key]],
+      # :crypto, :httpc, :inets and :public_key are used only to download and verify the
+      # prebuilt NIF (DockerRelease.NativeLib), from OTP applications Mix itself has;
+      # docker_release does not start them. Only the tests' TLS engine proxy
+      # (test/support/engine_proxy.ex) uses :ssl.
+      xref: [exclude: [:crypto, :httpc, :inets, :public_key, :ssl]],
       deps: [],
       package: package(),
       source_url: @source_url,
@@ -29,8 +31,6 @@ defmodule DockerRelease.MixProject do
         extras: ["README.md", "CHANGELOG.md", "docs/ARCHITECTURE.md", "LICENSE"]
       ],
       elixirc_paths: elixirc_paths(Mix.env()),
-      # Only the tests' TLS engine proxy (test/support/engine_proxy.ex) uses :ssl.
-      xref: [exclude: [:ssl]],
       preferred_cli_env: []
     ]
   end

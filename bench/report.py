@@ -6,25 +6,11 @@ Stdlib only. Medians everywhere; ratios are ours / other (below 1 means ours is 
 or faster).
 """
 import argparse
-import collections
 
-import report_figures  # figures 5-9 (bench/figures/*.sh), beside this file
-from report_figures import mb, median, numbers, ratio, secs, spread
+import report_figures  # figures 5-10 (bench/figures/*.sh), beside this file
+from report_figures import load_raw, mb, median, numbers, ratio, secs, spread
 
 MEM_TARGET_MB = 200
-
-
-def load_raw(path):
-    data = collections.defaultdict(list)  # (metric, variant) -> [(run, value, detail)]
-    with open(path) as f:
-        for line in f:
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 4:
-                continue
-            metric, variant, run, value = fields[:4]
-            detail = fields[4] if len(fields) > 4 else ""
-            data[(metric, variant)].append((int(run), value, detail))
-    return data
 
 
 def md_cell(text):

@@ -4,11 +4,28 @@ Each `*_figure(w, data, machine)` writes one Markdown section through `w` (a lin
 from the raw rows `data[(metric, variant)] = [(run, value, detail)]`, and writes nothing when
 its figure did not run. Medians throughout; ratios are ours / other. Stdlib only.
 """
+import collections
 import statistics
+import sys
 
 MEM_LARGE_TARGET_MB = 150
 PUSH_TARGET_SHARE = 0.05
 LATENESS_TARGET_MS = 20
+WARM_TARGET = 1.3
+
+
+def load_raw(path):
+    """Raw rows `metric variant run value detail` as data[(metric, variant)] = [(run, value, detail)]."""
+    data = collections.defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 4:
+                continue
+            metric, variant, run, value = fields[:4]
+            detail = fields[4] if len(fields) > 4 else ""
+            data[(metric, variant)].append((int(run), value, detail))
+    return data
 
 
 def numbers(data, metric, variant):
@@ -242,15 +259,60 @@ def responsiveness_figure(w, data, machine):
     _load(w, data, "responsiveness")
 
 
+def warm_figure(w, data, machine):
+    if not _has(data, "warm_ms"):
+        return
+    runs = max(len(numbers(data, "warm_ms", f"{n}_ours")) for n in ("hello", "with_deps"))
+    w("## 10. The warm path: a one-line change rebuilt on the host\n")
+    w("What a developer does all day: change one line, rebuild, run. A copy of each project (its")
+    w("docker_release dependency pointed back at this checkout), one untimed round (both")
+    w(f"environments compiled, a first image loaded), then {runs} rounds alternating (A B C A B C),")
+    w("each command after its own one-line change, so each compiles exactly one module")
+    w("(bench/figures/warm.sh):\n")
+    w("- bare: `MIX_ENV=prod mix release --overwrite`, the floor: what the release costs anyway;")
+    w("- ours: `mix docker.release --tag bench/NAME:warm` (no flags: the release built on the host,")
+    w("  the image loaded into the engine, the previous image still there as a user's is), run")
+    w("  from `dev`: the release is built by a separate `mix` (one more VM start);")
+    w("- ours, same VM: `MIX_ENV=prod mix docker.release --tag bench/NAME:warm`: the release is")
+    w("  built in the task's own VM (the copy declares docker_release for `[:dev, :prod]`).\n")
+    w(f"Target: ours at most {WARM_TARGET}x bare.\n")
+    w("| project | form | bare | ours | ours / bare | per-pair ratio | target |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    for name, label in (("hello", "examples/hello"), ("with_deps", "examples/with_deps")):
+        bare = numbers(data, "warm_ms", f"{name}_bare")
+        for variant, form in (("ours", "from dev"), ("ours_here", "MIX_ENV=prod, same VM")):
+            ours = numbers(data, "warm_ms", f"{name}_{variant}")
+            if not bare or not ours:
+                continue
+            pr, _ = _pair_ratio(ours, bare)
+            r = median(ours) / median(bare)
+            w(f"| {label} | {form} | {secs(median(bare))} ({spread(bare, secs)}) | "
+              f"{secs(median(ours))} ({spread(ours, secs)}) | {ratio(median(ours), median(bare))} | "
+              f"{pr} | {_verdict(r <= WARM_TARGET)} |")
+    w("")
+    checks = {variant: rows[0][1] for (metric, variant), rows in data.items() if metric == "warm_check"}
+    if checks:
+        w("The last image of each project runs: " + ", ".join(f"{k}: {v}" for k, v in sorted(checks.items())) + ".\n")
+    _load(w, data, "warm")
+
+
 FIGURES = (
     from_release_figure,
     memory_large_figure,
     archive_figure,
     push_figure,
     responsiveness_figure,
+    warm_figure,
 )
 
 
 def write_all(w, data, machine):
     for figure in FIGURES:
         figure(w, data, machine)
+
+
+if __name__ == "__main__":
+    # report_figures.py RAW FIGURE: one figure's section (a figure script run on its own).
+    section = []
+    globals()[f"{sys.argv[2]}_figure"](section.append, load_raw(sys.argv[1]), [])
+    print("\n".join(section))

@@ -52,11 +52,21 @@ defmodule DockerRelease do
   """
   @spec build(Config.t(), keyword) :: {:ok, outcome} | {:error, Error.t()}
   def build(%Config{} = config, project) do
-    if config.build_dockerfile do
-      build_with_dockerfiles(config)
-    else
-      check_engine!(config)
-      BuildLock.with_lock(config, project, fn -> config |> request!(project) |> run() end)
+    cond do
+      config.platforms != [] ->
+        raise Error,
+          reason: :invalid_config,
+          message:
+            "--platform: multi-platform images are not built yet (the options are checked; " <>
+              "building one image per platform follows in a later version). Drop --platform " <>
+              "(and platforms: in mix.exs) to build the image of the release's own platform"
+
+      config.build_dockerfile ->
+        build_with_dockerfiles(config)
+
+      true ->
+        check_engine!(config)
+        BuildLock.with_lock(config, project, fn -> config |> request!(project) |> run() end)
     end
   rescue
     e in Error -> {:error, e}
@@ -106,17 +116,19 @@ defmodule DockerRelease do
     e in Error -> {:error, e}
   end
 
+  # The job's request, and the host build to run while the job starts (nil when the release is
+  # already there or is built in a builder container).
   defp request!(config, project) do
     release = config.mix_release
     # Before the release build: a bad SOURCE_DATE_EPOCH fails at once.
     created = created(config.project_dir)
 
-    {release_name, release_dir} =
+    {release_name, release_dir, host_build} =
       cond do
         config.from_release ->
           dir = config.from_release
           HostBuild.warn_build_paths(dir, [dir, config.project_dir])
-          {config.release || Release.name_in!(dir), dir}
+          {config.release || Release.name_in!(dir), dir, nil}
 
         config.builder ->
           # Built in the builder container, at the path it runs from in the image.
@@ -126,13 +138,17 @@ defmodule DockerRelease do
             "==> building release #{release.name} in #{config.builder} (MIX_ENV=#{config.env})"
           )
 
-          {release.name, "/app"}
+          {release.name, "/app", nil}
 
         true ->
           ensure_linux_host!()
-          HostBuild.build!(config)
-          HostBuild.warn_build_paths(release.dir, build_paths(config, project, release))
-          {release.name, release.dir}
+
+          build = fn ->
+            HostBuild.build!(config)
+            HostBuild.warn_build_paths(release.dir, build_paths(config, project, release))
+          end
+
+          {release.name, release.dir, build}
       end
 
     cookie_notice(project, release_name)
@@ -150,7 +166,7 @@ defmodule DockerRelease do
     base_dir = Path.join([config.project_dir, "_build", "docker_release"])
     work_dir = scratch_dir!(base_dir, release_name)
 
-    %Native.Request{
+    request = %Native.Request{
       release_dir: release_dir,
       release_name: release_name,
       own_apps: own_apps(config, project),
@@ -181,12 +197,18 @@ defmodule DockerRelease do
       mix_env: config.env,
       no_cache: config.no_cache,
       base: config.base,
+      platforms: config.platforms,
+      platform_images: config.platform_images,
+      emulate: config.emulate,
       stall_timeout: config.stall_timeout,
       annotations: annotations(config, labels, created),
       sbom: sbom(config, project, labels),
       sbom_file: sbom_file(config),
-      sign_key: signing_key(config)
+      sign_key: signing_key(config),
+      await_host_build: host_build != nil
     }
+
+    {request, host_build}
   end
 
   # Writing the SBOM to a file and signing come with the registry part of issue 14; until
@@ -272,11 +294,38 @@ defmodule DockerRelease do
     end
   end
 
-  defp run(request) do
+  # The job starts first: what does not need the new release (the engine connection, its
+  # platform) is done while the host's `mix release` runs; then the job goes on with it.
+  defp run({request, host_build}) do
     {:ok, job, id} = Native.image_build(request)
+
+    if host_build do
+      try do
+        host_build.()
+      rescue
+        e ->
+          Native.job_cancel(job)
+          flush(id)
+          reraise e, __STACKTRACE__
+      end
+
+      Native.job_resume(job)
+    end
+
     await(job, id)
   after
     File.rm_rf(request.work_dir)
+  end
+
+  # The messages of a cancelled job, up to its final one.
+  defp flush(id) do
+    receive do
+      {:docker_release, ^id, {:ok, _}} -> :ok
+      {:docker_release, ^id, {:error, _, _}} -> :ok
+      {:docker_release, ^id, _} -> flush(id)
+    after
+      10_000 -> :ok
+    end
   end
 
   # Each run gets its own scratch directory (layer blobs), so

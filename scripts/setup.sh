@@ -11,9 +11,11 @@ PACKAGES=(
   skopeo umoci podman          # independent readers of our archives
   docker-registry              # a local registry for push tests
   debootstrap busybox-static pigz
+  qemu-user-static binfmt-support   # run arm64 images (multi-platform tests), with binfmt_misc
   gcc musl-tools               # ELF fixtures for the closure tests
   make libc6-dev               # the C NIF of the project-shapes corpus, built on the host
   apache2-utils openssl         # htpasswd and certificates for the registry auth and TLS tests
+  socat                        # a TLS endpoint for the engine that keeps half-closes (dind test)
   dropbear-bin libnss-wrapper openssh-client   # an ssh:// engine endpoint for the ssh test
   git curl ca-certificates procps
   python3 python3-venv         # the SBOM validators' virtualenv (below)
@@ -86,4 +88,17 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
   }
 fi
+# Containers of another architecture (the multi-platform tests run arm64 images): QEMU user
+# emulation through binfmt_misc. The registration is machine-wide and does not survive a
+# reboot, so it is made again here. Debian's qemu-user-static registers with the F flag (the
+# interpreter is opened once, when registered, so it works inside containers, whose filesystem
+# has no qemu).
+mountpoint -q /proc/sys/fs/binfmt_misc ||
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+update-binfmts --enable qemu-aarch64 2>/dev/null || true
+if ! grep -q '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null; then
+  echo "binfmt_misc has no qemu-aarch64 entry with the F flag (see /proc/sys/fs/binfmt_misc/): arm64 containers cannot run" >&2
+  exit 1
+fi
+
 log "ready: $(elixir --version | tail -1), $(rustc --version), Docker $(docker version -f '{{.Server.Version}}')"

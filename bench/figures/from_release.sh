@@ -14,14 +14,7 @@ set -euo pipefail
 # shellcheck source=bench/figures/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 parse_common_args "$@"
-WHICH="with_deps,synth"
-set -- "${FIGURE_ARGS[@]+"${FIGURE_ARGS[@]}"}"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --only) WHICH=$2; shift 2 ;;
-    *) die "unknown argument $1" ;;
-  esac
-done
+parse_only "with_deps,synth"
 
 TAGS=()
 cleanup_hook() { [ ${#TAGS[@]} -eq 0 ] || rmi "${TAGS[@]}"; }

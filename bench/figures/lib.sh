@@ -34,6 +34,19 @@ parse_common_args() {
   touch "$RAW" "$LOG"
 }
 
+# parse_only DEFAULT: WHICH (the parts a figure measures) from --only in FIGURE_ARGS, else
+# DEFAULT; any other argument left is an error.
+parse_only() {
+  WHICH=$1
+  set -- "${FIGURE_ARGS[@]+"${FIGURE_ARGS[@]}"}"
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --only) WHICH=$2; shift 2 ;;
+      *) die "unknown argument $1" ;;
+    esac
+  done
+}
+
 # shellcheck source=bench/common.sh
 . "$BENCH/common.sh"
 

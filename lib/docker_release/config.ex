@@ -52,6 +52,19 @@ defmodule DockerRelease.Config do
       production OS) instead of on the host; the runtime files come from that container.
     * `:base` - put the release on this base image (from the engine, or a registry) instead of
       the runtime files; a base that cannot run the release is refused, saying why.
+    * `:platforms` - build one image per platform and an image index over them, e.g.
+      `["linux/amd64", "linux/arm64"]` (`OS/ARCH[/VARIANT]`; `linux/arm64` is
+      `linux/arm64/v8`). The release is built once; each other platform's ERTS, OTP native
+      files and runtime files come from an image of that platform, read and never run (see
+      "Several platforms" in `mix help docker.release`). Default: one image, for the
+      platform the release is built on.
+    * `:platform_images` - where a platform's files come from, `[{"linux/arm64", "IMAGE"}]`: an
+      image of that platform with the Erlang/OTP the release is built with. Default: the
+      builder's image for that platform.
+    * `:emulate` - build the release for each other platform in a builder of that platform run
+      under emulation (QEMU; slow), for projects whose dependencies or own apps have native
+      code (NIFs, port programs), which an image of another platform cannot provide. Needs
+      `:builder`.
     * `:build_dockerfile` - run the two-Dockerfile flow instead (see `mix help docker.release`):
       build the release with this `Dockerfile.build`, then the image with `:dockerfile`.
     * `:dockerfile` - the final image's Dockerfile in that flow. Default `"Dockerfile"`.
@@ -107,6 +120,9 @@ defmodule DockerRelease.Config do
             no_cache: false,
             builder: nil,
             base: nil,
+            platforms: [],
+            platform_images: [],
+            emulate: false,
             mix_release: nil,
             stall_timeout: 300,
             annotations: [],
@@ -147,6 +163,9 @@ defmodule DockerRelease.Config do
     :no_cache,
     :builder,
     :base,
+    :platforms,
+    :platform_images,
+    :emulate,
     :stall_timeout,
     :annotations,
     :sbom,
@@ -376,7 +395,7 @@ defmodule DockerRelease.Config do
       end
     end
 
-    for key <- [:load, :push, :insecure_registry, :no_cache, :no_sbom] do
+    for key <- [:load, :push, :insecure_registry, :no_cache, :no_sbom, :emulate] do
       unless is_boolean(Map.fetch!(c, key)),
         do:
           invalid!("invalid #{key}: expected true or false, got: #{inspect(Map.fetch!(c, key))}")
@@ -400,6 +419,8 @@ defmodule DockerRelease.Config do
 
     if c.sbom, do: writable!(:sbom, c.sbom)
 
+    c = platforms!(c)
+
     tags = List.wrap(c.tags)
 
     if tags == [], do: invalid!("tags: give at least one NAME[:TAG]")
@@ -421,6 +442,38 @@ defmodule DockerRelease.Config do
     end)
 
     %{c | tags: tags}
+  end
+
+  # `platforms:`, `platform_images:` and `emulate:` in their normal form (the NIF checks them:
+  # the same rules the build applies), and the options they cannot go with.
+  defp platforms!(%__MODULE__{platforms: [], platform_images: [], emulate: false} = c), do: c
+
+  defp platforms!(%__MODULE__{} = c) do
+    {platforms, images} =
+      case DockerRelease.Native.platform_check(c.platforms, c.platform_images, c.emulate) do
+        {:ok, platforms, images} -> {platforms, images}
+        {:error, message} -> invalid!(message)
+      end
+
+    cond do
+      c.base ->
+        invalid!(
+          "--platform and --base exclude each other: a multi-platform image would need a base image per platform. Drop one of them"
+        )
+
+      c.build_dockerfile ->
+        invalid!(
+          "--platform does not apply to the two-Dockerfile flow (--build-dockerfile), which builds one image with docker build. Drop one of them"
+        )
+
+      c.emulate and c.builder == nil ->
+        invalid!(
+          "--emulate builds the release in a builder of each platform, run under emulation: it needs --builder IMAGE"
+        )
+
+      true ->
+        %{c | platforms: platforms, platform_images: images}
+    end
   end
 
   # The type of every key that is read as a path or name, checked before anything uses it.
@@ -452,6 +505,27 @@ defmodule DockerRelease.Config do
       unless is_nil(value) or is_binary(value) or (is_atom(value) and value not in [true, false]),
         do: invalid!("invalid #{key}: expected a name (a string), got: #{inspect(value)}")
     end
+
+    platforms = Keyword.get(merged, :platforms, [])
+
+    unless is_list(platforms) and Enum.all?(platforms, &name?/1),
+      do:
+        invalid!(
+          ~s(invalid platforms: expected a list of platforms like "linux/arm64", got: #{inspect(platforms)})
+        )
+
+    images = Keyword.get(merged, :platform_images, [])
+
+    pair? = fn
+      {p, i} -> name?(p) and name?(i)
+      _ -> false
+    end
+
+    unless is_list(images) and Enum.all?(images, pair?),
+      do:
+        invalid!(
+          ~s(invalid platform_images: expected a list of {"PLATFORM", "IMAGE"} string pairs like {"linux/arm64", "ghcr.io/acme/builder:arm64"}, got: #{inspect(images)})
+        )
 
     for key <- [:builder, :base, :build_tag, :release_tarball] do
       value = merged[key]
@@ -559,6 +633,8 @@ defmodule DockerRelease.Config do
 
   defp path?(value),
     do: is_binary(value) and value != "" and not String.contains?(value, <<0>>)
+
+  defp name?(value), do: path?(value)
 
   @max_epoch 253_402_300_799
 

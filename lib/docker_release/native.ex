@@ -1,6 +1,6 @@
 defmodule DockerRelease.Native do
   # Every NIF of the Rust crate `docker_release_nif` has a stub here with the same name and
-  # arity, prefixed by area (`image_`, `reference_`, `signing_`, `lock_`, `job_`). The library is loaded on first use (not
+  # arity, prefixed by area (`image_`, `reference_`, `platform_`, `signing_`, `lock_`, `job_`). The library is loaded on first use (not
   # @on_load, which would also fire while compiling, before cargo has run).
   @moduledoc false
 
@@ -40,6 +40,11 @@ defmodule DockerRelease.Native do
               mix_env: "prod",
               no_cache: false,
               base: nil,
+              # `--platform`, `--platform-image` (`[{platform, image}]`), `--emulate`, checked by
+              # `platform_check/3`.
+              platforms: [],
+              platform_images: [],
+              emulate: false,
               stall_timeout: 300,
               # Manifest annotations, [{key, value}].
               annotations: [],
@@ -48,7 +53,10 @@ defmodule DockerRelease.Native do
               # Where --sbom writes the document (not written yet: issue 14's second part).
               sbom_file: nil,
               # The PEM text of the signing key (not used yet: issue 14's second part).
-              sign_key: nil
+              sign_key: nil,
+              # true: the host's `mix release` runs while the job starts; the job waits at its
+              # release stage for `job_resume/1` (or ends at `job_cancel/1`).
+              await_host_build: false
   end
 
   defmodule Sbom do
@@ -110,6 +118,13 @@ defmodule DockerRelease.Native do
   # contains the key).
   @doc false
   def signing_check_key(pem), do: load_and_apply(:signing_check_key, [pem])
+
+  # `{:ok, platforms, images}` normalised, or `{:error, message}` (see `platform_check` in the
+  # crate).
+  @doc false
+  def platform_check(platforms, images, emulate),
+    do: load_and_apply(:platform_check, [platforms, images, emulate])
+
   # `{:ok, address | nil}` or `{:error, reason, message}`: where the engine is, without
   # connecting (see `engine_endpoint` in the crate).
   @doc false
@@ -118,6 +133,12 @@ defmodule DockerRelease.Native do
   def lock_try(path), do: load_and_apply(:lock_try, [path])
   @doc false
   def lock_release(lock), do: load_and_apply(:lock_release, [lock])
+  # A job started with `await_host_build: true` goes on with the host's release.
+  @doc false
+  def job_resume(job), do: load_and_apply(:job_resume, [job])
+  # Cancels a job (it ends with {:error, :cancelled, _}).
+  @doc false
+  def job_cancel(job), do: load_and_apply(:job_cancel, [job])
   # Tests only: a job that panics inside (see `job_panic_probe` in the crate).
   @doc false
   def job_panic_probe, do: load_and_apply(:job_panic_probe, [])

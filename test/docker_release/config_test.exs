@@ -212,6 +212,82 @@ defmodule DockerRelease.ConfigTest do
     end
   end
 
+  describe "platforms" do
+    test "none: one image for the release's own platform, as before" do
+      c = Config.new!(@project, [], "/src")
+      assert {c.platforms, c.platform_images, c.emulate} == {[], [], false}
+    end
+
+    test "platforms and their images are read, normalised, and flags override mix.exs" do
+      project =
+        @project ++
+          [
+            docker_release: [
+              builder: "b:1",
+              platforms: ["linux/amd64", "linux/aarch64"],
+              platform_images: [{"linux/arm64/v8", "127.0.0.1:5000/b:arm64"}]
+            ]
+          ]
+
+      c = Config.new!(project, [], "/src")
+      assert c.platforms == ["linux/amd64", "linux/arm64/v8"]
+      assert c.platform_images == [{"linux/arm64/v8", "127.0.0.1:5000/b:arm64"}]
+      refute c.emulate
+
+      c = Config.new!(project, [platforms: ["linux/arm64"], emulate: true], "/src")
+      assert c.platforms == ["linux/arm64/v8"]
+      assert c.platform_images == [{"linux/arm64/v8", "127.0.0.1:5000/b:arm64"}]
+      assert c.emulate
+    end
+
+    test "bad platforms, images and combinations are refused with the rule and the value" do
+      for {opts, says} <- [
+            {[platforms: ["linux/sparc"]],
+             ~s(invalid platform "linux/sparc": unknown architecture)},
+            {[platforms: ["darwin/arm64"]], "the OS must be linux"},
+            {[platforms: ["linux/arm64", "linux/arm64/v8"]],
+             "--platform lists linux/arm64/v8 twice"},
+            {[platform_images: [{"linux/arm64", "b:1"}]],
+             "--platform-image linux/arm64=b:1 needs --platform"},
+            {[platforms: ["linux/amd64"], platform_images: [{"linux/arm64", "b:1"}]],
+             "names a platform --platform does not list (linux/amd64)"},
+            {[platforms: ["linux/arm64"], platform_images: [{"linux/arm64", "Bad:1"}]],
+             "invalid --platform-image linux/arm64=Bad:1"},
+            {[emulate: true], "--emulate needs --platform"},
+            {[platforms: ["linux/arm64"], emulate: true],
+             "--emulate builds the release in a builder"},
+            {[platforms: ["linux/arm64"], base: "debian:12"],
+             "--platform and --base exclude each other"},
+            {[platforms: ["linux/arm64"], build_dockerfile: "Dockerfile.build"],
+             "--platform does not apply to the two-Dockerfile flow"},
+            {[platforms: "linux/arm64"],
+             ~s(invalid platforms: expected a list of platforms like "linux/arm64", got: "linux/arm64")},
+            {[platforms: ["linux/arm64"], platform_images: [{"linux/arm64", :img}]],
+             ~s(invalid platform_images: expected a list of {"PLATFORM", "IMAGE"} string pairs)},
+            {[platforms: ["linux/arm64"], emulate: "yes"],
+             ~s(invalid emulate: expected true or false, got: "yes")}
+          ] do
+        e =
+          assert_raise Error, fn ->
+            Config.new!(@project ++ [docker_release: opts], [], "/src")
+          end
+
+        assert e.reason == :invalid_config
+        assert e.message =~ says, "#{inspect(opts)}: #{e.message}"
+      end
+    end
+
+    test "a build with platforms stops before anything is built, saying so" do
+      c = Config.new!(@project, [platforms: ["linux/amd64", "linux/arm64"]], "/src")
+
+      assert {:error, %Error{reason: :invalid_config, message: m}} =
+               DockerRelease.build(c, @project)
+
+      assert m =~ "multi-platform images are not built yet"
+      assert m =~ "Drop --platform"
+    end
+  end
+
   test "an umbrella root is named after its release" do
     umbrella = [
       apps_path: "apps",

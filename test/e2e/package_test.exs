@@ -227,8 +227,21 @@ defmodule DockerRelease.E2E.PackageTest do
         do: String.replace_prefix(line, "    - ", "")
   end
 
-  defp run_job!(dir, env) do
-    for line <- gitlab_script!(), into: "" do
+  # The `script:` lines of the README's docker-in-docker job, as written there.
+  defp gitlab_dind_script! do
+    readme = File.read!(Path.join(root(), "README.md"))
+    [_, job] = Regex.run(~r/```yaml\n# \.gitlab-ci\.yml \(docker-in-docker\)\n(.*?)```/s, readme)
+    [_, lines] = Regex.run(~r/\n  script:\n((?:    - .*\n)+)/, job)
+    assert job =~ "DOCKER_HOST: tcp://docker:2376"
+    assert job =~ ~s(DOCKER_TLS_VERIFY: "1")
+    assert job =~ "DOCKER_CERT_PATH: /certs/client"
+
+    for line <- String.split(lines, "\n", trim: true),
+        do: String.replace_prefix(line, "    - ", "")
+  end
+
+  defp run_job!(dir, env, script \\ gitlab_script!()) do
+    for line <- script, into: "" do
       {out, status} = cmd("sh", ["-c", line], cd: dir, env: env, timeout: 600)
       assert status == 0, "`#{line}` failed (#{status}):\n#{out}"
       out
@@ -380,5 +393,53 @@ defmodule DockerRelease.E2E.PackageTest do
 
     assert status == 0, out
     assert out =~ "hello"
+  end
+
+  test "the README's docker-in-docker job: a TLS engine with a client certificate, builder, push and load",
+       ctx do
+    alias DockerRelease.E2E.EngineProxy
+    # GitLab's docker:dind service, minus the service: this machine's engine behind a TLS
+    # endpoint that requires the client certificate, as dind's port 2376 does; the builder
+    # image comes from a registry into that engine with the job's own `docker pull`.
+    registry = start_registry!(tmp_dir!("dr-e2e-package-dind-registry"))
+    builder = "127.0.0.1:#{registry.port}/ci/builder:bookworm"
+    local = DockerRelease.E2E.Builder.ensure_builder!("bookworm")
+    docker!(["tag", local, builder])
+    docker!(["push", builder], timeout: 300)
+    docker!(["rmi", builder])
+
+    tls = EngineProxy.make_tls!(tmp_dir!("dr-e2e-package-dind-tls"))
+    port = EngineProxy.start_tls_socat!(tls)
+    image = "127.0.0.1:#{registry.port}/team/hello"
+    on_exit(fn -> rm_images(["#{image}:0456def", builder]) end)
+    dir = Path.join(tmp_dir!("dr-e2e-package-dind"), "project")
+    app_using!(ctx.pkg, dir)
+
+    env =
+      toolless_env(ctx, [
+        {"DOCKER_RELEASE_NIF_BASE_URL", "file://#{ctx.artifacts}"},
+        {"DOCKER_HOST", "tcp://127.0.0.1:#{port}"},
+        {"DOCKER_TLS_VERIFY", "1"},
+        {"DOCKER_CERT_PATH", tls.cert_path},
+        {"BUILDER_IMAGE", builder},
+        {"CI_PROJECT_DIR", dir},
+        {"XDG_CACHE_HOME", Path.join(dir, ".cache")},
+        {"CI_REGISTRY_IMAGE", image},
+        {"CI_COMMIT_SHA", "0456def"},
+        {"CI_REGISTRY_USER", "ci"},
+        {"CI_REGISTRY_PASSWORD", "not-checked-by-this-registry"}
+      ])
+
+    out = run_job!(dir, env, gitlab_dind_script!())
+    assert out =~ "connecting to the Docker engine at tcp://127.0.0.1:#{port} (TLS)", out
+    assert out =~ "built the release in #{builder}", out
+    digest = printed_digest!(out)
+    assert out =~ "Deploy    #{image}@#{digest}", out
+    # The smoke test's `docker run` went through the TLS endpoint to the loaded image.
+    assert out =~ ~r/^ok$/m, out
+    assert image_exists?("#{image}:0456def")
+    # The registry has what the metadata names.
+    meta = File.read!(Path.join(dir, "image.json"))
+    assert meta =~ "#{image}@#{digest}"
   end
 end

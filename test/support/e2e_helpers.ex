@@ -579,18 +579,37 @@ defmodule DockerRelease.E2E.Builder do
     "bookworm" => "docker-release-test/builder:bookworm",
     "trixie" => "docker-release-test/builder:trixie",
     # Debian 13 with a C toolchain, for projects that compile C code (a NIF) as they build.
-    "trixie-cc" => "docker-release-test/builder:trixie-cc"
+    "trixie-cc" => "docker-release-test/builder:trixie-cc",
+    # Debian 13 for arm64 (made without emulation; the same OTP as "trixie"): another
+    # platform's files, read by multi-platform builds, run under QEMU by their tests.
+    "trixie-arm64" => "docker-release-test/builder:trixie-arm64"
   }
 
   @cc_include "elixir,erlang-dev,ca-certificates,gcc,make,libc6-dev"
 
-  @doc "The builder image of a Debian suite (`\"bookworm\"`, `\"trixie\"`, `\"trixie-cc\"`)."
+  @doc """
+  The builder image of a Debian suite (`"bookworm"`, `"trixie"`, `"trixie-cc"`,
+  `"trixie-arm64"`).
+  """
   def builder_image(suite), do: Map.fetch!(@builders, suite)
 
   @doc """
   Makes the builder image of `suite` with test/support/make-builder-image.sh unless it exists
-  (`"trixie-cc"`: trixie plus gcc, make and libc6-dev). Returns its tag.
+  (`"trixie-cc"`: trixie plus gcc, make and libc6-dev; `"trixie-arm64"`: with
+  test/support/make-foreign-builder-image.sh, after `"trixie"`, whose OTP it must match).
+  Returns its tag.
   """
+  def ensure_builder!("trixie-arm64" = suite) do
+    native = ensure_builder!("trixie")
+    script = Path.join(root(), "test/support/make-foreign-builder-image.sh")
+
+    {out, status} =
+      cmd("bash", [script, "trixie", "arm64", builder_image(suite), native], timeout: 900)
+
+    assert status == 0, "could not make the #{suite} builder image:\n#{out}"
+    builder_image(suite)
+  end
+
   def ensure_builder!(suite) do
     script = Path.join(root(), "test/support/make-builder-image.sh")
 

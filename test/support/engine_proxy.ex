@@ -27,7 +27,15 @@ defmodule DockerRelease.E2E.EngineProxy do
           File.rm(path)
 
           {:ok, l} =
-            :gen_tcp.listen(0, [:binary, ifaddr: {:local, path}, active: false, packet: :raw])
+            :gen_tcp.listen(0, [
+              :binary,
+              ifaddr: {:local, path},
+              active: false,
+              packet: :raw,
+              # A client's half-close (a hijacked `docker run` done sending) must not close
+              # the socket: the engine's answer still comes back through it.
+              exit_on_close: false
+            ])
 
           {:gen_tcp, l, %{path: path, port: nil}}
 
@@ -38,6 +46,7 @@ defmodule DockerRelease.E2E.EngineProxy do
             :ssl.listen(
               0,
               [:binary, ip: {127, 0, 0, 1}, active: false, packet: :raw, reuseaddr: true] ++
+                [exit_on_close: false] ++
                 ssl_opts
             )
 
@@ -157,7 +166,10 @@ defmodule DockerRelease.E2E.EngineProxy do
         relay_loop(mod, client, engine)
 
       {tag, ^client} when tag in [:tcp_closed, :ssl_closed] ->
-        :gen_tcp.close(engine)
+        # The client is done sending (a hijacked `docker run` half-closes its side): pass the
+        # end on and keep relaying the engine's answer until the engine closes.
+        _ = :gen_tcp.shutdown(engine, :write)
+        drain_engine(mod, client, engine)
 
       {tag, _, _} when tag in [:tcp_error, :ssl_error] ->
         mod.close(client)
@@ -165,8 +177,69 @@ defmodule DockerRelease.E2E.EngineProxy do
     end
   end
 
+  defp drain_engine(mod, client, engine) do
+    receive do
+      {:tcp, ^engine, data} ->
+        _ = mod.send(client, data)
+        drain_engine(mod, client, engine)
+
+      {tag, ^engine} when tag in [:tcp_closed, :tcp_error] ->
+        mod.close(client)
+    after
+      60_000 -> :gen_tcp.close(engine)
+    end
+  end
+
   defp setopts(:gen_tcp, s, opts), do: :inet.setopts(s, opts)
   defp setopts(:ssl, s, opts), do: :ssl.setopts(s, opts)
+
+  @doc """
+  A TLS endpoint for the engine made by `socat` (OpenSSL), requiring the client certificate of
+  `tls` (from `make_tls!/1`), as GitLab's docker-in-docker port 2376 does. Unlike the `:ssl`
+  listener of `start!/3`, it keeps a TLS half-close: a hijacked `docker run` that is done
+  sending (`close_notify`) still gets the container's output, which Erlang's `:ssl` would cut.
+  Returns the port on 127.0.0.1; socat stops with the calling test.
+  """
+  def start_tls_socat!(tls) do
+    socat =
+      System.find_executable("socat") ||
+        raise "socat is not installed (apt-get install socat; scripts/setup.sh installs it)"
+
+    port = DockerRelease.E2E.free_port()
+    ca = Path.join(tls.cert_path, "ca.pem")
+
+    listen =
+      "OPENSSL-LISTEN:#{port},bind=127.0.0.1,reuseaddr,fork," <>
+        "cert=#{tls.server[:certfile]},key=#{tls.server[:keyfile]},cafile=#{ca},verify=1"
+
+    p =
+      Port.open({:spawn_executable, socat}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        # -t: after the client's half-close, wait for the engine's answer (socat's default of
+        # 0.5 s would cut a container's output).
+        args: ["-t", "600", listen, "UNIX-CONNECT:#{@engine}"]
+      ])
+
+    {:os_pid, os_pid} = Port.info(p, :os_pid)
+    ExUnit.Callbacks.on_exit(fn -> System.cmd("kill", ["#{os_pid}"]) end)
+    wait_listening!(port, 50)
+    port
+  end
+
+  defp wait_listening!(port, 0), do: raise("socat did not listen on 127.0.0.1:#{port}")
+
+  defp wait_listening!(port, n) do
+    case :gen_tcp.connect({127, 0, 0, 1}, port, [], 200) do
+      {:ok, s} ->
+        :gen_tcp.close(s)
+
+      {:error, _} ->
+        Process.sleep(100)
+        wait_listening!(port, n - 1)
+    end
+  end
 
   @doc """
   A CA, a server certificate for 127.0.0.1 and a client certificate, made with `openssl` in

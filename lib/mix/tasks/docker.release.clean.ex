@@ -7,7 +7,8 @@ defmodule Mix.Tasks.Docker.Release.Clean do
 
     * the builder cache volumes (`docker_release-cache-*`, made by `--builder`) labelled with
       this project's directory, for every `MIX_ENV` and builder image;
-    * the layer cache, `_build/docker_release/layers`;
+    * the layer cache, `_build/docker_release/layers` (and the fingerprints of layer inputs
+      beside it, `layers.inputs`);
     * scratch directories of runs that are over, `_build/docker_release/runs/*`.
 
   A volume that a running build uses is kept, and named. Images, tags and archives you wrote
@@ -81,7 +82,7 @@ defmodule Mix.Tasks.Docker.Release.Clean do
           not running?(dir),
           do: dir
 
-    targets = [Path.join(base, "layers") | runs]
+    targets = [Path.join(base, "layers"), Path.join(base, "layers.inputs") | runs]
     freed = targets |> Enum.map(&du/1) |> Enum.sum()
     Enum.each(targets, &File.rm_rf!/1)
 

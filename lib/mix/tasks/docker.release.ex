@@ -71,6 +71,11 @@ defmodule Mix.Tasks.Docker.Release do
       release's ELF files need, glibc symbol versions at least as new as the ones they use,
       `/bin/sh` and the utilities of the release scripts; otherwise it is refused with the list
       of what is missing. Its `/etc` is left as it is.
+    * `--platform P[,P…]` - build one image per platform and an image index over them, e.g.
+      `--platform linux/amd64,linux/arm64` (repeatable; see "Several platforms" below).
+    * `--platform-image PLATFORM=IMAGE` - take PLATFORM's files from IMAGE (repeatable).
+    * `--emulate` - build the release for each other platform in a builder of that platform
+      run under emulation (see below).
     * `--output PATH` - write an image archive at PATH instead of loading into the engine. A
       failed or killed run leaves an existing file at PATH untouched and no temporary file
       behind. A symlink is followed (the file it points to is replaced); a FIFO or character
@@ -132,6 +137,38 @@ defmodule Mix.Tasks.Docker.Release do
       environment variable `DOCKER_RELEASE_STALL_TIMEOUT`. Slow transfers that keep moving are
       never cut; the output of a build step or of `mix release` in a builder container may be
       silent for longer, as long as the engine answers a ping within this time.
+
+  ## Several platforms
+
+  **Not built yet**: the options below are checked (a wrong value fails at once, before any
+  build), and then the task stops with a message; building the images follows in a later
+  version. What they will do:
+
+      mix docker.release --builder my-elixir-builder:1.18 \\
+        --platform linux/amd64,linux/arm64 --tag ghcr.io/acme/app:1.2.0 --push
+
+  The release is built once, natively. Every ELF file of a release (ERTS's executables, the
+  native files of OTP applications such as `crypto.so`) is, byte for byte, the file at the
+  same path under the OTP installation it was copied from, and everything else in it (`.beam`
+  files, boot files, scripts) is the same on every platform. So for each other platform, those
+  files and the runtime files (libraries, `/bin/sh`, the CA bundle) are taken from an image of
+  that platform with the same Erlang/OTP, read and never run: by default the builder image's
+  variant for that platform (from its registry, or the engine), else the image
+  `--platform-image PLATFORM=IMAGE` names (needed for host builds). The `app` and `deps` layers
+  are the same on every platform.
+
+  Before any image is written, each platform's image is checked, and refused with every
+  problem found: the same ERTS version and the same versions of the release's OTP applications;
+  no native files built with the project (NIFs or port programs of dependencies or of your
+  apps: they exist for the build's platform only; each is named with its owner); the image's
+  loader, libraries, glibc versions, `/bin/sh` and shell tools. For projects with native code
+  of their own, `--emulate` builds the release for each other platform in a builder of that
+  platform run under QEMU user emulation (slow; the engine's machine needs `qemu-user-static`
+  and binfmt_misc with the F flag).
+
+  A platform is `OS/ARCH[/VARIANT]`: `linux/amd64`, `linux/arm64` (the same as
+  `linux/arm64/v8`), `linux/arm/v7`, `linux/s390x`, … `--platform` excludes `--base` and the
+  two-Dockerfile flow.
 
   ## Supply chain
 
@@ -254,6 +291,9 @@ defmodule Mix.Tasks.Docker.Release do
     no_cache: :boolean,
     builder: :string,
     base: :string,
+    platform: :keep,
+    platform_image: :keep,
+    emulate: :boolean,
     quiet: :boolean,
     label: :keep,
     annotation: :keep,
@@ -342,14 +382,45 @@ defmodule Mix.Tasks.Docker.Release do
         end
       end
 
+    platforms =
+      opts
+      |> Keyword.get_values(:platform)
+      |> Enum.flat_map(&String.split(&1, ",", trim: true))
+      |> Enum.map(&String.trim/1)
+
+    platform_images =
+      for given <- Keyword.get_values(opts, :platform_image) do
+        case String.split(given, "=", parts: 2) do
+          [platform, image] when platform != "" and image != "" ->
+            {platform, image}
+
+          _ ->
+            Mix.raise(
+              "--platform-image takes PLATFORM=IMAGE, e.g. linux/arm64=ghcr.io/acme/builder:arm64, got: #{inspect(given)}"
+            )
+        end
+      end
+
     [
       tags: Keyword.get_values(opts, :tag),
       extra_files: Keyword.get_values(opts, :extra_file),
       expose: expose,
+      platforms: platforms,
+      platform_images: platform_images,
       labels: pairs!(opts, :label, "KEY=VALUE"),
       annotations: pairs!(opts, :annotation, "KEY=VALUE"),
       container_env: pairs!(opts, :container_env, "NAME=VALUE")
-    ] ++ Keyword.drop(opts, [:tag, :extra_file, :expose, :label, :annotation, :container_env])
+    ] ++
+      Keyword.drop(opts, [
+        :tag,
+        :extra_file,
+        :expose,
+        :platform,
+        :platform_image,
+        :label,
+        :annotation,
+        :container_env
+      ])
   end
 
   # `--label KEY=VALUE` (repeatable) as [{"KEY", "VALUE"}]: split at the first `=`; the value

@@ -1,24 +1,34 @@
-//! The NIF: decodes terms, starts jobs on one shared tokio runtime, sends messages back.
+//! The NIF: decodes terms, starts jobs on one shared tokio runtime, forwards messages back.
+//! Everything else (which outputs, the engine's address, locks) is `image_io`'s.
 //!
 //! A job's messages to its caller are `{:docker_release, id, payload}` with payload one of
-//! `{:step, text}`, `{:notice, text}`, `{:bytes, step, done}` (throttled), and finally exactly one
-//! of `{:ok, outcome}` or `{:error, reason, message}` — also when the job panics.
+//! `{:step, text}`, `{:notice, text}`, `{:output, step, line}`, `{:bytes, step, done}`
+//! (throttled), and finally exactly one of `{:ok, outcome}` or `{:error, reason, message}` —
+//! also when the job panics. Outcomes are encoded from their `Serialize` form ([`term`]).
+
+mod term;
 
 use image_core::plan::Settings;
+use image_core::platform::PlatformOptions;
 use image_core::reference::Reference;
 use image_core::supply::sbom::{Dep, DepSource, SbomFormat, SbomSpec};
 use image_core::supply::signing::SigningKey;
 use image_io::dockerfiles::DockerfileFlow;
-use image_io::pipeline::{self, EngineOutput, Event, Failure, Outcome, Outputs, Request, Source};
-use image_io::registry::PushOptions;
+use image_io::error::{Failure, Reason};
+use image_io::lock::{FileLock, Taken};
+use image_io::pipeline::{self, stall_from_secs, Event, Outputs, Request, Source};
+use image_io::registry::RegistryOptions;
 use rustler::{
-    Atom, Encoder, Env, LocalPid, Monitor, NifMap, NifStruct, OwnedEnv, Resource, ResourceArc, Term,
+    Atom, Encoder, Env, LocalPid, Monitor, NifStruct, OwnedEnv, Resource, ResourceArc, Term,
 };
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 mod atoms {
     rustler::atoms! { ok, error, busy, docker_release, step, notice, bytes, output }
@@ -56,11 +66,15 @@ struct NifRequest {
     mix_env: String,
     no_cache: bool,
     base: Option<String>,
+    platforms: Vec<String>,
+    platform_images: Vec<(String, String)>,
+    emulate: bool,
     stall_timeout: u64,
     annotations: Vec<(String, String)>,
     sbom: Option<NifSbom>,
     sbom_file: Option<String>,
     sign_key: Option<String>,
+    await_host_build: bool,
 }
 
 /// Mirrors `DockerRelease.Native.Sbom`.
@@ -127,6 +141,7 @@ impl NifSbom {
 
 impl From<NifRequest> for Request {
     fn from(r: NifRequest) -> Request {
+        let stall_timeout = stall_from_secs(r.stall_timeout);
         Request {
             source: match r.builder {
                 Some(image) => Source::Builder {
@@ -139,6 +154,11 @@ impl From<NifRequest> for Request {
                 None => Source::Host,
             },
             base: r.base,
+            platforms: PlatformOptions {
+                platforms: r.platforms,
+                images: r.platform_images,
+                emulate: r.emulate,
+            },
             settings: Settings {
                 release_dir: r.release_dir.into(),
                 release_name: r.release_name,
@@ -158,116 +178,23 @@ impl From<NifRequest> for Request {
             tags: r.tags,
             work_dir: r.work_dir.into(),
             layer_cache: r.layer_cache.map(PathBuf::from),
-            outputs: Outputs {
-                // The engine is the default output; asked for explicitly, it must be there.
-                engine: if r.load {
-                    EngineOutput::Load
-                } else if r.output.is_none() && !r.push {
-                    EngineOutput::LoadOrArchive(r.fallback_output.into())
-                } else {
-                    EngineOutput::Off
-                },
-                archive: r.output.map(PathBuf::from),
-                push: r.push.then(|| PushOptions {
+            outputs: Outputs::choose(
+                r.load,
+                r.output.map(PathBuf::from),
+                r.push.then(|| RegistryOptions {
                     insecure: r.insecure_registry,
                     ca_file: r.registry_ca.map(PathBuf::from),
-                    stall_timeout: Some(stall(r.stall_timeout)),
+                    stall_timeout: Some(stall_timeout),
                     ..Default::default()
                 }),
-            },
+                r.fallback_output.into(),
+            ),
             metadata_file: r.metadata_file.map(PathBuf::from),
-            stall_timeout: stall(r.stall_timeout),
+            stall_timeout,
             supply: image_core::supply::Outputs {
                 sbom_file: r.sbom_file.map(PathBuf::from),
                 sign_key: r.sign_key.map(zeroize::Zeroizing::new),
             },
-        }
-    }
-}
-
-/// The bound on silence, from seconds (the Elixir side validates it; 0 would mean "fail at once").
-fn stall(seconds: u64) -> Duration {
-    Duration::from_secs(seconds.max(1))
-}
-
-#[derive(NifMap)]
-struct NifLayer {
-    name: String,
-    digest: String,
-    diff_id: String,
-    size: u64,
-    uncompressed_size: u64,
-    entries: usize,
-}
-
-#[derive(NifMap)]
-struct NifOutcome {
-    image_id: String,
-    manifest_digest: String,
-    platform: String,
-    tags: Vec<String>,
-    created: String,
-    layers: Vec<NifLayer>,
-    compressed_size: u64,
-    uncompressed_size: u64,
-    engine: Option<String>,
-    engine_size: Option<u64>,
-    archive: Option<String>,
-    archive_size: Option<u64>,
-    pushed: Option<NifPushed>,
-    runtime_files: Vec<(String, String)>,
-}
-
-#[derive(NifMap)]
-struct NifPushed {
-    manifest_digest: String,
-    uploaded_bytes: u64,
-    uploaded_blobs: usize,
-    skipped_blobs: usize,
-    tags: Vec<String>,
-    references: Vec<String>,
-}
-
-impl From<Outcome> for NifOutcome {
-    fn from(o: Outcome) -> NifOutcome {
-        let s = o.summary;
-        NifOutcome {
-            image_id: s.image_id.to_string(),
-            manifest_digest: s.manifest_digest.to_string(),
-            platform: s.platform,
-            tags: s.tags,
-            created: s.created,
-            layers: s
-                .layers
-                .into_iter()
-                .map(|l| NifLayer {
-                    name: l.name,
-                    digest: l.digest.to_string(),
-                    diff_id: l.diff_id.to_string(),
-                    size: l.size,
-                    uncompressed_size: l.uncompressed_size,
-                    entries: l.entries,
-                })
-                .collect(),
-            compressed_size: s.compressed_size,
-            uncompressed_size: s.uncompressed_size,
-            engine: o.engine,
-            engine_size: o.engine_size,
-            archive: o.archive.map(|p| p.display().to_string()),
-            archive_size: o.archive_size,
-            pushed: o.pushed.map(|p| NifPushed {
-                manifest_digest: p.manifest_digest.to_string(),
-                uploaded_bytes: p.uploaded_bytes,
-                uploaded_blobs: p.uploaded_blobs,
-                skipped_blobs: p.skipped_blobs,
-                tags: p.tags,
-                references: p.references,
-            }),
-            runtime_files: o
-                .runtime_files
-                .into_iter()
-                .map(|f| (f.path.display().to_string(), f.reason))
-                .collect(),
         }
     }
 }
@@ -277,13 +204,15 @@ impl From<Outcome> for NifOutcome {
 /// caller that drops it, or whose compiler no longer keeps it live, must not cancel the build
 /// when the garbage collector runs). The job is cancelled when the caller dies (monitored).
 struct Job {
-    cancelled: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    /// Resumes a job that waits for the host's release build (`job_resume`).
+    resume: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 #[rustler::resource_impl]
 impl Resource for Job {
     fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
-        self.cancelled.store(true, Ordering::Relaxed);
+        self.cancel.cancel();
     }
 }
 
@@ -322,22 +251,59 @@ impl Reply {
     }
 
     fn failure(&self, f: Failure) {
-        self.send(move |env| {
-            let reason = Atom::from_str(env, f.reason).unwrap_or_else(|_| atoms::error());
-            (atoms::error(), reason, f.message).encode(env)
+        self.send(move |env| error_term(env, &f));
+    }
+
+    fn success<T: Serialize>(&self, value: T) {
+        self.send(move |env| match term::to_term(env, &value) {
+            Ok(t) => (atoms::ok(), t).encode(env),
+            Err(e) => error_term(
+                env,
+                &Failure::internal(format!(
+                    "the result could not be sent ({e}); please report this as a bug"
+                )),
+            ),
         });
     }
 }
 
-/// Start a build; returns `{:ok, job, id}` at once. Messages follow as described above.
+/// `{:error, reason, message}`.
+fn error_term<'a>(env: Env<'a>, f: &Failure) -> Term<'a> {
+    let reason = Atom::from_str(env, f.reason.as_str()).unwrap_or_else(|_| atoms::error());
+    (atoms::error(), reason, f.message.as_str()).encode(env)
+}
+
+/// Start a build; returns `{:ok, job, id}` at once. Messages follow as described above. With
+/// `await_host_build`, the job waits at its release stage for [`job_resume`].
 #[rustler::nif]
 fn image_build(env: Env, request: NifRequest) -> (Atom, ResourceArc<Job>, u64) {
+    let (resume, host_build) = if request.await_host_build {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let request: Request = request.into();
-    start_job(env, move |events, cancelled| async move {
-        pipeline::run(request, events, cancelled)
-            .await
-            .map(NifOutcome::from)
+    start_job(env, resume, move |events, cancel| {
+        pipeline::run(request, events, cancel, host_build)
     })
+}
+
+/// The host's release is built: the job goes on. Resuming twice, or a job that does not wait,
+/// is harmless.
+#[rustler::nif]
+fn job_resume(job: ResourceArc<Job>) -> Atom {
+    if let Some(tx) = job.resume.lock().ok().and_then(|mut r| r.take()) {
+        let _ = tx.send(());
+    }
+    atoms::ok()
+}
+
+/// Cancel a job: it ends with `{:error, :cancelled, message}`.
+#[rustler::nif]
+fn job_cancel(job: ResourceArc<Job>) -> Atom {
+    job.cancel.cancel();
+    atoms::ok()
 }
 
 /// Mirrors `DockerRelease.Native.DockerfilesRequest`.
@@ -355,14 +321,6 @@ struct NifDockerfiles {
     stall_timeout: u64,
 }
 
-#[derive(NifMap)]
-struct NifFlowOutcome {
-    image_id: String,
-    tags: Vec<String>,
-    size: u64,
-    tarball_bytes: u64,
-}
-
 /// Start the two-Dockerfile flow; returns `{:ok, job, id}` at once, then messages as above.
 #[rustler::nif]
 fn image_dockerfiles(env: Env, request: NifDockerfiles) -> (Atom, ResourceArc<Job>, u64) {
@@ -376,33 +334,29 @@ fn image_dockerfiles(env: Env, request: NifDockerfiles) -> (Atom, ResourceArc<Jo
         final_tags: request.final_tags,
         no_cache: request.no_cache,
     };
-    let stall_timeout = stall(request.stall_timeout);
-    start_job(env, move |events, cancelled| async move {
-        pipeline::run_dockerfiles(flow, stall_timeout, events, cancelled)
-            .await
-            .map(|o| NifFlowOutcome {
-                image_id: o.final_image_id,
-                tags: o.tags,
-                size: o.size,
-                tarball_bytes: o.tarball_bytes,
-            })
+    let stall_timeout = stall_from_secs(request.stall_timeout);
+    start_job(env, None, move |events, cancel| {
+        pipeline::run_dockerfiles(flow, stall_timeout, events, cancel)
     })
 }
 
-type Events = Arc<dyn Fn(Event) + Send + Sync>;
-
 /// Start `work` on the shared runtime for the calling process: events become messages, the
 /// result becomes the one final message (also on panic), the caller's death cancels it.
-fn start_job<W, F, T>(env: Env, work: W) -> (Atom, ResourceArc<Job>, u64)
+fn start_job<W, F, T>(
+    env: Env,
+    resume: Option<oneshot::Sender<()>>,
+    work: W,
+) -> (Atom, ResourceArc<Job>, u64)
 where
-    W: FnOnce(Events, Arc<AtomicBool>) -> F,
+    W: FnOnce(pipeline::Events, CancellationToken) -> F,
     F: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
-    T: Encoder + Send + 'static,
+    T: Serialize + Send + 'static,
 {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let cancelled = Arc::new(AtomicBool::new(false));
+    let cancel = CancellationToken::new();
     let job = ResourceArc::new(Job {
-        cancelled: cancelled.clone(),
+        cancel: cancel.clone(),
+        resume: Mutex::new(resume),
     });
     let pid = env.pid();
     let _ = env.monitor(&job, &pid);
@@ -410,7 +364,7 @@ where
 
     let events_reply = reply.clone();
     let last_bytes = Mutex::new(Instant::now() - Duration::from_secs(1));
-    let events: Events = Arc::new(move |event| match event {
+    let events: pipeline::Events = Arc::new(move |event| match event {
         Event::Step(s) => events_reply.send(move |env| (atoms::step(), s).encode(env)),
         Event::Notice(s) => events_reply.send(move |env| (atoms::notice(), s).encode(env)),
         Event::Output { step, line } => {
@@ -432,32 +386,26 @@ where
     });
 
     let rt = runtime();
-    let work = rt.spawn(work(events, cancelled.clone()));
+    let work = rt.spawn(work(events, cancel.clone()));
     // Keeps the handle (and so the monitor of the caller) alive until the final message.
     let held = job.clone();
     rt.spawn(async move {
         let _held = held;
         let abort = work.abort_handle();
-        let watch = async {
-            while !cancelled.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
         let result = tokio::select! {
             r = work => r,
-            _ = watch => {
+            _ = cancel.cancelled() => {
                 // Dropping the work closes any engine connection: the engine discards a partial load.
                 abort.abort();
-                return reply.failure(Failure { reason: "cancelled", message: "the build was cancelled".into() });
+                return reply.failure(Failure::new(Reason::Cancelled, "the build was cancelled"));
             }
         };
         match result {
-            Ok(Ok(value)) => reply.send(move |env| (atoms::ok(), value).encode(env)),
+            Ok(Ok(value)) => reply.success(value),
             Ok(Err(failure)) => reply.failure(failure),
-            Err(e) => reply.failure(Failure {
-                reason: "internal",
-                message: format!("the build crashed: {e}; please report this as a bug"),
-            }),
+            Err(e) => reply.failure(Failure::internal(format!(
+                "the build crashed: {e}; please report this as a bug"
+            ))),
         }
     });
     (atoms::ok(), job, id)
@@ -470,84 +418,37 @@ where
 /// build.
 #[rustler::nif(schedule = "DirtyIo")]
 fn engine_endpoint(env: Env) -> Term {
-    match image_io::engine::resolve_endpoint(&|k| std::env::var(k).ok()) {
-        Ok(image_io::engine::Endpoint::Missing(_)) => (atoms::ok(), None::<String>).encode(env),
-        Ok(ep) => (atoms::ok(), Some(ep.to_string())).encode(env),
-        Err(e) => {
-            let f = Failure::from(e);
-            let reason = Atom::from_str(env, f.reason).unwrap_or_else(|_| atoms::error());
-            (atoms::error(), reason, f.message).encode(env)
-        }
+    match image_io::engine::check_endpoint() {
+        Ok(address) => (atoms::ok(), address).encode(env),
+        Err(e) => error_term(env, &Failure::from(e)),
     }
 }
 
-/// An exclusive lock on a file (`flock`), held until [`lock_release`] or until the handle is
-/// garbage-collected; the kernel releases it when the OS process dies, however it dies.
-struct Lock {
-    file: Mutex<Option<std::fs::File>>,
-}
+/// A lock taken by [`lock_try`], held until [`lock_release`] or until the handle is
+/// garbage-collected.
+struct Lock(Mutex<Option<FileLock>>);
 
 #[rustler::resource_impl]
 impl Resource for Lock {}
 
-/// Try to take the lock at `path` (created if missing): `{:ok, lock}` and this OS process's pid
-/// written into the file, or `{:busy, holder}` with what the holder wrote (its pid), or
-/// `{:error, message}`. Never blocks.
+/// Try to take the lock at `path` ([`FileLock::try_take`]): `{:ok, lock}`, or `{:busy,
+/// holder}` with what the holder wrote (its pid), or `{:error, message}`. Never blocks.
 #[rustler::nif(schedule = "DirtyIo")]
 fn lock_try(env: Env, path: String) -> Term {
-    use std::io::{Read, Seek, Write};
-    let open = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path);
-    let mut file = match open {
-        Ok(f) => f,
-        Err(e) => {
-            return (
-                atoms::error(),
-                format!("cannot open the lock file {path}: {e}"),
-            )
-                .encode(env)
+    match FileLock::try_take(std::path::Path::new(&path)) {
+        Ok(Taken::Held(lock)) => {
+            (atoms::ok(), ResourceArc::new(Lock(Mutex::new(Some(lock))))).encode(env)
         }
-    };
-    match file.try_lock() {
-        Ok(()) => {
-            let pid = std::process::id().to_string();
-            let written = file
-                .set_len(0)
-                .and_then(|_| file.seek(std::io::SeekFrom::Start(0)))
-                .and_then(|_| file.write_all(pid.as_bytes()))
-                .and_then(|_| file.flush());
-            if let Err(e) = written {
-                return (
-                    atoms::error(),
-                    format!("cannot write the lock file {path}: {e}"),
-                )
-                    .encode(env);
-            }
-            let lock = ResourceArc::new(Lock {
-                file: Mutex::new(Some(file)),
-            });
-            (atoms::ok(), lock).encode(env)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            (atoms::busy(), holder.trim().to_string()).encode(env)
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            (atoms::error(), format!("cannot lock {path}: {e}")).encode(env)
-        }
+        Ok(Taken::Busy(holder)) => (atoms::busy(), holder).encode(env),
+        Err(message) => (atoms::error(), message).encode(env),
     }
 }
 
-/// Release a lock taken by [`lock_try`] (closing its file). Releasing twice is harmless.
+/// Release a lock taken by [`lock_try`]. Releasing twice is harmless.
 #[rustler::nif]
 fn lock_release(lock: ResourceArc<Lock>) -> Atom {
-    if let Ok(mut f) = lock.file.lock() {
-        f.take();
+    if let Ok(mut held) = lock.0.lock() {
+        held.take();
     }
     atoms::ok()
 }
@@ -559,25 +460,13 @@ struct NifCleanRequest {
     project_dir: Option<String>,
 }
 
-/// What `image_clean` did.
-#[derive(NifMap)]
-struct NifCleaned {
-    removed: Vec<String>,
-    kept: Vec<(String, String)>,
-}
-
 /// Remove the builder cache volumes of a project (or of all); `{:ok, job, id}` at once, then
 /// messages as for a build.
 #[rustler::nif]
 fn image_clean(env: Env, request: NifCleanRequest) -> (Atom, ResourceArc<Job>, u64) {
-    let project = request.project_dir.map(std::path::PathBuf::from);
-    start_job(env, move |events, _cancelled| async move {
+    let project = request.project_dir.map(PathBuf::from);
+    start_job(env, None, move |events, _cancel| {
         image_io::clean::run_clean(project, events)
-            .await
-            .map(|c| NifCleaned {
-                removed: c.removed,
-                kept: c.kept,
-            })
     })
 }
 
@@ -601,11 +490,40 @@ fn reference_parse(env: Env, input: String) -> Term {
     }
 }
 
+/// Check `--platform`, `--platform-image` and `--emulate` (see
+/// `image_core::platform::PlatformOptions::check`): `{:ok, platforms, images}` in their normal
+/// form (`"linux/arm64/v8"`, `[{platform, image}]`), or `{:error, message}`.
+#[rustler::nif]
+fn platform_check(
+    env: Env,
+    platforms: Vec<String>,
+    images: Vec<(String, String)>,
+    emulate: bool,
+) -> Term {
+    let options = PlatformOptions {
+        platforms,
+        images,
+        emulate,
+    };
+    match options.check() {
+        Ok(s) => {
+            let platforms: Vec<String> = s.platforms.iter().map(|p| p.to_string()).collect();
+            let images: Vec<(String, String)> = s
+                .images
+                .iter()
+                .map(|(p, i)| (p.to_string(), i.clone()))
+                .collect();
+            (atoms::ok(), platforms, images).encode(env)
+        }
+        Err(e) => (atoms::error(), e.to_string()).encode(env),
+    }
+}
+
 /// A job whose work panics after one step: proves, from Elixir, that a panic inside a job still
 /// ends in exactly one final error message and leaves the VM running. Used by the tests only.
 #[rustler::nif]
 fn job_panic_probe(env: Env) -> (Atom, ResourceArc<Job>, u64) {
-    start_job(env, |events, _cancelled| async move {
+    start_job(env, None, |events, _cancel| async move {
         events(Event::Step("about to panic on purpose".into()));
         if std::hint::black_box(true) {
             panic!("job_panic_probe: a deliberate panic inside a job");

@@ -172,7 +172,9 @@ impl Header {
 }
 
 /// An OCI image platform (`os`/`architecture`/`variant` of an image config or index entry).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Ordered by `os`, then `architecture`, then `variant`: the order of an image index's entries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Platform {
     /// Always `"linux"` for ELF files docker_release packs.
     pub os: String,

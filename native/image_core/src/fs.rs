@@ -33,6 +33,43 @@ pub struct Meta {
     pub size: u64,
 }
 
+/// What identifies a file's content without reading it, as `stat` reports it: device, inode,
+/// size, and the modification and change times in nanoseconds. The change time (`ctime`) is
+/// set by the kernel to the current time on every write, truncation, rename onto, `chmod` or
+/// `utimes`, and cannot be set by a program: a file whose identity is unchanged has not been
+/// written since (see `build::LayerCache`, which relies on this for files that were already
+/// settled when they were read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+}
+
+impl Identity {
+    fn of(md: &std::fs::Metadata) -> Identity {
+        Identity {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
+        }
+    }
+
+    /// The later of its modification and change times, nanoseconds since the epoch.
+    pub fn changed_ns(&self) -> i128 {
+        self.mtime_ns.max(self.ctime_ns)
+    }
+}
+
 /// Read-only access to a tree of files addressed by absolute paths.
 pub trait Fs: Send + Sync {
     /// Metadata of `path` without following a final symlink.
@@ -61,6 +98,14 @@ pub trait Fs: Send + Sync {
     /// `true` when `path` exists (a dangling symlink counts as existing).
     fn exists(&self, path: &Path) -> bool {
         self.lstat(path).is_ok()
+    }
+
+    /// The identity of the entry at `path` and, when it is a symlink, of what it leads to: what
+    /// reading it would give cannot have changed while these stay the same. `None` where a
+    /// filesystem cannot say (a builder container's, read through the engine): its files are
+    /// then always read.
+    fn identity(&self, _path: &Path) -> Option<Vec<Identity>> {
+        None
     }
 
     /// Says that `path` is about to be resolved component by component. A filesystem that
@@ -123,6 +168,16 @@ impl Fs for HostFs {
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
         Ok(Box::new(std::fs::File::open(self.real(path))?))
+    }
+
+    fn identity(&self, path: &Path) -> Option<Vec<Identity>> {
+        let real = self.real(path);
+        let own = std::fs::symlink_metadata(&real).ok()?;
+        let mut ids = vec![Identity::of(&own)];
+        if own.file_type().is_symlink() {
+            ids.push(Identity::of(&std::fs::metadata(&real).ok()?));
+        }
+        Some(ids)
     }
 }
 

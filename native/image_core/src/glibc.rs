@@ -30,10 +30,16 @@ const VER_FLG_BASE: u16 = 0x1;
 ///
 /// Strict ancestors of the release directory are read from the build machine too, so paths of
 /// release files resolve; the root directory is the base's.
+///
+/// For another platform ([`crate::foreign`]), the base is an image of that platform and some
+/// release files are *overridden* ([`ReleaseOnBase::with_overrides`]): each is read from a path
+/// of the base instead (an ELF file of ERTS or of an OTP application, from that platform's OTP
+/// installation), or hidden (it does not exist, nor appear in its directory).
 pub struct ReleaseOnBase<'a> {
     release: PathBuf,
     host: &'a dyn Fs,
     base: &'a dyn Fs,
+    overrides: BTreeMap<PathBuf, Option<PathBuf>>,
 }
 
 impl<'a> ReleaseOnBase<'a> {
@@ -46,7 +52,27 @@ impl<'a> ReleaseOnBase<'a> {
             release,
             host,
             base,
+            overrides: BTreeMap::new(),
         })
+    }
+
+    /// The union of `release_dir` in `host`, already canonical there, and everything else in
+    /// `base`.
+    pub(crate) fn canonical(host: &'a dyn Fs, release_dir: &Path, base: &'a dyn Fs) -> Self {
+        ReleaseOnBase {
+            release: release_dir.to_path_buf(),
+            host,
+            base,
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    /// This union with release files overridden: a path (absolute, under the canonical
+    /// [`ReleaseOnBase::release_dir`]) mapped to `Some(path in base)` is read from the base at
+    /// that path (which must be a regular file there); mapped to `None` it is hidden.
+    pub fn with_overrides(mut self, overrides: BTreeMap<PathBuf, Option<PathBuf>>) -> Self {
+        self.overrides = overrides;
+        self
     }
 
     /// The canonical release directory.
@@ -64,18 +90,56 @@ impl<'a> ReleaseOnBase<'a> {
     }
 }
 
+/// Where an overridden path is read: the base's path, or nowhere.
+enum Overridden<'p> {
+    Base(&'p Path),
+    Hidden,
+}
+
+impl ReleaseOnBase<'_> {
+    fn overridden(&self, path: &Path) -> Option<Overridden<'_>> {
+        self.overrides.get(path).map(|o| match o {
+            Some(p) => Overridden::Base(p),
+            None => Overridden::Hidden,
+        })
+    }
+}
+
+fn hidden(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} is left out for this platform", path.display()),
+    )
+}
+
 impl Fs for ReleaseOnBase<'_> {
     fn lstat(&self, path: &Path) -> io::Result<Meta> {
-        self.route(path).lstat(path)
+        match self.overridden(path) {
+            Some(Overridden::Base(p)) => self.base.lstat(p),
+            Some(Overridden::Hidden) => Err(hidden(path)),
+            None => self.route(path).lstat(path),
+        }
     }
     fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
-        self.route(path).read_link(path)
+        match self.overridden(path) {
+            Some(Overridden::Base(p)) => self.base.read_link(p),
+            Some(Overridden::Hidden) => Err(hidden(path)),
+            None => self.route(path).read_link(path),
+        }
     }
     fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        self.route(path).read_dir(path)
+        let mut names = self.route(path).read_dir(path)?;
+        if !self.overrides.is_empty() {
+            names.retain(|n| !matches!(self.overridden(&path.join(n)), Some(Overridden::Hidden)));
+        }
+        Ok(names)
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
-        self.route(path).open(path)
+        match self.overridden(path) {
+            Some(Overridden::Base(p)) => self.base.open(p),
+            Some(Overridden::Hidden) => Err(hidden(path)),
+            None => self.route(path).open(path),
+        }
     }
     fn hint(&self, path: &Path) {
         self.route(path).hint(path)
@@ -253,9 +317,53 @@ pub enum Problem {
     },
 }
 
+/// Whose files a [`Problem`] is about, for its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// A base image (`--base`), by reference.
+    Base(&'a str),
+    /// The image another platform's files come from (`--platform-image`, or a builder's
+    /// variant for that platform).
+    Platform {
+        /// The image's reference.
+        image: &'a str,
+        /// The platform, `linux/arm64/v8`.
+        platform: &'a str,
+    },
+}
+
+impl Subject<'_> {
+    /// `the base image X` or `the linux/arm64/v8 image X`.
+    fn name(&self) -> String {
+        match self {
+            Subject::Base(base) => format!("the base image {base}"),
+            Subject::Platform { image, platform } => format!("the {platform} image {image}"),
+        }
+    }
+
+    /// For a platform image: how to give another (a base's messages say it their own way).
+    fn another(&self, which: &str) -> String {
+        match self {
+            Subject::Base(_) => String::new(),
+            Subject::Platform { platform, .. } => {
+                format!("give {which} with --platform-image {platform}=IMAGE")
+            }
+        }
+    }
+}
+
 impl Problem {
     /// The problem as a sentence about base image `base`, saying what to do.
     pub fn message(&self, base: &str) -> String {
+        self.message_about(&Subject::Base(base))
+    }
+
+    /// The problem as a sentence about `subject`'s files, saying what to do.
+    pub fn message_about(&self, subject: &Subject<'_>) -> String {
+        let base = match subject {
+            Subject::Base(base) => *base,
+            Subject::Platform { .. } => return self.platform_message(subject),
+        };
         match self {
             Problem::Platform { base: b, release } => format!(
                 "the base image {base} is for {b} but the release is for {release}: use a {release} base image (or pick the platform: NAME@sha256:… of the right manifest)"
@@ -340,6 +448,82 @@ impl Problem {
             }
             Problem::MissingTools { tools, path } => format!(
                 "the base image {base} has no {} (looked in {path}); the release scripts need them: install them in the base (Debian: coreutils, mawk, sed, grep) or use no base",
+                tools.join(", ")
+            ),
+        }
+    }
+
+    /// [`Problem::message_about`] an image another platform's files come from: the files
+    /// that need something are that image's own (its ERTS, its OTP's native files), so the
+    /// image is incomplete or broken, and the way out is another image, or installing the
+    /// missing part in it.
+    fn platform_message(&self, subject: &Subject<'_>) -> String {
+        let who = subject.name();
+        let another = subject.another("another");
+        match self {
+            Problem::Platform { base: b, release } => format!(
+                "{who} is for {b}, not {release}: {}",
+                subject.another(&format!("a {release} image"))
+            ),
+            Problem::MissingInterpreter {
+                interpreter,
+                needed_by,
+                ..
+            } => format!(
+                "{who} has no {}, the program interpreter {} needs: {}",
+                interpreter.display(),
+                needed_by.display(),
+                subject.another("an image with the C library its Erlang was built against")
+            ),
+            Problem::OldGlibc {
+                needed,
+                used_by,
+                others,
+                provided,
+                ..
+            } => format!(
+                "{}{} {} {needed} but the glibc of {who} {}: {}",
+                used_by.display(),
+                and_others(*others),
+                if *others == 0 { "needs" } else { "need" },
+                provided
+                    .as_deref()
+                    .map_or("defines no GLIBC_ versions".to_string(), |p| format!(
+                        "provides up to {p}"
+                    )),
+                subject.another("an image whose glibc matches its Erlang")
+            ),
+            Problem::MissingLibrary {
+                soname,
+                needed_by,
+                others,
+                package,
+            } => {
+                let install = match package {
+                    Some(p) => format!("install it in that image ({p})"),
+                    None => "install the package that provides it in that image".to_string(),
+                };
+                format!(
+                    "{who} has no {soname}, needed by {}{}: {install}, or {another}",
+                    needed_by.display(),
+                    and_others(*others)
+                )
+            }
+            Problem::MissingVersion {
+                library,
+                version,
+                used_by,
+                provided,
+            } => format!(
+                "{} needs {version} from {library}, and the {library} of {who} {}: {}",
+                used_by.display(),
+                provided
+                    .as_deref()
+                    .map_or("lacks it".to_string(), |p| format!("provides up to {p}")),
+                subject.another("an image whose libraries match its Erlang")
+            ),
+            Problem::MissingTools { tools, path } => format!(
+                "{who} has no {} (looked in {path}); the release scripts need them: install them in that image (Debian: coreutils, mawk, sed, grep), or {another}",
                 tools.join(", ")
             ),
         }

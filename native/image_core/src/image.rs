@@ -6,7 +6,6 @@
 use crate::digest::Digest;
 use crate::elf::Platform;
 use crate::layer::LayerInfo;
-use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -212,41 +211,6 @@ impl Image {
             + self.config_json().len() as u64
             + self.manifest_json().len() as u64
     }
-
-    /// A summary for `--metadata-file` and the task's final report.
-    pub fn summary(&self, tags: &[String]) -> Summary {
-        Summary {
-            image_id: self.id(),
-            manifest_digest: self.manifest_digest(),
-            platform: self.platform.to_string(),
-            tags: tags.to_vec(),
-            created: rfc3339(self.created),
-            layers: self.layers.clone(),
-            compressed_size: self.compressed_size(),
-            uncompressed_size: self.layers.iter().map(|l| l.uncompressed_size).sum(),
-        }
-    }
-}
-
-/// What a build produced, for people and CI.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    /// The engine's image ID (config digest).
-    pub image_id: Digest,
-    /// The OCI manifest digest.
-    pub manifest_digest: Digest,
-    /// `os/arch[/variant]`.
-    pub platform: String,
-    /// Tags applied.
-    pub tags: Vec<String>,
-    /// Creation time, RFC 3339.
-    pub created: String,
-    /// Layers, bottom first.
-    pub layers: Vec<LayerInfo>,
-    /// Bytes a registry stores (layers compressed, config, manifest).
-    pub compressed_size: u64,
-    /// Bytes of all layers uncompressed.
-    pub uncompressed_size: u64,
 }
 
 pub(crate) fn to_bytes(v: &Value) -> Vec<u8> {

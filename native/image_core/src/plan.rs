@@ -175,13 +175,17 @@ pub enum PlanError {
     MissingTool(String),
 }
 
+impl PlanError {
+    /// The error for a failed read of `path`, for `map_err`.
+    fn read(path: &Path) -> impl FnOnce(std::io::Error) -> PlanError {
+        let path = path.to_path_buf();
+        move |source| PlanError::Read { path, source }
+    }
+}
+
 /// Make the plan for `settings`, reading the release and the build environment through `fs`.
 pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
     let rel = &settings.release_dir;
-    let read_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PlanError::Read { path, source }
-    };
     let ReleaseFacts {
         erts_vsn,
         rel_vsn,
@@ -199,7 +203,7 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         }
     };
     let mut resolver = Resolver::new(fs, vec![rel.clone()]);
-    for f in elf::find_elf_files(fs, rel).map_err(read_err(rel))? {
+    for f in elf::find_elf_files(fs, rel).map_err(PlanError::read(rel))? {
         keep(resolver.add(&f, "release ELF file").map_err(Into::into));
     }
     keep(
@@ -451,14 +455,14 @@ fn private_notice(private: &[PathBuf], uid: u32) -> Vec<String> {
 }
 
 /// What the release's own files say: ERTS and release versions, and the platform of ERTS.
-struct ReleaseFacts {
-    erts_vsn: String,
-    rel_vsn: String,
-    platform: Platform,
+pub(crate) struct ReleaseFacts {
+    pub(crate) erts_vsn: String,
+    pub(crate) rel_vsn: String,
+    pub(crate) platform: Platform,
 }
 
 /// Check that `settings.release_dir` is an assembled release with ERTS and read its facts.
-fn release_facts(fs: &dyn Fs, settings: &Settings) -> Result<ReleaseFacts, PlanError> {
+pub(crate) fn release_facts(fs: &dyn Fs, settings: &Settings) -> Result<ReleaseFacts, PlanError> {
     let rel = &settings.release_dir;
     if !matches!(fs.lstat(rel).map(|m| m.kind), Ok(Kind::Dir)) {
         return Err(PlanError::NotARelease {
@@ -535,17 +539,9 @@ fn runtime_layer(
     let mut files = Vec::new();
     let mut private = Vec::new();
     for (path, e) in &closure.entries {
-        let meta = fs.lstat(path).map_err(|source| PlanError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = fs.lstat(path).map_err(PlanError::read(path))?;
         let source = match e.kind {
-            Kind::Symlink => {
-                Source::Symlink(fs.read_link(path).map_err(|source| PlanError::Read {
-                    path: path.clone(),
-                    source,
-                })?)
-            }
+            Kind::Symlink => Source::Symlink(fs.read_link(path).map_err(PlanError::read(path))?),
             Kind::Dir => Source::Dir,
             _ => Source::File(path.clone()),
         };
@@ -684,10 +680,7 @@ fn release_layers(
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let src = root.join(&rel);
-        let names = fs.read_dir(&src).map_err(|source| PlanError::Read {
-            path: src.clone(),
-            source,
-        })?;
+        let names = fs.read_dir(&src).map_err(PlanError::read(&src))?;
         for name in names {
             let rel = rel.join(&name);
             let src = root.join(&rel);
@@ -697,10 +690,7 @@ fn release_layers(
                 // the cookie. The image gets an empty, app-owned `/app/tmp` instead.
                 continue;
             }
-            let meta = fs.lstat(&src).map_err(|source| PlanError::Read {
-                path: src.clone(),
-                source,
-            })?;
+            let meta = fs.lstat(&src).map_err(PlanError::read(&src))?;
             let dest = Path::new(APP_DIR).join(&rel);
             let source = match meta.kind {
                 Kind::Dir => {
@@ -708,16 +698,10 @@ fn release_layers(
                     Source::Dir
                 }
                 Kind::Symlink => {
-                    Source::Symlink(fs.read_link(&src).map_err(|source| PlanError::Read {
-                        path: src.clone(),
-                        source,
-                    })?)
+                    Source::Symlink(fs.read_link(&src).map_err(PlanError::read(&src))?)
                 }
                 Kind::File if rel == env_sh => {
-                    let mut bytes = fs.read(&src).map_err(|source| PlanError::Read {
-                        path: src.clone(),
-                        source,
-                    })?;
+                    let mut bytes = fs.read(&src).map_err(PlanError::read(&src))?;
                     bytes.extend_from_slice(COOKIE_SNIPPET.as_bytes());
                     Source::Bytes(bytes)
                 }
@@ -854,39 +838,11 @@ pub fn plan_on_base(
         }])
         .into());
     }
-    let union = ReleaseOnBase::new(fs, &settings.release_dir, base.fs).map_err(|source| {
-        PlanError::Read {
-            path: settings.release_dir.clone(),
-            source,
-        }
-    })?;
+    let union = ReleaseOnBase::new(fs, &settings.release_dir, base.fs)
+        .map_err(PlanError::read(&settings.release_dir))?;
     let mut problems = check_release(&union)?;
     let path = env_value(&base.env, "PATH").unwrap_or(PATH).to_string();
-    let is_file = |p: &Path| {
-        resolve_path(base.fs, p)
-            .ok()
-            .and_then(|(c, _)| base.fs.lstat(&c).ok())
-            .is_some_and(|m| m.kind == Kind::File)
-    };
-    let mut missing: Vec<String> = Vec::new();
-    if !is_file(Path::new("/bin/sh")) {
-        missing.push("/bin/sh".into());
-    }
-    for tool in SHELL_TOOLS {
-        let found = path
-            .split(':')
-            .filter(|d| d.starts_with('/'))
-            .any(|d| is_file(&Path::new(d).join(tool)));
-        if !found {
-            missing.push(tool.to_string());
-        }
-    }
-    if !missing.is_empty() {
-        problems.push(Problem::MissingTools {
-            tools: missing,
-            path: path.clone(),
-        });
-    }
+    problems.extend(missing_tools(base.fs, &path));
     if !problems.is_empty() {
         return Err(incompatible(problems).into());
     }
@@ -962,9 +918,37 @@ pub fn plan_on_base(
     Ok(plan)
 }
 
+/// `/bin/sh` and the [`SHELL_TOOLS`] missing from `fs` (looked up in `path`, a `PATH` value),
+/// as one problem; none when all are there.
+pub(crate) fn missing_tools(fs: &dyn Fs, path: &str) -> Option<Problem> {
+    let is_file = |p: &Path| {
+        resolve_path(fs, p)
+            .ok()
+            .and_then(|(c, _)| fs.lstat(&c).ok())
+            .is_some_and(|m| m.kind == Kind::File)
+    };
+    let mut missing: Vec<String> = Vec::new();
+    if !is_file(Path::new("/bin/sh")) {
+        missing.push("/bin/sh".into());
+    }
+    for tool in SHELL_TOOLS {
+        let found = path
+            .split(':')
+            .filter(|d| d.starts_with('/'))
+            .any(|d| is_file(&Path::new(d).join(tool)));
+        if !found {
+            missing.push(tool.to_string());
+        }
+    }
+    (!missing.is_empty()).then(|| Problem::MissingTools {
+        tools: missing,
+        path: path.to_string(),
+    })
+}
+
 /// Same OS and architecture; variants must agree only when both are given (`arm64` configs
 /// often omit `v8`).
-fn same_platform(a: &Platform, b: &Platform) -> bool {
+pub(crate) fn same_platform(a: &Platform, b: &Platform) -> bool {
     a.os == b.os
         && a.architecture == b.architecture
         && match (&a.variant, &b.variant) {
@@ -1057,23 +1041,14 @@ fn base_dirs_layer(
     let (mut private, mut skipped) = (Vec::new(), Vec::new());
     for extra in &s.extra_files {
         check_extra(fs, extra)?;
-        let (canon, _) = resolve_path(fs, extra).map_err(|source| PlanError::Read {
-            path: extra.clone(),
-            source,
-        })?;
+        let (canon, _) = resolve_path(fs, extra).map_err(PlanError::read(extra))?;
         let mut stack = vec![(canon, in_base(base.fs, extra))];
         let mut top = true;
         while let Some((src, dest)) = stack.pop() {
-            let meta = fs.lstat(&src).map_err(|source| PlanError::Read {
-                path: src.clone(),
-                source,
-            })?;
+            let meta = fs.lstat(&src).map_err(PlanError::read(&src))?;
             let source = match meta.kind {
                 Kind::Dir => {
-                    let names = fs.read_dir(&src).map_err(|source| PlanError::Read {
-                        path: src.clone(),
-                        source,
-                    })?;
+                    let names = fs.read_dir(&src).map_err(PlanError::read(&src))?;
                     for n in names {
                         stack.push((src.join(&n), dest.join(&n)));
                     }
@@ -1081,10 +1056,7 @@ fn base_dirs_layer(
                 }
                 Kind::Symlink => {
                     copied.push(src.clone());
-                    Source::Symlink(fs.read_link(&src).map_err(|source| PlanError::Read {
-                        path: src.clone(),
-                        source,
-                    })?)
+                    Source::Symlink(fs.read_link(&src).map_err(PlanError::read(&src))?)
                 }
                 Kind::File => {
                     copied.push(src.clone());

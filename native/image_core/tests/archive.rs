@@ -863,3 +863,124 @@ fn the_layer_cache_never_serves_another_encoding_of_the_right_tar() {
         assert!(reused.contains(&"runtime".to_string()));
     }
 }
+
+/// A layer whose files settled is recognised by their identities, without reading them; a file
+/// written since (even with the same size) is read again; a layer with a file written less
+/// than `SETTLED` ago is read in full every time and no fingerprint is recorded for it.
+#[test]
+fn the_layer_cache_recognises_settled_files_without_reading_them() {
+    use image_core::build::{build_cached, LayerCache, Progress, SETTLED};
+    use image_core::fs::{Fs, HostFs, Identity, Meta};
+    use std::io::Read;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    /// The host, counting the files opened.
+    struct Counting(HostFs, Mutex<Vec<PathBuf>>);
+    impl Fs for Counting {
+        fn lstat(&self, p: &Path) -> std::io::Result<Meta> {
+            self.0.lstat(p)
+        }
+        fn read_link(&self, p: &Path) -> std::io::Result<PathBuf> {
+            self.0.read_link(p)
+        }
+        fn read_dir(&self, p: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+            self.0.read_dir(p)
+        }
+        fn open(&self, p: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+            self.1.lock().unwrap().push(p.to_path_buf());
+            self.0.open(p)
+        }
+        fn identity(&self, p: &Path) -> Option<Vec<Identity>> {
+            self.0.identity(p)
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    support::sample_tree(&src, 0o644);
+    let cache = LayerCache {
+        dir: tmp.path().join("layers"),
+    };
+    let fs = Counting(HostFs::new("/"), Mutex::new(Vec::new()));
+    let mut run = 0;
+    let mut build = || {
+        run += 1;
+        fs.1.lock().unwrap().clear();
+        let blobs = BlobDir {
+            root: tmp.path().join(format!("blobs-{run}")),
+        };
+        let mut reused = Vec::new();
+        let image = build_cached(
+            &fs,
+            &support::sample_plan(&src),
+            CREATED,
+            6,
+            &blobs,
+            Some(&cache),
+            &mut |p| {
+                if let Progress::Reused { name, .. } = p {
+                    reused.push(name);
+                }
+                true
+            },
+        )
+        .unwrap();
+        let opened = fs.1.lock().unwrap().len();
+        (image, reused, opened)
+    };
+    let inputs = || {
+        std::fs::read_dir(cache.inputs_dir())
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+
+    // Just written: the files are read (compressed once, then hashed), nothing is recorded.
+    let (first, _, opened) = build();
+    assert!(opened > 0);
+    let (again, reused, opened) = build();
+    assert_eq!(reused, vec!["runtime", "app"]);
+    assert!(opened > 0, "unsettled files are read");
+    assert_eq!(inputs(), 0, "no fingerprint of unsettled files");
+    assert_eq!(again.manifest_digest(), first.manifest_digest());
+
+    // Settled: read once more (and recorded), then recognised without opening a file.
+    std::thread::sleep(SETTLED + std::time::Duration::from_millis(100));
+    let (_, reused, _) = build();
+    assert_eq!(reused, vec!["runtime", "app"]);
+    assert_eq!(inputs(), 2);
+    let (settled, reused, opened) = build();
+    assert_eq!(reused, vec!["runtime", "app"]);
+    assert_eq!(opened, 0, "every layer recognised by its files' identities");
+    assert_eq!(settled.manifest_digest(), first.manifest_digest());
+
+    // The same size, other bytes: the app layer is read again and is another layer.
+    std::fs::write(src.join("etc/greeting.txt"), b"howdy, world\n").unwrap();
+    assert_eq!(
+        std::fs::metadata(src.join("etc/greeting.txt"))
+            .unwrap()
+            .len(),
+        "hello, world\n".len() as u64
+    );
+    let (changed, reused, opened) = build();
+    assert_eq!(reused, vec!["runtime"]);
+    assert!(opened > 0);
+    assert_eq!(changed.layers[0].digest, first.layers[0].digest);
+    assert_ne!(changed.layers[1].diff_id, first.layers[1].diff_id);
+    let plain = {
+        let blobs = BlobDir {
+            root: tmp.path().join("plain"),
+        };
+        build_cached(
+            &HostFs::new("/"),
+            &support::sample_plan(&src),
+            CREATED,
+            6,
+            &blobs,
+            None,
+            &mut |_| true,
+        )
+        .unwrap()
+    };
+    assert_eq!(changed.manifest_digest(), plain.manifest_digest());
+}

@@ -75,3 +75,34 @@ impl Read for ChannelReader {
         Ok(n)
     }
 }
+
+/// A request body written by blocking code: `write` runs on the blocking pool into a
+/// [`ChannelWriter`] of `chunk`-byte chunks (it must flush it at the end), so at most a few
+/// chunks are in memory. When `write` fails, the body ends with that error, so the receiver (the engine)
+/// discards what it got instead of using a partial body. The handle gives `write`'s result once
+/// the body is consumed or dropped.
+pub(crate) fn body_from_writer<T, E, F>(
+    chunk: usize,
+    write: F,
+) -> (crate::engine::Body, tokio::task::JoinHandle<Result<T, E>>)
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: FnOnce(&mut ChannelWriter) -> Result<T, E> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter::new(tx.clone(), chunk);
+        let res = write(&mut out);
+        if let Err(e) = &res {
+            // Abort the request body so the receiver discards the partial upload.
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+        res
+    });
+    let body: crate::engine::Body =
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+    (body, writer)
+}

@@ -5,13 +5,13 @@
 //! the second label, every project's by the first. A volume in use (a build running now) is
 //! not removed, and said so.
 
-use crate::builder::{BuilderError, ContainerEngine, LABEL_CACHE, LABEL_CACHE_PROJECT};
-use crate::pipeline::{required_engine, Event, Failure};
+use crate::builder::{BuilderError, LABEL_CACHE, LABEL_CACHE_PROJECT};
+use crate::engine::ContainerEngine;
+use crate::pipeline::{required_engine, Events, Failure};
 use std::path::Path;
-use std::sync::Arc;
 
 /// What a clean did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Cleaned {
     /// Volumes removed.
     pub removed: Vec<String>,
@@ -59,7 +59,7 @@ pub async fn remove_cache_volumes(
 /// [`remove_cache_volumes`] on the engine the environment names.
 pub async fn run_clean(
     project: Option<std::path::PathBuf>,
-    events: Arc<dyn Fn(Event) + Send + Sync>,
+    events: Events,
 ) -> Result<Cleaned, Failure> {
     let engine = required_engine(
         &events,
@@ -73,10 +73,10 @@ pub async fn run_clean(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builder::{
-        ContainerSpec, ExecSpec, ImageInfo, LabelledContainer, OutputStream, StdinHold,
+    use crate::engine::{
+        Body, ContainerSpec, Containers, EngineError, ExecSpec, ImageInfo, LabelledContainer,
+        OutputStream, StdinHold,
     };
-    use crate::engine::Body;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
@@ -86,8 +86,25 @@ mod tests {
         &'static str,
     );
 
+    impl Containers for Volumes {
+        async fn create_container(&self, _: &ContainerSpec) -> Result<String, EngineError> {
+            unreachable!()
+        }
+        async fn remove_container(&self, _: &str) -> Result<(), EngineError> {
+            unreachable!()
+        }
+        fn remove_container_detached(&self, _: String) {}
+        async fn list_containers(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Vec<LabelledContainer>, EngineError> {
+            unreachable!()
+        }
+    }
+
     impl ContainerEngine for Volumes {
-        async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<String>, BuilderError> {
+        async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
             let all = self.0.lock().unwrap();
             Ok(all
                 .iter()
@@ -95,9 +112,9 @@ mod tests {
                 .map(|(n, _)| n.clone())
                 .collect())
         }
-        async fn remove_volume(&self, name: &str) -> Result<(), BuilderError> {
+        async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
             if name == self.1 {
-                return Err(BuilderError::Engine {
+                return Err(EngineError::Api {
                     action: format!("removing the cache volume {name}"),
                     message: "volume is in use".into(),
                 });
@@ -105,47 +122,29 @@ mod tests {
             self.0.lock().unwrap().remove(name);
             Ok(())
         }
-        async fn inspect_image(&self, _: &str) -> Result<Result<ImageInfo, String>, BuilderError> {
+        async fn inspect_image(&self, _: &str) -> Result<Result<ImageInfo, String>, EngineError> {
             unreachable!()
         }
-        async fn create_container(&self, _: &ContainerSpec) -> Result<String, BuilderError> {
+        async fn attach_stdin(&self, _: &str) -> Result<StdinHold, EngineError> {
             unreachable!()
         }
-        async fn attach_stdin(&self, _: &str) -> Result<StdinHold, BuilderError> {
+        async fn start_container(&self, _: &str) -> Result<(), EngineError> {
             unreachable!()
         }
-        async fn start_container(&self, _: &str) -> Result<(), BuilderError> {
+        async fn upload(&self, _: &str, _: &str, _: Body) -> Result<(), EngineError> {
             unreachable!()
         }
-        async fn upload(&self, _: &str, _: &str, _: Body) -> Result<(), BuilderError> {
+        async fn exec(&self, _: &str, _: &ExecSpec) -> Result<(String, OutputStream), EngineError> {
             unreachable!()
         }
-        async fn exec(
-            &self,
-            _: &str,
-            _: &ExecSpec,
-        ) -> Result<(String, OutputStream), BuilderError> {
+        async fn exec_status(&self, _: &str) -> Result<Option<i64>, EngineError> {
             unreachable!()
         }
-        async fn exec_status(&self, _: &str) -> Result<Option<i64>, BuilderError> {
-            unreachable!()
-        }
-        async fn remove_container(&self, _: &str) -> Result<(), BuilderError> {
-            unreachable!()
-        }
-        fn remove_container_detached(&self, _: String) {}
         async fn create_volume(
             &self,
             _: &str,
             _: &BTreeMap<String, String>,
-        ) -> Result<(), BuilderError> {
-            unreachable!()
-        }
-        async fn list_containers(
-            &self,
-            _: &str,
-            _: &str,
-        ) -> Result<Vec<LabelledContainer>, BuilderError> {
+        ) -> Result<(), EngineError> {
             unreachable!()
         }
     }

@@ -22,9 +22,9 @@ use image_core::glibc::Problem;
 use image_core::plan::{release_platform, BasePlanError, Settings};
 use image_core::reference::Reference;
 use image_io::base::{load_base, BaseError, LoadedBase, BASE_LAYER_NAME};
-use image_io::credentials::{Credential, CredentialStore};
 use image_io::engine::{resolve_endpoint, DockerEngine, Endpoint};
-use image_io::registry::PushOptions;
+use image_io::registry::credentials::{Credential, CredentialStore};
+use image_io::registry::RegistryOptions;
 use registry_support::{need, run, Registry};
 use serde_json::Value;
 use std::io::Read;
@@ -152,7 +152,7 @@ fn blobs(dir: &Path) -> BlobDir {
 async fn load(
     reference: &str,
     engine: Option<&DockerEngine>,
-    opts: &PushOptions,
+    opts: &RegistryOptions,
     dir: &Path,
 ) -> Result<LoadedBase, BaseError> {
     let t = Instant::now();
@@ -239,9 +239,14 @@ async fn minbase_without_libssl_is_refused_naming_the_library_and_package() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let base = load(MINBASE, Some(&engine), &PushOptions::default(), tmp.path())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let base = load(
+        MINBASE,
+        Some(&engine),
+        &RegistryOptions::default(),
+        tmp.path(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         base.source.starts_with("the Docker engine at "),
         "{}",
@@ -271,9 +276,14 @@ async fn bullseye_is_refused_for_its_old_glibc() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let base = load(BULLSEYE, Some(&engine), &PushOptions::default(), tmp.path())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let base = load(
+        BULLSEYE,
+        Some(&engine),
+        &RegistryOptions::default(),
+        tmp.path(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     check_loaded(&base, tmp.path());
     let err = incompatible(&base, &rel);
     println!("{err}");
@@ -306,9 +316,14 @@ async fn an_ssl_base_is_accepted_and_the_image_runs() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let base = load(SSL_BASE, Some(&engine), &PushOptions::default(), tmp.path())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let base = load(
+        SSL_BASE,
+        Some(&engine),
+        &RegistryOptions::default(),
+        tmp.path(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     check_loaded(&base, tmp.path());
     let host = HostFs::new("/");
     let t = Instant::now();
@@ -444,9 +459,9 @@ async fn a_base_in_a_registry_is_pulled_by_tag_digest_and_index() {
         &format!("docker://{}/base:1", reg.host),
     ]));
     println!("skopeo copy: {:.2?}", t.elapsed());
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         credentials: Some(CredentialStore::default()),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
 
     // By tag (the reference names a registry host: the engine is not asked).
@@ -599,10 +614,10 @@ async fn a_base_behind_tls_and_basic_auth_is_pulled_with_credentials() {
         &format!("docker://{}/private/base:1", reg.host),
     ]));
     let reference = format!("{}/private/base:1", reg.host);
-    let anonymous = PushOptions {
+    let anonymous = RegistryOptions {
         ca_file: Some(d.join("ca.crt")),
         credentials: Some(CredentialStore::default()),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let err = load_base(&reference, None, &anonymous, &blobs(&d.join("a")), None, 1)
         .await
@@ -610,7 +625,7 @@ async fn a_base_behind_tls_and_basic_auth_is_pulled_with_credentials() {
     println!("{err}");
     assert_eq!(err.reason(), "base_error");
     assert!(err.to_string().contains("none are configured"), "{err}");
-    let with_creds = PushOptions {
+    let with_creds = RegistryOptions {
         credentials: Some(CredentialStore {
             fixed: Some(Credential {
                 username: "user".into(),
@@ -673,7 +688,7 @@ async fn a_musl_base_is_refused_for_its_c_library() {
         .arg(&tar)
         .arg("."));
     run(Command::new("docker").args(["import"]).arg(&tar).arg(tag));
-    let base = load(tag, Some(&engine), &PushOptions::default(), tmp.path())
+    let base = load(tag, Some(&engine), &RegistryOptions::default(), tmp.path())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let _ = Command::new("docker").args(["rmi", tag]).output();

@@ -9,17 +9,19 @@ use image_core::context::Excludes;
 use image_core::fs::{Fs as _, Kind};
 use image_core::plan::{plan, Plan, Settings};
 use image_io::builder::{
-    build_release, owner, sweep_leftovers, BuilderError, BuilderSpec, BuiltRelease,
-    ContainerEngine, ContainerSpec, LABEL_CACHE_PROJECT, LABEL_OWNER, LABEL_TEMPORARY,
+    build_release, BuilderError, BuilderSpec, BuiltRelease, LABEL_CACHE_PROJECT,
 };
-use image_io::engine::{resolve_endpoint, DockerEngine};
+use image_io::engine::{
+    owner, resolve_endpoint, sweep_leftovers, ContainerEngine, ContainerSpec, Containers,
+    DockerEngine, LABEL_OWNER, LABEL_TEMPORARY,
+};
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 const BUILDER: &str = "docker-release-test/builder:bookworm";
 
@@ -107,7 +109,7 @@ async fn build_live<'a>(
                 .unwrap()
                 .push((Instant::now(), step.into(), line.into()))
         }),
-        Arc::new(AtomicBool::new(false)),
+        CancellationToken::new(),
     )
     .await;
     log.lock()
@@ -513,6 +515,8 @@ async fn sweep_removes_containers_of_dead_owners_only() {
         ]),
         volumes: vec![],
         working_dir: "/".into(),
+        name: None,
+        lifeline: true,
     };
     let dead = engine
         .create_container(&make(format!("{host}:{dead_pid}")))
@@ -635,7 +639,7 @@ async fn child_build() {
         &s,
         Arc::new(|s: &str| println!("CHILD ==> {s}")),
         Arc::new(|step: &str, line: &str| println!("CHILD [{step}] {line}")),
-        Arc::new(AtomicBool::new(false)),
+        CancellationToken::new(),
     )
     .await;
     println!("CHILD done: {:?}", r.map(|_| ()));
@@ -648,14 +652,14 @@ mod fake_engine {
     use futures_util::StreamExt;
     use image_core::context::Excludes;
     use image_core::fs::Fs as _;
+    use image_io::builder::container_fs::FETCH_SCRIPT;
     use image_io::builder::*;
-    use image_io::container_fs::FETCH_SCRIPT;
-    use image_io::engine::Body;
+    use image_io::engine::*;
     use std::collections::BTreeMap;
     use std::path::Path;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
 
     fn hostname() -> String {
         owner().rsplit_once(':').unwrap().0.to_string()
@@ -728,118 +732,23 @@ mod fake_engine {
         }
     }
 
-    impl ContainerEngine for Fake {
-        async fn inspect_image(&self, r: &str) -> Result<Result<ImageInfo, String>, BuilderError> {
-            self.log(Call::Inspect(r.into()));
-            Ok(self
-                .image
-                .clone()
-                .ok_or_else(|| format!("No such image: {r}")))
-        }
-        async fn create_container(&self, spec: &ContainerSpec) -> Result<String, BuilderError> {
+    impl Containers for Fake {
+        async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
             self.log(Call::Create(spec.clone()));
             Ok("c1".into())
         }
-        async fn attach_stdin(&self, id: &str) -> Result<StdinHold, BuilderError> {
-            self.log(Call::Attach(id.into()));
-            Ok(StdinHold::new(()))
-        }
-        async fn start_container(&self, id: &str) -> Result<(), BuilderError> {
-            self.log(Call::Start(id.into()));
-            Ok(())
-        }
-        async fn upload(&self, id: &str, dir: &str, tar: Body) -> Result<(), BuilderError> {
-            let chunks: Vec<_> = tar.collect().await;
-            let bytes: Vec<u8> = chunks
-                .into_iter()
-                .flat_map(|c| c.unwrap().to_vec())
-                .collect();
-            let mut ar = tar::Archive::new(bytes.as_slice());
-            let names = ar
-                .entries()
-                .unwrap()
-                .map(|e| e.unwrap().path().unwrap().display().to_string())
-                .collect();
-            self.log(Call::Upload(format!("{id}:{dir}"), names));
-            Ok(())
-        }
-        async fn exec(
-            &self,
-            _id: &str,
-            spec: &ExecSpec,
-        ) -> Result<(String, OutputStream), BuilderError> {
-            if spec.cmd.get(2).map(String::as_str) == Some(FETCH_SCRIPT) {
-                self.log(Call::Fetch(spec.cmd[4..].to_vec()));
-                let items = if self.fetch_status > 2 {
-                    vec![Ok(Output::Stderr(Bytes::from(self.fetch_stderr)))]
-                } else {
-                    vec![Ok(Output::Stdout(Bytes::from(self.export.clone())))]
-                };
-                return Ok(("fetch".into(), Box::pin(futures_util::stream::iter(items))));
-            }
-            self.log(Call::Exec(spec.cmd.clone()));
-            if spec.cmd.get(4).map(String::as_str) == Some(RELEASE_DIR) {
-                // The preparing exec (empty /app, hand it over): no output.
-                return Ok((
-                    "prepare".into(),
-                    Box::pin(futures_util::stream::iter(vec![])),
-                ));
-            }
-            if spec.cmd[0] == "erl" {
-                let s = futures_util::stream::iter(vec![Ok(Output::Stdout(Bytes::from("25")))]);
-                return Ok(("otp".into(), Box::pin(s)));
-            }
-            let marker = spec.cmd[5].clone();
-            let text: String = self
-                .build_output
-                .iter()
-                .map(|l| format!("{}\n", l.replace("@M", &marker)))
-                .collect();
-            let items = vec![Ok(Output::Stdout(Bytes::from(text)))];
-            let s = futures_util::stream::iter(items);
-            if self.hang {
-                return Ok((
-                    "build".into(),
-                    Box::pin(s.chain(futures_util::stream::pending())),
-                ));
-            }
-            Ok(("build".into(), Box::pin(s)))
-        }
-        async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>, BuilderError> {
-            Ok(Some(match exec_id {
-                "build" => self.build_status,
-                "fetch" => self.fetch_status,
-                _ => 0,
-            }))
-        }
-        async fn remove_container(&self, id: &str) -> Result<(), BuilderError> {
+        async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
             self.log(Call::Remove(id.into()));
             Ok(())
         }
         fn remove_container_detached(&self, id: String) {
             self.log(Call::RemoveDetached(id));
         }
-        async fn create_volume(
-            &self,
-            name: &str,
-            labels: &BTreeMap<String, String>,
-        ) -> Result<(), BuilderError> {
-            assert_eq!(labels.get(LABEL_CACHE).map(String::as_str), Some("true"));
-            self.log(Call::CreateVolume(name.into()));
-            Ok(())
-        }
-        async fn remove_volume(&self, name: &str) -> Result<(), BuilderError> {
-            self.log(Call::RemoveVolume(name.into()));
-            Ok(())
-        }
-        async fn list_volumes(&self, _k: &str, _v: &str) -> Result<Vec<String>, BuilderError> {
-            Ok(vec![])
-        }
         async fn list_containers(
             &self,
             _k: &str,
             _v: &str,
-        ) -> Result<Vec<LabelledContainer>, BuilderError> {
+        ) -> Result<Vec<LabelledContainer>, EngineError> {
             let label = |owner: &str| {
                 BTreeMap::from([
                     (LABEL_TEMPORARY.to_string(), "true".to_string()),
@@ -883,6 +792,104 @@ mod fake_engine {
         }
     }
 
+    impl ContainerEngine for Fake {
+        async fn inspect_image(&self, r: &str) -> Result<Result<ImageInfo, String>, EngineError> {
+            self.log(Call::Inspect(r.into()));
+            Ok(self
+                .image
+                .clone()
+                .ok_or_else(|| format!("No such image: {r}")))
+        }
+        async fn attach_stdin(&self, id: &str) -> Result<StdinHold, EngineError> {
+            self.log(Call::Attach(id.into()));
+            Ok(StdinHold::new(()))
+        }
+        async fn start_container(&self, id: &str) -> Result<(), EngineError> {
+            self.log(Call::Start(id.into()));
+            Ok(())
+        }
+        async fn upload(&self, id: &str, dir: &str, tar: Body) -> Result<(), EngineError> {
+            let chunks: Vec<_> = tar.collect().await;
+            let bytes: Vec<u8> = chunks
+                .into_iter()
+                .flat_map(|c| c.unwrap().to_vec())
+                .collect();
+            let mut ar = tar::Archive::new(bytes.as_slice());
+            let names = ar
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap().path().unwrap().display().to_string())
+                .collect();
+            self.log(Call::Upload(format!("{id}:{dir}"), names));
+            Ok(())
+        }
+        async fn exec(
+            &self,
+            _id: &str,
+            spec: &ExecSpec,
+        ) -> Result<(String, OutputStream), EngineError> {
+            if spec.cmd.get(2).map(String::as_str) == Some(FETCH_SCRIPT) {
+                self.log(Call::Fetch(spec.cmd[4..].to_vec()));
+                let items = if self.fetch_status > 2 {
+                    vec![Ok(Output::Stderr(Bytes::from(self.fetch_stderr)))]
+                } else {
+                    vec![Ok(Output::Stdout(Bytes::from(self.export.clone())))]
+                };
+                return Ok(("fetch".into(), Box::pin(futures_util::stream::iter(items))));
+            }
+            self.log(Call::Exec(spec.cmd.clone()));
+            if spec.cmd.get(4).map(String::as_str) == Some(RELEASE_DIR) {
+                // The preparing exec (empty /app, hand it over): no output.
+                return Ok((
+                    "prepare".into(),
+                    Box::pin(futures_util::stream::iter(vec![])),
+                ));
+            }
+            if spec.cmd[0] == "erl" {
+                let s = futures_util::stream::iter(vec![Ok(Output::Stdout(Bytes::from("25")))]);
+                return Ok(("otp".into(), Box::pin(s)));
+            }
+            let marker = spec.cmd[5].clone();
+            let text: String = self
+                .build_output
+                .iter()
+                .map(|l| format!("{}\n", l.replace("@M", &marker)))
+                .collect();
+            let items = vec![Ok(Output::Stdout(Bytes::from(text)))];
+            let s = futures_util::stream::iter(items);
+            if self.hang {
+                return Ok((
+                    "build".into(),
+                    Box::pin(s.chain(futures_util::stream::pending())),
+                ));
+            }
+            Ok(("build".into(), Box::pin(s)))
+        }
+        async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {
+            Ok(Some(match exec_id {
+                "build" => self.build_status,
+                "fetch" => self.fetch_status,
+                _ => 0,
+            }))
+        }
+        async fn create_volume(
+            &self,
+            name: &str,
+            labels: &BTreeMap<String, String>,
+        ) -> Result<(), EngineError> {
+            assert_eq!(labels.get(LABEL_CACHE).map(String::as_str), Some("true"));
+            self.log(Call::CreateVolume(name.into()));
+            Ok(())
+        }
+        async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+            self.log(Call::RemoveVolume(name.into()));
+            Ok(())
+        }
+        async fn list_volumes(&self, _k: &str, _v: &str) -> Result<Vec<String>, EngineError> {
+            Ok(vec![])
+        }
+    }
+
     fn project() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("lib")).unwrap();
@@ -910,14 +917,7 @@ mod fake_engine {
         dir: &Path,
     ) -> Result<BuiltRelease<'a, Fake>, BuilderError> {
         let (on_step, on_line, _) = callbacks();
-        build_release(
-            fake,
-            &spec(dir),
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
+        build_release(fake, &spec(dir), on_step, on_line, CancellationToken::new()).await
     }
 
     type Seen = Arc<Mutex<Vec<(String, String)>>>;
@@ -949,7 +949,7 @@ mod fake_engine {
             &spec(dir.path()),
             on_step,
             on_line,
-            Arc::new(AtomicBool::new(false)),
+            CancellationToken::new(),
         )
         .await
         .unwrap();
@@ -1109,15 +1109,9 @@ mod fake_engine {
         let mut s = spec(dir.path());
         s.cache = false;
         let (on_step, on_line, _) = callbacks();
-        build_release(
-            &fake,
-            &s,
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap();
+        build_release(&fake, &s, on_step, on_line, CancellationToken::new())
+            .await
+            .unwrap();
         let calls = fake.calls();
         assert!(matches!(&calls[1], Call::RemoveVolume(n) if n.ends_with("-build")));
         assert!(matches!(&calls[2], Call::RemoveVolume(n) if n.ends_with("-deps")));
@@ -1131,11 +1125,11 @@ mod fake_engine {
         fake.build_output = vec!["@M release", "Compiling"];
         fake.hang = true;
         let (on_step, on_line, _) = callbacks();
-        let flag = Arc::new(AtomicBool::new(false));
+        let flag = CancellationToken::new();
         let f2 = flag.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            f2.store(true, Ordering::Relaxed);
+            f2.cancel();
         });
         let err = build_release(&fake, &spec(dir.path()), on_step, on_line, flag)
             .await
@@ -1151,13 +1145,7 @@ mod fake_engine {
         fake.hang = true;
         let (on_step, on_line, _) = callbacks();
         let s = spec(dir.path());
-        let fut = build_release(
-            &fake,
-            &s,
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        );
+        let fut = build_release(&fake, &s, on_step, on_line, CancellationToken::new());
         let _ = tokio::time::timeout(Duration::from_millis(300), fut).await;
         assert_eq!(
             fake.calls().last(),
@@ -1172,15 +1160,9 @@ mod fake_engine {
         let mut s = spec(dir.path());
         s.release_name = "hello; rm -rf /".into();
         let (on_step, on_line, _) = callbacks();
-        let err = build_release(
-            &fake,
-            &s,
-            on_step,
-            on_line,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await
-        .unwrap_err();
+        let err = build_release(&fake, &s, on_step, on_line, CancellationToken::new())
+            .await
+            .unwrap_err();
         assert_eq!(err.reason(), "builder_error");
         assert!(
             err.to_string().contains("got: \"hello; rm -rf /\""),

@@ -5,7 +5,7 @@
 //!
 //! The end-to-end proof through `mix docker.release` is test/e2e/credentials_test.exs.
 
-use image_io::credentials::{Credential, CredentialError, CredentialStore};
+use image_io::registry::credentials::{Credential, CredentialError, CredentialStore};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

@@ -8,15 +8,15 @@
 //! owned by this test process, so other test binaries' builder containers don't blur the check)
 //! is left behind.
 
-use image_io::builder::{owner, sweep_leftovers, LABEL_OWNER, LABEL_TEMPORARY};
 use image_io::dockerfiles::{run, DockerfileFlow, FlowError, FlowOutcome, Step};
+use image_io::engine::{owner, sweep_leftovers, LABEL_OWNER, LABEL_TEMPORARY};
 use image_io::engine::{resolve_endpoint, DockerEngine};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 const BUILDER: &str = "docker-release-test/builder:bookworm";
 const MINBASE: &str = "docker-release-test/minbase:bookworm";
@@ -156,7 +156,7 @@ impl Seen {
 
 async fn run_flow(
     flow: &DockerfileFlow,
-    cancelled: Arc<AtomicBool>,
+    cancelled: CancellationToken,
 ) -> (Result<FlowOutcome, FlowError>, Arc<Seen>, Duration) {
     let engine = engine().await;
     let seen = Arc::new(Seen::default());
@@ -443,11 +443,11 @@ async fn cancelling_a_build_stops_it_and_leaves_nothing() {
         "FROM {BUILDER}\nARG version\nRUN echo started && sleep 60\n"
     )));
     let before = labelled_containers();
-    let cancelled = Arc::new(AtomicBool::new(false));
+    let cancelled = CancellationToken::new();
     let c = cancelled.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        c.store(true, Ordering::Relaxed);
+        c.cancel();
     });
     let f = flow(
         dir.path(),

@@ -9,9 +9,9 @@ use base64::Engine as _;
 use image_core::archive::BlobDir;
 use image_core::image::Image;
 use image_core::reference::Reference;
-use image_io::credentials::{Credential, CredentialError, CredentialStore};
+use image_io::registry::credentials::{Credential, CredentialError, CredentialStore};
 use image_io::registry::{
-    push, push_undoable, PushOptions, PushOutcome, PushedTags, RegistryError,
+    push, push_undoable, PushOutcome, PushedTags, RegistryError, RegistryOptions,
 };
 use image_io::sink::{Built, Progress};
 use registry_support as rs;
@@ -30,10 +30,10 @@ fn built(image: Image, blobs: &BlobDir, tags: &[String]) -> Arc<Built> {
 }
 
 /// Options that never read this machine's credentials.
-fn no_credentials() -> PushOptions {
-    PushOptions {
+fn no_credentials() -> RegistryOptions {
+    RegistryOptions {
         credentials: Some(CredentialStore::default()),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     }
 }
 
@@ -47,14 +47,14 @@ fn quiet() -> Progress {
     Arc::new(|_| {})
 }
 
-async fn push_ok(b: &Arc<Built>, opts: &PushOptions) -> PushOutcome {
+async fn push_ok(b: &Arc<Built>, opts: &RegistryOptions) -> PushOutcome {
     match push(b.clone(), opts, quiet()).await {
         Ok(o) => o,
         Err(e) => panic!("push failed ({}): {e}", e.reason()),
     }
 }
 
-async fn push_err(b: &Arc<Built>, opts: &PushOptions) -> RegistryError {
+async fn push_err(b: &Arc<Built>, opts: &RegistryOptions) -> RegistryError {
     match push(b.clone(), opts, quiet()).await {
         Ok(o) => panic!("push succeeded, expected an error: {o:?}"),
         Err(e) => e,
@@ -318,20 +318,20 @@ async fn tls_registry_with_basic_auth() {
     };
 
     // Right credentials (from an `auths` entry keyed `https://host`) and the CA: pushed.
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         ca_file: ca.clone(),
         credentials: Some(auth("user", "pass")),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let out = push_ok(&b, &opts).await;
     assert_eq!(out.manifest_digest, image.manifest_digest());
     assert_eq!(out.uploaded_blobs, 3);
 
     // Wrong password: Unauthorized, naming the host and what to do.
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         ca_file: ca.clone(),
         credentials: Some(auth("user", "wrong")),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let err = push_err(&b, &opts).await;
     println!("wrong password: {err}");
@@ -347,7 +347,7 @@ async fn tls_registry_with_basic_auth() {
     );
 
     // No credentials at all.
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         ca_file: ca.clone(),
         ..no_credentials()
     };
@@ -356,9 +356,9 @@ async fn tls_registry_with_basic_auth() {
     assert!(err.to_string().contains("none are configured"), "{err}");
 
     // Without the CA: a connection error about the certificate.
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         credentials: Some(auth("user", "pass")),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let err = push_err(&b, &opts).await;
     assert!(matches!(err, RegistryError::Connection { .. }), "{err:?}");
@@ -369,7 +369,7 @@ async fn tls_registry_with_basic_auth() {
 
     // A CA file that is not PEM.
     std::fs::write(t.dir.path().join("bad.pem"), "not a certificate").unwrap();
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         ca_file: Some(t.dir.path().join("bad.pem")),
         ..no_credentials()
     };
@@ -421,10 +421,10 @@ async fn credential_helper_supplies_the_tls_registry_credentials() {
             "auths": {host.clone(): {"auth": STANDARD.encode("user:wrong")}},
         }),
     );
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         ca_file: ca.clone(),
         credentials: Some(store_for(&cfg, Some(&helper_bin))),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let out = push_ok(&b, &opts).await;
     assert_eq!(out.manifest_digest, image.manifest_digest());
@@ -440,18 +440,18 @@ async fn credential_helper_supplies_the_tls_registry_credentials() {
         &t.dir.path().join("store"),
         serde_json::json!({"credsStore": "fake"}),
     );
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         ca_file: ca.clone(),
         credentials: Some(store_for(&cfg, Some(&helper_bin))),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     push_ok(&b, &opts).await;
 
     // A helper that is not installed: a credentials error naming it.
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         ca_file: ca.clone(),
         credentials: Some(store_for(&cfg, Some(&t.dir.path().join("empty")))),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let err = push_err(&b, &opts).await;
     println!("missing helper: {err}");
@@ -566,7 +566,7 @@ async fn token_auth_against_the_real_registry() {
         format!("{}/other/app:1", reg.host),
     ];
     let b = built(image.clone(), &blobs, &tags);
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         credentials: Some(CredentialStore {
             fixed: Some(Credential {
                 username: "user".into(),
@@ -574,7 +574,7 @@ async fn token_auth_against_the_real_registry() {
             }),
             ..CredentialStore::default()
         }),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let out = push_ok(&b, &opts).await;
     assert_eq!(out.manifest_digest, image.manifest_digest());
@@ -740,8 +740,8 @@ async fn connection_reset_during_a_blob_upload_fails_fast() {
 }
 
 /// `opts` with a stall timeout of one second.
-fn impatient(opts: PushOptions) -> PushOptions {
-    PushOptions {
+fn impatient(opts: RegistryOptions) -> RegistryOptions {
+    RegistryOptions {
         stall_timeout: Some(Duration::from_secs(1)),
         ..opts
     }
@@ -877,7 +877,7 @@ async fn a_manifest_digest_the_registry_disagrees_with_is_an_error() {
 
 #[test]
 fn docker_hub_credentials_are_found_under_the_key_docker_login_writes() {
-    use image_io::credentials::HUB_KEY;
+    use image_io::registry::credentials::HUB_KEY;
     let tmp = tempfile::tempdir().unwrap();
     // `docker login` (no helper) writes auths["https://index.docker.io/v1/"].
     let cfg = docker_config(
@@ -921,7 +921,7 @@ fn docker_hub_credentials_are_found_under_the_key_docker_login_writes() {
 
 #[test]
 fn identity_tokens_are_read_from_auths_and_from_helpers() {
-    use image_io::credentials::IDENTITY_TOKEN_USER;
+    use image_io::registry::credentials::IDENTITY_TOKEN_USER;
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -1056,9 +1056,9 @@ async fn an_identity_token_is_exchanged_for_a_token_the_real_registry_accepts() 
         &d,
         serde_json::json!({"auths": {reg.host.clone(): {"identitytoken": "the-refresh-token"}}}),
     );
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         credentials: Some(store_for(&cfg, None)),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let out = push_ok(&b, &opts).await;
     assert_eq!(out.manifest_digest, image.manifest_digest());
@@ -1089,9 +1089,9 @@ async fn an_identity_token_is_exchanged_for_a_token_the_real_registry_accepts() 
         &d.join("bad"),
         serde_json::json!({"auths": {reg.host.clone(): {"identitytoken": "revoked"}}}),
     );
-    let opts = PushOptions {
+    let opts = RegistryOptions {
         credentials: Some(store_for(&cfg, None)),
-        ..PushOptions::default()
+        ..RegistryOptions::default()
     };
     let err = push_err(&b, &opts).await;
     println!("revoked identity token: {err}");

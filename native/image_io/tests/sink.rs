@@ -187,6 +187,9 @@ enum LoadBehaviour {
     FailAfterFirstChunk,
     /// Read nothing, then claim success.
     HangUpAndSayOk,
+    /// Read the whole body, then fail when a layer it names is not in it (an engine that
+    /// lost a layer it had).
+    RefuseMissingLayers,
 }
 
 struct FakeEngine {
@@ -202,6 +205,8 @@ struct FakeEngine {
     received: Mutex<Vec<u8>>,
     /// Whether the body stream carried an error item (the writer aborting the upload).
     body_error: Mutex<Option<String>>,
+    /// The layers (`diff_id`s) the engine says the image `hello:latest` has.
+    held: Option<Vec<String>>,
 }
 
 impl FakeEngine {
@@ -215,6 +220,7 @@ impl FakeEngine {
             refuse_tag: None,
             received: Mutex::new(vec![]),
             body_error: Mutex::new(None),
+            held: None,
         }
     }
 
@@ -242,6 +248,7 @@ impl Engine for FakeEngine {
 
     async fn load(&self, mut body: Body) -> Result<String, EngineError> {
         self.record(Call::Load);
+        self.received.lock().unwrap().clear();
         match self.load {
             LoadBehaviour::HangUpAndSayOk => return Ok(String::new()),
             LoadBehaviour::FailAfterFirstChunk => {
@@ -250,7 +257,7 @@ impl Engine for FakeEngine {
                 }
                 return Err(EngineError::Load("no space left on device".into()));
             }
-            LoadBehaviour::Ok => {}
+            LoadBehaviour::Ok | LoadBehaviour::RefuseMissingLayers => {}
         }
         while let Some(item) = body.next().await {
             match item {
@@ -261,7 +268,19 @@ impl Engine for FakeEngine {
                 }
             }
         }
+        if matches!(self.load, LoadBehaviour::RefuseMissingLayers) {
+            let (names, listed) = archive_layers(&self.received.lock().unwrap());
+            if let Some(missing) = listed.iter().find(|l| !names.contains(*l)) {
+                return Err(EngineError::Load(format!(
+                    "open /var/lib/docker/tmp/docker-import-1/{missing}: no such file or directory"
+                )));
+            }
+        }
         Ok("Loaded image ID: sha256:...\n".into())
+    }
+
+    async fn layers(&self, reference: &str) -> Result<Option<Vec<String>>, EngineError> {
+        Ok(self.held.clone().filter(|_| reference == "hello:latest"))
     }
 
     async fn tag(&self, id: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
@@ -510,4 +529,89 @@ async fn a_tag_already_on_the_image_is_not_moved_and_not_undone() {
     assert!(moves.is_empty());
     assert!(sink::untag(&fake, &id, moves).await.is_empty());
     assert_eq!(fake.tag_map.lock().unwrap().get("hello:1"), Some(&id));
+}
+
+/// The entries of an archive and the layer files its `manifest.json` names.
+fn archive_layers(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+    use std::io::Read;
+    let mut names = Vec::new();
+    let mut listed = Vec::new();
+    for e in tar::Archive::new(bytes).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        if name == "manifest.json" {
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            for l in m[0]["Layers"].as_array().unwrap() {
+                listed.push(l.as_str().unwrap().to_string());
+            }
+        }
+        names.push(name);
+    }
+    (names, listed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers the engine holds are not sent again.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_the_engine_holds_are_left_out_of_the_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello"]);
+    let mut fake = FakeEngine::new(LoadBehaviour::Ok);
+    // The previous image under our tag shares our first layer, then differs.
+    fake.held = Some(vec![
+        b.image.layers[0].diff_id.to_string(),
+        format!("sha256:{}", "9".repeat(64)),
+    ]);
+    let loaded = sink::engine(&fake, b.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap();
+    assert_eq!(loaded.id, image_id(&b.image));
+    let (names, listed) = archive_layers(&fake.received.lock().unwrap());
+    let first = format!("blobs/sha256/{}", b.image.layers[0].digest.hex());
+    let second = format!("blobs/sha256/{}", b.image.layers[1].digest.hex());
+    assert_eq!(
+        listed,
+        vec![first.clone(), second.clone()],
+        "both still named"
+    );
+    assert!(
+        !names.contains(&first),
+        "the held layer is left out: {names:?}"
+    );
+    assert!(names.contains(&second), "{names:?}");
+    assert_eq!(
+        fake.calls(),
+        vec![
+            Call::Platform,
+            Call::Load,
+            Call::Inspect(image_id(&b.image)),
+            Call::Tagged("hello:latest".into()),
+            Call::Tag(image_id(&b.image), "hello".into(), "latest".into()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_refused_without_the_held_layers_is_sent_again_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = built(tmp.path(), &["hello"]);
+    let mut fake = FakeEngine::new(LoadBehaviour::RefuseMissingLayers);
+    fake.held = Some(vec![b.image.layers[0].diff_id.to_string()]);
+    let loaded = sink::engine(&fake, b.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap();
+    assert_eq!(loaded.id, image_id(&b.image));
+    let calls = fake.calls();
+    assert_eq!(
+        calls[..3],
+        [Call::Platform, Call::Load, Call::Load],
+        "{calls:?}"
+    );
+    let received = fake.received.lock().unwrap().clone();
+    let checked = support::validate_archive_bytes(&received)
+        .unwrap_or_else(|e| panic!("the second load is a whole archive: {e}"));
+    assert_eq!(checked.config_digest, image_id(&b.image));
 }

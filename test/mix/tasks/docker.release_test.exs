@@ -24,6 +24,36 @@ defmodule Mix.Tasks.Docker.ReleaseTest do
     assert opts[:from_release] == "rel"
   end
 
+  test "--platform takes comma-separated lists and repeats; --platform-image PLATFORM=IMAGE" do
+    opts = Task.parse!(~w(--platform linux/amd64,linux/arm64 --platform linux/s390x --emulate
+                     --platform-image linux/arm64=reg.example.com:5000/b:1=x
+                     --platform-image linux/s390x=b@sha256:#{String.duplicate("a", 64)}))
+
+    assert opts[:platforms] == ["linux/amd64", "linux/arm64", "linux/s390x"]
+
+    assert opts[:platform_images] == [
+             {"linux/arm64", "reg.example.com:5000/b:1=x"},
+             {"linux/s390x", "b@sha256:" <> String.duplicate("a", 64)}
+           ]
+
+    assert opts[:emulate] == true
+    refute Keyword.has_key?(opts, :platform)
+    refute Keyword.has_key?(opts, :platform_image)
+    assert Task.parse!([])[:platforms] == []
+
+    for bad <- ["linux/arm64", "=b:1", "linux/arm64="] do
+      e = assert_raise Mix.Error, fn -> Task.parse!(["--platform-image", bad]) end
+      assert e.message =~ "--platform-image takes PLATFORM=IMAGE"
+      assert e.message =~ inspect(bad)
+    end
+  end
+
+  test "a bad --platform stops the task before any build, with the rule" do
+    e = assert_raise Mix.Error, fn -> Task.run(["--platform", "linux/arm64,linux/risc"]) end
+    assert e.message =~ ~s(invalid platform "linux/risc": unknown architecture)
+    refute_received {:mix_shell, :info, ["==> building release" <> _]}
+  end
+
   test "an unknown flag is an error that points to the help" do
     e = assert_raise Mix.Error, fn -> Task.run(["--nope"]) end
     assert e.message =~ "--nope"

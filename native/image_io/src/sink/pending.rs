@@ -17,7 +17,8 @@
 //!   at the commit; such a write cannot be taken back;
 //! - a directory, block device, socket or terminal: refused with a message.
 
-use crate::sink::SinkError;
+use crate::sink::{Change, SinkError};
+use futures_util::future::BoxFuture;
 use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -308,6 +309,17 @@ impl Published {
                 self.path.display()
             )
         })
+    }
+}
+
+impl<'a> Change<'a> for Published {
+    fn undo(self: Box<Self>) -> BoxFuture<'a, Vec<String>> {
+        let left = Published::undo(*self).err();
+        Box::pin(async move { left.into_iter().collect() })
+    }
+
+    fn keep(self: Box<Self>) {
+        Published::keep(*self);
     }
 }
 

@@ -15,6 +15,7 @@
 //! bound makes the watch ask the engine itself (`GET /_ping` on a new connection); the request
 //! goes on as long as the engine answers within the bound, and fails when it does not.
 
+use crate::error::chain;
 use crate::stall::{seconds, Stalled};
 use bollard::BollardRequest;
 use http::header::{HeaderValue, HOST};
@@ -96,20 +97,6 @@ fn tls_error(addr: &str, e: io::Error) -> io::Error {
         e.kind(),
         format!("the TLS handshake with {addr} failed ({text}): {hint}"),
     )
-}
-
-/// `e` and its sources, joined with `: `, without repeats.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
 }
 
 /// The engine behind a [`Dial`], as bollard's custom transport.

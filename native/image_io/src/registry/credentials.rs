@@ -32,7 +32,7 @@ pub const IDENTITY_TOKEN_USER: &str = "<token>";
 /// Whether `host` is Docker Hub (`docker.io`, `index.docker.io`, `registry-1.docker.io`).
 ///
 /// ```
-/// use image_io::credentials::is_docker_hub;
+/// use image_io::registry::credentials::is_docker_hub;
 /// assert!(is_docker_hub("docker.io"));
 /// assert!(is_docker_hub("registry-1.docker.io"));
 /// assert!(!is_docker_hub("ghcr.io"));
@@ -117,7 +117,7 @@ impl CredentialStore {
     /// `DOCKER_RELEASE_REGISTRY_PASSWORD`, `DOCKER_CONFIG`, `HOME` and `PATH`.
     ///
     /// ```
-    /// use image_io::credentials::CredentialStore;
+    /// use image_io::registry::credentials::CredentialStore;
     /// let store = CredentialStore::from_env(&|name| match name {
     ///     "HOME" => Some("/home/me".to_string()),
     ///     _ => None,
@@ -296,7 +296,7 @@ impl CredentialStore {
 /// The host an `auths` key names: `https://host/v1/` → `host`.
 ///
 /// ```
-/// use image_io::credentials::auths_key_host;
+/// use image_io::registry::credentials::auths_key_host;
 /// assert_eq!(auths_key_host("https://registry.example.com/v1/"), "registry.example.com");
 /// assert_eq!(auths_key_host("http://127.0.0.1:5000"), "127.0.0.1:5000");
 /// assert_eq!(auths_key_host("localhost:5000"), "localhost:5000");

@@ -12,37 +12,36 @@
 //! 5. build the *final image* from `Dockerfile`, whose context is the project's files plus the
 //!    tarball at the context root (so `ADD NAME /opt/app` unpacks it), and tag it.
 //!
-//! The temporary container carries the labels [`LABEL_TEMPORARY`] and [`LABEL_OWNER`] (shared
-//! with [`crate::builder`]). It is removed on success, on failure and on cancellation (also
-//! when the future is dropped: a drop guard hands the removal to the runtime). If the process
-//! is killed outright, nothing runs at all; every run starts with
-//! [`crate::builder::sweep_leftovers`], which removes labelled containers whose owner process
-//! on this host is gone. Cleanup never depends on code running at exit.
+//! The temporary container has the lifecycle of every temporary container
+//! ([`crate::engine::Temporary`], shared with [`crate::builder`]): labelled, removed on
+//! success, on failure and on cancellation (also when the future is dropped: the guard hands
+//! the removal to the runtime). If the process is killed outright, nothing runs at all; every
+//! run starts with [`crate::engine::sweep_leftovers`], which removes labelled containers whose
+//! owner process on this host is gone. Cleanup never depends on code running at exit.
 //!
-//! The engine sits behind [`BuildEngine`] (build, create, download, remove, sweep, plus
-//! [`Engine`]'s tag and inspect), so the flow's ordering and cleanup are tested with a fake.
+//! The engine sits behind [`BuildEngine`] (build, download, plus [`crate::engine::Engine`]'s
+//! tag and inspect and [`crate::engine::Containers`]' create and remove), so the flow's ordering and cleanup
+//! are tested with a fake. The build contexts are made in `context.rs`, the tarball copied out
+//! in `tarball.rs`.
 
-use crate::builder::{self, BuilderError, LABEL_OWNER, LABEL_TEMPORARY};
-use crate::channel::ChannelWriter;
-use crate::engine::{Body, DockerEngine, Engine, EngineError};
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+mod context;
+mod tarball;
+
+use crate::engine::{
+    sweep_leftovers, BuildCallError, BuildEngine, BuildSpec, ContainerSpec, EngineError, Temporary,
 };
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
-use image_core::context::{write_context, ContextError, Excludes};
+use crate::error::Reason;
+use context::{context_excludes, context_stream};
+use image_core::context::{ContextError, Excludes};
 use image_core::reference::{Reference, ReferenceError};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use tarball::copy_out;
+use tokio_util::sync::CancellationToken;
 
 /// Receives one line per step, for people.
 pub type OnStep = Arc<dyn Fn(&str) + Send + Sync>;
@@ -74,7 +73,8 @@ pub struct DockerfileFlow {
 /// What a successful run produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlowOutcome {
-    /// The final image's ID (`sha256:…`).
+    /// The final image's ID (`sha256:…`); `image_id` on the Elixir side.
+    #[serde(rename = "image_id")]
     pub final_image_id: String,
     /// The tags the final image received, normalised (`hello:0.1.0`).
     pub tags: Vec<String>,
@@ -221,23 +221,20 @@ impl FlowError {
     /// The reason atom: `dockerfile_missing`, `build_failed`, `tarball_missing`, `engine_error`,
     /// `cancelled`, and for bad input or local IO the project's existing `invalid_config`,
     /// `invalid_reference`, `read_error` and `output_error`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            FlowError::DockerfileMissing { .. } => "dockerfile_missing",
-            FlowError::Invalid(_) => "invalid_config",
-            FlowError::Reference(_) => "invalid_reference",
-            FlowError::Context { .. } => "read_error",
-            FlowError::BuildFailed { .. } => "build_failed",
+            FlowError::DockerfileMissing { .. } => Reason::DockerfileMissing,
+            FlowError::Invalid(_) => Reason::InvalidConfig,
+            FlowError::Reference(_) => Reason::InvalidReference,
+            FlowError::Context { .. } => Reason::ReadError,
+            FlowError::BuildFailed { .. } => Reason::BuildFailed,
             FlowError::TarballMissing { .. } | FlowError::TarballUnusable { .. } => {
-                "tarball_missing"
+                Reason::TarballMissing
             }
-            FlowError::Engine {
-                source: EngineError::Stalled { .. },
-                ..
-            } => "engine_stalled",
-            FlowError::Engine { .. } => "engine_error",
-            FlowError::LocalFile { .. } => "output_error",
-            FlowError::Cancelled { .. } => "cancelled",
+            FlowError::Engine { source, .. } if source.is_stall() => Reason::EngineStalled,
+            FlowError::Engine { .. } => Reason::EngineError,
+            FlowError::LocalFile { .. } => Reason::OutputError,
+            FlowError::Cancelled { .. } => Reason::Cancelled,
         }
     }
 
@@ -256,76 +253,15 @@ impl FlowError {
     }
 }
 
-/// How one image build is asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildSpec {
-    /// The Dockerfile's path inside the context (`/`-separated).
-    pub dockerfile: String,
-    /// The tag the image gets.
-    pub tag: String,
-    /// Build-args.
-    pub build_args: Vec<(String, String)>,
-    /// Do not use the build cache.
-    pub no_cache: bool,
-}
-
-/// A failed [`BuildEngine::build`].
-#[derive(Debug, thiserror::Error)]
-pub enum BuildCallError {
-    /// The engine ran the build and reported it failed (an `errorDetail` in the stream, or a
-    /// refused request such as a Dockerfile parse error). The text is the engine's.
-    #[error("{0}")]
-    Failed(String),
-    /// Talking to the engine failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-/// The engine calls the flow makes beyond [`Engine`]'s `tag` and `inspect`.
-pub trait BuildEngine: Engine {
-    /// Build an image from a tar `context` stream, tag it `spec.tag`, pass each output line to
-    /// `on_line`; returns the image ID when the engine reports one.
-    fn build(
-        &self,
-        spec: &BuildSpec,
-        context: Body,
-        on_line: &(dyn Fn(&str) + Send + Sync),
-    ) -> impl Future<Output = Result<Option<String>, BuildCallError>> + Send;
-    /// Create (not start) a container from `image` with `name` and `labels`; returns its ID.
-    fn create_container(
-        &self,
-        image: &str,
-        name: &str,
-        labels: &HashMap<String, String>,
-    ) -> impl Future<Output = Result<String, EngineError>> + Send;
-    /// A tar stream of `path` in `container`, or `None` when the path does not exist.
-    fn download(
-        &self,
-        container: &str,
-        path: &str,
-    ) -> impl Future<Output = Result<Option<Body>, EngineError>> + Send;
-    /// Remove `container` (forced, with its anonymous volumes). A container that is already
-    /// gone is not an error.
-    fn remove_container(
-        &self,
-        container: &str,
-    ) -> impl Future<Output = Result<(), EngineError>> + Send;
-    /// Start removing `container` in the background, without waiting: used when the flow's
-    /// future is dropped before it could remove the container itself.
-    fn remove_container_detached(&self, container: String);
-    /// Remove the leftovers of killed runs ([`crate::builder::sweep_leftovers`]); returns how
-    /// many were removed.
-    fn sweep_leftovers(&self) -> impl Future<Output = Result<usize, BuilderError>> + Send;
-}
-
 /// Run the flow. `on_step` gets one line per step; `on_line` gets `(Step::key, line)` for each
-/// line of build output (and `("sweep", line)` for removed leftovers); `cancelled` stops the
-/// run (the temporary container is still removed).
+/// line of build output (and `("sweep", line)` for removed leftovers); cancelling `cancel` stops
+/// the run (the temporary container is still removed).
 ///
 /// ```no_run
 /// # async fn f(engine: &image_io::engine::DockerEngine) {
 /// use image_io::dockerfiles::{run, DockerfileFlow};
-/// use std::sync::{atomic::AtomicBool, Arc};
+/// use std::sync::Arc;
+/// use tokio_util::sync::CancellationToken;
 /// let flow = DockerfileFlow {
 ///     project_dir: "/src/hello".into(),
 ///     build_dockerfile: "Dockerfile.build".into(),
@@ -341,7 +277,7 @@ pub trait BuildEngine: Engine {
 ///     &flow,
 ///     Arc::new(|step| println!("{step}")),
 ///     Arc::new(|_step, line| println!("  {line}")),
-///     Arc::new(AtomicBool::new(false)),
+///     CancellationToken::new(),
 /// )
 /// .await;
 /// # }
@@ -351,12 +287,12 @@ pub async fn run<E: BuildEngine>(
     flow: &DockerfileFlow,
     on_step: OnStep,
     on_line: OnLine,
-    cancelled: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Result<FlowOutcome, FlowError> {
     let checked = check(flow)?;
 
     // Leftovers of killed runs; a failing sweep must not stop this run.
-    if let Ok(n @ 1..) = engine.sweep_leftovers().await {
+    if let Ok(n @ 1..) = sweep_leftovers(engine).await {
         on_line(
             "sweep",
             &format!("removed {n} leftover temporary container(s) of runs that were killed"),
@@ -387,36 +323,32 @@ pub async fn run<E: BuildEngine>(
         excludes,
         None,
         &on_line,
-        &cancelled,
+        &cancel,
     )
     .await?;
 
     // 2–4. The temporary container, removed whatever happens in between.
     let step = Step::CreateContainer;
-    check_cancelled(&cancelled, step)?;
+    check_cancelled(&cancel, step)?;
     on_step(&format!(
         "creating a temporary container from {}",
         checked.build_tag
     ));
-    let labels = HashMap::from([
-        (LABEL_TEMPORARY.to_string(), "true".to_string()),
-        (LABEL_OWNER.to_string(), builder::owner()),
-    ]);
     let name = temporary_name();
+    let spec = ContainerSpec {
+        name: Some(name.clone()),
+        ..ContainerSpec::temporary(checked.build_tag.to_string())
+    };
     // Not cancellable: a create cut off mid-request may still make the container, and only an
     // ID we know can be removed. Creating is quick; a cancellation is seen right after it.
-    let id = engine
-        .create_container(&checked.build_tag.to_string(), &name, &labels)
+    let container = Temporary::create(engine, &spec)
         .await
         .map_err(|source| FlowError::Engine { step, source })?;
-    let container = Temporary {
-        engine,
-        id: Some(id.clone()),
-    };
+    let id = container.id().to_string();
 
     let tar_path = format!("/tmp/{}", flow.release_tarball);
     on_step(&format!("copying {tar_path} from the build image"));
-    let copied = copy_out(engine, &id, &tar_path, flow, &checked, &cancelled).await;
+    let copied = copy_out(engine, &id, &tar_path, flow, &checked, &cancel).await;
 
     on_step(&format!("removing the temporary container {name}"));
     let removed = container.remove().await;
@@ -442,7 +374,7 @@ pub async fn run<E: BuildEngine>(
 
     // 5. The final image.
     let step = Step::BuildFinal;
-    check_cancelled(&cancelled, step)?;
+    check_cancelled(&cancel, step)?;
     let first = &checked.final_tags[0];
     let also: Vec<String> = checked.final_tags[1..]
         .iter()
@@ -477,7 +409,7 @@ pub async fn run<E: BuildEngine>(
         excludes,
         extra,
         &on_line,
-        &cancelled,
+        &cancel,
     )
     .await?;
     drop(tarball);
@@ -595,61 +527,6 @@ fn dockerfile_in_project(
     Ok(parts.join("/"))
 }
 
-/// The project's `.dockerignore` rules, adjusted like the docker CLI adjusts them: the
-/// Dockerfile and `.dockerignore` are always sent (the engine drops them again if excluded), and
-/// for the final build a project file named like the tarball is left out, so the tarball copied
-/// from the build image is the only one.
-fn context_excludes(
-    flow: &DockerfileFlow,
-    dockerfile: &str,
-    tarball: Option<&str>,
-) -> Result<Excludes, FlowError> {
-    let context = |source| FlowError::Context {
-        step: if tarball.is_some() {
-            Step::BuildFinal
-        } else {
-            Step::BuildRelease
-        },
-        source,
-    };
-    // Exactly what `docker build` would send: the project's `.dockerignore` and nothing else
-    // (no docker_release defaults, so a Dockerfile.build may COPY whatever it always did).
-    let mut ex = Excludes::default();
-    let ignore = flow.project_dir.join(".dockerignore");
-    match std::fs::read(&ignore) {
-        Ok(bytes) => ex.extend_dockerignore(&bytes).map_err(context)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(context(image_core::context::ContextError::Read {
-                path: ignore,
-                source,
-            }))
-        }
-    }
-    let mut extra = String::new();
-    for keep in [".dockerignore", dockerfile] {
-        if ex.is_excluded(keep) {
-            extra.push_str(&format!("!{}\n", escape_pattern(keep)));
-        }
-    }
-    if let Some(name) = tarball {
-        extra.push_str(&format!("/{}\n", escape_pattern(name)));
-    }
-    ex.extend_dockerignore(extra.as_bytes()).map_err(context)?;
-    Ok(ex)
-}
-
-fn escape_pattern(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '!') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// Build one image with the project (plus `extra`, a file at the context root) as context.
 #[allow(clippy::too_many_arguments)]
 async fn build_step<E: BuildEngine>(
@@ -661,15 +538,15 @@ async fn build_step<E: BuildEngine>(
     excludes: Excludes,
     extra: Option<(String, PathBuf)>,
     on_line: &OnLine,
-    cancelled: &AtomicBool,
+    cancel: &CancellationToken,
 ) -> Result<Option<String>, FlowError> {
-    check_cancelled(cancelled, step)?;
+    check_cancelled(cancel, step)?;
     let (body, writer) = context_stream(flow.project_dir.clone(), excludes, extra);
     let lines = {
         let on_line = on_line.clone();
         move |l: &str| on_line(step.key(), l)
     };
-    let built = cancellable(cancelled, step, async {
+    let built = cancellable(cancel, step, async {
         Ok(engine.build(spec, body, &lines).await)
     })
     .await;
@@ -699,441 +576,38 @@ async fn build_step<E: BuildEngine>(
     })
 }
 
-/// The build context as a stream: `extra` first (one regular file at the root), then the
-/// project's entries from [`write_context`], written on a blocking thread into a bounded channel
-/// so memory stays flat. If writing fails, the stream ends with an error so the engine discards
-/// the partial context instead of building it.
-fn context_stream(
-    root: PathBuf,
-    excludes: Excludes,
-    extra: Option<(String, PathBuf)>,
-) -> (Body, tokio::task::JoinHandle<Result<(), ContextError>>) {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter::new(tx.clone(), CHUNK);
-        let res = (|| {
-            if let Some((name, path)) = &extra {
-                append_root_file(&mut out, name, path)?;
-            }
-            write_context(&root, &excludes, &mut out)?;
-            out.flush().map_err(ContextError::Write)
-        })();
-        if let Err(e) = &res {
-            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-        }
-        res.map(|_| ())
-    });
-    let body: Body = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
-    (body, writer)
-}
-
-/// One tar entry (header, data, padding) without an end-of-archive marker: the entries of
-/// [`write_context`] and its end marker follow.
-fn append_root_file(out: &mut impl Write, name: &str, path: &Path) -> Result<(), ContextError> {
-    let read = |source| ContextError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read)?;
-    let size = file.metadata().map_err(read)?.len();
-    let mut h = tar::Header::new_gnu();
-    h.set_path(name).map_err(ContextError::Write)?;
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_size(size);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    // Fixed, so the engine's cache key for `ADD NAME` depends on the tarball's bytes only.
-    h.set_mtime(0);
-    h.set_cksum();
-    out.write_all(h.as_bytes()).map_err(ContextError::Write)?;
-    let copied = io::copy(&mut file.take(size), out).map_err(ContextError::Write)?;
-    if copied != size {
-        return Err(ContextError::Changed {
-            path: path.to_path_buf(),
-            expected: size,
-        });
-    }
-    let pad = (512 - size % 512) % 512;
-    out.write_all(&[0u8; 512][..pad as usize])
-        .map_err(ContextError::Write)
-}
-
-const CHUNK: usize = 1 << 20;
-
-/// The tarball, copied out into a temporary file (deleted on drop).
-struct Tarball {
-    file: tempfile::NamedTempFile,
-    bytes: u64,
-}
-
-async fn copy_out<E: BuildEngine>(
-    engine: &E,
-    container: &str,
-    tar_path: &str,
-    flow: &DockerfileFlow,
-    checked: &Checked,
-    cancelled: &AtomicBool,
-) -> Result<Tarball, FlowError> {
-    let step = Step::CopyRelease;
-    let missing = || FlowError::TarballMissing {
-        step,
-        path: tar_path.to_string(),
-        build_tag: checked.build_tag.to_string(),
-        build_dockerfile: flow.build_dockerfile.clone(),
-    };
-    let unusable = |problem: String| FlowError::TarballUnusable {
-        step,
-        path: tar_path.to_string(),
-        build_tag: checked.build_tag.to_string(),
-        build_dockerfile: flow.build_dockerfile.clone(),
-        problem,
-    };
-    check_cancelled(cancelled, step)?;
-    let body = cancellable(cancelled, step, async {
-        engine
-            .download(container, tar_path)
-            .await
-            .map_err(|source| FlowError::Engine { step, source })
-    })
-    .await?
-    .ok_or_else(missing)?;
-    let file = tempfile::Builder::new()
-        .prefix(".docker_release-")
-        .suffix(&format!("-{}", flow.release_tarball))
-        .tempfile()
-        .map_err(|source| FlowError::LocalFile {
-            step,
-            path: std::env::temp_dir(),
-            source,
-        })?;
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
-    let extract = tokio::task::spawn_blocking(move || extract_single(reader, file));
-    let extracted = cancellable(cancelled, step, async {
-        extract.await.map_err(|e| FlowError::Engine {
-            step,
-            source: EngineError::Load(format!("the copy failed: {e}")),
-        })
-    })
-    .await?;
-    match extracted {
-        Ok(t) if t.bytes == 0 => Err(unusable("is empty".into())),
-        Ok(t) => Ok(t),
-        Err(Extract::NotAFile(what)) => Err(unusable(what)),
-        Err(Extract::Local(path, source)) => Err(FlowError::LocalFile { step, path, source }),
-        Err(Extract::Download(e)) => Err(FlowError::Engine {
-            step,
-            source: EngineError::Api {
-                action: format!("the copy of {tar_path}"),
-                message: e.to_string(),
-            },
-        }),
-    }
-}
-
-enum Extract {
-    NotAFile(String),
-    Local(PathBuf, io::Error),
-    Download(io::Error),
-}
-
-/// Read the archive the engine sends for one path and write its first entry, which must be a
-/// regular file, into `file`.
-fn extract_single(
-    reader: impl Read,
-    mut file: tempfile::NamedTempFile,
-) -> Result<Tarball, Extract> {
-    let mut archive = tar::Archive::new(reader);
-    let mut entries = archive.entries().map_err(Extract::Download)?;
-    let mut entry = match entries.next() {
-        None => {
-            return Err(Extract::NotAFile(
-                "is missing from the engine's archive".into(),
-            ))
-        }
-        Some(e) => e.map_err(Extract::Download)?,
-    };
-    match entry.header().entry_type() {
-        tar::EntryType::Regular | tar::EntryType::Continuous => {}
-        tar::EntryType::Directory => return Err(Extract::NotAFile("is a directory".into())),
-        tar::EntryType::Symlink => {
-            let target = entry
-                .link_name()
-                .ok()
-                .flatten()
-                .map(|t| t.display().to_string())
-                .unwrap_or_default();
-            return Err(Extract::NotAFile(format!(
-                "is a symbolic link (to {target})"
-            )));
-        }
-        other => {
-            return Err(Extract::NotAFile(format!(
-                "is not a regular file ({other:?})"
-            )))
-        }
-    }
-    let path = file.path().to_path_buf();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut bytes = 0u64;
-    loop {
-        let n = entry.read(&mut buf).map_err(Extract::Download)?;
-        if n == 0 {
-            break;
-        }
-        file.write_all(&buf[..n])
-            .map_err(|e| Extract::Local(path.clone(), e))?;
-        bytes += n as u64;
-    }
-    file.as_file_mut()
-        .sync_all()
-        .map_err(|e| Extract::Local(path, e))?;
-    Ok(Tarball { file, bytes })
-}
-
-/// The temporary container; removed in the background if dropped before [`Temporary::remove`]
-/// finished.
-struct Temporary<'a, E: BuildEngine> {
-    engine: &'a E,
-    id: Option<String>,
-}
-
-impl<E: BuildEngine> Temporary<'_, E> {
-    async fn remove(mut self) -> Result<(), EngineError> {
-        let Some(id) = self.id.clone() else {
-            return Ok(());
-        };
-        self.engine.remove_container(&id).await?;
-        self.id = None;
-        Ok(())
-    }
-}
-
-impl<E: BuildEngine> Drop for Temporary<'_, E> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.engine.remove_container_detached(id);
-        }
-    }
-}
-
-fn check_cancelled(cancelled: &AtomicBool, step: Step) -> Result<(), FlowError> {
-    if cancelled.load(Ordering::Relaxed) {
+pub(super) fn check_cancelled(cancel: &CancellationToken, step: Step) -> Result<(), FlowError> {
+    if cancel.is_cancelled() {
         Err(FlowError::Cancelled { step })
     } else {
         Ok(())
     }
 }
 
-/// Run `fut` until it finishes or `cancelled` is set (checked ten times a second); on
-/// cancellation `fut` is dropped, which closes its engine connection.
-async fn cancellable<T>(
-    cancelled: &AtomicBool,
+/// Run `fut` until it finishes or `cancel` is cancelled; on cancellation `fut` is dropped,
+/// which closes its engine connection.
+pub(super) async fn cancellable<T>(
+    cancel: &CancellationToken,
     step: Step,
     fut: impl Future<Output = Result<T, FlowError>>,
 ) -> Result<T, FlowError> {
-    let watch = async {
-        while !cancelled.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
     tokio::select! {
         r = fut => r,
-        _ = watch => Err(FlowError::Cancelled { step }),
-    }
-}
-
-/// Splits build output chunks into lines; a line may span chunks.
-#[derive(Default)]
-struct Lines {
-    partial: String,
-}
-
-impl Lines {
-    fn push(&mut self, chunk: &str, emit: &(dyn Fn(&str) + Send + Sync)) {
-        self.partial.push_str(chunk);
-        while let Some(i) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=i).collect();
-            let line = line.trim_end();
-            if !line.is_empty() {
-                emit(line);
-            }
-        }
-    }
-
-    fn finish(&mut self, emit: &(dyn Fn(&str) + Send + Sync)) {
-        let rest = std::mem::take(&mut self.partial);
-        let rest = rest.trim_end();
-        if !rest.is_empty() {
-            emit(rest);
-        }
-    }
-}
-
-fn bollard_err(action: &str, e: bollard::errors::Error) -> EngineError {
-    if let Some(stalled) = crate::engine::stalled_in(&e) {
-        return EngineError::Stalled {
-            action: action.to_string(),
-            stalled: stalled.clone(),
-        };
-    }
-    match e {
-        bollard::errors::Error::DockerResponseServerError { message, .. } => EngineError::Api {
-            action: action.to_string(),
-            message,
-        },
-        other => EngineError::Api {
-            action: action.to_string(),
-            message: crate::engine::bollard_chain(&other),
-        },
-    }
-}
-
-fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
-}
-
-fn remove_options() -> bollard::query_parameters::RemoveContainerOptions {
-    RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .v(true)
-        .build()
-}
-
-impl BuildEngine for DockerEngine {
-    async fn build(
-        &self,
-        spec: &BuildSpec,
-        context: Body,
-        on_line: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<Option<String>, BuildCallError> {
-        let args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
-        let opts = BuildImageOptionsBuilder::default()
-            .dockerfile(&spec.dockerfile)
-            .t(&spec.tag)
-            .buildargs(&args)
-            .nocache(spec.no_cache)
-            // Intermediate containers go away also when a step fails.
-            .rm(true)
-            .forcerm(true)
-            .build();
-        let mut stream =
-            self.docker
-                .build_image(opts, None, Some(bollard::body_try_stream(context)));
-        let mut lines = Lines::default();
-        let mut id = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(s) = info.stream {
-                        lines.push(&s, on_line);
-                    }
-                    if let Some(s) = info.status {
-                        lines.finish(on_line);
-                        on_line(s.trim_end());
-                    }
-                    if let Some(aux) = info.aux.and_then(|a| a.id) {
-                        id = Some(aux);
-                    }
-                }
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    lines.finish(on_line);
-                    return Err(BuildCallError::Failed(error.trim_end().to_string()));
-                }
-                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
-                    lines.finish(on_line);
-                    return Err(BuildCallError::Failed(message.trim_end().to_string()));
-                }
-                Err(e) => {
-                    lines.finish(on_line);
-                    return Err(bollard_err("the build", e).into());
-                }
-            }
-        }
-        lines.finish(on_line);
-        Ok(id)
-    }
-
-    async fn create_container(
-        &self,
-        image: &str,
-        name: &str,
-        labels: &HashMap<String, String>,
-    ) -> Result<String, EngineError> {
-        let opts = CreateContainerOptionsBuilder::default().name(name).build();
-        let body = ContainerCreateBody {
-            image: Some(image.to_string()),
-            labels: Some(labels.clone()),
-            // Never started; a command makes creation work for images without CMD/ENTRYPOINT.
-            cmd: Some(vec!["true".to_string()]),
-            network_disabled: Some(true),
-            ..Default::default()
-        };
-        let r = self
-            .docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| bollard_err("creating a container", e))?;
-        Ok(r.id)
-    }
-
-    async fn download(&self, container: &str, path: &str) -> Result<Option<Body>, EngineError> {
-        let opts = DownloadFromContainerOptionsBuilder::default()
-            .path(path)
-            .build();
-        let mut stream = self.docker.download_from_container(container, Some(opts));
-        let action = format!("the copy of {path}");
-        let first = match stream.next().await {
-            None => Bytes::new(),
-            Some(Ok(b)) => b,
-            Some(Err(e)) if is_not_found(&e) => return Ok(None),
-            Some(Err(e)) => return Err(bollard_err(&action, e)),
-        };
-        let rest = stream.map_err(io::Error::other);
-        let body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>> =
-            Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest));
-        Ok(Some(body))
-    }
-
-    async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
-        match self
-            .docker
-            .remove_container(container, Some(remove_options()))
-            .await
-        {
-            Err(e) if !is_not_found(&e) => Err(bollard_err("removing the container", e)),
-            _ => Ok(()),
-        }
-    }
-
-    fn remove_container_detached(&self, container: String) {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let docker = self.docker.clone();
-            rt.spawn(async move {
-                let _ = docker
-                    .remove_container(&container, Some(remove_options()))
-                    .await;
-            });
-        }
-    }
-
-    async fn sweep_leftovers(&self) -> Result<usize, BuilderError> {
-        builder::sweep_leftovers(self).await
+        _ = cancel.cancelled() => Err(FlowError::Cancelled { step }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{
+        owner, Body, Containers, DockerEngine, Engine, LabelledContainer, LABEL_OWNER,
+        LABEL_TEMPORARY,
+    };
+    use bytes::Bytes;
+    use futures_util::TryStreamExt;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// A fake engine: records calls, keeps a set of live containers.
     #[derive(Default)]
@@ -1210,18 +684,6 @@ mod tests {
             }
             Ok(Some(format!("sha256:{}", spec.tag)))
         }
-        async fn create_container(
-            &self,
-            image: &str,
-            _name: &str,
-            labels: &HashMap<String, String>,
-        ) -> Result<String, EngineError> {
-            assert_eq!(labels[LABEL_TEMPORARY], "true");
-            assert_eq!(labels[LABEL_OWNER], builder::owner());
-            self.call(format!("create {image}"));
-            self.live.lock().unwrap().push("c1".into());
-            Ok("c1".into())
-        }
         async fn download(&self, container: &str, path: &str) -> Result<Option<Body>, EngineError> {
             self.call(format!("download {container} {path}"));
             if self.hang_download {
@@ -1236,6 +698,16 @@ mod tests {
                 b
             }))
         }
+    }
+
+    impl Containers for Fake {
+        async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+            assert_eq!(spec.labels[LABEL_TEMPORARY], "true");
+            assert_eq!(spec.labels[LABEL_OWNER], owner());
+            self.call(format!("create {}", spec.image));
+            self.live.lock().unwrap().push("c1".into());
+            Ok("c1".into())
+        }
         async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
             self.call(format!("remove {container}"));
             self.live.lock().unwrap().retain(|c| c != container);
@@ -1245,9 +717,13 @@ mod tests {
             self.live.lock().unwrap().retain(|c| *c != container);
             self.detached.lock().unwrap().push(container);
         }
-        async fn sweep_leftovers(&self) -> Result<usize, BuilderError> {
+        async fn list_containers(
+            &self,
+            _key: &str,
+            _value: &str,
+        ) -> Result<Vec<LabelledContainer>, EngineError> {
             self.call("sweep".into());
-            Ok(0)
+            Ok(vec![])
         }
     }
 
@@ -1302,14 +778,14 @@ mod tests {
     ) -> (Result<FlowOutcome, FlowError>, Vec<String>, Vec<String>) {
         let steps: Seen = Default::default();
         let lines: Seen = Default::default();
-        let cancelled = Arc::new(AtomicBool::new(false));
+        let cancelled = CancellationToken::new();
         let (s, l, c) = (steps.clone(), lines.clone(), cancelled.clone());
         let r = run(
             engine,
             flow,
             Arc::new(move |t| {
                 if cancel_at.is_some_and(|p| t.starts_with(p)) {
-                    c.store(true, Ordering::Relaxed);
+                    c.cancel();
                 }
                 s.lock().unwrap().push(t.to_string())
             }),
@@ -1579,26 +1055,5 @@ mod tests {
             Arc::new(|_, _| {}),
             Default::default(),
         ));
-    }
-
-    #[test]
-    fn lines_span_chunks() {
-        let seen = Mutex::new(Vec::new());
-        let emit = |l: &str| seen.lock().unwrap().push(l.to_string());
-        let mut lines = Lines::default();
-        lines.push("Step 1/2 : FR", &emit);
-        lines.push("OM x\n ---> abc\r\n\npartial", &emit);
-        lines.finish(&emit);
-        assert_eq!(
-            *seen.lock().unwrap(),
-            vec!["Step 1/2 : FROM x", " ---> abc", "partial"]
-        );
-    }
-
-    #[test]
-    fn patterns_are_escaped_literally() {
-        let ex = Excludes::new([format!("/{}", escape_pattern("a[1]*.tar.gz"))]).unwrap();
-        assert!(ex.is_excluded("a[1]*.tar.gz"));
-        assert!(!ex.is_excluded("a1x.tar.gz"));
     }
 }

@@ -1,0 +1,214 @@
+//! The Docker Engine: every call docker_release makes to it, behind narrow traits, with one
+//! mapping of its errors.
+//!
+//! - [`Engine`] (`images.rs`): the engine's platform, load an archive, inspect, tag, look up and
+//!   remove a tag, the layers an image has, export an image: what the engine sink and base
+//!   images need;
+//! - [`ContainerEngine`] (`containers.rs`): temporary containers (create, attach, start, upload,
+//!   exec, remove), cache volumes, and the lifecycle both the builder and the Dockerfile flow
+//!   share: the labels every temporary container carries, its owner, [`sweep_leftovers`] and
+//!   the [`Temporary`] guard that removes a container however its user ends;
+//! - [`BuildEngine`] (`build.rs`): `docker build` and copying a path out of a container, for
+//!   the Dockerfile flow.
+//!
+//! [`DockerEngine`] implements all three with bollard, over `transport.rs` (Unix socket, TCP,
+//! TLS, `ssh`), every request bounded in silence ([`crate::stall`]); tests swap in fakes.
+//! Where the engine is comes from [`endpoint`]. Every failed bollard call becomes an
+//! [`EngineError`] through one function (`DockerEngine::failure`): a stall, a 5xx, a refusal, or a broken
+//! connection.
+
+mod build;
+mod connect;
+mod containers;
+pub mod endpoint;
+mod images;
+pub(crate) mod transport;
+
+pub use build::{BuildCallError, BuildEngine, BuildSpec};
+pub use containers::{
+    owner, sweep_leftovers, ContainerEngine, ContainerSpec, Containers, ExecSpec, ImageInfo,
+    LabelledContainer, Output, OutputStream, StdinHold, Temporary, LABEL_OWNER, LABEL_TEMPORARY,
+};
+pub use endpoint::{check_endpoint, resolve_endpoint, Endpoint, DEFAULT_SOCKET};
+pub use images::Engine;
+
+use crate::error::{chain, Reason};
+use crate::stall::{find_stalled, Stalled, HOW_TO_CHANGE};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::io;
+
+/// Errors talking to the engine. Each maps to a reason atom on the Elixir side.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine's address is not usable.
+    #[error("{0}")]
+    Config(String),
+    /// The engine did not answer.
+    #[error("the Docker engine at {endpoint} did not answer ({cause}); start it (`sudo systemctl start docker` or `dockerd`), or pass --output PATH to write an archive instead")]
+    Unreachable {
+        /// Where we looked.
+        endpoint: String,
+        /// What happened.
+        cause: String,
+    },
+    /// The engine could not be reached over ssh.
+    #[error("cannot reach the Docker engine at {endpoint} over ssh ({cause}): check that `ssh {target} docker version` works without a prompt (a key in ssh-agent or ~/.ssh/config, the host in known_hosts) and that the remote user may use docker")]
+    Ssh {
+        /// Where.
+        endpoint: String,
+        /// `[-p port] [user@]host`, for the command to try.
+        target: String,
+        /// What happened (ssh's own words when it said something).
+        cause: String,
+    },
+    /// The engine answered with an error.
+    #[error("the Docker engine refused {action}: {message}")]
+    Api {
+        /// What we asked.
+        action: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// The engine failed a request (it answered 5xx): it is there, but broken.
+    #[error("the Docker engine at {endpoint} failed {action}: it answered {status} ({message}); check the engine's log (`journalctl -u docker`, or dockerd's output)")]
+    Failed {
+        /// Where.
+        endpoint: String,
+        /// What we asked.
+        action: String,
+        /// The HTTP status.
+        status: u16,
+        /// The engine's message.
+        message: String,
+    },
+    /// The engine went silent during a request (see [`crate::stall`]).
+    #[error("{stalled}, while {action}: the engine is hung or overloaded; check it (`docker info`, the engine's log) and retry; {HOW_TO_CHANGE}")]
+    Stalled {
+        /// What we were doing.
+        action: String,
+        /// Who, which request, how long.
+        stalled: Stalled,
+    },
+    /// The connection broke during a request (not a load).
+    #[error("the connection to the Docker engine at {endpoint} broke during {action} ({cause}); check that the engine is still running (`docker info`) and its log")]
+    Broken {
+        /// Where.
+        endpoint: String,
+        /// What we asked.
+        action: String,
+        /// What happened.
+        cause: String,
+    },
+    /// Loading failed part-way (the engine reported an error in its response stream, or the
+    /// connection broke).
+    #[error("loading the image into the Docker engine failed: {0}")]
+    Load(String),
+    /// The engine runs another platform than the image's.
+    #[error("the image is for {image} but the Docker engine runs {engine}: build the release for {engine} (in a builder container of that platform)")]
+    Platform {
+        /// Image platform.
+        image: String,
+        /// Engine platform.
+        engine: String,
+    },
+}
+
+/// A request or answer body streamed to or from the engine.
+pub type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
+
+impl EngineError {
+    /// The reason the Elixir side matches on.
+    pub fn reason(&self) -> Reason {
+        match self {
+            EngineError::Config(_) => Reason::EngineConfig,
+            EngineError::Unreachable { .. } | EngineError::Ssh { .. } => Reason::EngineUnreachable,
+            EngineError::Api { .. } | EngineError::Failed { .. } | EngineError::Broken { .. } => {
+                Reason::EngineError
+            }
+            EngineError::Stalled { .. } => Reason::EngineStalled,
+            EngineError::Load(_) => Reason::LoadFailed,
+            EngineError::Platform { .. } => Reason::PlatformMismatch,
+        }
+    }
+
+    /// Whether the engine went silent (the caller's own reason may differ otherwise).
+    pub fn is_stall(&self) -> bool {
+        matches!(self, EngineError::Stalled { .. })
+    }
+}
+
+/// The [`Stalled`] inside a bollard error, if the request failed by going silent.
+pub(crate) fn stalled_in(e: &bollard::errors::Error) -> Option<&Stalled> {
+    match e {
+        bollard::errors::Error::IOError { err } => find_stalled(err).or_else(|| find_stalled(e)),
+        other => find_stalled(other),
+    }
+}
+
+/// The real engine, over bollard.
+pub struct DockerEngine {
+    pub(crate) docker: Docker,
+    endpoint: String,
+    /// The engine's `os/arch`, once asked (it does not change while we talk to it).
+    platform: tokio::sync::OnceCell<String>,
+}
+
+impl DockerEngine {
+    /// The endpoint this engine was reached at.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The error for a failed call: a stall, a 5xx, a refusal (4xx), or a broken connection.
+    pub(crate) fn failure(&self, action: &str, e: bollard::errors::Error) -> EngineError {
+        failure(&self.endpoint, action, e)
+    }
+}
+
+/// See [`DockerEngine::failure`].
+pub(crate) fn failure(endpoint: &str, action: &str, e: bollard::errors::Error) -> EngineError {
+    if let Some(stalled) = stalled_in(&e) {
+        return EngineError::Stalled {
+            action: action.to_string(),
+            stalled: stalled.clone(),
+        };
+    }
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } if status_code >= 500 => EngineError::Failed {
+            endpoint: endpoint.to_string(),
+            action: action.to_string(),
+            status: status_code,
+            message,
+        },
+        bollard::errors::Error::DockerResponseServerError { message, .. } => EngineError::Api {
+            action: action.to_string(),
+            message,
+        },
+        other => EngineError::Broken {
+            endpoint: endpoint.to_string(),
+            action: action.to_string(),
+            cause: bollard_chain(&other),
+        },
+    }
+}
+
+/// A bollard error and its causes as text.
+pub(crate) fn bollard_chain(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::IOError { err } => chain(err),
+        other => chain(other),
+    }
+}
+
+/// The HTTP status of an engine's error answer.
+pub(crate) fn status_of(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}

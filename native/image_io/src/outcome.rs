@@ -1,0 +1,83 @@
+//! What a successful build produced: the value `pipeline::run` returns, the NIF hands to the
+//! Elixir side as a map (`DockerRelease.outcome`), and `--metadata-file` holds as JSON. Each
+//! sink fills in its part ([`crate::sink::Sink::report`]); a new output adds its field here and
+//! nowhere else on the way to Elixir.
+
+use crate::registry::PushOutcome;
+use image_core::digest::Digest;
+use image_core::image::{rfc3339, Image};
+use image_core::layer::LayerInfo;
+use image_core::plan::RuntimeFile;
+use serde::{Serialize, Serializer};
+use std::path::PathBuf;
+
+/// What a successful build produced: the image's facts first, then what each output did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The engine's image ID (config digest).
+    pub image_id: Digest,
+    /// The OCI manifest digest.
+    pub manifest_digest: Digest,
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// Tags applied.
+    pub tags: Vec<String>,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerInfo>,
+    /// Bytes a registry stores (layers compressed, config, manifest).
+    pub compressed_size: u64,
+    /// Bytes of all layers uncompressed.
+    pub uncompressed_size: u64,
+    /// The engine's address, when loaded.
+    pub engine: Option<String>,
+    /// Image size as the engine reports it, when loaded.
+    pub engine_size: Option<u64>,
+    /// The archive's path, when written.
+    pub archive: Option<PathBuf>,
+    /// The archive's size, when written.
+    pub archive_size: Option<u64>,
+    /// What a registry push did, when pushed.
+    pub pushed: Option<PushOutcome>,
+    /// Runtime files outside `/app` and why each is there.
+    #[serde(serialize_with = "runtime_files")]
+    pub runtime_files: Vec<RuntimeFile>,
+}
+
+impl Outcome {
+    /// The outcome of `image`, tagged `tags`, before any output reported.
+    pub fn new(image: &Image, tags: Vec<String>, runtime_files: Vec<RuntimeFile>) -> Outcome {
+        Outcome {
+            image_id: image.id(),
+            manifest_digest: image.manifest_digest(),
+            platform: image.platform.to_string(),
+            tags,
+            created: rfc3339(image.created),
+            layers: image.layers.clone(),
+            compressed_size: image.compressed_size(),
+            uncompressed_size: image.layers.iter().map(|l| l.uncompressed_size).sum(),
+            engine: None,
+            engine_size: None,
+            archive: None,
+            archive_size: None,
+            pushed: None,
+            runtime_files,
+        }
+    }
+}
+
+/// Runtime files as objects (`{"path", "reason"}`) in JSON, which people read; as
+/// `{path, reason}` tuples for the Elixir side, whose term encoder is not human-readable
+/// (`DockerRelease.outcome`'s long-standing shape).
+fn runtime_files<S: Serializer>(files: &[RuntimeFile], s: S) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable() {
+        files.serialize(s)
+    } else {
+        let pairs: Vec<(String, &str)> = files
+            .iter()
+            .map(|f| (f.path.display().to_string(), f.reason.as_str()))
+            .collect();
+        pairs.serialize(s)
+    }
+}

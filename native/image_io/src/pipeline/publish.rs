@@ -1,0 +1,72 @@
+//! Stage 6, publish: the image to every destination, through the sinks ([`crate::sink`]),
+//! committed together or not at all.
+
+use super::layers::Layered;
+use super::{Destinations, Event, Events, Outcome, Request};
+use crate::error::Failure;
+use crate::sink::{
+    self, ArchiveSink, Built, EngineSink, Feedback, MetadataSink, RegistrySink, Sink,
+};
+use image_core::reference::Reference;
+use std::sync::Arc;
+
+/// Send the image of `layered`, tagged `tags`, to the destinations of `req` and `dest`.
+pub async fn publish(
+    req: &Request,
+    dest: &Destinations,
+    layered: Layered,
+    tags: Vec<Reference>,
+    events: &Events,
+) -> Result<Outcome, Failure> {
+    let built = Arc::new(Built {
+        image: layered.image,
+        blobs: req.blobs(),
+        tags,
+    });
+    let names: Vec<String> = built.tags.iter().map(|t| t.to_string()).collect();
+    let mut outcome = Outcome::new(&built.image, names, layered.runtime_files);
+    let feedback = feedback(events);
+    // In this order they prepare: the metadata file and the archive are checked (and the
+    // archive written) before the engine is touched.
+    let mut sinks: Vec<Box<dyn Sink<'_> + '_>> = Vec::new();
+    if let Some(path) = &req.metadata_file {
+        sinks.push(Box::new(MetadataSink::new(
+            path.clone(),
+            req.work_dir.clone(),
+        )));
+    }
+    if let Some(path) = &dest.archive {
+        sinks.push(Box::new(ArchiveSink::new(
+            path.clone(),
+            req.work_dir.clone(),
+            feedback.clone(),
+        )));
+    }
+    if let (Some(engine), true) = (&dest.engine, dest.load) {
+        let endpoint = engine.endpoint().to_string();
+        sinks.push(Box::new(EngineSink::new(
+            engine,
+            endpoint,
+            feedback.clone(),
+        )));
+    }
+    if let Some(opts) = &req.outputs.push {
+        sinks.push(Box::new(RegistrySink::new(opts.clone(), feedback)));
+    }
+    sink::publish(&mut sinks, &built, &mut outcome).await?;
+    Ok(outcome)
+}
+
+/// The sinks' steps and byte progress as [`Event`]s.
+fn feedback(events: &Events) -> Feedback {
+    let (steps, bytes) = (events.clone(), events.clone());
+    Feedback {
+        step: Arc::new(move |s| steps(Event::Step(s))),
+        progress: Arc::new(move |step, done| {
+            bytes(Event::Bytes {
+                step: step.into(),
+                done,
+            })
+        }),
+    }
+}

@@ -1,0 +1,88 @@
+//! Stage 2, the release: on the host (already assembled by the Elixir side), or built in a
+//! builder container; with it, the filesystem the runtime files are read from.
+
+use super::{step_and_line, Event, Events, HostBuild, Request, Source};
+use crate::builder::{self, BuilderSpec, BuiltRelease};
+use crate::engine::{sweep_leftovers, DockerEngine};
+use crate::error::{Failure, Reason};
+use image_core::fs::{Fs, HostFs};
+use image_core::plan::Settings;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The release and where its runtime files come from.
+pub struct Release<'a> {
+    /// The filesystem the plan reads: the host's, or the builder container's.
+    pub fs: Arc<dyn Fs>,
+    /// What goes into the image, `release_dir` pointing into `fs`.
+    pub settings: Settings,
+    /// The builder container, still running while the plan reads it (builder builds).
+    pub builder: Option<BuiltRelease<'a, DockerEngine>>,
+}
+
+/// Obtain the release of `req`: the host's at `settings.release_dir` (once `host_build` is
+/// done, when the host's `mix release` still runs), or one built in a container of the builder
+/// image (leftover containers of killed runs are swept first).
+pub async fn obtain_release<'a>(
+    req: &Request,
+    engine: Option<&'a DockerEngine>,
+    events: &Events,
+    cancel: &CancellationToken,
+    host_build: Option<HostBuild>,
+) -> Result<Release<'a>, Failure> {
+    let mut settings = req.settings.clone();
+    let Source::Builder {
+        image,
+        named_release,
+        project_dir,
+        mix_env,
+        cache,
+    } = &req.source
+    else {
+        if let Some(done) = host_build {
+            let cancelled = || Failure::new(Reason::Cancelled, "the build was cancelled");
+            tokio::select! {
+                r = done => r.map_err(|_| cancelled())?,
+                _ = cancel.cancelled() => return Err(cancelled()),
+            }
+        }
+        return Ok(Release {
+            fs: Arc::new(HostFs::new("/")),
+            settings,
+            builder: None,
+        });
+    };
+    let engine =
+        engine.ok_or_else(|| Failure::internal("a builder build without an engine connection"))?;
+    let swept = sweep_leftovers(engine)
+        .await
+        .map_err(builder::BuilderError::from)?;
+    if swept > 0 {
+        events(Event::Notice(format!(
+            "removed {swept} temporary container(s) left by an interrupted run"
+        )));
+    }
+    let excludes = image_core::context::Excludes::for_project(project_dir)
+        .map_err(|e| Failure::new(Reason::ReadError, e))?;
+    let spec = BuilderSpec {
+        image: image.clone(),
+        project_dir: project_dir.clone(),
+        mix_env: mix_env.clone(),
+        release_name: settings.release_name.clone(),
+        named_release: *named_release,
+        cache: *cache,
+        excludes,
+    };
+    let (on_step, on_line) = step_and_line(events);
+    let built = builder::build_release(engine, &spec, on_step, on_line, cancel.clone()).await?;
+    events(Event::Step(format!(
+        "built the release in {image} (OTP {})",
+        built.otp_release
+    )));
+    settings.release_dir = built.release_dir.clone();
+    Ok(Release {
+        fs: built.fs.clone(),
+        settings,
+        builder: Some(built),
+    })
+}
