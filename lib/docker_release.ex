@@ -14,7 +14,10 @@ defmodule DockerRelease do
   Most users run `mix docker.release`; `build/2` is the same thing as a function.
   """
 
-  alias DockerRelease.{BuildLock, Config, Error, HostBuild, Native, Progress, Release}
+  alias DockerRelease.{BuildLock, Config, Deps, Error, HostBuild, Native, Progress, Release}
+
+  # The version of docker_release itself, for the SBOM's creator (`Tool: docker_release-VSN`).
+  @tool_version Mix.Project.config()[:version]
 
   @typedoc "What a successful build produced (also what `--metadata-file` writes, as JSON)."
   @type outcome :: %{
@@ -149,7 +152,7 @@ defmodule DockerRelease do
       end
 
     cookie_notice(project, release_name)
-    labels = labels(config)
+    labels = labels(config, created)
 
     if dirty?(config.project_dir) do
       Mix.shell().info([
@@ -198,10 +201,70 @@ defmodule DockerRelease do
       platform_images: config.platform_images,
       emulate: config.emulate,
       stall_timeout: config.stall_timeout,
+      annotations: annotations(config, labels, created),
+      sbom: sbom(config, project, labels),
+      sbom_file: sbom_file(config),
+      sign_key: signing_key(config),
       await_host_build: host_build != nil
     }
 
     {request, host_build}
+  end
+
+  # Writing the SBOM to a file and signing come with the registry part of issue 14; until
+  # then the run says so instead of pretending.
+  defp sbom_file(%Config{sbom: nil}), do: nil
+
+  defp sbom_file(config) do
+    Mix.shell().info([
+      :yellow,
+      "==> --sbom #{config.sbom}: writing the SBOM to a file is not available yet; the SBOM is " <>
+        "in the image at /sbom.#{if config.sbom_format == "cyclonedx", do: "cdx", else: "spdx"}.json",
+      :reset
+    ])
+
+    config.sbom
+  end
+
+  # The SBOM's inputs that the image's files do not hold (nil: --no-sbom).
+  defp sbom(%Config{no_sbom: true}, _project, _labels), do: nil
+
+  defp sbom(config, project, labels) do
+    label = &List.keyfind(labels, "org.opencontainers.image." <> &1, 0)
+
+    %Native.Sbom{
+      format: config.sbom_format,
+      name: to_string(config.app),
+      version: config.version,
+      source: with({_, v} <- label.("source"), do: v),
+      revision: with({_, v} <- label.("revision"), do: v),
+      tool_version: @tool_version,
+      deps: Deps.sources(project, config.project_dir, config.env)
+    }
+  end
+
+  # The key signs pushed images only.
+  defp signing_key(%Config{sign_key_pem: nil}), do: nil
+
+  defp signing_key(%Config{push: false} = config) do
+    Mix.shell().info([
+      :yellow,
+      "==> not signing: nothing is pushed (the key from #{config.sign_key_source} signs images pushed with --push)",
+      :reset
+    ])
+
+    nil
+  end
+
+  defp signing_key(config) do
+    Mix.shell().info([
+      :yellow,
+      "==> not signing: signing pushed images is not available yet (the key from " <>
+        "#{config.sign_key_source} was checked and is usable)",
+      :reset
+    ])
+
+    config.sign_key_pem
   end
 
   # Before the release build (which takes minutes): an engine address given explicitly
@@ -491,8 +554,9 @@ defmodule DockerRelease do
   end
 
   @doc """
-  The image's labels: OCI `title` (the app, or an umbrella's release) and `version` (the
-  release's), then from git, when `config.project_dir` is in a work tree:
+  The image's labels: OCI `title` (the app, or an umbrella's release), `version` (the
+  release's) and, given the image's timestamp, `created` (RFC 3339), then from git, when
+  `config.project_dir` is in a work tree:
 
     * `org.opencontainers.image.revision` - the commit (`HEAD`), only when no tracked file
       under the project directory has uncommitted changes: a dirty tree's image is not that
@@ -500,14 +564,15 @@ defmodule DockerRelease do
     * `org.opencontainers.image.source` - the `origin` remote, only when `source_url/1` makes a
       URL a reader can open of it.
 
-  `config.labels` come last and win.
+  `config.labels` (`labels:` in `mix.exs`, `--label`) come last and win.
   """
-  @spec labels(Config.t()) :: [{String.t(), String.t()}]
-  def labels(%Config{} = config) do
-    base = [
-      {"org.opencontainers.image.title", to_string(config.app)},
-      {"org.opencontainers.image.version", config.version}
-    ]
+  @spec labels(Config.t(), non_neg_integer | nil) :: [{String.t(), String.t()}]
+  def labels(%Config{} = config, created \\ nil) do
+    base =
+      [
+        {"org.opencontainers.image.title", to_string(config.app)},
+        {"org.opencontainers.image.version", config.version}
+      ] ++ if(created, do: [{"org.opencontainers.image.created", rfc3339(created)}], else: [])
 
     git_labels =
       case git(config.project_dir, ["rev-parse", "HEAD"]) do
@@ -531,8 +596,41 @@ defmodule DockerRelease do
           []
       end
 
-    Enum.uniq_by(base ++ git_labels ++ config.labels, &elem(&1, 0))
+    last_wins(base ++ git_labels ++ config.labels)
   end
+
+  @doc """
+  The annotations of the image's manifest: `org.opencontainers.image.created` (the image's
+  timestamp, RFC 3339) and the `version`, `revision` and `source` of `labels` (as
+  `labels/2` gives them), then `config.annotations` (`annotations:` in `mix.exs`,
+  `--annotation`), which win. Annotations change the manifest digest, not the image ID;
+  `docker load` does not keep them, registries and OCI tools do.
+
+      iex> config = DockerRelease.Config.new!([app: :hello, version: "1.0.0"], annotations: [{"team", "core"}])
+      iex> DockerRelease.annotations(config, [{"org.opencontainers.image.version", "1.0.0"}], 0)
+      [{"org.opencontainers.image.created", "1970-01-01T00:00:00Z"}, {"org.opencontainers.image.version", "1.0.0"}, {"team", "core"}]
+  """
+  @spec annotations(Config.t(), [{String.t(), String.t()}], non_neg_integer) ::
+          [{String.t(), String.t()}]
+  def annotations(%Config{} = config, labels, created) do
+    from_labels =
+      for key <- ~w(version revision source),
+          {k, v} <- [List.keyfind(labels, "org.opencontainers.image." <> key, 0)],
+          do: {k, v}
+
+    last_wins(
+      [{"org.opencontainers.image.created", rfc3339(created)} | from_labels] ++
+        config.annotations
+    )
+  end
+
+  # One pair per key, the last value given, at the key's first position.
+  defp last_wins(pairs) do
+    last = Map.new(pairs)
+    pairs |> Enum.uniq_by(&elem(&1, 0)) |> Enum.map(fn {k, _} -> {k, last[k]} end)
+  end
+
+  defp rfc3339(seconds), do: seconds |> DateTime.from_unix!() |> DateTime.to_iso8601()
 
   @doc """
   Whether tracked files under `dir` (a directory in a git work tree) have uncommitted changes,

@@ -18,6 +18,7 @@ PACKAGES=(
   socat                        # a TLS endpoint for the engine that keeps half-closes (dind test)
   dropbear-bin libnss-wrapper openssh-client   # an ssh:// engine endpoint for the ssh test
   git curl ca-certificates procps
+  python3 python3-venv         # the SBOM validators' virtualenv (below)
   # Also used, and Essential in Debian and Ubuntu: coreutils (timeout, mkfifo, mknod), tar,
   # util-linux (flock), diffutils (cmp), libc-bin (ldd).
 )
@@ -59,6 +60,19 @@ rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
 if [ "$rust_minor" -lt 91 ]; then
   echo "Rust 1.91 or newer is needed, found $(rustc --version): run \`rustup update stable\`." >&2
   exit 1
+fi
+
+# Independent validators of the SBOMs we write (issue 14): pyspdxtools (SPDX 2.3) and
+# cyclonedx-python-lib's JSON schema validator (CycloneDX 1.5, schemas bundled: no network when
+# the tests run). Versions pinned; the tests find the venv here or at DOCKER_RELEASE_SBOMCHECK.
+SBOMCHECK="${DOCKER_RELEASE_SBOMCHECK:-/var/cache/docker_release/sbomcheck}"
+SBOMCHECK_PINS=(spdx-tools==0.8.5 'cyclonedx-python-lib[json-validation]==11.12.0')
+if [ "$(cat "$SBOMCHECK/.pins" 2>/dev/null)" != "${SBOMCHECK_PINS[*]}" ]; then
+  log "installing the SBOM validators in $SBOMCHECK"
+  rm -rf "$SBOMCHECK"
+  /usr/bin/python3 -m venv "$SBOMCHECK"
+  "$SBOMCHECK/bin/pip" install -q --disable-pip-version-check "${SBOMCHECK_PINS[@]}"
+  printf '%s' "${SBOMCHECK_PINS[*]}" >"$SBOMCHECK/.pins"
 fi
 
 # A Docker engine.

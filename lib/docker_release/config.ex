@@ -29,8 +29,21 @@ defmodule DockerRelease.Config do
       for what the library closure cannot see (libraries opened with `dlopen`, data files).
     * `:uid`, `:gid` - the numeric user and group the container runs as. Default `65532`.
     * `:expose` - ports the image declares, e.g. `[4000]`.
-    * `:container_env` - extra environment of the image, `[{"NAME", "value"}]`.
-    * `:labels` - extra image labels, `[{"key", "value"}]`.
+    * `:container_env` - extra environment of the image, `[{"NAME", "value"}]`. `--container-env
+      NAME=value` adds to it (a name given both ways takes the flag's value).
+    * `:labels` - extra image labels, `[{"key", "value"}]`; they win over the OCI labels the
+      task sets itself. `--label KEY=VALUE` adds to them (the flag wins for a key given both
+      ways).
+    * `:annotations` - extra annotations of the image's manifest, `[{"key", "value"}]`, over
+      the ones the task sets (`org.opencontainers.image.created`, `.version`, `.revision`,
+      `.source`); `--annotation KEY=VALUE` adds to them.
+    * `:sbom` - also write the image's SBOM to this path.
+    * `:sbom_format` - `"spdx"` (SPDX 2.3 JSON, the default) or `"cyclonedx"` (CycloneDX 1.5
+      JSON).
+    * `:no_sbom` - no SBOM in the image (and none written: excludes `:sbom`).
+    * `:sign_key` - a PEM file with an ECDSA P-256 private key that signs the pushed image
+      (cosign's format). The environment variable `DOCKER_RELEASE_SIGN_KEY` may hold the PEM
+      text instead; the flag wins over the variable, the variable over `mix.exs`.
     * `:compression_level` - gzip level of the layers, 1 (fast, default) to 9 (small).
     * `:push` - push to the registry the tags name, over the distribution API (no engine needed).
     * `:load` - also load into the engine when `:push` or `:output` is given.
@@ -76,6 +89,8 @@ defmodule DockerRelease.Config do
 
   @type t :: %__MODULE__{}
 
+  @derive {Inspect, except: [:sign_key_pem]}
+
   alias DockerRelease.Release
 
   defstruct app: nil,
@@ -109,7 +124,16 @@ defmodule DockerRelease.Config do
             platform_images: [],
             emulate: false,
             mix_release: nil,
-            stall_timeout: 300
+            stall_timeout: 300,
+            annotations: [],
+            sbom: nil,
+            sbom_format: "spdx",
+            no_sbom: false,
+            sign_key: nil,
+            # The signing key's PEM text and where it came from (for messages): loaded and
+            # checked by new!/3, never inspected.
+            sign_key_pem: nil,
+            sign_key_source: nil
 
   # Seconds; a day is far beyond any healthy silence, and a typo like 30000 should be caught.
   @max_stall 86_400
@@ -142,8 +166,16 @@ defmodule DockerRelease.Config do
     :platforms,
     :platform_images,
     :emulate,
-    :stall_timeout
+    :stall_timeout,
+    :annotations,
+    :sbom,
+    :sbom_format,
+    :no_sbom,
+    :sign_key
   ]
+
+  # Lists of {key, value} pairs that the command line adds to rather than replaces.
+  @pair_keys [:labels, :annotations, :container_env]
 
   @doc """
   Builds and validates the configuration from a project's `project/0` keyword list and the
@@ -186,10 +218,13 @@ defmodule DockerRelease.Config do
         )
     end
 
+    flags = Enum.reject(opts, fn {_k, v} -> v in [nil, []] end)
+
     merged =
       file_config
       |> Keyword.merge(env_config())
-      |> Keyword.merge(Enum.reject(opts, fn {_k, v} -> v in [nil, []] end))
+      |> Keyword.merge(flags)
+      |> Keyword.merge(merge_pairs(file_config, flags))
 
     types!(merged)
     env = to_string(Keyword.get(merged, :env, "prod"))
@@ -205,7 +240,38 @@ defmodule DockerRelease.Config do
           merged
       )
 
-    validate!(config)
+    config |> validate!() |> supply_chain!(Keyword.has_key?(flags, :sign_key))
+  end
+
+  # mix.exs pairs, then the flags' (a key given both ways takes the flag's value, in the
+  # place mix.exs gave it). Anything that is not a list is left for validate!/1 to refuse.
+  defp merge_pairs(file_config, flags) do
+    for key <- @pair_keys,
+        Keyword.has_key?(file_config, key) or Keyword.has_key?(flags, key),
+        from_file = Keyword.get(file_config, key, []),
+        from_flags = Keyword.get(flags, key, []),
+        is_list(from_file) and is_list(from_flags) do
+      {key, pairs_over(from_file, from_flags)}
+    end
+  end
+
+  # `base`'s pairs with the values `over` gives their keys (its last value for a key), then
+  # `over`'s other keys in order. Entries that are not pairs are kept for pairs!/2 to refuse.
+  defp pairs_over(base, over) do
+    if Enum.all?(base ++ over, &match?({_, _}, &1)) do
+      last = Map.new(over)
+      in_base = MapSet.new(base, &elem(&1, 0))
+      replaced = Enum.map(base, fn {k, v} -> {k, Map.get(last, k, v)} end)
+
+      added =
+        for k <- Enum.uniq(Enum.map(over, &elem(&1, 0))),
+            not MapSet.member?(in_base, k),
+            do: {k, last[k]}
+
+      replaced ++ added
+    else
+      base ++ over
+    end
   end
 
   # Settings from the environment, between mix.exs and the flags.
@@ -279,6 +345,10 @@ defmodule DockerRelease.Config do
         output: expand(c.output, c),
         metadata_file: expand(c.metadata_file, c),
         registry_ca: expand(c.registry_ca, c),
+        sbom: expand(c.sbom, c),
+        sign_key: expand(c.sign_key, c),
+        sbom_format:
+          if(is_atom(c.sbom_format), do: to_string(c.sbom_format), else: c.sbom_format),
         extra_files:
           Enum.map(List.wrap(c.extra_files), &Path.expand(to_string(&1), c.project_dir))
     }
@@ -325,7 +395,7 @@ defmodule DockerRelease.Config do
       end
     end
 
-    for key <- [:load, :push, :insecure_registry, :no_cache, :emulate] do
+    for key <- [:load, :push, :insecure_registry, :no_cache, :no_sbom, :emulate] do
       unless is_boolean(Map.fetch!(c, key)),
         do:
           invalid!("invalid #{key}: expected true or false, got: #{inspect(Map.fetch!(c, key))}")
@@ -333,6 +403,22 @@ defmodule DockerRelease.Config do
 
     pairs!(:container_env, c.container_env)
     pairs!(:labels, c.labels)
+    pairs!(:annotations, c.annotations)
+
+    unless c.sbom_format in ["spdx", "cyclonedx"],
+      do:
+        invalid!(
+          "invalid sbom_format: expected spdx (SPDX 2.3 JSON) or cyclonedx (CycloneDX 1.5 JSON), got: #{inspect(c.sbom_format)}"
+        )
+
+    if c.no_sbom && c.sbom,
+      do:
+        invalid!(
+          "--no-sbom and --sbom exclude each other: --no-sbom makes no SBOM, so there is none to write to #{c.sbom}"
+        )
+
+    if c.sbom, do: writable!(:sbom, c.sbom)
+
     c = platforms!(c)
 
     tags = List.wrap(c.tags)
@@ -398,7 +484,9 @@ defmodule DockerRelease.Config do
           :metadata_file,
           :registry_ca,
           :build_dockerfile,
-          :dockerfile
+          :dockerfile,
+          :sbom,
+          :sign_key
         ] do
       path!(key, merged[key])
     end
@@ -445,6 +533,92 @@ defmodule DockerRelease.Config do
       unless is_nil(value) or (is_binary(value) and not String.contains?(value, <<0>>)),
         do: invalid!("invalid #{key}: expected a string, got: #{inspect(value)}")
     end
+  end
+
+  # A file the run will write: its directory must exist and take a new file, or the file
+  # itself must be writable; a directory is refused. Nothing is left behind (the probe file is
+  # removed; an existing file is opened for appending, which changes nothing).
+  defp writable!(key, path) do
+    dir = Path.dirname(path)
+    flag = "--" <> String.replace(to_string(key), "_", "-")
+
+    case File.stat(path) do
+      {:ok, %{type: :directory}} ->
+        invalid!(
+          "#{flag} #{path} is a directory; give a file path, e.g. #{Path.join(path, "sbom.spdx.json")}"
+        )
+
+      {:ok, %{type: :regular}} ->
+        case File.open(path, [:append]) do
+          {:ok, f} ->
+            File.close(f)
+
+          {:error, why} ->
+            invalid!("#{flag} #{path} cannot be written: #{:file.format_error(why)}")
+        end
+
+      {:ok, _device_or_fifo} ->
+        :ok
+
+      {:error, _} ->
+        case File.stat(dir) do
+          {:ok, %{type: :directory}} ->
+            probe = Path.join(dir, ".#{Path.basename(path)}.probe-#{System.pid()}")
+
+            case File.open(probe, [:write, :exclusive]) do
+              {:ok, f} ->
+                File.close(f)
+                File.rm(probe)
+
+              {:error, why} ->
+                invalid!(
+                  "#{flag} #{path} cannot be written: no new file can be made in #{dir} (#{:file.format_error(why)})"
+                )
+            end
+
+          {:ok, _} ->
+            invalid!("#{flag} #{path} cannot be written: #{dir} is not a directory")
+
+          {:error, why} ->
+            invalid!(
+              "#{flag} #{path} cannot be written: its directory #{dir} does not exist (#{:file.format_error(why)}); create it first"
+            )
+        end
+    end
+  end
+
+  # The signing key: --sign-key's file, else DOCKER_RELEASE_SIGN_KEY's text, else mix.exs's
+  # sign_key: file; checked by the native library's parser (the one that signs) before any
+  # image work. Messages never contain the key.
+  defp supply_chain!(c, sign_key_flag?) do
+    env_key = System.get_env("DOCKER_RELEASE_SIGN_KEY")
+
+    {source, pem} =
+      cond do
+        c.sign_key && (sign_key_flag? || env_key in [nil, ""]) ->
+          case File.read(c.sign_key) do
+            {:ok, pem} ->
+              {"--sign-key #{c.sign_key}", pem}
+
+            {:error, why} ->
+              invalid!("--sign-key #{c.sign_key} cannot be read: #{:file.format_error(why)}")
+          end
+
+        env_key not in [nil, ""] ->
+          {"DOCKER_RELEASE_SIGN_KEY", env_key}
+
+        true ->
+          {nil, nil}
+      end
+
+    if pem do
+      case DockerRelease.Native.signing_check_key(pem) do
+        {:ok, _public_pem} -> :ok
+        {:error, why} -> invalid!("invalid signing key: #{source} #{why}")
+      end
+    end
+
+    %{c | sign_key_pem: pem, sign_key_source: source}
   end
 
   defp path!(_key, nil), do: :ok

@@ -1,12 +1,14 @@
 defmodule DockerRelease.Native do
   # Every NIF of the Rust crate `docker_release_nif` has a stub here with the same name and
-  # arity, prefixed by area (`image_`, `reference_`, `platform_`, `lock_`, `job_`). The library is loaded on first use (not
+  # arity, prefixed by area (`image_`, `reference_`, `platform_`, `signing_`, `lock_`, `job_`). The library is loaded on first use (not
   # @on_load, which would also fire while compiling, before cargo has run).
   @moduledoc false
 
   defmodule Request do
     @moduledoc false
     # Mirrors `NifRequest` in native/docker_release_nif/src/lib.rs: every key is always present.
+    # `sign_key` holds a private key's PEM text: never inspected.
+    @derive {Inspect, except: [:sign_key]}
     @enforce_keys [:release_dir, :release_name, :tags, :work_dir, :fallback_output, :created]
     defstruct release_dir: nil,
               release_name: nil,
@@ -44,9 +46,43 @@ defmodule DockerRelease.Native do
               platform_images: [],
               emulate: false,
               stall_timeout: 300,
+              # Manifest annotations, [{key, value}].
+              annotations: [],
+              # %Sbom{} to embed, or nil (--no-sbom).
+              sbom: nil,
+              # Where --sbom writes the document (not written yet: issue 14's second part).
+              sbom_file: nil,
+              # The PEM text of the signing key (not used yet: issue 14's second part).
+              sign_key: nil,
               # true: the host's `mix release` runs while the job starts; the job waits at its
               # release stage for `job_resume/1` (or ends at `job_cancel/1`).
               await_host_build: false
+  end
+
+  defmodule Sbom do
+    @moduledoc false
+    # Mirrors `NifSbom`: what the SBOM says that the image's files do not.
+    defstruct format: "spdx",
+              name: nil,
+              version: nil,
+              source: nil,
+              revision: nil,
+              tool_version: nil,
+              deps: []
+  end
+
+  defmodule Dep do
+    @moduledoc false
+    # Mirrors `NifDep`: where a dependency came from. `kind` is "hex", "git" or "path".
+    defstruct app: nil,
+              kind: nil,
+              package: nil,
+              repo: nil,
+              checksum: nil,
+              url: nil,
+              rev: nil,
+              path: nil,
+              depends_on: []
   end
 
   defmodule DockerfilesRequest do
@@ -78,6 +114,11 @@ defmodule DockerRelease.Native do
   def image_dockerfiles(request), do: load_and_apply(:image_dockerfiles, [request])
   @doc false
   def reference_parse(input), do: load_and_apply(:reference_parse, [input])
+  # `{:ok, public_key_pem}` or `{:error, why}` for a signing key's PEM text (the message never
+  # contains the key).
+  @doc false
+  def signing_check_key(pem), do: load_and_apply(:signing_check_key, [pem])
+
   # `{:ok, platforms, images}` normalised, or `{:error, message}` (see `platform_check` in the
   # crate).
   @doc false

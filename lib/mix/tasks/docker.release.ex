@@ -92,6 +92,30 @@ defmodule Mix.Tasks.Docker.Release do
       owned by root, so the app's user cannot read it), and the task says so.
     * `--uid N`, `--gid N` - the numeric user and group the container runs as. Default 65532.
     * `--expose PORT` - declare a port; repeatable.
+    * `--container-env NAME=VALUE` - set an environment variable of the image; repeatable.
+      Added to `container_env:` in `mix.exs` (a name given both ways takes the flag's value).
+    * `--label KEY=VALUE` - set a label of the image's config; repeatable. Added to `labels:`
+      in `mix.exs` (the flag wins for a key given both ways); both win over the labels the task
+      sets itself (`org.opencontainers.image.title`, `.version`, `.created`, `.revision`,
+      `.source`, see below).
+    * `--annotation KEY=VALUE` - set an annotation of the image's manifest; repeatable. Added
+      to `annotations:` in `mix.exs`, over the task's own (`org.opencontainers.image.created`,
+      `.version`, `.revision`, `.source`). Annotations change the manifest digest, not the image
+      ID; registries, skopeo and podman keep them, `docker load` does not (labels survive
+      everywhere).
+    * `--sbom-format spdx|cyclonedx` - the SBOM's format: SPDX 2.3 JSON (default, in the image
+      at `/sbom.spdx.json`) or CycloneDX 1.5 JSON (`/sbom.cdx.json`).
+    * `--no-sbom` - put no SBOM in the image.
+    * `--sbom PATH` - also write the SBOM to PATH (checked before the build: its directory must
+      exist and take a new file). Not written yet in this version: the task says so.
+    * `--sign-key KEY.pem` - an ECDSA P-256 private key (PEM: `EC PRIVATE KEY` or `PRIVATE KEY`,
+      unencrypted) to sign pushed images with, in the format `cosign verify --key` reads. The
+      environment variable `DOCKER_RELEASE_SIGN_KEY` may hold the PEM text instead (for CI
+      secrets); the flag wins over it. Checked before the build: another curve, RSA, an
+      encrypted key (cosign's own `ENCRYPTED SIGSTORE PRIVATE KEY` included) or a public key is
+      refused, saying why and how to make a usable one (`openssl ecparam -genkey -name
+      prime256v1 -noout -out key.pem`); the key never appears in any output. Signing itself is
+      not done yet in this version: the task says so.
     * `--compression-level N` - gzip level of the layers, 1 (default, fast) to 9 (smallest).
     * `--list-files` - print the runtime files outside `/app` and why each is there.
     * `--quiet` (`-q`) - print nothing but errors, then one line: the image's first tag and its
@@ -146,6 +170,38 @@ defmodule Mix.Tasks.Docker.Release do
   `linux/arm64/v8`), `linux/arm/v7`, `linux/s390x`, … `--platform` excludes `--base` and the
   two-Dockerfile flow.
 
+  ## Supply chain
+
+  Scanners and people can check what the image is made of:
+
+    * **Package records.** For every OS package that contributed a file (found in the build
+      environment's package database: dpkg's `/var/lib/dpkg/info/*.list`, or Alpine's
+      `/lib/apk/db/installed`), the image carries that package's record, as distroless images
+      do: `/var/lib/dpkg/status.d/NAME` (Package, Status, Maintainer, Architecture, Multi-Arch,
+      Source, Version, the description's first line) or apk's `installed` database. ERTS and
+      the OTP and Elixir applications in `/app` count too: they were copied from the build
+      environment's `erlang-*` and `elixir` packages, whose records are what OTP's advisories
+      are matched against. `/etc/os-release` and `/etc/debian_version` (Alpine:
+      `/etc/alpine-release`) are copied so that Trivy, Grype and Syft know the distribution.
+      `--list-files` shows each record and why it is there. On a base image (`--base`) only
+      the records of what the task adds are added.
+    * **SBOM.** `/sbom.spdx.json` (SPDX 2.3; `--sbom-format cyclonedx` for CycloneDX 1.5 at
+      `/sbom.cdx.json`, `--no-sbom` for none) lists the distribution, the OS packages (purls
+      `pkg:deb/debian/NAME@VERSION?arch=…&distro=debian-12.11`), ERTS and the OTP/Elixir
+      applications (`pkg:otp/NAME@VSN`, with the OS package each was copied from), and every
+      application of the release with its version and source: Hex packages with the tarball's
+      SHA-256 from `mix.lock`, git dependencies with their revision, path dependencies, and the
+      project's own applications with the repository and commit of the labels. The same inputs
+      give the same bytes. It names no image digest: it is inside the image.
+    * **Labels and annotations.** The config's labels are `org.opencontainers.image.title`,
+      `.version`, `.created` (the image's timestamp), and from git `.revision` and `.source`
+      (see `DockerRelease.labels/2`), then `labels:` and `--label`. The manifest's annotations
+      are `org.opencontainers.image.created`, `.version`, `.revision` and `.source`, then
+      `annotations:` and `--annotation`.
+
+  `SOURCE_DATE_EPOCH` sets the image's timestamp (`created`, every file's mtime, the SBOM's
+  creation time); without it the last commit's time is used, else 1980-01-01.
+
   ## The two-Dockerfile flow
 
   Teams that keep the classic `Dockerfile.build` + `Dockerfile` pair (build the release in one
@@ -168,7 +224,14 @@ defmodule Mix.Tasks.Docker.Release do
   removed by the next run.
 
   Every option can also be set under `docker_release:` in `project/0` (see
-  `DockerRelease.Config`); flags win.
+  `DockerRelease.Config`); flags win. The repeatable `KEY=VALUE` flags have list keys there,
+  which the flags add to:
+
+      docker_release: [
+        labels: [{"com.example.team", "core"}],
+        annotations: [{"com.example.ticket", "OPS-12"}],
+        container_env: [{"PORT", "4000"}]
+      ]
 
   Progress: long steps (writing layers, loading into the engine, writing an archive, pushing)
   show the bytes done and the rate, on a terminal in one line that updates itself, otherwise
@@ -231,7 +294,14 @@ defmodule Mix.Tasks.Docker.Release do
     platform: :keep,
     platform_image: :keep,
     emulate: :boolean,
-    quiet: :boolean
+    quiet: :boolean,
+    label: :keep,
+    annotation: :keep,
+    container_env: :keep,
+    sbom: :string,
+    sbom_format: :string,
+    no_sbom: :boolean,
+    sign_key: :string
   ]
 
   @aliases [t: :tag, o: :output, q: :quiet]
@@ -336,8 +406,43 @@ defmodule Mix.Tasks.Docker.Release do
       extra_files: Keyword.get_values(opts, :extra_file),
       expose: expose,
       platforms: platforms,
-      platform_images: platform_images
-    ] ++ Keyword.drop(opts, [:tag, :extra_file, :expose, :platform, :platform_image])
+      platform_images: platform_images,
+      labels: pairs!(opts, :label, "KEY=VALUE"),
+      annotations: pairs!(opts, :annotation, "KEY=VALUE"),
+      container_env: pairs!(opts, :container_env, "NAME=VALUE")
+    ] ++
+      Keyword.drop(opts, [
+        :tag,
+        :extra_file,
+        :expose,
+        :platform,
+        :platform_image,
+        :label,
+        :annotation,
+        :container_env
+      ])
+  end
+
+  # `--label KEY=VALUE` (repeatable) as [{"KEY", "VALUE"}]: split at the first `=`; the value
+  # may be empty, the key may not.
+  defp pairs!(opts, flag, form) do
+    name = "--" <> String.replace(to_string(flag), "_", "-")
+
+    for arg <- Keyword.get_values(opts, flag) do
+      case String.split(arg, "=", parts: 2) do
+        [key, value] when key != "" ->
+          {key, value}
+
+        [""] ->
+          Mix.raise("#{name} takes #{form}, got an empty argument")
+
+        [_no_equals] ->
+          Mix.raise("#{name} takes #{form} (with =), got: #{inspect(arg)}")
+
+        ["", _] ->
+          Mix.raise("#{name} takes #{form} with a non-empty key, got: #{inspect(arg)}")
+      end
+    end
   end
 
   defp report(outcome, config, list_files?) do

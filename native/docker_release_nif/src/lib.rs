@@ -11,6 +11,8 @@ mod term;
 use image_core::plan::Settings;
 use image_core::platform::PlatformOptions;
 use image_core::reference::Reference;
+use image_core::supply::sbom::{Dep, DepSource, SbomFormat, SbomSpec};
+use image_core::supply::signing::SigningKey;
 use image_io::dockerfiles::DockerfileFlow;
 use image_io::error::{Failure, Reason};
 use image_io::lock::{FileLock, Taken};
@@ -68,7 +70,73 @@ struct NifRequest {
     platform_images: Vec<(String, String)>,
     emulate: bool,
     stall_timeout: u64,
+    annotations: Vec<(String, String)>,
+    sbom: Option<NifSbom>,
+    sbom_file: Option<String>,
+    sign_key: Option<String>,
     await_host_build: bool,
+}
+
+/// Mirrors `DockerRelease.Native.Sbom`.
+#[derive(NifStruct)]
+#[module = "DockerRelease.Native.Sbom"]
+struct NifSbom {
+    format: String,
+    name: String,
+    version: String,
+    source: Option<String>,
+    revision: Option<String>,
+    tool_version: String,
+    deps: Vec<NifDep>,
+}
+
+/// Mirrors `DockerRelease.Native.Dep`: `kind` is `"hex"`, `"git"` or `"path"`.
+#[derive(NifStruct)]
+#[module = "DockerRelease.Native.Dep"]
+struct NifDep {
+    app: String,
+    kind: String,
+    package: Option<String>,
+    repo: Option<String>,
+    checksum: Option<String>,
+    url: Option<String>,
+    rev: Option<String>,
+    path: Option<String>,
+    depends_on: Vec<String>,
+}
+
+impl NifSbom {
+    fn into_spec(self, created: u64) -> SbomSpec {
+        SbomSpec {
+            format: SbomFormat::parse(&self.format).unwrap_or_default(),
+            name: self.name,
+            version: self.version,
+            source: self.source,
+            revision: self.revision,
+            tool_version: self.tool_version,
+            created,
+            deps: self
+                .deps
+                .into_iter()
+                .map(|d| Dep {
+                    source: match d.kind.as_str() {
+                        "hex" => DepSource::Hex {
+                            package: d.package.unwrap_or_else(|| d.app.clone()),
+                            repo: d.repo.unwrap_or_else(|| "hexpm".into()),
+                            checksum: d.checksum,
+                        },
+                        "git" => DepSource::Git {
+                            url: d.url.unwrap_or_default(),
+                            rev: d.rev.unwrap_or_default(),
+                        },
+                        _ => DepSource::Path { path: d.path },
+                    },
+                    app: d.app,
+                    depends_on: d.depends_on,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl From<NifRequest> for Request {
@@ -102,6 +170,8 @@ impl From<NifRequest> for Request {
                 env: r.env,
                 labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
                 exposed_ports: r.exposed_ports,
+                annotations: r.annotations.into_iter().collect::<BTreeMap<_, _>>(),
+                sbom: r.sbom.map(|s| s.into_spec(r.created)),
             },
             created: r.created,
             compression_level: r.compression_level.clamp(1, 9),
@@ -121,6 +191,10 @@ impl From<NifRequest> for Request {
             ),
             metadata_file: r.metadata_file.map(PathBuf::from),
             stall_timeout,
+            supply: image_core::supply::Outputs {
+                sbom_file: r.sbom_file.map(PathBuf::from),
+                sign_key: r.sign_key.map(zeroize::Zeroizing::new),
+            },
         }
     }
 }
@@ -394,6 +468,17 @@ fn image_clean(env: Env, request: NifCleanRequest) -> (Atom, ResourceArc<Job>, u
     start_job(env, None, move |events, _cancel| {
         image_io::clean::run_clean(project, events)
     })
+}
+
+/// Check a signing key (the PEM text of `--sign-key` or `DOCKER_RELEASE_SIGN_KEY`) before any
+/// image work: `{:ok, public_key_pem}` or `{:error, why}` (never containing the key).
+#[rustler::nif]
+fn signing_check_key(env: Env, pem: String) -> Term {
+    let pem = zeroize::Zeroizing::new(pem);
+    match SigningKey::from_pem(&pem) {
+        Ok(key) => (atoms::ok(), key.public_key_pem()).encode(env),
+        Err(e) => (atoms::error(), e.to_string()).encode(env),
+    }
 }
 
 /// Parse an image reference: `{:ok, {repository, tag}}` or `{:error, message}`.

@@ -367,6 +367,7 @@ pub fn build_cached(
         config: plan.run_config.clone(),
         layers,
         base_history: Vec::new(),
+        annotations: plan.annotations.clone(),
     })
 }
 

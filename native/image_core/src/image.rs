@@ -56,6 +56,11 @@ pub struct Image {
     /// The history of the base image, when the image has one (see [`Image::on_base`]); empty
     /// otherwise. Its entries that are not [`History::empty_layer`] describe the first layers.
     pub base_history: Vec<History>,
+    /// The manifest's `annotations` (`org.opencontainers.image.created`, …). Empty: the
+    /// manifest has no `annotations` field, byte for byte what images without them always
+    /// had. Annotations change the manifest digest, not the image ID (the config's digest);
+    /// `docker load` ignores them, registries and `skopeo` keep them.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// One entry of a base image's `history`, kept as the base's config has it.
@@ -102,7 +107,7 @@ impl Image {
     /// ```
     /// use image_core::image::{History, Image, RunConfig};
     /// # let platform = image_core::elf::Platform { os: "linux".into(), architecture: "amd64".into(), variant: None };
-    /// let ours = Image { platform, created: 0, config: RunConfig::default(), layers: vec![], base_history: vec![] };
+    /// let ours = Image { platform, created: 0, config: RunConfig::default(), layers: vec![], base_history: vec![], annotations: Default::default() };
     /// let history = vec![History { created_by: Some("ENV A=b".into()), empty_layer: true, ..History::default() }];
     /// let img = ours.on_base(vec![], history);
     /// let config: serde_json::Value = serde_json::from_slice(&img.config_json()).unwrap();
@@ -179,7 +184,7 @@ impl Image {
                 json!({"mediaType": media_type::LAYER_GZIP, "digest": l.digest.to_string(), "size": l.size})
             })
             .collect();
-        to_bytes(&json!({
+        let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": media_type::MANIFEST,
             "config": {
@@ -188,7 +193,11 @@ impl Image {
                 "size": config.len(),
             },
             "layers": layers,
-        }))
+        });
+        if !self.annotations.is_empty() {
+            manifest["annotations"] = json!(self.annotations);
+        }
+        to_bytes(&manifest)
     }
 
     /// The manifest's digest (what a registry and `skopeo inspect --raw | sha256sum` report).
@@ -247,5 +256,72 @@ impl std::fmt::Display for Platform {
             Some(v) => write!(f, "/{v}"),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> Image {
+        Image {
+            platform: Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None,
+            },
+            created: 1_700_000_000,
+            config: RunConfig {
+                entrypoint: vec!["/app/bin/hello".into()],
+                cmd: vec!["start".into()],
+                env: vec!["LANG=C.UTF-8".into()],
+                working_dir: "/app".into(),
+                user: "65532:65532".into(),
+                labels: BTreeMap::from([(
+                    "org.opencontainers.image.version".into(),
+                    "0.1.0".into(),
+                )]),
+                ..RunConfig::default()
+            },
+            layers: vec![LayerInfo {
+                name: "app".into(),
+                digest: Digest::of(b"blob"),
+                diff_id: Digest::of(b"tar"),
+                size: 4,
+                uncompressed_size: 3,
+                entries: 1,
+            }],
+            base_history: Vec::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn without_annotations_the_manifest_is_byte_for_byte_as_before() {
+        // The bytes this image's manifest had before manifests could carry annotations.
+        assert_eq!(
+            String::from_utf8(image().manifest_json()).unwrap(),
+            r#"{"config":{"digest":"sha256:5dab20c41855dd57ae71146a571b425f427bacd807c42a981d596eb34a9a38eb","mediaType":"application/vnd.oci.image.config.v1+json","size":449},"layers":[{"digest":"sha256:fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b8","mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":4}],"mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}"#
+        );
+        assert_eq!(
+            image().manifest_digest().to_string(),
+            "sha256:625dec44f6976ac9b9deb6fe48ed7d0b7c079dd7bd4a5b2c09b2f74f54b22964"
+        );
+    }
+
+    #[test]
+    fn annotations_change_the_manifest_digest_not_the_image_id() {
+        let mut annotated = image();
+        annotated.annotations = BTreeMap::from([
+            (
+                "org.opencontainers.image.created".into(),
+                "2023-11-14T22:13:20Z".into(),
+            ),
+            ("com.example.team".into(), "core".into()),
+        ]);
+        let m: Value = serde_json::from_slice(&annotated.manifest_json()).unwrap();
+        assert_eq!(m["annotations"]["com.example.team"], "core");
+        assert_eq!(annotated.id(), image().id());
+        assert_ne!(annotated.manifest_digest(), image().manifest_digest());
     }
 }

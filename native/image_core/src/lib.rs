@@ -24,3 +24,4 @@ pub mod oci;
 pub mod plan;
 pub mod platform;
 pub mod reference;
+pub mod supply;

@@ -6,6 +6,12 @@
 //!
 //! On a base image ([`plan_on_base`]) the base provides all of that instead: the plan checks that
 //! the base can run the release and adds only the release and a few app-owned directories.
+//!
+//! Supply chain ([`crate::supply`]): the runtime layer also carries the records of the OS
+//! packages its files (and ERTS and the OTP applications in `/app`) came from, and the files
+//! that tell scanners the distribution ([`DISTRO_FILES`]); the app layer carries the SBOM
+//! (`/sbom.spdx.json` or `/sbom.cdx.json`) when [`Settings::sbom`] asks for one. On a base
+//! image the records of what we add go in the `dirs` layer; the base's own are left alone.
 
 use crate::closure::{Closure, Resolver};
 use crate::elf::{self, Platform};
@@ -13,6 +19,9 @@ use crate::fs::{resolve_path, Fs, Kind};
 use crate::glibc::{check_release, is_musl_system, Incompatible, Problem, ReleaseOnBase};
 use crate::image::RunConfig;
 use crate::layer::{Entry, LayerSpec, Source};
+use crate::supply::pkgdb::DISTRO_FILES;
+use crate::supply::sbom::SbomSpec;
+use crate::supply::{survey, Findings, SbomFile, SurveyInput};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -67,6 +76,10 @@ pub struct Settings {
     pub labels: BTreeMap<String, String>,
     /// Ports to declare, e.g. `4000/tcp`.
     pub exposed_ports: Vec<String>,
+    /// Annotations of the image's manifest (`org.opencontainers.image.created`, …).
+    pub annotations: BTreeMap<String, String>,
+    /// The SBOM to make and embed (`None`: no SBOM).
+    pub sbom: Option<SbomSpec>,
 }
 
 /// A runtime file and why it is in the image.
@@ -91,6 +104,10 @@ pub struct Plan {
     pub runtime_files: Vec<RuntimeFile>,
     /// What the user should know about the plan (files left out, permissions kept private).
     pub notices: Vec<String>,
+    /// Annotations of the image's manifest.
+    pub annotations: BTreeMap<String, String>,
+    /// The SBOM embedded in the image (also what `--sbom` writes and a push attaches).
+    pub sbom: Option<SbomFile>,
 }
 
 impl Plan {
@@ -111,6 +128,8 @@ impl Plan {
             run_config,
             runtime_files,
             notices,
+            annotations: BTreeMap::new(),
+            sbom: None,
         }
     }
 }
@@ -219,6 +238,16 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
                 .map_err(Into::into),
         );
     }
+    for file in DISTRO_FILES {
+        let file = Path::new(file);
+        if fs.exists(file) {
+            keep(
+                resolver
+                    .add(file, "tells vulnerability scanners the distribution")
+                    .map_err(Into::into),
+            );
+        }
+    }
     for extra in &settings.extra_files {
         keep(check_extra(fs, extra).and_then(|()| {
             resolver
@@ -232,8 +261,27 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
     let closure = resolver.finish();
     let mut notices = skipped_notice(&closure.skipped);
 
-    let (runtime, runtime_files) = runtime_layer(fs, &closure, settings, &mut notices)?;
-    let (otp, deps, app) = release_layers(fs, settings, &erts_vsn, &rel_vsn)?;
+    let (mut runtime, mut runtime_files) = runtime_layer(fs, &closure, settings, &mut notices)?;
+    let (otp, deps, mut app) = release_layers(fs, settings, &erts_vsn, &rel_vsn)?;
+    let findings = survey(&SurveyInput {
+        fs,
+        release_dir: rel,
+        erts_vsn: &erts_vsn,
+        own_apps: &settings.own_apps,
+        otp_apps: &settings.otp_apps,
+        copied: copied_paths(fs, &closure),
+        sbom: settings.sbom.as_ref(),
+        base: None,
+    })
+    .map_err(survey_error)?;
+    let sbom = add_findings(
+        findings,
+        &mut runtime,
+        &mut app,
+        &mut runtime_files,
+        &mut notices,
+        |p| p.to_path_buf(),
+    );
 
     let mut env = vec![format!("PATH={PATH}")];
     if has_locale {
@@ -255,13 +303,75 @@ pub fn plan(fs: &dyn Fs, settings: &Settings) -> Result<Plan, PlanError> {
         exposed_ports: settings.exposed_ports.clone(),
         stop_signal: None,
     };
-    Ok(Plan::new(
+    let mut plan = Plan::new(
         platform,
         [runtime, otp, deps, app],
         run_config,
         runtime_files,
         notices,
-    ))
+    );
+    plan.annotations = settings.annotations.clone();
+    plan.sbom = sbom;
+    Ok(plan)
+}
+
+/// The paths of the build environment the closure copies at the same path that a package may
+/// own: files and symlinks, not symlinks to directories (`/lib -> usr/lib`: a directory has
+/// many owners).
+fn copied_paths(fs: &dyn Fs, closure: &Closure) -> Vec<PathBuf> {
+    closure
+        .entries
+        .iter()
+        .filter(|(path, e)| match e.kind {
+            Kind::File => true,
+            Kind::Symlink => !resolve_path(fs, path)
+                .ok()
+                .and_then(|(c, _)| fs.lstat(&c).ok())
+                .is_some_and(|m| m.kind == Kind::Dir),
+            _ => false,
+        })
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+/// A package database that cannot be read, as a plan error.
+fn survey_error(source: std::io::Error) -> PlanError {
+    PlanError::Read {
+        path: PathBuf::from("the build environment's package database"),
+        source,
+    }
+}
+
+/// Put the records in `records_layer` (at `place(path)`) and the SBOM in `app`, with why, and
+/// pass the notices on. Returns the SBOM.
+fn add_findings(
+    findings: Findings,
+    records_layer: &mut LayerSpec,
+    app: &mut LayerSpec,
+    files: &mut Vec<RuntimeFile>,
+    notices: &mut Vec<String>,
+    place: impl Fn(&Path) -> PathBuf,
+) -> Option<SbomFile> {
+    for (path, bytes, reason) in findings.records {
+        let path = place(&path);
+        records_layer
+            .entries
+            .push(Entry::new(path.clone(), Source::Bytes(bytes), 0o644));
+        files.push(RuntimeFile { path, reason });
+    }
+    notices.extend(findings.notices);
+    let sbom = findings.sbom?;
+    let path = PathBuf::from(sbom.image_path());
+    app.entries.push(Entry::new(
+        path.clone(),
+        Source::Bytes(sbom.bytes.clone()),
+        0o644,
+    ));
+    files.push(RuntimeFile {
+        path,
+        reason: format!("the SBOM ({})", sbom.format.describe()),
+    });
+    Some(sbom)
 }
 
 /// The reason recorded for paths of `extra_files`.
@@ -738,8 +848,29 @@ pub fn plan_on_base(
     }
 
     let mut notices = Vec::new();
-    let (dirs, runtime_files) = base_dirs_layer(fs, settings, base, &mut notices)?;
-    let (otp, deps, app) = release_layers(fs, settings, &erts_vsn, &rel_vsn)?;
+    let (mut dirs, mut runtime_files, copied) = base_dirs_layer(fs, settings, base, &mut notices)?;
+    let (otp, deps, mut app) = release_layers(fs, settings, &erts_vsn, &rel_vsn)?;
+    // Records of the packages of what we add (ERTS, OTP applications, extra_files), from the
+    // build environment; the base's own records and distribution files stay as they are.
+    let findings = survey(&SurveyInput {
+        fs,
+        release_dir: &settings.release_dir,
+        erts_vsn: &erts_vsn,
+        own_apps: &settings.own_apps,
+        otp_apps: &settings.otp_apps,
+        copied,
+        sbom: settings.sbom.as_ref(),
+        base: Some(&base.reference),
+    })
+    .map_err(survey_error)?;
+    let sbom = add_findings(
+        findings,
+        &mut dirs,
+        &mut app,
+        &mut runtime_files,
+        &mut notices,
+        |p| in_base(base.fs, p),
+    );
 
     let has_locale = is_musl_system(base.fs)
         || [UTF8_LOCALE, UTF8_LOCALE_OLD]
@@ -775,13 +906,16 @@ pub fn plan_on_base(
         exposed_ports,
         stop_signal: base.stop_signal.clone(),
     };
-    Ok(Plan::new(
+    let mut plan = Plan::new(
         platform,
         [dirs, otp, deps, app],
         run_config,
         runtime_files,
         notices,
-    ))
+    );
+    plan.annotations = settings.annotations.clone();
+    plan.sbom = sbom;
+    Ok(plan)
 }
 
 /// `/bin/sh` and the [`SHELL_TOOLS`] missing from `fs` (looked up in `path`, a `PATH` value),
@@ -878,10 +1012,12 @@ fn base_dirs_layer(
     s: &Settings,
     base: &Base<'_>,
     notices: &mut Vec<String>,
-) -> Result<(LayerSpec, Vec<RuntimeFile>), PlanError> {
+) -> Result<(LayerSpec, Vec<RuntimeFile>, Vec<PathBuf>), PlanError> {
     let (uid, gid) = (s.uid, s.gid);
     let mut entries = Vec::new();
     let mut files = Vec::new();
+    // Files and symlinks of the build environment that extra_files copy (for their packages).
+    let mut copied = Vec::new();
     let mut dirs = app_owned_dirs(uid, gid);
     if resolve_path(base.fs, Path::new("/tmp")).is_err() {
         dirs.push((
@@ -919,9 +1055,13 @@ fn base_dirs_layer(
                     Source::Dir
                 }
                 Kind::Symlink => {
+                    copied.push(src.clone());
                     Source::Symlink(fs.read_link(&src).map_err(PlanError::read(&src))?)
                 }
-                Kind::File => Source::File(src.clone()),
+                Kind::File => {
+                    copied.push(src.clone());
+                    Source::File(src.clone())
+                }
                 Kind::Other if top => {
                     return Err(extra_error(
                         extra,
@@ -956,5 +1096,6 @@ fn base_dirs_layer(
             entries,
         },
         files,
+        copied,
     ))
 }

@@ -75,6 +75,8 @@ fn settings(rel: &Path) -> Settings {
         env: vec!["FOO=bar".into()],
         labels: [("org.opencontainers.image.version".into(), "0.1.0".into())].into(),
         exposed_ports: vec!["4000/tcp".into()],
+        annotations: Default::default(),
+        sbom: None,
     }
 }
 

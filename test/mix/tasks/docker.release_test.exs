@@ -93,7 +93,8 @@ defmodule Mix.Tasks.Docker.ReleaseTest do
     doc = Mix.Task.moduledoc(Task)
 
     for flag <- ~w(--env --release --from-release --tag --output --metadata-file --extra-file
-                   --uid --gid --expose --compression-level --list-files) do
+                   --uid --gid --expose --compression-level --list-files --label --annotation
+                   --container-env --sbom --sbom-format --no-sbom --sign-key) do
       assert doc =~ "`#{flag}", "#{flag} is not documented"
     end
 

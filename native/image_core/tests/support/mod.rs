@@ -942,6 +942,8 @@ pub fn sample_plan(dir: &Path) -> image_core::plan::Plan {
         },
         runtime_files: vec![],
         notices: vec![],
+        annotations: Default::default(),
+        sbom: None,
     }
 }
 
@@ -962,6 +964,71 @@ pub fn sample_image(dir: &Path) -> (image_core::image::Image, image_core::archiv
     )
     .expect("build the sample image");
     (image, blobs)
+}
+
+/// The virtualenv with the independent SBOM validators (`pyspdxtools`, cyclonedx-python-lib)
+/// that `scripts/setup.sh` installs: `DOCKER_RELEASE_SBOMCHECK`, else
+/// `/var/cache/docker_release/sbomcheck`. `None` (after [`prereq::missing`]) when absent.
+pub fn sbomcheck() -> Option<PathBuf> {
+    let dir = std::env::var_os("DOCKER_RELEASE_SBOMCHECK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/docker_release/sbomcheck"));
+    if dir.join("bin/pyspdxtools").is_file() && dir.join("bin/python").is_file() {
+        return Some(dir);
+    }
+    prereq::missing(format!(
+        "the SBOM validators' virtualenv {} (scripts/setup.sh makes it)",
+        dir.display()
+    ));
+    None
+}
+
+/// Validate an SPDX JSON document with `pyspdxtools -i` (spdx-tools): `Err(its report)` when
+/// it finds problems.
+pub fn validate_spdx(venv: &Path, doc: &Path) -> Result<(), String> {
+    let out = std::process::Command::new(venv.join("bin/pyspdxtools"))
+        .arg("-i")
+        .arg(doc)
+        .output()
+        .map_err(|e| format!("cannot run pyspdxtools: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Validate a CycloneDX 1.5 JSON document against the schema (cyclonedx-python-lib's strict
+/// validator, schemas bundled: no network).
+pub fn validate_cyclonedx(venv: &Path, doc: &Path) -> Result<(), String> {
+    const SCRIPT: &str = r#"
+import sys
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+errors = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read(), all_errors=True)
+errors = [] if errors is None else list(errors)
+for e in errors:
+    print(e)
+sys.exit(1 if errors else 0)
+"#;
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", SCRIPT])
+        .arg(doc)
+        .output()
+        .map_err(|e| format!("cannot run the CycloneDX validator: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// [`sample_plan`] built twice into one blob directory, as `linux/amd64` and as

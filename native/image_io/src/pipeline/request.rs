@@ -106,6 +106,8 @@ pub struct Request {
     /// The bound on silence of every engine request ([`crate::stall`]); registry requests
     /// take theirs from `outputs.push`.
     pub stall_timeout: Duration,
+    /// The SBOM file and the signing key (not used yet: issue 14's registry part).
+    pub supply: image_core::supply::Outputs,
 }
 
 impl Request {
@@ -191,6 +193,7 @@ mod tests {
             },
             metadata_file: None,
             stall_timeout: crate::stall::DEFAULT_STALL,
+            supply: Default::default(),
         }
     }
 

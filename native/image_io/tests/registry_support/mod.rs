@@ -77,6 +77,7 @@ pub fn image(layers: Vec<LayerInfo>) -> Image {
         },
         layers,
         base_history: Vec::new(),
+        annotations: Default::default(),
     }
 }
 
