@@ -615,3 +615,118 @@ async fn a_load_refused_without_the_held_layers_is_sent_again_whole() {
         .unwrap_or_else(|e| panic!("the second load is a whole archive: {e}"));
     assert_eq!(checked.config_digest, image_id(&b.image));
 }
+
+/// A real engine, counting the loads it is asked for.
+struct CountingEngine {
+    inner: image_io::engine::DockerEngine,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+impl Engine for CountingEngine {
+    async fn platform(&self) -> Result<String, EngineError> {
+        self.inner.platform().await
+    }
+    async fn load(&self, body: Body) -> Result<String, EngineError> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load(body).await
+    }
+    async fn tag(&self, id: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+        self.inner.tag(id, repo, tag).await
+    }
+    async fn inspect(&self, id: &str) -> Result<(String, u64), EngineError> {
+        self.inner.inspect(id).await
+    }
+    async fn tagged(&self, repo: &str, tag: &str) -> Result<Option<String>, EngineError> {
+        self.inner.tagged(repo, tag).await
+    }
+    async fn untag(&self, repo: &str, tag: &str) -> Result<(), EngineError> {
+        self.inner.untag(repo, tag).await
+    }
+    async fn layers(&self, reference: &str) -> Result<Option<Vec<String>>, EngineError> {
+        self.inner.layers(reference).await
+    }
+}
+
+/// Against the real engine: the previous image under our tag holds our first layers, so the
+/// archive sent leaves their blobs out, and the engine takes it at the first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_engine_takes_an_archive_without_the_layers_it_holds() {
+    use image_io::engine::{resolve_endpoint, DockerEngine};
+    let endpoint = resolve_endpoint(&|k| std::env::var(k).ok()).expect("an engine endpoint");
+    let real = DockerEngine::connect(&endpoint)
+        .await
+        .expect("a running Docker engine (scripts/setup.sh starts one)");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let (repo, tag) = (format!("dr-sink-held-{}-{nanos}", std::process::id()), "t");
+    let reference = format!("{repo}:{tag}");
+
+    let t1 = tempfile::tempdir().unwrap();
+    let first = built(t1.path(), &[&reference]);
+    sink::engine(&real, first.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap();
+
+    // The same layers and one more on top: a rebuild whose last layer changed.
+    let t2 = tempfile::tempdir().unwrap();
+    let (mut image, blobs) = support::sample_image(t2.path());
+    let spec = LayerSpec {
+        name: "changed".into(),
+        entries: vec![Entry::new(
+            "/changed",
+            Source::Bytes(format!("{nanos}").into_bytes()),
+            0o644,
+        )],
+    };
+    let tmp = blobs.root.join("changed.partial");
+    let fs = image_core::fs::HostFs::new("/");
+    let (info, mut file) = write_layer(
+        &fs,
+        &spec,
+        support::CREATED,
+        6,
+        std::fs::File::create(&tmp).unwrap(),
+        &mut |_| true,
+    )
+    .unwrap();
+    file.flush().unwrap();
+    std::fs::rename(&tmp, blobs.path(&info.digest)).unwrap();
+    image.layers.push(info);
+    let second = Arc::new(Built {
+        image,
+        blobs,
+        tags: vec![Reference::parse(&reference).unwrap()],
+    });
+    let whole = image_core::archive::write_archive(
+        &second.image,
+        &[],
+        &second.blobs,
+        Vec::new(),
+        &mut |_| {},
+    )
+    .unwrap()
+    .len() as u64;
+
+    let counting = CountingEngine {
+        inner: real,
+        loads: Default::default(),
+    };
+    let (progress, seen) = recording_progress();
+    let result = sink::engine(&counting, second.clone(), progress).await;
+    let _ = counting.untag(&repo, tag).await;
+    let loaded = result.unwrap();
+    assert_eq!(loaded.id, image_id(&second.image));
+    assert_eq!(
+        counting.loads.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the engine took the archive without the held layers at the first try"
+    );
+    let sent = seen.lock().unwrap().last().copied().unwrap_or(0);
+    let held: u64 = first.image.layers.iter().map(|l| l.size).sum();
+    assert!(
+        sent + held <= whole,
+        "sent {sent} bytes; the whole archive is {whole}, the held layers {held}"
+    );
+}
