@@ -235,10 +235,11 @@ defmodule Mix.Tasks.Docker.Release do
         container_env: [{"PORT", "4000"}]
       ]
 
-  Progress: long steps (writing layers, loading into the engine, writing an archive, pushing)
-  show the bytes done and the rate, on a terminal in one line that updates itself, otherwise
-  (CI logs) in a line every 10 seconds while the step lasts (`DOCKER_RELEASE_PROGRESS_EVERY=N`:
-  every N seconds).
+  Progress: long steps (uploading the project into a builder and reading the release from it,
+  writing layers, loading into the engine, writing an archive, pushing) show the bytes done and
+  the rate, on a terminal in one line that updates itself, otherwise (CI logs) in a line every
+  10 seconds while the step lasts (`DOCKER_RELEASE_PROGRESS_EVERY=N`: every N seconds, e.g.
+  `2` or `0.5`).
 
   Interrupting: SIGTERM ends the task with status 143; SIGINT (Ctrl-C) opens the Erlang VM's
   BREAK menu while stdin is a terminal: press `a` to abort. However the task ends, its builder
