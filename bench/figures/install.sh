@@ -23,6 +23,8 @@ STANDALONE_REPORT=1
 [[ " $* " != *" --raw "* ]] || STANDALONE_REPORT=0
 [ "$STANDALONE_REPORT" = 0 ] || RAW="$RESULTS/install-raw.tsv"
 parse_common_args "$@"
+# Absolute: the commands below run in other directories.
+RAW=$(realpath "$RAW") LOG=$(realpath "$LOG")
 [ "$STANDALONE_REPORT" = 0 ] || : >"$RAW"
 parse_only "prebuilt,source"
 
@@ -125,7 +127,8 @@ source_build() {
   off=$(log_size)
   ms=$(timed build) || die "the source build failed (see $LOG)"
   crates=$(tail -c +$((off + 1)) "$LOG" | grep -cE '^ +Compiling [A-Za-z0-9_-]+ v[0-9]')
-  tree=$(cd "$pkg" && cargo tree --locked -p docker_release_nif --prefix none -e normal 2>>"$LOG" |
+  tree=$(cargo tree --manifest-path "$pkg/Cargo.toml" --locked -p docker_release_nif --prefix none \
+    -e normal 2>>"$LOG" |
     sed 's/ (\*)$//; s/ (proc-macro)$//' | sort -u | wc -l)
   record source_ms nif 1 "$ms"
   record source_crates compiled 1 "$crates"

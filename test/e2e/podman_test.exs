@@ -43,6 +43,7 @@ defmodule DockerRelease.E2E.PodmanTest do
       on_exit(fn -> podman(ctx, ["image", "rm", "-f", tag]) end)
 
       metadata = Path.join(tmp_dir!("dr-e2e-podman-meta"), "meta.json")
+      before = all_containers(ctx)
 
       run =
         run_release(["--tag", tag, "--metadata-file", metadata],
@@ -62,6 +63,7 @@ defmodule DockerRelease.E2E.PodmanTest do
       refute image_exists?(tag)
       assert_runs(ctx, tag)
       assert our_containers(ctx, run.owner) == []
+      assert all_containers(ctx) -- before == []
     end
   end
 
@@ -72,6 +74,8 @@ defmodule DockerRelease.E2E.PodmanTest do
       on_exit(fn -> rm_podman_volumes(ctx, dir) end)
       tag = "#{unique_repo("dr-e2e-podman")}/hello:builder"
       on_exit(fn -> podman(ctx, ["image", "rm", "-f", tag]) end)
+
+      before = all_containers(ctx)
 
       run =
         run_release(["--builder", builder, "--tag", tag],
@@ -90,6 +94,7 @@ defmodule DockerRelease.E2E.PodmanTest do
       assert cache_volumes(dir) == []
       assert_runs(ctx, tag)
       assert our_containers(ctx, run.owner) == []
+      assert all_containers(ctx) -- before == []
     end
   end
 
@@ -98,6 +103,12 @@ defmodule DockerRelease.E2E.PodmanTest do
     {out, status} = podman(ctx, ["run", "--rm", tag, "eval", "IO.puts(21 * 2)"])
     assert status == 0, out
     assert "42" in String.split(out, "\n", trim: true), out
+  end
+
+  # Every container in Podman (`podman ps -a`).
+  defp all_containers(ctx) do
+    {out, 0} = podman(ctx, ["ps", "-aq", "--no-trunc"])
+    String.split(out)
   end
 
   # Containers in Podman labelled as made by the BEAM of `owner` (running or not).
