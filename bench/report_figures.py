@@ -336,7 +336,11 @@ def install_figure(w, data, machine):
         w(f"| {secs(median(source))} | {int(compiled[0]) if compiled else 'n/a'} | "
           f"{int(tree[0]) if tree else 'n/a'} |")
         w("")
-    _load(w, data, "install")
+    for variant, part in (("install", "the first runs"), ("install_source", "the source build")):
+        load = numbers(data, "load1", variant)
+        if load:
+            w(f"1-minute load average when {part} started: {load[0]:.2f} (other work on the machine"
+              " shows here).\n")
 
 
 FIGURES = (
