@@ -2,6 +2,11 @@ defmodule DockerRelease.MixProject do
   use Mix.Project
 
   @version "0.1.0"
+  # The project's home: the package links, the docs' source links and the default NIF download
+  # base (`@source_url/releases/download/vVERSION`) all follow it. Not confirmed yet: no
+  # public repository is named anywhere else (README, CHANGELOG, git remotes); set it to the
+  # real one before the first Hex release, or the prebuilt NIF downloads fail (builds from
+  # source still work, and DOCKER_RELEASE_NIF_BASE_URL overrides the base).
   @source_url "https://github.com/docker-release/docker_release"
 
   def project do

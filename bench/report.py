@@ -7,7 +7,7 @@ or faster).
 """
 import argparse
 
-import report_figures  # figures 5-10 (bench/figures/*.sh), beside this file
+import report_figures  # figures 5-11 (bench/figures/*.sh), beside this file
 from report_figures import load_raw, mb, median, numbers, ratio, secs, spread
 
 MEM_TARGET_MB = 200

@@ -12,6 +12,7 @@ MEM_LARGE_TARGET_MB = 150
 PUSH_TARGET_SHARE = 0.05
 LATENESS_TARGET_MS = 20
 WARM_TARGET = 1.3
+INSTALL_TARGET_EXTRA_S = 15
 
 
 def load_raw(path):
@@ -296,6 +297,52 @@ def warm_figure(w, data, machine):
     _load(w, data, "warm")
 
 
+def install_figure(w, data, machine):
+    first = numbers(data, "install_ms", "first")
+    source = numbers(data, "source_ms", "nif")
+    if not first and not source:
+        return
+    w("## 11. Installing: the first run on a machine without Rust, and the source build\n")
+    if first:
+        second = numbers(data, "install_ms", "second")
+        w("The package as Hex ships it (exactly the `files:` of mix.exs, its checksum file listing")
+        w("the artifact `scripts/nif-artifact.sh build` made here), the artifact served by a local")
+        w("`python3 -m http.server` (`DOCKER_RELEASE_NIF_BASE_URL`). Each run: a fresh copy of")
+        w("examples/hello depending on that package, an empty HOME and XDG cache, a PATH without")
+        w("cargo, rustc or a C compiler; the first `mix docker.release` (compiles the project and")
+        w("the library, fetches and verifies the NIF, builds the release, loads the image), then the")
+        w(f"second (bench/figures/install.sh, {len(first)} run(s)).\n")
+        w(f"Target: first at most {INSTALL_TARGET_EXTRA_S} s more than second.\n")
+        w("| first run | second run | first - second | per-run differences | target |")
+        w("| ---: | ---: | ---: | --- | --- |")
+        diffs = [a - b for a, b in zip(first, second)]
+        extra = median(diffs) if diffs else None
+        w(f"| {secs(median(first))} ({spread(first, secs)}) | {secs(median(second))} "
+          f"({spread(second, secs)}) | {secs(extra)} | {', '.join(secs(d) for d in diffs)} | "
+          f"{_verdict(extra is not None and extra <= INSTALL_TARGET_EXTRA_S * 1000)} |")
+        w("")
+        checks = [v for _, v, _ in sorted(data.get(("install_check", "prebuilt"), []))]
+        if checks:
+            ok = all(c == "yes" for c in checks)
+            w("Every first run installed the prebuilt NIF (sha256 verified), ran no cargo, and the second"
+              " fetched nothing: " + ("yes" if ok else "; ".join(c for c in checks if c != "yes")) + ".\n")
+    if source:
+        compiled = numbers(data, "source_crates", "compiled")
+        tree = numbers(data, "source_crates", "tree")
+        w("Source build: `DOCKER_RELEASE_BUILD=1 mix compile` of a fresh project over a fresh copy")
+        w("of the package (cargo's target directory empty, `cargo build --release`):\n")
+        w("| time | crates compiled (cargo's `Compiling` lines, build scripts' deps included) | crates in the NIF's normal dependency tree |")
+        w("| ---: | ---: | ---: |")
+        w(f"| {secs(median(source))} | {int(compiled[0]) if compiled else 'n/a'} | "
+          f"{int(tree[0]) if tree else 'n/a'} |")
+        w("")
+    for variant, part in (("install", "the first runs"), ("install_source", "the source build")):
+        load = numbers(data, "load1", variant)
+        if load:
+            w(f"1-minute load average when {part} started: {load[0]:.2f} (other work on the machine"
+              " shows here).\n")
+
+
 FIGURES = (
     from_release_figure,
     memory_large_figure,
@@ -303,6 +350,7 @@ FIGURES = (
     push_figure,
     responsiveness_figure,
     warm_figure,
+    install_figure,
 )
 
 

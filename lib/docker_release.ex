@@ -30,6 +30,7 @@ defmodule DockerRelease do
           compressed_size: non_neg_integer,
           uncompressed_size: non_neg_integer,
           engine: String.t() | nil,
+          engine_kind: :docker | :podman | nil,
           engine_size: non_neg_integer | nil,
           archive: String.t() | nil,
           archive_size: non_neg_integer | nil,

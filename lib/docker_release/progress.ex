@@ -1,7 +1,8 @@
 defmodule DockerRelease.Progress do
   @moduledoc false
-  # Byte progress of long steps (layer writing, engine load, archive writing, registry push),
-  # from the NIF's `{:bytes, step, done}` messages (at most ten a second):
+  # Byte progress of long steps (the upload into a builder and reads from it, layer writing,
+  # engine load, archive writing, registry push), from the NIF's `{:bytes, step, done}`
+  # messages (at most ten a second):
   #
   #   * on a terminal, one line that rewrites itself: `    app layer: 12.3 MB, 45.6 MB/s`;
   #     it is ended with a newline before anything else is printed;
@@ -16,6 +17,7 @@ defmodule DockerRelease.Progress do
             interval: 10_000,
             step: nil,
             started: 0,
+            base: 0,
             done: 0,
             total: nil,
             live: false,
@@ -39,10 +41,13 @@ defmodule DockerRelease.Progress do
     end
   end
 
-  @doc "The interval of plain lines, from DOCKER_RELEASE_PROGRESS_EVERY (seconds), default 10 s."
+  @doc """
+  The interval of plain lines in ms, from DOCKER_RELEASE_PROGRESS_EVERY (seconds, `2` or `0.5`),
+  default 10 s; at least 100 ms (progress messages come at most ten a second).
+  """
   def interval(env \\ System.get_env("DOCKER_RELEASE_PROGRESS_EVERY")) do
-    case env && Integer.parse(env) do
-      {n, ""} when n > 0 -> n * 1000
+    case env && Float.parse(env) do
+      {n, ""} when n > 0 -> max(round(n * 1000), 100)
       _ -> 10_000
     end
   end
@@ -53,7 +58,7 @@ defmodule DockerRelease.Progress do
 
     s =
       if step != s.step,
-        do: %{s | step: step, started: now, printed: now, done: done, total: total},
+        do: %{s | step: step, started: now, printed: now, base: done, done: done, total: total},
         else: %{s | done: done, total: total}
 
     case s.mode do
@@ -91,10 +96,12 @@ defmodule DockerRelease.Progress do
   """
   def line(s, now) do
     of = if s.total, do: " of #{size(s.total)}", else: ""
-    # The first message of a step may come with bytes done before it: no rate until 0.5 s.
+    # The rate counts from the step's first message (`base`): a step resumed after another
+    # line (the builder's reads between planning rounds) counts bytes from its start. No rate
+    # until 0.5 s.
     rate =
       if now - s.started >= 500,
-        do: [", ", size(round(s.done * 1000 / (now - s.started))), "/s"],
+        do: [", ", size(round((s.done - s.base) * 1000 / (now - s.started))), "/s"],
         else: []
 
     ["    ", s.step, ": ", size(s.done), of, rate]

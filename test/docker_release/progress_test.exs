@@ -35,6 +35,16 @@ defmodule DockerRelease.ProgressTest do
     assert out == "    push: 5.0 MB, 250.0 kB/s\n"
   end
 
+  test "a step resumed after another line counts its rate from the resumption" do
+    # The builder's reads: 100 MB with the release, then planning lines, then 10 MB more.
+    s = Progress.new(:tty)
+    {_, s} = Progress.bytes(s, "read from the builder", 100_000_000, 0)
+    {_, s} = Progress.interrupt(s)
+    {_, s} = Progress.bytes(s, "read from the builder", 100_000_000, 60_000)
+    {out, _} = text(Progress.bytes(s, "read from the builder", 110_000_000, 61_000))
+    assert out == "\r\e[2K    read from the builder: 110.0 MB, 10.0 MB/s"
+  end
+
   test "quiet prints nothing" do
     assert {[], _} = Progress.bytes(Progress.new(:quiet), "load", 1, 0)
   end
@@ -44,5 +54,9 @@ defmodule DockerRelease.ProgressTest do
     assert Progress.interval("3") == 3_000
     assert Progress.interval("0") == 10_000
     assert Progress.interval("x") == 10_000
+    assert Progress.interval("0.5") == 500
+    assert Progress.interval("0.01") == 100
+    assert Progress.interval("-1") == 10_000
+    assert Progress.interval("1s") == 10_000
   end
 end

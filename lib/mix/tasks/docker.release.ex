@@ -39,6 +39,8 @@ defmodule Mix.Tasks.Docker.Release do
   `cert.pem` and `key.pem` from `DOCKER_CERT_PATH` (default `~/.docker`), as GitLab's
   docker-in-docker on port 2376 sets up. `ssh://` runs `ssh HOST docker system dial-stdio`
   (the remote needs the `docker` CLI; ssh options come from your ssh configuration).
+  Podman's Docker-compatible API works too (`DOCKER_HOST=unix://…/podman.sock`); the summary
+  then says `podman run`.
 
   When nothing names an engine and there is no socket at `/var/run/docker.sock`, the image is
   written as an archive under `_build/docker_release/` instead (and the task says so);
@@ -233,10 +235,11 @@ defmodule Mix.Tasks.Docker.Release do
         container_env: [{"PORT", "4000"}]
       ]
 
-  Progress: long steps (writing layers, loading into the engine, writing an archive, pushing)
-  show the bytes done and the rate, on a terminal in one line that updates itself, otherwise
-  (CI logs) in a line every 10 seconds while the step lasts (`DOCKER_RELEASE_PROGRESS_EVERY=N`:
-  every N seconds).
+  Progress: long steps (uploading the project into a builder and reading the release from it,
+  writing layers, loading into the engine, writing an archive, pushing) show the bytes done and
+  the rate, on a terminal in one line that updates itself, otherwise (CI logs) in a line every
+  10 seconds while the step lasts (`DOCKER_RELEASE_PROGRESS_EVERY=N`: every N seconds, e.g.
+  `2` or `0.5`).
 
   Interrupting: SIGTERM ends the task with status 143; SIGINT (Ctrl-C) opens the Erlang VM's
   BREAK menu while stdin is a terminal: press `a` to abort. However the task ends, its builder
@@ -467,6 +470,7 @@ defmodule Mix.Tasks.Docker.Release do
 
     layers = Enum.map_join(outcome.layers, ", ", &"#{&1.name} #{size(&1.size)}")
     first_tag = hd(outcome.tags)
+    cli = cli(outcome)
 
     shell.info("""
 
@@ -488,18 +492,23 @@ defmodule Mix.Tasks.Docker.Release do
 
     if outcome.engine do
       ports = Enum.map_join(config.expose, "", &" -p #{&1}:#{&1}")
-      shell.info("Run it:   docker run --rm#{ports} #{first_tag}")
+      shell.info("Run it:   #{cli} run --rm#{ports} #{first_tag}")
     end
 
     if path = outcome.archive do
       shell.info(
-        "Archive   #{path}\nLoad it:  docker load -i #{path} && docker run --rm #{first_tag}"
+        "Archive   #{path}\nLoad it:  #{cli} load -i #{path} && #{cli} run --rm #{first_tag}"
       )
     end
 
     if config.metadata_file, do: shell.info("Metadata  #{config.metadata_file}")
     :ok
   end
+
+  # The command people use with the engine the image went to: `podman` when that engine is
+  # Podman (its Docker-compatible API), `docker` otherwise (and when no engine was used).
+  defp cli(%{engine_kind: :podman}), do: "podman"
+  defp cli(_outcome), do: "docker"
 
   @doc false
   # A size in the unit that shows it (SI, as `docker images` prints): "812 B", "45.9 kB",

@@ -3,6 +3,7 @@
 //! sink fills in its part ([`crate::sink::Sink::report`]); a new output adds its field here and
 //! nowhere else on the way to Elixir.
 
+use crate::engine::EngineKind;
 use crate::registry::PushOutcome;
 use image_core::digest::Digest;
 use image_core::image::{rfc3339, Image};
@@ -32,6 +33,8 @@ pub struct Outcome {
     pub uncompressed_size: u64,
     /// The engine's address, when loaded.
     pub engine: Option<String>,
+    /// Which engine it was loaded into (`docker`, `podman`): the CLI the summary names.
+    pub engine_kind: Option<EngineKind>,
     /// Image size as the engine reports it, when loaded.
     pub engine_size: Option<u64>,
     /// The archive's path, when written.
@@ -58,6 +61,7 @@ impl Outcome {
             compressed_size: image.compressed_size(),
             uncompressed_size: image.layers.iter().map(|l| l.uncompressed_size).sum(),
             engine: None,
+            engine_kind: None,
             engine_size: None,
             archive: None,
             archive_size: None,

@@ -69,7 +69,8 @@ mod sources;
 
 use crate::channel::body_from_writer;
 use crate::engine::{
-    ContainerEngine, ContainerSpec, EngineError, ExecSpec, ImageInfo, Output, StdinHold, Temporary,
+    Body, ContainerEngine, ContainerSpec, EngineError, ExecSpec, ImageInfo, Output, StdinHold,
+    Temporary,
 };
 use crate::error::Reason;
 use container_fs::{ContainerFs, Want, FETCH_SCRIPT};
@@ -107,6 +108,14 @@ pub const LOCK_FILE: &str = "/src/_build/.docker_release.lock";
 pub type OnStep = Arc<dyn Fn(&str) + Send + Sync>;
 /// Receives `(step, line)` for each line of build output.
 pub type OnLine = Arc<dyn Fn(&str, &str) + Send + Sync>;
+/// Receives `(step, bytes done)` while the project goes into the builder ([`UPLOAD_STEP`])
+/// and files come out of it ([`FETCH_STEP`]), as often as chunks move (the caller throttles).
+pub type OnBytes = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
+/// The byte-progress step of the project's upload into the builder.
+pub const UPLOAD_STEP: &str = "upload to the builder";
+/// The byte-progress step of reading files from the builder (every round adds to it).
+pub const FETCH_STEP: &str = "read from the builder";
 
 /// What to build, and where.
 #[derive(Debug, Clone)]
@@ -142,6 +151,9 @@ pub struct BuiltRelease<'a, E: ContainerEngine> {
     pub context: ContextStats,
     /// Fetch rounds so far.
     pub rounds: usize,
+    /// Bytes of every fetch round so far (the [`FETCH_STEP`] progress).
+    fetched: u64,
+    on_bytes: OnBytes,
     live: Option<Live<'a, E>>,
 }
 
@@ -203,6 +215,8 @@ impl<E: ContainerEngine> BuiltRelease<'_, E> {
             match chunk? {
                 Output::Stdout(b) => {
                     received += b.len();
+                    self.fetched += b.len() as u64;
+                    (self.on_bytes)(FETCH_STEP, self.fetched);
                     self.fs.append(&b).map_err(spool_err)?;
                 }
                 // tar names each missing path here; keep the start for a message.
@@ -411,6 +425,20 @@ pub async fn build_release<'a, E: ContainerEngine>(
     on_line: OnLine,
     cancel: CancellationToken,
 ) -> Result<BuiltRelease<'a, E>, BuilderError> {
+    let no_bytes: OnBytes = Arc::new(|_, _| {});
+    build_release_with(engine, spec, on_step, on_line, no_bytes, cancel).await
+}
+
+/// [`build_release`], with the byte progress of the transfers into and out of the builder
+/// going to `on_bytes` (also for later [`BuiltRelease::fetch_wants`] rounds).
+pub async fn build_release_with<'a, E: ContainerEngine>(
+    engine: &'a E,
+    spec: &BuilderSpec,
+    on_step: OnStep,
+    on_line: OnLine,
+    on_bytes: OnBytes,
+    cancel: CancellationToken,
+) -> Result<BuiltRelease<'a, E>, BuilderError> {
     if !valid_name(&spec.release_name) {
         return Err(BuilderError::InvalidSpec(format!(
             "invalid release name: a release name must start with a lowercase letter or _ and contain only lowercase letters, digits and _, got: {:?}",
@@ -479,7 +507,8 @@ pub async fn build_release<'a, E: ContainerEngine>(
     };
     let container = Temporary::create(engine, &container).await?;
     let id = container.id().to_string();
-    let run = in_container(engine, &id, spec, &image, &project_dir, &on_step, &on_line);
+    let callbacks = (&on_step, &on_line, &on_bytes);
+    let run = in_container(engine, &id, spec, &image, &project_dir, callbacks);
     let result = tokio::select! {
         r = run => r,
         _ = cancel.cancelled() => Err(BuilderError::Cancelled),
@@ -492,6 +521,8 @@ pub async fn build_release<'a, E: ContainerEngine>(
                 otp_release: parts.otp_release,
                 context: parts.context,
                 rounds: 0,
+                fetched: 0,
+                on_bytes: on_bytes.clone(),
                 live: Some(Live {
                     container,
                     _hold: hold,
@@ -543,15 +574,13 @@ struct Parts {
     context: ContextStats,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn in_container(
     engine: &impl ContainerEngine,
     id: &str,
     spec: &BuilderSpec,
     image: &ImageInfo,
     project_dir: &Path,
-    on_step: &OnStep,
-    on_line: &OnLine,
+    (on_step, on_line, on_bytes): (&OnStep, &OnLine, &OnBytes),
 ) -> Result<(Parts, StdinHold), BuilderError> {
     // Attach first, like `docker run -i`: from here on the container dies with us.
     let hold = engine.attach_stdin(id).await?;
@@ -561,7 +590,7 @@ async fn in_container(
         "uploading {} to the builder",
         project_dir.display()
     ));
-    let context = upload_context(engine, id, project_dir, &spec.excludes).await?;
+    let context = upload_context(engine, id, project_dir, &spec.excludes, on_bytes).await?;
 
     let as_root = matches!(image.user.as_str(), "" | "root" | "0")
         || image.user.starts_with("root:")
@@ -617,12 +646,14 @@ async fn in_container(
 }
 
 /// Stream the build context into the container's [`SRC_DIR`]: the tar is written on the
-/// blocking pool into a bounded channel, never whole in memory.
+/// blocking pool into a bounded channel, never whole in memory; `on_bytes` hears of every
+/// chunk the engine takes ([`UPLOAD_STEP`]).
 async fn upload_context(
     engine: &impl ContainerEngine,
     id: &str,
     project_dir: &Path,
     excludes: &Excludes,
+    on_bytes: &OnBytes,
 ) -> Result<ContextStats, BuilderError> {
     let root = project_dir.to_path_buf();
     let excludes = excludes.clone();
@@ -630,6 +661,13 @@ async fn upload_context(
         write_context(&root, &excludes, &mut *out)
             .and_then(|s| out.flush().map(|_| s).map_err(ContextError::Write))
     });
+    let (on_bytes, mut sent) = (on_bytes.clone(), 0u64);
+    let body: Body = Box::pin(body.inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            sent += c.len() as u64;
+            on_bytes(UPLOAD_STEP, sent);
+        }
+    }));
     let uploaded = engine.upload(id, SRC_DIR, body).await;
     let written = writer.await.map_err(|e| BuilderError::Io {
         what: "the context writer failed".into(),

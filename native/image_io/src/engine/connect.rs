@@ -114,7 +114,7 @@ impl DockerEngine {
         Ok(DockerEngine {
             docker,
             endpoint: name,
-            platform: tokio::sync::OnceCell::new(),
+            version: tokio::sync::OnceCell::new(),
         })
     }
 }

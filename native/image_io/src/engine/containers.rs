@@ -270,14 +270,14 @@ impl Containers for DockerEngine {
             .await
         {
             Ok(()) => return Ok(()),
-            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            Err(e) if already_gone(&e) => return Ok(()),
             // 409 "removal already in progress": AutoRemove raced us. Wait for it below.
             Err(e) if status_of(&e) == Some(409) => {}
             Err(e) => return Err(self.failure("removing the container", e)),
         }
         for _ in 0..100 {
             match self.docker.inspect_container(id, None).await {
-                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                Err(e) if already_gone(&e) => return Ok(()),
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -537,6 +537,25 @@ impl<E: Containers> Drop for Temporary<'_, E> {
     }
 }
 
+/// Whether the engine's answer says the container is gone already: 404 (Docker; Podman's
+/// compatible API for a container it removed itself, e.g. with AutoRemove), or a Podman answer
+/// with another status whose message names it ("no such container", "container has already
+/// been removed"). Either way there is nothing left to remove.
+fn already_gone(e: &bollard::errors::Error) -> bool {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            let m = message.to_ascii_lowercase();
+            *status_code == 404
+                || m.contains("no such container")
+                || m.contains("already been removed")
+        }
+        _ => false,
+    }
+}
+
 /// This process as [`LABEL_OWNER`] names it: `HOSTNAME:PID`.
 pub fn owner() -> String {
     format!("{}:{}", hostname(), std::process::id())
@@ -593,4 +612,37 @@ pub async fn sweep_leftovers(engine: &impl Containers) -> Result<usize, EngineEr
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::already_gone;
+    use bollard::errors::Error;
+
+    fn answer(status_code: u16, message: &str) -> Error {
+        Error::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_container_the_engine_removed_already_is_gone() {
+        // Docker 20.10 and Podman 4.3's compatible API (checked: DELETE of an unknown ID).
+        assert!(already_gone(&answer(404, "No such container: 1234")));
+        assert!(already_gone(&answer(
+            404,
+            "no container with name or ID \"1234\" found: no such container"
+        )));
+        // Podman's libpod error for a container removed while we asked.
+        assert!(already_gone(&answer(
+            500,
+            "container has already been removed"
+        )));
+        assert!(!already_gone(&answer(500, "device or resource busy")));
+        assert!(!already_gone(&answer(
+            409,
+            "removal of container 1234 is already in progress"
+        )));
+    }
 }

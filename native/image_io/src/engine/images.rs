@@ -1,6 +1,6 @@
 //! The image calls: what the engine sink and base images need.
 
-use super::{bollard_chain, stalled_in, status_of, Body, DockerEngine, EngineError};
+use super::{bollard_chain, stalled_in, status_of, Body, DockerEngine, EngineError, EngineKind};
 use bollard::query_parameters::{ImportImageOptionsBuilder, TagImageOptionsBuilder};
 use futures_util::StreamExt;
 use std::future::Future;
@@ -9,6 +9,10 @@ use std::future::Future;
 pub trait Engine: Send + Sync {
     /// `os/arch` of the engine, e.g. `linux/amd64`.
     fn platform(&self) -> impl Future<Output = Result<String, EngineError>> + Send;
+    /// Which engine this is (Docker unless it says otherwise).
+    fn kind(&self) -> impl Future<Output = Result<EngineKind, EngineError>> + Send {
+        async { Ok(EngineKind::Docker) }
+    }
     /// Load an image archive; returns what the engine printed.
     fn load(&self, body: Body) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// Point `repo:tag` at image `id`.
@@ -42,22 +46,11 @@ pub trait Engine: Send + Sync {
 
 impl Engine for DockerEngine {
     async fn platform(&self) -> Result<String, EngineError> {
-        let platform = self
-            .platform
-            .get_or_try_init(|| async {
-                let v = self
-                    .docker
-                    .version()
-                    .await
-                    .map_err(|e| self.failure("the version query", e))?;
-                Ok::<_, EngineError>(format!(
-                    "{}/{}",
-                    v.os.unwrap_or_else(|| "linux".into()),
-                    v.arch.unwrap_or_else(|| "amd64".into())
-                ))
-            })
-            .await?;
-        Ok(platform.clone())
+        Ok(self.version().await?.0)
+    }
+
+    async fn kind(&self) -> Result<EngineKind, EngineError> {
+        Ok(self.version().await?.1)
     }
 
     async fn load(&self, body: Body) -> Result<String, EngineError> {
@@ -152,6 +145,30 @@ impl Engine for DockerEngine {
 }
 
 impl DockerEngine {
+    /// The engine's `os/arch` and kind, from one `GET /version` (asked once).
+    async fn version(&self) -> Result<(String, EngineKind), EngineError> {
+        let version = self
+            .version
+            .get_or_try_init(|| async {
+                let v = self
+                    .docker
+                    .version()
+                    .await
+                    .map_err(|e| self.failure("the version query", e))?;
+                let kind = EngineKind::of_version(&v);
+                Ok::<_, EngineError>((
+                    format!(
+                        "{}/{}",
+                        v.os.unwrap_or_else(|| "linux".into()),
+                        v.arch.unwrap_or_else(|| "amd64".into())
+                    ),
+                    kind,
+                ))
+            })
+            .await?;
+        Ok(version.clone())
+    }
+
     /// Whether the engine has an image `reference` names.
     pub async fn has_image(&self, reference: &str) -> Result<bool, EngineError> {
         match self.docker.inspect_image(reference).await {

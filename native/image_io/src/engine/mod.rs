@@ -151,8 +151,42 @@ pub(crate) fn stalled_in(e: &bollard::errors::Error) -> Option<&Stalled> {
 pub struct DockerEngine {
     pub(crate) docker: Docker,
     endpoint: String,
-    /// The engine's `os/arch`, once asked (it does not change while we talk to it).
-    platform: tokio::sync::OnceCell<String>,
+    /// The engine's `os/arch` and kind, once asked (they do not change while we talk to it).
+    version: tokio::sync::OnceCell<(String, EngineKind)>,
+}
+
+/// Which engine answers the Docker API: the CLI a person uses with it differs (`docker run`,
+/// `podman run`), and so do a few of its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Docker Engine (dockerd), or anything that does not say it is another.
+    Docker,
+    /// Podman's Docker-compatible API (`podman system service`).
+    Podman,
+}
+
+impl EngineKind {
+    /// The kind an engine's `GET /version` answer names: Podman lists a component
+    /// `"Podman Engine"` (4.x) and names its platform `"… Podman …"` in some versions.
+    pub fn of_version(v: &bollard::models::SystemVersion) -> EngineKind {
+        let podman = |name: &str| name.to_ascii_lowercase().contains("podman");
+        let by_component = v.components.iter().flatten().any(|c| podman(&c.name));
+        let by_platform = v.platform.as_ref().is_some_and(|p| podman(&p.name));
+        if by_component || by_platform {
+            EngineKind::Podman
+        } else {
+            EngineKind::Docker
+        }
+    }
+
+    /// The command-line tool people use with this engine: `docker` or `podman`.
+    pub fn cli(self) -> &'static str {
+        match self {
+            EngineKind::Docker => "docker",
+            EngineKind::Podman => "podman",
+        }
+    }
 }
 
 impl DockerEngine {

@@ -74,7 +74,18 @@ pub async fn obtain_release<'a>(
         excludes,
     };
     let (on_step, on_line) = step_and_line(events);
-    let built = builder::build_release(engine, &spec, on_step, on_line, cancel.clone()).await?;
+    let on_bytes = {
+        let events = events.clone();
+        Arc::new(move |step: &str, done: u64| {
+            events(Event::Bytes {
+                step: step.to_string(),
+                done,
+            })
+        })
+    };
+    let built =
+        builder::build_release_with(engine, &spec, on_step, on_line, on_bytes, cancel.clone())
+            .await?;
     events(Event::Step(format!(
         "built the release in {image} (OTP {})",
         built.otp_release

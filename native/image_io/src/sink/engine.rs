@@ -3,7 +3,7 @@
 
 use super::{Built, Change, Changes, Feedback, Order, Progress, Sink, SinkError};
 use crate::channel::body_from_writer;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EngineKind};
 use crate::outcome::Outcome;
 use futures_util::future::BoxFuture;
 use image_core::archive::{write_archive_omitting, ArchiveError};
@@ -242,6 +242,7 @@ pub struct EngineSink<'a, E: Engine> {
     endpoint: String,
     feedback: Feedback,
     loaded: Option<Loaded>,
+    kind: Option<EngineKind>,
 }
 
 impl<'a, E: Engine> EngineSink<'a, E> {
@@ -252,6 +253,7 @@ impl<'a, E: Engine> EngineSink<'a, E> {
             endpoint,
             feedback,
             loaded: None,
+            kind: None,
         }
     }
 }
@@ -263,6 +265,8 @@ impl<'a, E: Engine> Sink<'a> for EngineSink<'a, E> {
             let loaded =
                 engine_load(self.engine, built.clone(), self.feedback.bytes("load")).await?;
             self.loaded = Some(loaded);
+            // Asked with the platform before the load: no request of its own.
+            self.kind = Some(self.engine.kind().await?);
             Ok(())
         })
     }
@@ -293,6 +297,7 @@ impl<'a, E: Engine> Sink<'a> for EngineSink<'a, E> {
     fn report(&self, outcome: &mut Outcome) {
         if let Some(l) = &self.loaded {
             outcome.engine = Some(self.endpoint.clone());
+            outcome.engine_kind = self.kind;
             outcome.engine_size = Some(l.size);
         }
     }

@@ -1,0 +1,219 @@
+defmodule DockerRelease.E2E.PodmanTest do
+  # Podman as the engine, through its Docker-compatible API (`podman system service`), as a
+  # user with `DOCKER_HOST=unix://…/podman.sock` meets it: a host build and a `--builder`
+  # build load their images into Podman, the summary names `podman run`, the images run with
+  # `podman run`, and no container of ours is left (nor a "could not be removed" warning,
+  # though Podman removes the builder's auto-removed container itself).
+  #
+  # The service runs on a socket of its own and is stopped when the module ends. Podman here
+  # needs explicit ulimits to run containers (CONTAINERS_CONF below). The builder image is
+  # copied from the Docker engine into Podman's store with `skopeo copy` when Podman lacks it
+  # (kept there by tag, like the Docker engine's builder images); images and cache volumes the
+  # tests make are removed.
+  use ExUnit.Case, async: false
+  @moduletag :engine
+  @moduletag timeout: 900_000
+
+  import DockerRelease.E2E
+  import DockerRelease.E2E.Builder
+
+  @containers_conf """
+  [containers]
+  default_ulimits = ["nofile=1024:1024","nproc=1024:1024"]
+  """
+
+  setup_all do
+    tools = Enum.reject(["podman", "skopeo"], &System.find_executable/1)
+
+    if tools == [] do
+      start_podman!()
+    else
+      missing!(
+        "#{Enum.join(tools, " and ")} not installed (apt-get install podman skopeo): " <>
+          "Podman as the engine not checked"
+      )
+
+      %{podman: nil}
+    end
+  end
+
+  test "a host build loads into Podman; the summary says podman run", ctx do
+    if ctx.podman do
+      tag = "#{unique_repo("dr-e2e-podman")}/hello:host"
+      on_exit(fn -> podman(ctx, ["image", "rm", "-f", tag]) end)
+
+      metadata = Path.join(tmp_dir!("dr-e2e-podman-meta"), "meta.json")
+      before = all_containers(ctx)
+
+      run =
+        run_release(["--tag", tag, "--metadata-file", metadata],
+          env: [{"DOCKER_HOST", ctx.docker_host}]
+        )
+
+      assert run.status == 0, run.out
+      id = printed_id!(run.out)
+      assert run.out =~ "==> connecting to the Docker engine at #{ctx.docker_host}", run.out
+      assert run.out =~ ~r/^Run it:   podman run --rm #{Regex.escape(tag)}$/m, run.out
+      refute run.out =~ "docker run", run.out
+      assert File.read!(metadata) =~ ~r/"engine_kind": "podman"/
+
+      # In Podman's store (not the Docker engine's), with our image ID, and it runs.
+      {pid, 0} = podman(ctx, ["image", "inspect", "-f", "{{.Id}}", tag])
+      assert "sha256:" <> String.trim(pid) == id
+      refute image_exists?(tag)
+      assert_runs(ctx, tag)
+      assert our_containers(ctx, run.owner) == []
+      assert all_containers(ctx) -- before == []
+    end
+  end
+
+  test "a --builder build in Podman: podman run, no container left, no removal warning", ctx do
+    if ctx.podman do
+      builder = podman_builder!(ctx)
+      dir = example_copy!("hello", "dr-e2e-podman")
+      on_exit(fn -> rm_podman_volumes(ctx, dir) end)
+      tag = "#{unique_repo("dr-e2e-podman")}/hello:builder"
+      on_exit(fn -> podman(ctx, ["image", "rm", "-f", tag]) end)
+
+      before = all_containers(ctx)
+
+      run =
+        run_release(["--builder", builder, "--tag", tag],
+          cd: dir,
+          env: [{"DOCKER_HOST", ctx.docker_host}]
+        )
+
+      assert run.status == 0, run.out
+      assert run.out =~ "==> built the release in #{builder}", run.out
+      assert run.out =~ ~r/^Run it:   podman run --rm #{Regex.escape(tag)}$/m, run.out
+      refute run.out =~ "could not be removed", run.out
+      refute run.out =~ "docker run", run.out
+
+      # The builder ran in Podman: its cache volumes are there, not in the Docker engine.
+      assert [_, _] = podman_volumes(ctx, dir)
+      assert cache_volumes(dir) == []
+      assert_runs(ctx, tag)
+      assert our_containers(ctx, run.owner) == []
+      assert all_containers(ctx) -- before == []
+    end
+  end
+
+  # `podman run` of the image prints what `eval` computes in the release.
+  defp assert_runs(ctx, tag) do
+    {out, status} = podman(ctx, ["run", "--rm", tag, "eval", "IO.puts(21 * 2)"])
+    assert status == 0, out
+    assert "42" in String.split(out, "\n", trim: true), out
+  end
+
+  # Every container in Podman (`podman ps -a`).
+  defp all_containers(ctx) do
+    {out, 0} = podman(ctx, ["ps", "-aq", "--no-trunc"])
+    String.split(out)
+  end
+
+  # Containers in Podman labelled as made by the BEAM of `owner` (running or not).
+  defp our_containers(ctx, owner) do
+    {out, 0} =
+      podman(ctx, ["ps", "-aq", "--no-trunc", "--filter", "label=docker_release.owner=#{owner}"])
+
+    String.split(out)
+  end
+
+  ## Podman's service and store
+
+  # `podman system service` on a socket of this run, as root (the store is the system's);
+  # stopped (and its socket directory removed) when the module ends.
+  defp start_podman! do
+    dir = tmp_dir!("dr-e2e-podman")
+    conf = Path.join(dir, "containers.conf")
+    File.write!(conf, @containers_conf)
+    socket = Path.join(dir, "podman.sock")
+    env = [{"CONTAINERS_CONF", conf}]
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("sh")}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        args: [
+          "-c",
+          ~s(echo "pid $$"; exec podman system service --time=0 "unix://$0"),
+          socket
+        ],
+        env: Enum.map(env, fn {k, v} -> {to_charlist(k), to_charlist(v)} end)
+      ])
+
+    pid =
+      receive do
+        {^port, {:data, "pid " <> rest}} -> rest |> String.split() |> hd()
+      after
+        10_000 -> flunk("podman system service did not start")
+      end
+
+    ExUnit.Callbacks.on_exit(fn ->
+      System.cmd("kill", ["-TERM", pid])
+      wait_until("podman system service to stop", 15_000, fn -> not alive?(pid) end)
+    end)
+
+    wait_until("podman's socket #{socket} to answer", 30_000, fn -> pings?(socket) end)
+    %{podman: System.find_executable("podman"), env: env, docker_host: "unix://#{socket}"}
+  end
+
+  defp alive?(pid), do: match?({_, 0}, System.cmd("kill", ["-0", pid], stderr_to_stdout: true))
+
+  defp pings?(socket) do
+    with {:ok, s} <- :gen_tcp.connect({:local, socket}, 0, [:binary, active: false], 1_000),
+         :ok <- :gen_tcp.send(s, "GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n"),
+         {:ok, answer} <- :gen_tcp.recv(s, 0, 2_000) do
+      :gen_tcp.close(s)
+      String.starts_with?(answer, "HTTP/1.") and answer =~ "OK"
+    else
+      _ -> false
+    end
+  end
+
+  # The local `podman` CLI on the same store, with the same containers.conf.
+  defp podman(ctx, args), do: cmd("podman", args, env: ctx.env, timeout: 120)
+
+  # The bookworm builder image in Podman's store: copied from the Docker engine unless Podman
+  # has the same image ID already (the same config bytes: skopeo keeps them).
+  defp podman_builder!(ctx) do
+    builder = ensure_builder!("bookworm")
+    id = image_inspect!(builder, "{{.Id}}")
+    local = "localhost/#{builder}"
+
+    {have, _} = podman(ctx, ["image", "inspect", "-f", "{{.Id}}", local])
+
+    if "sha256:" <> String.trim(have) != id do
+      {out, status} =
+        cmd("skopeo", ["copy", "docker-daemon:#{builder}", "containers-storage:#{local}"],
+          env: ctx.env,
+          timeout: 600
+        )
+
+      assert status == 0, "skopeo could not copy #{builder} into Podman's store:\n#{out}"
+    end
+
+    builder
+  end
+
+  defp podman_volumes(ctx, dir) do
+    {out, 0} =
+      podman(ctx, [
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        "label=docker_release.cache.project=#{dir}"
+      ])
+
+    String.split(out)
+  end
+
+  defp rm_podman_volumes(ctx, dir) do
+    case podman_volumes(ctx, dir) do
+      [] -> :ok
+      volumes -> podman(ctx, ["volume", "rm", "-f" | volumes])
+    end
+  end
+end
