@@ -486,6 +486,24 @@ defmodule Mix.Tasks.Docker.Release do
       for ref <- pushed.references, do: shell.info("Deploy    #{ref}")
     end
 
+    if referrer = outcome.sbom_referrer do
+      how =
+        case referrer.fallback_tags do
+          [] -> "found through the referrers API"
+          tags -> "listed in the referrers index #{Enum.join(tags, ", ")}"
+        end
+
+      shell.info("SBOM      referrer #{referrer.digest} (#{referrer.artifact_type}), #{how}")
+    end
+
+    for signed <- outcome.signatures do
+      shell.info("Signed    #{signed.tag} (#{signed.digest})")
+    end
+
+    if written = outcome.sbom_file do
+      shell.info("SBOM file #{written.path} (#{written.media_type}, #{written.digest})")
+    end
+
     if outcome.engine do
       ports = Enum.map_join(config.expose, "", &" -p #{&1}:#{&1}")
       shell.info("Run it:   docker run --rm#{ports} #{first_tag}")

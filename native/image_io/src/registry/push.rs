@@ -296,20 +296,20 @@ fn group_tags(tags: &[Reference]) -> Result<Targets, RegistryError> {
     Ok(out)
 }
 
-struct Blob {
-    digest: Digest,
-    size: u64,
-    content: Content,
+pub(super) struct Blob {
+    pub(super) digest: Digest,
+    pub(super) size: u64,
+    pub(super) content: Content,
 }
 
-enum Content {
+pub(super) enum Content {
     File(PathBuf),
     Bytes(Bytes),
 }
 
 impl Registry {
     /// Upload `blob` unless the repository has it. Returns whether it was uploaded.
-    async fn upload_blob(
+    pub(super) async fn upload_blob(
         &mut self,
         path: &str,
         blob: &Blob,

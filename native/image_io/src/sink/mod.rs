@@ -7,6 +7,8 @@
 //! | [`MetadataSink`] (`--metadata-file`) | a [`PendingFile`] | — | the outcome as JSON, the file at its path |
 //! | [`EngineSink`] (the engine) | — | the load, untagged, its image ID checked | the tags |
 //! | [`RegistrySink`] (`--push`) | — | every blob to every repository | the tags |
+//! | [`AttachSink`] (`--push` with an SBOM or `--sign-key`) | — | — | the SBOM referrer, the signature |
+//! | [`SbomSink`] (`--sbom`) | a [`PendingFile`] with the SBOM | — | the file at its path |
 //!
 //! A new output (an image index, an SBOM referrer, a signature) is one more type implementing
 //! [`Sink`], added to the list the pipeline's publish stage makes; what its commit changes it
@@ -15,16 +17,20 @@
 //! as go-containerregistry's `daemon.Write`, `tarball.Write` and `remote.Write` do.
 
 mod archive;
+mod attach;
 mod engine;
 mod metadata;
 mod pending;
 mod registry;
+mod sbom;
 
 pub use archive::{archive_file, archive_into, write_atomically, ArchiveSink};
+pub use attach::AttachSink;
 pub use engine::{engine, engine_load, tag, untag, EngineSink, Loaded, TagMove};
 pub use metadata::MetadataSink;
 pub use pending::{PendingFile, Published};
 pub use registry::RegistrySink;
+pub use sbom::SbomSink;
 
 use crate::engine::EngineError;
 use crate::error::{Failure, Reason};
@@ -203,6 +209,8 @@ pub enum Order {
     Engine,
     /// Registry tags (put back by a `PUT`; a new tag cannot be removed).
     Registry,
+    /// What hangs off the pushed image (SBOM referrer, signature): after its tags.
+    Attachments,
     /// Files renamed into place (put back by a rename).
     File,
     /// Bytes written through to a device or FIFO (cannot be taken back).
