@@ -6,8 +6,7 @@ use super::{Destinations, Event, Events, Outcome, Request};
 use crate::error::Failure;
 use crate::registry::Attachments;
 use crate::sink::{
-    self, ArchiveSink, AttachSink, Built, EngineSink, Feedback, MetadataSink, RegistrySink,
-    SbomSink, Sink,
+    self, ArchiveSink, Built, EngineSink, Feedback, MetadataSink, RegistrySink, SbomSink, Sink,
 };
 use image_core::reference::Reference;
 use image_core::supply::signing::SigningKey;
@@ -71,14 +70,13 @@ pub async fn publish(
         )));
     }
     if let Some(opts) = &req.outputs.push {
-        sinks.push(Box::new(RegistrySink::new(opts.clone(), feedback.clone())));
-        if layered.sbom.is_some() || key.is_some() {
-            let what = Attachments {
-                sbom: layered.sbom.clone(),
-                key,
-            };
-            sinks.push(Box::new(AttachSink::new(opts.clone(), what, feedback)));
-        }
+        let what = Attachments {
+            sbom: layered.sbom.clone(),
+            key,
+        };
+        sinks.push(Box::new(
+            RegistrySink::new(opts.clone(), feedback).attaching(what),
+        ));
     }
     sink::publish(&mut sinks, &built, &mut outcome).await?;
     Ok(outcome)

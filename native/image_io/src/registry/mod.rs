@@ -29,7 +29,7 @@ mod referrers;
 pub use auth::parse_challenge;
 pub(crate) use pull::Puller;
 pub use push::{move_tags, push, push_undoable, upload, PushOutcome, PushedTags};
-pub use referrers::{attach, Attached, AttachedTags, Attachments, SbomReferrer, Signed};
+pub use referrers::{attach, Attached, Attachments, SbomReferrer, Signed};
 
 use crate::error::Reason;
 use crate::stall::{Stalled, HOW_TO_CHANGE};

@@ -15,13 +15,15 @@
 //!   layer (signatures there are kept, as cosign keeps them; the same signature is not added
 //!   twice, and signatures are deterministic, so pushing the same image again changes nothing).
 //!
-//! Every tag moved (the fallback index, the `.sig` manifest) is recorded with what it named
-//! before, so that a later failure puts it back ([`AttachedTags::undo`]).
+//! It runs after the push's tags moved, on the push's own sessions (the credentials and tokens
+//! it got: a credential helper is asked once per run), and every tag it moves (the fallback
+//! index, the `.sig` manifest) is recorded in the push's [`PushedTags`] with what it named
+//! before, so that a later failure puts it back with the image's tags.
 
-use super::client::{client, failure, header_text, read_body, Registry};
-use super::push::{Blob, Content};
-use super::{api_host, RegistryError, RegistryOptions};
-use crate::sink::Progress;
+use super::client::{failure, header_text, read_body, Registry};
+use super::push::{group_tags, Blob, Content, MovedTag, Previous, PushedTags};
+use super::RegistryError;
+use crate::sink::{Built, Progress};
 use bytes::Bytes;
 use image_core::digest::Digest;
 use image_core::image::media_type;
@@ -33,7 +35,6 @@ use image_core::supply::signing::{payload, SigningKey};
 use image_core::supply::SbomFile;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// What to attach to a pushed image.
@@ -81,66 +82,17 @@ pub struct Attached {
     pub signatures: Vec<Signed>,
 }
 
-/// A tag [`attach`] moved and what it named before (bytes and media type; `None`: nothing).
-struct MovedTag {
-    session: usize,
-    path: String,
-    tag: String,
-    before: Option<(Bytes, String)>,
-}
-
-/// The tags [`attach`] moved, with the sessions needed to put them back.
-#[derive(Default)]
-pub struct AttachedTags {
-    sessions: Vec<Registry>,
-    moved: Vec<MovedTag>,
-}
-
-impl AttachedTags {
-    /// How many tags were moved.
-    pub fn moved(&self) -> usize {
-        self.moved.len()
-    }
-
-    /// Put every moved tag back on what it named before, the last first. A tag that did not
-    /// exist before cannot be removed through the distribution API: the returned list says so
-    /// (with how to remove it), as it says what else could not be put back.
-    pub async fn undo(mut self) -> Vec<String> {
-        let mut left = Vec::new();
-        for m in std::mem::take(&mut self.moved).into_iter().rev() {
-            let reg = &mut self.sessions[m.session];
-            let name = format!("{}/{}:{}", reg.host, m.path, m.tag);
-            match m.before {
-                Some((bytes, media)) => {
-                    if let Err(e) = put_manifest(reg, &m.path, &m.tag, &bytes, &media).await {
-                        left.push(format!(
-                            "the registry's tag {name} was changed and could not be put back ({e})"
-                        ));
-                    }
-                }
-                None => left.push(format!(
-                    "the registry's tag {name} was created (it refers to an image this run pushed) and the registry API cannot remove a tag: delete it in the registry, e.g. `skopeo delete docker://{name}`"
-                )),
-            }
-        }
-        left
-    }
-}
-
-/// Attach `what` to the image manifest `subject` in every repository of `repos`
-/// (`(host, path)` as the tags name them), recording each tag moved in `tags`. `created`
-/// (RFC 3339) annotates the SBOM referrer.
+/// Attach `what` to the image manifest `subject` in every repository `built`'s tags name,
+/// after [`super::upload`] and [`super::move_tags`] with the same `pushed`, whose sessions it
+/// uses and in which it records each tag it moves. `created` (RFC 3339) annotates the SBOM
+/// referrer.
 pub async fn attach(
+    built: &Built,
     subject: &Descriptor,
     created: &str,
-    repos: &[(String, String)],
     what: &Attachments,
-    opts: &RegistryOptions,
-    tags: &mut AttachedTags,
+    pushed: &mut PushedTags,
 ) -> Result<Attached, RegistryError> {
-    let http = client(opts)?;
-    let store = Arc::new(opts.credential_store());
-    let activity = Arc::new(AtomicU64::new(0));
     let referrer = what.sbom.as_ref().map(|sbom| {
         let title = sbom.image_path().trim_start_matches('/');
         referrer_manifest(sbom.media_type(), &sbom.bytes, title, subject, created)
@@ -159,56 +111,73 @@ pub async fn attach(
         }),
         signatures: Vec::new(),
     };
-    let mut hosts: Vec<&str> = Vec::new();
-    for (host, path) in repos {
-        let session = match hosts.iter().position(|h| *h == host.as_str()) {
-            Some(i) => i,
-            None => {
-                let reg = Registry::connect(
-                    http.clone(),
-                    api_host(host),
-                    opts,
-                    store.clone(),
-                    activity.clone(),
-                )
-                .await?;
-                tags.sessions.push(reg);
-                hosts.push(host);
-                tags.sessions.len() - 1
-            }
-        };
-        if let (Some(referrer), Some(out)) = (&referrer, attached.sbom.as_mut()) {
-            let via_api = put_referrer(tags, session, path, referrer, subject).await?;
-            out.references
-                .push(format!("{host}/{path}@{}", referrer.descriptor().digest));
-            if !via_api {
-                out.fallback_tags
-                    .push(format!("{host}/{path}:{}", fallback_tag(&subject.digest)));
-            }
+    for (session, (host, repos)) in group_tags(&built.tags)?.iter().enumerate() {
+        if session >= pushed.sessions.len() {
+            return Err(RegistryError::Internal(
+                "the SBOM and signature were to be attached before the image was pushed".into(),
+            ));
         }
-        if let Some(key) = &what.key {
-            let signed = sign(tags, session, host, path, key, subject).await?;
-            attached.signatures.push(signed);
+        for (path, _) in repos {
+            if let (Some(referrer), Some(out)) = (&referrer, attached.sbom.as_mut()) {
+                let via_api = put_referrer(pushed, session, path, referrer, subject).await?;
+                out.references
+                    .push(format!("{host}/{path}@{}", referrer.descriptor().digest));
+                if !via_api {
+                    out.fallback_tags
+                        .push(format!("{host}/{path}:{}", fallback_tag(&subject.digest)));
+                }
+            }
+            if let Some(key) = &what.key {
+                let signed = sign(pushed, session, host, path, key, subject).await?;
+                attached.signatures.push(signed);
+            }
         }
     }
     Ok(attached)
 }
 
+/// Record that `path:tag` of `session` names `manifest` now, and named `before` (to put back).
+fn record(
+    pushed: &mut PushedTags,
+    session: usize,
+    path: &str,
+    tag: &str,
+    before: Option<(Bytes, String)>,
+    manifest: Digest,
+) {
+    pushed.moved.push(MovedTag {
+        session,
+        path: path.to_string(),
+        tag: tag.to_string(),
+        previous: match before {
+            Some((bytes, media)) => Previous::Manifest(bytes, media),
+            None => Previous::Nothing,
+        },
+        manifest: Some(manifest),
+    });
+}
+
 /// Push the SBOM referrer into `path`; with no referrers API, update the fallback index.
 /// Returns whether the registry has the referrers API.
 async fn put_referrer(
-    tags: &mut AttachedTags,
+    pushed: &mut PushedTags,
     session: usize,
     path: &str,
     referrer: &Artifact,
     subject: &Descriptor,
 ) -> Result<bool, RegistryError> {
-    let reg = &mut tags.sessions[session];
+    let reg = &mut pushed.sessions[session];
     upload_all(reg, path, &referrer.blobs).await?;
     let digest = referrer.descriptor().digest;
     let manifest = Bytes::from(referrer.manifest.clone());
-    let answer = put_manifest(reg, path, &digest.to_string(), &manifest, referrer.media_type)
-        .await?;
+    let answer = put_manifest(
+        reg,
+        path,
+        &digest.to_string(),
+        &manifest,
+        referrer.media_type,
+    )
+    .await?;
     if answer.subject.is_some() || has_referrers_api(reg, path, &subject.digest).await? {
         return Ok(true);
     }
@@ -222,53 +191,46 @@ async fn put_referrer(
         }
     })?;
     if let Some(index) = index {
-        tags.moved.push(MovedTag {
-            session,
-            path: path.to_string(),
-            tag: tag.clone(),
-            before,
-        });
-        let reg = &mut tags.sessions[session];
+        let digest = Digest::of(&index);
+        let reg = &mut pushed.sessions[session];
         put_manifest(reg, path, &tag, &Bytes::from(index), media_type::INDEX).await?;
+        record(pushed, session, path, &tag, before, digest);
     }
     Ok(false)
 }
 
 /// Sign the image in `host/path` and add the signature to its `.sig` manifest.
 async fn sign(
-    tags: &mut AttachedTags,
+    pushed: &mut PushedTags,
     session: usize,
     host: &str,
     path: &str,
     key: &SigningKey,
     subject: &Descriptor,
 ) -> Result<Signed, RegistryError> {
-    let reg = &mut tags.sessions[session];
+    let reg = &mut pushed.sessions[session];
     let payload = payload(&format!("{host}/{path}"), &subject.digest);
     let signature = key.sign_base64(&payload);
     let tag = signature_tag(&subject.digest);
     let before = get_manifest(reg, path, &tag, media_type::MANIFEST).await?;
     let url = reg.url(path, &format!("manifests/{tag}"));
-    let added = add_signature(before.as_ref().map(|(b, _)| &b[..]), &payload, &signature)
-        .map_err(|e| RegistryError::Protocol {
-            url: url.to_string(),
-            problem: e.to_string(),
+    let added =
+        add_signature(before.as_ref().map(|(b, _)| &b[..]), &payload, &signature).map_err(|e| {
+            RegistryError::Protocol {
+                url: url.to_string(),
+                problem: e.to_string(),
+            }
         })?;
     let digest = match added {
         // This very signature is there already.
         None => Digest::of(before.as_ref().map(|(b, _)| &b[..]).unwrap_or_default()),
         Some(manifest) => {
             upload_all(reg, path, &manifest.blobs).await?;
-            tags.moved.push(MovedTag {
-                session,
-                path: path.to_string(),
-                tag: tag.clone(),
-                before,
-            });
-            let reg = &mut tags.sessions[session];
+            let digest = manifest.descriptor().digest;
             let bytes = Bytes::from(manifest.manifest.clone());
             put_manifest(reg, path, &tag, &bytes, manifest.media_type).await?;
-            manifest.descriptor().digest
+            record(pushed, session, path, &tag, before, digest.clone());
+            digest
         }
     };
     Ok(Signed {
@@ -347,7 +309,12 @@ async fn get_manifest(
 ) -> Result<Option<(Bytes, String)>, RegistryError> {
     let url = reg.url(path, &format!("manifests/{tag}"));
     let resp = reg
-        .send(path, Method::GET, &url, |req| Ok(req.header(ACCEPT, accept)))
+        .send(
+            path,
+            Method::GET,
+            &url,
+            |req| Ok(req.header(ACCEPT, accept)),
+        )
         .await?;
     match resp.status() {
         StatusCode::NOT_FOUND => return Ok(None),

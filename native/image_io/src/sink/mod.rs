@@ -6,8 +6,7 @@
 //! | [`ArchiveSink`] (`--output`) | the archive into a [`PendingFile`] | — | the file at its path |
 //! | [`MetadataSink`] (`--metadata-file`) | a [`PendingFile`] | — | the outcome as JSON, the file at its path |
 //! | [`EngineSink`] (the engine) | — | the load, untagged, its image ID checked | the tags |
-//! | [`RegistrySink`] (`--push`) | — | every blob to every repository | the tags |
-//! | [`AttachSink`] (`--push` with an SBOM or `--sign-key`) | — | — | the SBOM referrer, the signature |
+//! | [`RegistrySink`] (`--push`) | — | every blob to every repository | the tags, then the SBOM referrer and signature |
 //! | [`SbomSink`] (`--sbom`) | a [`PendingFile`] with the SBOM | — | the file at its path |
 //!
 //! A new output (an image index, an SBOM referrer, a signature) is one more type implementing
@@ -17,7 +16,6 @@
 //! as go-containerregistry's `daemon.Write`, `tarball.Write` and `remote.Write` do.
 
 mod archive;
-mod attach;
 mod engine;
 mod metadata;
 mod pending;
@@ -25,7 +23,6 @@ mod registry;
 mod sbom;
 
 pub use archive::{archive_file, archive_into, write_atomically, ArchiveSink};
-pub use attach::AttachSink;
 pub use engine::{engine, engine_load, tag, untag, EngineSink, Loaded, TagMove};
 pub use metadata::MetadataSink;
 pub use pending::{PendingFile, Published};
@@ -209,8 +206,6 @@ pub enum Order {
     Engine,
     /// Registry tags (put back by a `PUT`; a new tag cannot be removed).
     Registry,
-    /// What hangs off the pushed image (SBOM referrer, signature): after its tags.
-    Attachments,
     /// Files renamed into place (put back by a rename).
     File,
     /// Bytes written through to a device or FIFO (cannot be taken back).
