@@ -210,6 +210,20 @@ mod tests {
     }
 
     #[test]
+    fn an_sbom_file_needs_an_sbom_and_a_key_must_sign_without_being_shown() {
+        let mut r = request();
+        r.supply.sbom_file = Some("/tmp/sbom.json".into());
+        let f = check_request(&r).unwrap_err();
+        assert!(f.message.contains("--no-sbom"), "{}", f.message);
+        let mut r = request();
+        r.supply.sign_key = Some(String::from("secret-not-a-key").into());
+        let f = check_request(&r).unwrap_err();
+        assert_eq!(f.reason, "invalid_config");
+        assert!(f.message.contains("invalid signing key"), "{}", f.message);
+        assert!(!f.message.contains("secret-not-a-key"), "{}", f.message);
+    }
+
+    #[test]
     fn values_that_would_break_the_image_are_refused_with_the_rule() {
         assert!(check_request(&request()).is_ok());
         let mut r = request();
