@@ -35,6 +35,9 @@ defmodule DockerRelease do
           archive: String.t() | nil,
           archive_size: non_neg_integer | nil,
           pushed: map | nil,
+          sbom_file: map | nil,
+          sbom_referrer: map | nil,
+          signatures: [map],
           runtime_files: [{String.t(), String.t()}]
         }
 
@@ -212,20 +215,8 @@ defmodule DockerRelease do
     {request, host_build}
   end
 
-  # Writing the SBOM to a file and signing come with the registry part of issue 14; until
-  # then the run says so instead of pretending.
-  defp sbom_file(%Config{sbom: nil}), do: nil
-
-  defp sbom_file(config) do
-    Mix.shell().info([
-      :yellow,
-      "==> --sbom #{config.sbom}: writing the SBOM to a file is not available yet; the SBOM is " <>
-        "in the image at /sbom.#{if config.sbom_format == "cyclonedx", do: "cdx", else: "spdx"}.json",
-      :reset
-    ])
-
-    config.sbom
-  end
+  # The SBOM file: the document the image embeds, written when the whole build succeeds.
+  defp sbom_file(config), do: config.sbom
 
   # The SBOM's inputs that the image's files do not hold (nil: --no-sbom).
   defp sbom(%Config{no_sbom: true}, _project, _labels), do: nil
@@ -257,16 +248,7 @@ defmodule DockerRelease do
     nil
   end
 
-  defp signing_key(config) do
-    Mix.shell().info([
-      :yellow,
-      "==> not signing: signing pushed images is not available yet (the key from " <>
-        "#{config.sign_key_source} was checked and is usable)",
-      :reset
-    ])
-
-    config.sign_key_pem
-  end
+  defp signing_key(config), do: config.sign_key_pem
 
   # Before the release build (which takes minutes): an engine address given explicitly
   # (DOCKER_HOST, a Docker context) must be usable, and a run that needs an engine must have

@@ -50,9 +50,9 @@ defmodule DockerRelease.Native do
               annotations: [],
               # %Sbom{} to embed, or nil (--no-sbom).
               sbom: nil,
-              # Where --sbom writes the document (not written yet: issue 14's second part).
+              # Where --sbom writes the document (the very bytes the image embeds).
               sbom_file: nil,
-              # The PEM text of the signing key (not used yet: issue 14's second part).
+              # The PEM text of the key that signs the pushed image (never inspected or logged).
               sign_key: nil,
               # true: the host's `mix release` runs while the job starts; the job waits at its
               # release stage for `job_resume/1` (or ends at `job_cancel/1`).

@@ -19,7 +19,13 @@ defmodule DockerRelease.E2E.RegistryTest do
     %{port: port, log: log, project: project, repo: repo}
   end
 
-  defp uploads(log) do
+  # The empty JSON blob `{}`: the config of the SBOM referrer every push attaches.
+  @empty "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+
+  # The image's blobs uploaded so far: the SBOM referrer's (the --sbom files' bytes, `{}`) left out.
+  defp uploads(log, sboms) do
+    attached = [@empty | Enum.map(sboms, &sha256(File.read!(&1)))]
+
     # The access log has one line per request; blob uploads end with PUT ...?digest=sha256:...
     Regex.scan(
       ~r/"PUT \/v2\/team\/with_deps\/blobs\/uploads\/[^"]*digest=sha256(?::|%3A)([0-9a-f]{64})/,
@@ -27,7 +33,10 @@ defmodule DockerRelease.E2E.RegistryTest do
     )
     |> Enum.map(fn [_, hex] -> "sha256:" <> hex end)
     |> Enum.uniq()
+    |> Enum.reject(&(&1 in attached))
   end
+
+  defp sha256(bytes), do: "sha256:" <> Base.encode16(:crypto.hash(:sha256, bytes), case: :lower)
 
   defp metadata!(path) do
     json = File.read!(path)
@@ -44,9 +53,11 @@ defmodule DockerRelease.E2E.RegistryTest do
 
   test "push, pull, run; a one-line change uploads only the app layer", ctx do
     meta1 = Path.join(ctx.project, "meta1.json")
+    sbom1 = Path.join(ctx.project, "sbom1.json")
 
     {out, _id} =
-      mix_release!(["--push", "--tag", "#{ctx.repo}:1", "--metadata-file", meta1],
+      mix_release!(
+        ["--push", "--tag", "#{ctx.repo}:1", "--metadata-file", meta1, "--sbom", sbom1],
         cd: ctx.project,
         timeout: 600
       )
@@ -67,15 +78,16 @@ defmodule DockerRelease.E2E.RegistryTest do
 
     assert run =~ "hello"
 
-    first_uploads = uploads(ctx.log)
+    first_uploads = uploads(ctx.log, [sbom1])
     assert (Enum.sort(first_uploads) -- Enum.sort(Map.values(m1.layers))) |> length() == 1
 
     # One line changed in the app: only the app layer (and the config) is uploaded again.
     greeting = Path.join(ctx.project, "lib/with_deps/greeting.ex")
     File.write!(greeting, String.replace(File.read!(greeting), ~s("hello"), ~s("howdy")))
     meta2 = Path.join(ctx.project, "meta2.json")
+    sbom2 = Path.join(ctx.project, "sbom2.json")
 
-    mix_release!(["--push", "--tag", "#{ctx.repo}:2", "--metadata-file", meta2],
+    mix_release!(["--push", "--tag", "#{ctx.repo}:2", "--metadata-file", meta2, "--sbom", sbom2],
       cd: ctx.project,
       timeout: 600
     )
@@ -84,7 +96,7 @@ defmodule DockerRelease.E2E.RegistryTest do
 
     for name <- ~w(runtime erts deps), do: assert(m2.layers[name] == m1.layers[name], name)
     assert m2.layers["app"] != m1.layers["app"]
-    new_uploads = uploads(ctx.log) -- first_uploads
+    new_uploads = uploads(ctx.log, [sbom1, sbom2]) -- first_uploads
     assert m2.layers["app"] in new_uploads
 
     assert length(new_uploads) == 2,

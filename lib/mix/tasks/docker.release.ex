@@ -107,17 +107,23 @@ defmodule Mix.Tasks.Docker.Release do
       everywhere).
     * `--sbom-format spdx|cyclonedx` - the SBOM's format: SPDX 2.3 JSON (default, in the image
       at `/sbom.spdx.json`) or CycloneDX 1.5 JSON (`/sbom.cdx.json`).
-    * `--no-sbom` - put no SBOM in the image.
-    * `--sbom PATH` - also write the SBOM to PATH (checked before the build: its directory must
-      exist and take a new file). Not written yet in this version: the task says so.
+    * `--no-sbom` - put no SBOM in the image (and attach none to a pushed image).
+    * `--sbom PATH` - also write the SBOM to PATH: the same bytes as in the image, written
+      atomically and only when the whole build succeeds (checked before the build: its
+      directory must exist and take a new file).
     * `--sign-key KEY.pem` - an ECDSA P-256 private key (PEM: `EC PRIVATE KEY` or `PRIVATE KEY`,
       unencrypted) to sign pushed images with, in the format `cosign verify --key` reads. The
       environment variable `DOCKER_RELEASE_SIGN_KEY` may hold the PEM text instead (for CI
       secrets); the flag wins over it. Checked before the build: another curve, RSA, an
       encrypted key (cosign's own `ENCRYPTED SIGSTORE PRIVATE KEY` included) or a public key is
       refused, saying why and how to make a usable one (`openssl ecparam -genkey -name
-      prime256v1 -noout -out key.pem`); the key never appears in any output. Signing itself is
-      not done yet in this version: the task says so.
+      prime256v1 -noout -out key.pem`); the key never appears in any output, file or
+      metadata. With `--push`, the pushed manifest digest is signed in every repository:
+      cosign's simple-signing payload as a layer of the manifest tagged `sha256-<hex>.sig`,
+      the base64 signature in its `dev.cosignproject.cosign/signature` annotation (signatures
+      already there are kept). Verify with `cosign verify --key PUB.pem IMAGE@DIGEST`, or with
+      `openssl dgst -sha256 -verify PUB.pem -signature SIG.der PAYLOAD` (README, "Supply
+      chain"). Without `--push` nothing is signed, and the task says so.
     * `--compression-level N` - gzip level of the layers, 1 (default, fast) to 9 (smallest).
     * `--list-files` - print the runtime files outside `/app` and why each is there.
     * `--quiet` (`-q`) - print nothing but errors, then one line: the image's first tag and its
@@ -194,7 +200,13 @@ defmodule Mix.Tasks.Docker.Release do
       application of the release with its version and source: Hex packages with the tarball's
       SHA-256 from `mix.lock`, git dependencies with their revision, path dependencies, and the
       project's own applications with the repository and commit of the labels. The same inputs
-      give the same bytes. It names no image digest: it is inside the image.
+      give the same bytes. It names no image digest: it is inside the image. With `--push` it
+      is also attached to the pushed image as an OCI 1.1 referrer (`artifactType` its media
+      type, `subject` the image manifest): listed by the registry's referrers API, or, where the
+      registry has none, in the referrers tag-schema fallback index tagged `sha256-<hex of the
+      manifest digest>` (merged with what other tools listed there). The summary and
+      `--metadata-file` name the referrer (`sbom_referrer`), the signatures (`signatures`)
+      and the file written (`sbom_file`).
     * **Labels and annotations.** The config's labels are `org.opencontainers.image.title`,
       `.version`, `.created` (the image's timestamp), and from git `.revision` and `.source`
       (see `DockerRelease.labels/2`), then `labels:` and `--label`. The manifest's annotations
@@ -488,6 +500,24 @@ defmodule Mix.Tasks.Docker.Release do
       )
 
       for ref <- pushed.references, do: shell.info("Deploy    #{ref}")
+    end
+
+    if referrer = outcome.sbom_referrer do
+      how =
+        case referrer.fallback_tags do
+          [] -> "found through the referrers API"
+          tags -> "listed in the referrers index #{Enum.join(tags, ", ")}"
+        end
+
+      shell.info("SBOM      referrer #{referrer.digest} (#{referrer.artifact_type}), #{how}")
+    end
+
+    for signed <- outcome.signatures do
+      shell.info("Signed    #{signed.tag} (#{signed.digest})")
+    end
+
+    if written = outcome.sbom_file do
+      shell.info("SBOM file #{written.path} (#{written.media_type}, #{written.digest})")
     end
 
     if outcome.engine do

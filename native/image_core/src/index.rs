@@ -10,6 +10,7 @@ use crate::digest::Digest;
 use crate::elf::Platform;
 use crate::image::{media_type, to_bytes, Image};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// One image per platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,11 +88,29 @@ impl ImageIndex {
                 })
             })
             .collect();
-        to_bytes(&json!({
+        let mut index = json!({
             "schemaVersion": 2,
             "mediaType": media_type::INDEX,
             "manifests": manifests,
-        }))
+        });
+        let annotations = self.annotations();
+        if !annotations.is_empty() {
+            index["annotations"] = json!(annotations);
+        }
+        to_bytes(&index)
+    }
+
+    /// The index's `annotations`: those every image's manifest carries with the same value
+    /// (`org.opencontainers.image.created`, `.version`, …, `--annotation`: one run gives all
+    /// its images the same). None: the index has no `annotations` field.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let (first, rest) = self.images.split_first().expect("an index has an image");
+        first
+            .annotations
+            .iter()
+            .filter(|(k, v)| rest.iter().all(|i| i.annotations.get(*k) == Some(*v)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The index's digest: what a registry reports for a tag that names it, and what

@@ -309,3 +309,39 @@ fn the_engine_loads_the_one_platform_manifest_json_lists() {
         );
     }
 }
+
+#[test]
+fn the_index_carries_the_annotations_its_images_share() {
+    let image = |platform: &str, extra: &str| {
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(
+            "org.opencontainers.image.created".to_string(),
+            "2023-11-14T22:13:20Z".to_string(),
+        );
+        annotations.insert("com.example.platform".to_string(), extra.to_string());
+        Image {
+            platform: parse(platform).unwrap(),
+            created: 0,
+            config: Default::default(),
+            layers: vec![],
+            base_history: vec![],
+            annotations,
+        }
+    };
+    let index =
+        ImageIndex::new(vec![image("linux/amd64", "a"), image("linux/arm64", "b")]).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&index.json()).unwrap();
+    assert_eq!(
+        doc["annotations"],
+        serde_json::json!({"org.opencontainers.image.created": "2023-11-14T22:13:20Z"})
+    );
+    // Without annotations the index has no such field (its bytes as before).
+    let bare = |platform: &str| Image {
+        annotations: Default::default(),
+        ..image(platform, "")
+    };
+    let plain = ImageIndex::new(vec![bare("linux/amd64"), bare("linux/arm64")]).unwrap();
+    assert!(!String::from_utf8(plain.json())
+        .unwrap()
+        .contains("annotations"));
+}

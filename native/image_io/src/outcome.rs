@@ -4,7 +4,7 @@
 //! nowhere else on the way to Elixir.
 
 use crate::engine::EngineKind;
-use crate::registry::PushOutcome;
+use crate::registry::{PushOutcome, SbomReferrer, Signed};
 use image_core::digest::Digest;
 use image_core::image::{rfc3339, Image};
 use image_core::layer::LayerInfo;
@@ -43,6 +43,12 @@ pub struct Outcome {
     pub archive_size: Option<u64>,
     /// What a registry push did, when pushed.
     pub pushed: Option<PushOutcome>,
+    /// The SBOM written with `--sbom`, when written.
+    pub sbom_file: Option<SbomWritten>,
+    /// The SBOM attached to the pushed image as an OCI referrer, when pushed with an SBOM.
+    pub sbom_referrer: Option<SbomReferrer>,
+    /// The cosign signatures of the pushed image, one per repository (empty: not signed).
+    pub signatures: Vec<Signed>,
     /// Runtime files outside `/app` and why each is there.
     #[serde(serialize_with = "runtime_files")]
     pub runtime_files: Vec<RuntimeFile>,
@@ -66,9 +72,25 @@ impl Outcome {
             archive: None,
             archive_size: None,
             pushed: None,
+            sbom_file: None,
+            sbom_referrer: None,
+            signatures: Vec::new(),
             runtime_files,
         }
     }
+}
+
+/// The SBOM file `--sbom` wrote: the same bytes as the image's `/sbom.*.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SbomWritten {
+    /// The path as given.
+    pub path: PathBuf,
+    /// The document's media type (`application/spdx+json`, `application/vnd.cyclonedx+json`).
+    pub media_type: String,
+    /// The digest of its bytes.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// Runtime files as objects (`{"path", "reason"}`) in JSON, which people read; as

@@ -8,6 +8,7 @@ use crate::error::Failure;
 use image_core::build::{build_cached, LayerCache, Progress as BuildProgress};
 use image_core::image::Image;
 use image_core::plan::{Plan, RuntimeFile};
+use image_core::supply::SbomFile;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,8 @@ pub struct Layered {
     pub image: Image,
     /// Runtime files outside `/app` and why each is there.
     pub runtime_files: Vec<RuntimeFile>,
+    /// The SBOM embedded in the image (what `--sbom` writes and a push attaches), if any.
+    pub sbom: Option<SbomFile>,
 }
 
 /// Write the layers of `plan` into the run's blob directory and return the image.
@@ -62,6 +65,7 @@ pub async fn write_layers(
             Ok(Layered {
                 image,
                 runtime_files: plan.runtime_files,
+                sbom: plan.sbom,
             })
         })
     };

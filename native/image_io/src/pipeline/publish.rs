@@ -4,10 +4,12 @@
 use super::layers::Layered;
 use super::{Destinations, Event, Events, Outcome, Request};
 use crate::error::Failure;
+use crate::registry::Attachments;
 use crate::sink::{
-    self, ArchiveSink, Built, EngineSink, Feedback, MetadataSink, RegistrySink, Sink,
+    self, ArchiveSink, Built, EngineSink, Feedback, MetadataSink, RegistrySink, SbomSink, Sink,
 };
 use image_core::reference::Reference;
+use image_core::supply::signing::SigningKey;
 use std::sync::Arc;
 
 /// Send the image of `layered`, tagged `tags`, to the destinations of `req` and `dest`.
@@ -26,13 +28,30 @@ pub async fn publish(
     let names: Vec<String> = built.tags.iter().map(|t| t.to_string()).collect();
     let mut outcome = Outcome::new(&built.image, names, layered.runtime_files);
     let feedback = feedback(events);
-    // In this order they prepare: the metadata file and the archive are checked (and the
-    // archive written) before the engine is touched.
+    let key = match &req.supply.sign_key {
+        None => None,
+        // Checked by `check_request` before any work; the error says nothing of the key.
+        Some(pem) => Some(Arc::new(SigningKey::from_pem(pem).map_err(|e| {
+            Failure::new(
+                crate::error::Reason::InvalidConfig,
+                format!("invalid signing key: the key {e}"),
+            )
+        })?)),
+    };
+    // In this order they prepare: the metadata file, the SBOM file and the archive are
+    // checked (and written aside) before the engine is touched.
     let mut sinks: Vec<Box<dyn Sink<'_> + '_>> = Vec::new();
     if let Some(path) = &req.metadata_file {
         sinks.push(Box::new(MetadataSink::new(
             path.clone(),
             req.work_dir.clone(),
+        )));
+    }
+    if let (Some(path), Some(sbom)) = (&req.supply.sbom_file, &layered.sbom) {
+        sinks.push(Box::new(SbomSink::new(
+            path.clone(),
+            req.work_dir.clone(),
+            sbom.clone(),
         )));
     }
     if let Some(path) = &dest.archive {
@@ -51,7 +70,13 @@ pub async fn publish(
         )));
     }
     if let Some(opts) = &req.outputs.push {
-        sinks.push(Box::new(RegistrySink::new(opts.clone(), feedback)));
+        let what = Attachments {
+            sbom: layered.sbom.clone(),
+            key,
+        };
+        sinks.push(Box::new(
+            RegistrySink::new(opts.clone(), feedback).attaching(what),
+        ));
     }
     sink::publish(&mut sinks, &built, &mut outcome).await?;
     Ok(outcome)

@@ -106,7 +106,7 @@ pub struct Request {
     /// The bound on silence of every engine request ([`crate::stall`]); registry requests
     /// take theirs from `outputs.push`.
     pub stall_timeout: Duration,
-    /// The SBOM file and the signing key (not used yet: issue 14's registry part).
+    /// The SBOM file (`--sbom`) and the key that signs a pushed image (`--sign-key`).
     pub supply: image_core::supply::Outputs,
 }
 
@@ -151,12 +151,24 @@ pub fn check_request(req: &Request) -> Result<Vec<Reference>, Failure> {
             ));
         }
     }
+    if req.supply.sbom_file.is_some() && req.settings.sbom.is_none() {
+        return invalid(
+            "--sbom writes the image's SBOM, and this image has none (--no-sbom): drop one of them"
+                .into(),
+        );
+    }
+    if let Some(pem) = &req.supply.sign_key {
+        if let Err(e) = image_core::supply::signing::SigningKey::from_pem(pem) {
+            return invalid(format!("invalid signing key: the key {e}"));
+        }
+    }
     let paths = [
         Some(&req.settings.release_dir),
         Some(&req.work_dir),
         req.layer_cache.as_ref(),
         req.outputs.archive.as_ref(),
         req.metadata_file.as_ref(),
+        req.supply.sbom_file.as_ref(),
     ];
     let extra = req.settings.extra_files.iter().map(Some);
     for p in paths.into_iter().chain(extra).flatten() {
@@ -195,6 +207,20 @@ mod tests {
             stall_timeout: crate::stall::DEFAULT_STALL,
             supply: Default::default(),
         }
+    }
+
+    #[test]
+    fn an_sbom_file_needs_an_sbom_and_a_key_must_sign_without_being_shown() {
+        let mut r = request();
+        r.supply.sbom_file = Some("/tmp/sbom.json".into());
+        let f = check_request(&r).unwrap_err();
+        assert!(f.message.contains("--no-sbom"), "{}", f.message);
+        let mut r = request();
+        r.supply.sign_key = Some(String::from("secret-not-a-key").into());
+        let f = check_request(&r).unwrap_err();
+        assert_eq!(f.reason, "invalid_config");
+        assert!(f.message.contains("invalid signing key"), "{}", f.message);
+        assert!(!f.message.contains("secret-not-a-key"), "{}", f.message);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!   registry are the archive's digests. Blobs first (one `HEAD` per blob, an upload only for
 //!   what the registry lacks), then the tags, each put back if a later step fails
 //!   ([`PushedTags::undo`]);
+//! - [`attach`] (`referrers.rs`): the SBOM as an OCI 1.1 referrer of a pushed image (the
+//!   referrers API, or the tag-schema fallback index) and its cosign signature (`.sig` tag);
 //! - pulling (`pull.rs`): manifests, indexes, configs and layer blobs, for base images
 //!   ([`crate::base`]).
 //!
@@ -22,10 +24,12 @@ mod client;
 pub mod credentials;
 mod pull;
 mod push;
+mod referrers;
 
 pub use auth::parse_challenge;
 pub(crate) use pull::Puller;
 pub use push::{move_tags, push, push_undoable, upload, PushOutcome, PushedTags};
+pub use referrers::{attach, Attached, Attachments, SbomReferrer, Signed};
 
 use crate::error::Reason;
 use crate::stall::{Stalled, HOW_TO_CHANGE};

@@ -168,6 +168,7 @@ pub async fn move_tags(
                     path: path.clone(),
                     tag: tag.clone(),
                     previous,
+                    manifest: None,
                 };
                 pushed.moved.push(moved);
                 if let Err(e) = reg
@@ -198,7 +199,7 @@ pub async fn move_tags(
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// What a tag named before a push moved it.
-enum Previous {
+pub(super) enum Previous {
     /// Nothing: the tag did not exist.
     Nothing,
     /// This manifest (bytes and media type).
@@ -209,18 +210,20 @@ enum Previous {
     Unknown(String),
 }
 
-struct MovedTag {
-    session: usize,
-    path: String,
-    tag: String,
-    previous: Previous,
+pub(super) struct MovedTag {
+    pub(super) session: usize,
+    pub(super) path: String,
+    pub(super) tag: String,
+    pub(super) previous: Previous,
+    /// The manifest it names now, when not the image's (an attachment's: `referrers.rs`).
+    pub(super) manifest: Option<Digest>,
 }
 
 /// The tags a push moved, with the sessions needed to put them back.
 #[derive(Default)]
 pub struct PushedTags {
-    sessions: Vec<Registry>,
-    moved: Vec<MovedTag>,
+    pub(super) sessions: Vec<Registry>,
+    pub(super) moved: Vec<MovedTag>,
     digest: Option<Digest>,
 }
 
@@ -239,6 +242,10 @@ impl PushedTags {
         for m in std::mem::take(&mut self.moved).into_iter().rev() {
             let reg = &mut self.sessions[m.session];
             let name = format!("{}/{}:{}", reg.host, m.path, m.tag);
+            let digest = m
+                .manifest
+                .as_ref()
+                .map_or(digest.clone(), |d| d.to_string());
             match m.previous {
                 Previous::Same => {}
                 Previous::Manifest(bytes, media) => {
@@ -266,9 +273,9 @@ impl PushedTags {
 }
 
 /// Registry host → repository path → tags, in the order the tags were given.
-type Targets = Vec<(String, Vec<(String, Vec<String>)>)>;
+pub(super) type Targets = Vec<(String, Vec<(String, Vec<String>)>)>;
 
-fn group_tags(tags: &[Reference]) -> Result<Targets, RegistryError> {
+pub(super) fn group_tags(tags: &[Reference]) -> Result<Targets, RegistryError> {
     let mut out: Targets = Vec::new();
     for t in tags {
         let Some(host) = &t.domain else {
@@ -296,20 +303,20 @@ fn group_tags(tags: &[Reference]) -> Result<Targets, RegistryError> {
     Ok(out)
 }
 
-struct Blob {
-    digest: Digest,
-    size: u64,
-    content: Content,
+pub(super) struct Blob {
+    pub(super) digest: Digest,
+    pub(super) size: u64,
+    pub(super) content: Content,
 }
 
-enum Content {
+pub(super) enum Content {
     File(PathBuf),
     Bytes(Bytes),
 }
 
 impl Registry {
     /// Upload `blob` unless the repository has it. Returns whether it was uploaded.
-    async fn upload_blob(
+    pub(super) async fn upload_blob(
         &mut self,
         path: &str,
         blob: &Blob,

@@ -6,7 +6,8 @@
 //! | [`ArchiveSink`] (`--output`) | the archive into a [`PendingFile`] | — | the file at its path |
 //! | [`MetadataSink`] (`--metadata-file`) | a [`PendingFile`] | — | the outcome as JSON, the file at its path |
 //! | [`EngineSink`] (the engine) | — | the load, untagged, its image ID checked | the tags |
-//! | [`RegistrySink`] (`--push`) | — | every blob to every repository | the tags |
+//! | [`RegistrySink`] (`--push`) | — | every blob to every repository | the tags, then the SBOM referrer and signature |
+//! | [`SbomSink`] (`--sbom`) | a [`PendingFile`] with the SBOM | — | the file at its path |
 //!
 //! A new output (an image index, an SBOM referrer, a signature) is one more type implementing
 //! [`Sink`], added to the list the pipeline's publish stage makes; what its commit changes it
@@ -19,12 +20,14 @@ mod engine;
 mod metadata;
 mod pending;
 mod registry;
+mod sbom;
 
 pub use archive::{archive_file, archive_into, write_atomically, ArchiveSink};
 pub use engine::{engine, engine_load, tag, untag, EngineSink, Loaded, TagMove};
 pub use metadata::MetadataSink;
 pub use pending::{PendingFile, Published};
 pub use registry::RegistrySink;
+pub use sbom::SbomSink;
 
 use crate::engine::EngineError;
 use crate::error::{Failure, Reason};

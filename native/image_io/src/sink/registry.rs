@@ -1,10 +1,15 @@
 //! A registry: every blob uploaded at the write (no tag moves), the tags at the commit, each
-//! put back if a later output fails ([`crate::registry`]).
+//! put back if a later output fails ([`crate::registry`]); then, on the same sessions, what
+//! hangs off the image (SBOM referrer, signature: [`crate::registry::attach`]).
 
 use super::{Built, Change, Changes, Feedback, Order, Sink, SinkError};
 use crate::outcome::Outcome;
-use crate::registry::{move_tags, upload, PushOutcome, PushedTags, RegistryOptions};
+use crate::registry::{
+    attach, move_tags, upload, Attached, Attachments, PushOutcome, PushedTags, RegistryOptions,
+};
 use futures_util::future::BoxFuture;
+use image_core::image::{media_type, rfc3339};
+use image_core::supply::artifact::Descriptor;
 use std::sync::Arc;
 
 /// `--push`: the tags name the registries and repositories.
@@ -13,6 +18,8 @@ pub struct RegistrySink {
     feedback: Feedback,
     pushed: PushedTags,
     outcome: Option<PushOutcome>,
+    attachments: Attachments,
+    attached: Option<Attached>,
 }
 
 impl RegistrySink {
@@ -23,7 +30,16 @@ impl RegistrySink {
             feedback,
             pushed: PushedTags::default(),
             outcome: None,
+            attachments: Attachments::default(),
+            attached: None,
         }
+    }
+
+    /// Also attach the SBOM referrer and the signature of `what` once the tags moved
+    /// ([`crate::registry::attach`]); their tags are put back with the image's.
+    pub fn attaching(mut self, what: Attachments) -> RegistrySink {
+        self.attachments = what;
+        self
     }
 }
 
@@ -50,7 +66,11 @@ impl<'a> Sink<'a> for RegistrySink {
                     "the push committed before it wrote".into(),
                 ));
             };
-            let moved = move_tags(built, &mut self.pushed, outcome).await;
+            let mut moved = move_tags(built, &mut self.pushed, outcome).await;
+            if moved.is_ok() && (self.attachments.sbom.is_some() || self.attachments.key.is_some())
+            {
+                moved = self.attach(built).await;
+            }
             changes.record(std::mem::take(&mut self.pushed));
             Ok(moved?)
         })
@@ -60,10 +80,44 @@ impl<'a> Sink<'a> for RegistrySink {
         if let Some(p) = &self.outcome {
             outcome.pushed = Some(p.clone());
         }
+        if let Some(a) = &self.attached {
+            outcome.sbom_referrer = a.sbom.clone();
+            outcome.signatures = a.signatures.clone();
+        }
     }
 
     fn order(&self) -> Order {
         Order::Registry
+    }
+}
+
+impl RegistrySink {
+    /// The SBOM referrer and the signature of the pushed manifest, on the push's sessions.
+    async fn attach(&mut self, built: &Built) -> Result<(), crate::registry::RegistryError> {
+        let subject = Descriptor::of(media_type::MANIFEST, &built.image.manifest_json());
+        let mut what = Vec::new();
+        if let Some(sbom) = &self.attachments.sbom {
+            what.push(format!("the SBOM ({})", sbom.format.describe()));
+        }
+        if self.attachments.key.is_some() {
+            what.push("a signature".to_string());
+        }
+        (self.feedback.step)(format!(
+            "attaching {} to {}",
+            what.join(" and "),
+            subject.digest
+        ));
+        let created = rfc3339(built.image.created);
+        let attached = attach(
+            built,
+            &subject,
+            &created,
+            &self.attachments,
+            &mut self.pushed,
+        )
+        .await?;
+        self.attached = Some(attached);
+        Ok(())
     }
 }
 

@@ -1,0 +1,259 @@
+defmodule DockerRelease.E2E.SupplyChainPushTest do
+  # A pushed image's SBOM and signature, found and checked by a reader that follows the specs
+  # and uses none of our code: examples/hello built on the host and in a Debian 13 builder,
+  # pushed with `--push --sbom F --sign-key K.pem` to Debian's docker-registry (distribution
+  # 2.8: no referrers API, so the referrers tag-schema fallback). Then, with curl and openssl:
+  #
+  # - the index tagged `sha256-<hex of the manifest digest>` lists an artifact of type
+  #   `application/spdx+json` whose subject is the pushed manifest and whose one layer is the
+  #   very file F, which is also the image's /sbom.spdx.json and validates with pyspdxtools;
+  # - the manifest tagged `sha256-<hex>.sig` holds cosign's simple-signing payload (naming the
+  #   pushed digest) and its signature, which `openssl dgst -sha256 -verify` accepts with the
+  #   public key, and rejects for a changed payload;
+  # - the private key appears in no output, no file written, no registry document.
+  use ExUnit.Case, async: false
+  import DockerRelease.E2E
+  import DockerRelease.E2E.Builder
+
+  @moduletag :engine
+  @index "application/vnd.oci.image.index.v1+json"
+  @manifest "application/vnd.oci.image.manifest.v1+json"
+
+  setup_all do
+    tmp = tmp_dir!("dr-e2e-supply-push")
+    %{port: port} = start_registry!(tmp)
+    repo = "127.0.0.1:#{port}/#{unique_repo()}/hello"
+
+    key = Path.join(tmp, "key.pem")
+    pub = Path.join(tmp, "pub.pem")
+    {_, 0} = cmd("openssl", ~w(ecparam -genkey -name prime256v1 -noout -out #{key}))
+    {_, 0} = cmd("openssl", ~w(ec -in #{key} -pubout -out #{pub}))
+
+    host = push!(tmp, "#{repo}:host", key, [], [])
+
+    builder = ensure_builder!("trixie")
+    dir = example_copy!("hello", "dr-e2e-supply-push")
+    in_builder = push!(tmp, "#{repo}:trixie", key, ["--builder", builder], cd: dir, timeout: 900)
+
+    %{tmp: tmp, port: port, repo: repo, key: key, pub: pub, host: host, builder: in_builder}
+  end
+
+  # Push `tag` with an SBOM file, a signature and a metadata file; what the run printed and wrote.
+  defp push!(tmp, tag, key, args, opts) do
+    name = tag |> String.split(":") |> List.last()
+    sbom = Path.join(tmp, "#{name}-#{rand()}.spdx.json")
+    meta = Path.join(tmp, "#{name}-#{rand()}.json")
+
+    {out, _} =
+      mix_release!(
+        ["--push", "--tag", tag, "--sbom", sbom, "--sign-key", key, "--metadata-file", meta] ++
+          args,
+        opts
+      )
+
+    %{out: out, digest: printed_digest!(out), sbom: sbom, meta: File.read!(meta)}
+  end
+
+  ## A reader that follows the specs: curl, python's json, openssl
+
+  defp url(ctx, rest) do
+    [_host, path] = String.split(ctx.repo, "/", parts: 2)
+    "http://127.0.0.1:#{ctx.port}/v2/#{path}/#{rest}"
+  end
+
+  defp get!(ctx, rest, accept \\ nil) do
+    headers = if accept, do: ["-H", "Accept: #{accept}"], else: []
+    {body, status} = cmd("curl", ["-sfS" | headers] ++ [url(ctx, rest)], stderr: false)
+    assert status == 0, "GET #{url(ctx, rest)} failed (curl #{status})"
+    body
+  end
+
+  # Values out of a JSON document, read with Python's json module (no JSON library here):
+  # `expr` over the document `d` gives a list; each value's text, one per element.
+  defp values!(doc, expr) do
+    script = "import json,sys\nd=json.loads(sys.stdin.read())\nfor v in #{expr}: print(v)"
+    file = Path.join(System.tmp_dir!(), "dr-json-#{rand()}")
+    File.write!(file, doc)
+
+    try do
+      {out, 0} = cmd("sh", ["-c", ~s(python3 -c "$1" < "$2"), "sh", script, file])
+      String.split(out, "\n", trim: true)
+    after
+      File.rm(file)
+    end
+  end
+
+  defp value!(doc, expr), do: hd(values!(doc, "[#{expr}]"))
+
+  defp hex("sha256:" <> hex), do: hex
+
+  defp sha256(bytes), do: "sha256:" <> Base.encode16(:crypto.hash(:sha256, bytes), case: :lower)
+
+  # The SBOM found through the referrers fallback index of `digest`: {referrer digest, index, blob}.
+  defp referred_sbom!(ctx, digest) do
+    index = get!(ctx, "manifests/sha256-#{hex(digest)}", @index)
+    assert value!(index, ~s|d["mediaType"]|) == @index
+
+    [referrer_digest] =
+      values!(
+        index,
+        ~s|[m["digest"] for m in d["manifests"] if m.get("artifactType") == "application/spdx+json"]|
+      )
+
+    referrer = get!(ctx, "manifests/#{referrer_digest}", @manifest)
+    assert sha256(referrer) == referrer_digest
+    assert value!(referrer, ~s|d["subject"]["digest"]|) == digest
+    assert value!(referrer, ~s|d["artifactType"]|) == "application/spdx+json"
+    assert value!(referrer, ~s|d["config"]["mediaType"]|) == "application/vnd.oci.empty.v1+json"
+    assert [blob_digest] = values!(referrer, ~s|[l["digest"] for l in d["layers"]]|)
+    blob = get!(ctx, "blobs/#{blob_digest}")
+    assert sha256(blob) == blob_digest
+    {referrer_digest, index, blob}
+  end
+
+  # The signatures in the `.sig` manifest of `digest`: [{payload, signature DER}].
+  defp signatures!(ctx, digest) do
+    sig = get!(ctx, "manifests/sha256-#{hex(digest)}.sig", @manifest)
+    assert value!(sig, ~s|d["mediaType"]|) == @manifest
+
+    layers =
+      values!(
+        sig,
+        ~s|[l["digest"] + " " + l["annotations"]["dev.cosignproject.cosign/signature"] for l in d["layers"] if l["mediaType"] == "application/vnd.dev.cosign.simplesigning.v1+json"]|
+      )
+
+    for layer <- layers do
+      [payload_digest, b64] = String.split(layer, " ")
+      payload = get!(ctx, "blobs/#{payload_digest}")
+      assert sha256(payload) == payload_digest
+      {payload, Base.decode64!(b64)}
+    end
+  end
+
+  # `openssl dgst -sha256 -verify PUB -signature SIG PAYLOAD`: whether openssl accepts it.
+  defp openssl_verifies?(ctx, payload, der) do
+    dir = tmp_dir!("dr-e2e-verify")
+    {p, s} = {Path.join(dir, "payload"), Path.join(dir, "sig.der")}
+    File.write!(p, payload)
+    File.write!(s, der)
+    {out, status} = cmd("openssl", ~w(dgst -sha256 -verify #{ctx.pub} -signature #{s} #{p}))
+    assert status == 0 == (out =~ "Verified OK"), out
+    status == 0
+  end
+
+  # The file at `path` in the image's app layer (the last), read from the registry.
+  defp image_file!(ctx, digest, path) do
+    manifest = get!(ctx, "manifests/#{digest}", @manifest)
+    app = manifest |> values!(~s|[l["digest"] for l in d["layers"]]|) |> List.last()
+    gz = get!(ctx, "blobs/#{app}")
+    {:ok, files} = :erl_tar.extract({:binary, gz}, [:compressed, :memory])
+    Enum.find_value(files, fn {name, bytes} -> to_string(name) == path && bytes end)
+  end
+
+  defp venv! do
+    dir = System.get_env("DOCKER_RELEASE_SBOMCHECK") || "/var/cache/docker_release/sbomcheck"
+
+    if File.exists?(Path.join(dir, "bin/pyspdxtools")) do
+      dir
+    else
+      missing!("the SBOM validators' virtualenv #{dir} (scripts/setup.sh makes it)")
+      nil
+    end
+  end
+
+  defp refute_key_in!(ctx, texts) do
+    secret =
+      for line <- String.split(File.read!(ctx.key), "\n"),
+          String.length(line) > 20,
+          not String.starts_with?(line, "-----"),
+          do: line
+
+    assert secret != []
+
+    for text <- texts, line <- secret do
+      refute String.contains?(text, line), "the private key appears in an output"
+    end
+
+    for text <- texts, do: refute(text =~ "PRIVATE KEY")
+  end
+
+  ## The tests
+
+  for build <- [:host, :builder] do
+    test "#{build} build: the SBOM referrer and the signature, found and verified without our code",
+         ctx do
+      run = ctx[unquote(build)]
+      digest = run.digest
+
+      # The SBOM: the referrer's blob is the --sbom file, which is the image's own SBOM.
+      {referrer_digest, _index, blob} = referred_sbom!(ctx, digest)
+      file = File.read!(run.sbom)
+      assert blob == file
+      assert image_file!(ctx, digest, "sbom.spdx.json") == file
+
+      if venv = venv!() do
+        {report, status} = cmd(Path.join(venv, "bin/pyspdxtools"), ["-i", run.sbom])
+        assert status == 0, "pyspdxtools rejects the SBOM:\n#{report}"
+      end
+
+      # The signature: over the payload that names this very manifest, by our key only.
+      assert [{payload, der}] = signatures!(ctx, digest)
+      assert value!(payload, ~s|d["critical"]["image"]["docker-manifest-digest"]|) == digest
+      assert value!(payload, ~s|d["critical"]["identity"]["docker-reference"]|) == ctx.repo
+      assert value!(payload, ~s|d["critical"]["type"]|) == "cosign container image signature"
+      assert openssl_verifies?(ctx, payload, der)
+      changed = String.replace(payload, hex(digest), String.reverse(hex(digest)))
+      assert changed != payload
+      refute openssl_verifies?(ctx, changed, der)
+
+      # The summary and the metadata file name them.
+      assert run.out =~ "SBOM      referrer #{referrer_digest} (application/spdx+json)"
+      assert run.out =~ "sha256-#{hex(digest)}"
+      assert run.out =~ "Signed    #{ctx.repo}:sha256-#{hex(digest)}.sig"
+      assert value!(run.meta, ~s|d["sbom_referrer"]["digest"]|) == referrer_digest
+      assert value!(run.meta, ~s|d["sbom_referrer"]["subject"]|) == digest
+
+      assert value!(run.meta, ~s|d["signatures"][0]["tag"]|) ==
+               "#{ctx.repo}:sha256-#{hex(digest)}.sig"
+
+      assert value!(run.meta, ~s|d["sbom_file"]["digest"]|) == sha256(file)
+
+      refute_key_in!(ctx, [run.out, run.meta, file])
+    end
+  end
+
+  test "pushing again adds nothing; another key adds a second signature, as cosign does", ctx do
+    # A repository of its own: the other tests read the first push's documents.
+    ctx = %{ctx | repo: ctx.repo <> "-again"}
+    first = push!(ctx.tmp, "#{ctx.repo}:host", ctx.key, [], [])
+    again = push!(ctx.tmp, "#{ctx.repo}:host", ctx.key, [], [])
+    assert again.digest == first.digest
+    {_, index, _} = referred_sbom!(ctx, again.digest)
+    assert length(values!(index, ~s|d["manifests"]|)) == 1
+    assert [_] = signatures!(ctx, again.digest)
+
+    other = Path.join(ctx.tmp, "other.pem")
+
+    {_, 0} =
+      cmd("openssl", ~w(genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out #{other}))
+
+    third = push!(ctx.tmp, "#{ctx.repo}:host", other, [], [])
+    assert third.digest == first.digest
+    assert [{first_payload, first_der}, {_, second_der}] = signatures!(ctx, third.digest)
+    assert first_der != second_der
+    # The first signature is still ours, and still verifies.
+    assert openssl_verifies?(ctx, first_payload, first_der)
+  end
+
+  test "a failed push writes no --sbom file and moves no tag", ctx do
+    sbom = Path.join(ctx.tmp, "never.spdx.json")
+    dead = "127.0.0.1:#{free_port()}/nobody/hello:1"
+
+    {out, status} = mix_release(["--push", "--tag", dead, "--sbom", sbom, "--sign-key", ctx.key])
+
+    assert status != 0, out
+    refute File.exists?(sbom)
+    assert File.ls!(ctx.tmp) |> Enum.filter(&String.starts_with?(&1, ".never")) == []
+    refute_key_in!(ctx, [out])
+  end
+end
