@@ -477,6 +477,8 @@ defmodule Mix.Tasks.Docker.Release do
     Size      #{sizes}; layers (compressed): #{layers}
     """)
 
+    report_index(outcome)
+
     if pushed = outcome.pushed do
       shell.info(
         "Pushed    #{Enum.join(pushed.tags, ", ")}: uploaded #{pushed.uploaded_blobs} blob(s), " <>
@@ -500,6 +502,18 @@ defmodule Mix.Tasks.Docker.Release do
     if config.metadata_file, do: shell.info("Metadata  #{config.metadata_file}")
     :ok
   end
+
+  # With several platforms: the index the tags name (registry, archive), and each platform's
+  # image; the lines above describe the one the engine loads.
+  defp report_index(%{index_digest: index} = outcome) when is_binary(index) do
+    Mix.shell().info("Index     #{index}")
+
+    for p <- outcome.platforms do
+      Mix.shell().info("  #{String.pad_trailing(p.platform, 16)} #{p.manifest_digest}")
+    end
+  end
+
+  defp report_index(_outcome), do: :ok
 
   @doc false
   # A size in the unit that shows it (SI, as `docker images` prints): "812 B", "45.9 kB",
