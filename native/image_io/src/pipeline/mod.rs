@@ -27,7 +27,7 @@ pub use base::base;
 pub use destinations::{destinations, Destinations};
 pub use layers::{write_layers, Layered};
 pub use plan::plan_until_complete;
-pub use platforms::{plan_platforms, Foreign, Platforms};
+pub use platforms::{plan_platforms, Foreign, Platforms, TargetImage};
 pub use publish::publish;
 pub use release::{obtain_release, Release};
 pub use request::{check_request, stall_from_secs, EngineOutput, Outputs, Request, Source};

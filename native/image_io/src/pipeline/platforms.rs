@@ -14,12 +14,13 @@
 
 use super::layers::{progress_events, Layered};
 use super::{Destinations, Event, Events, Release, Request, Source};
-use crate::base::{load_base, LoadedBase};
+use crate::base::{load_base, LoadedBase, UnpackedCache, KEEP_UNPACKED};
 use crate::error::{Failure, Reason};
 use image_core::build::{build_cached, LayerCache};
+use image_core::digest::Digest;
 use image_core::elf::Platform;
 use image_core::foreign::{plan_for, ForeignError, ForeignPlan, Refused, Target};
-use image_core::fs::Fs;
+use image_core::fs::{Fs, HostFs};
 use image_core::index::ImageIndex;
 use image_core::plan::{release_platform, same_platform};
 use image_core::platform::Selection;
@@ -31,11 +32,24 @@ pub struct Foreign {
     /// The platform (as `--platform` gave it, normalised).
     pub platform: Platform,
     /// The image its files come from, unpacked.
-    pub target: Arc<LoadedBase>,
+    pub target: Arc<TargetImage>,
     /// The release's plan for it.
     pub plan: ForeignPlan,
-    /// The target's scratch directory (its stored layers, its unpacked tree).
-    _scratch: tempfile::TempDir,
+}
+
+/// An image of another platform, unpacked: read for this run, or kept from an earlier one
+/// ([`UnpackedCache`]).
+pub struct TargetImage {
+    /// The reference as given.
+    pub reference: String,
+    /// Where it was read from.
+    pub source: String,
+    /// Its platform.
+    pub platform: Platform,
+    /// Its filesystem.
+    pub fs: HostFs,
+    /// What holds the tree while the run reads it (read for this run: removed at the end).
+    _held: Option<(LoadedBase, tempfile::TempDir)>,
 }
 
 /// The platforms of a run.
@@ -97,7 +111,7 @@ impl Platforms {
             let (build, cache) = (build.clone(), cache.clone());
             let written = tokio::task::spawn_blocking(move || -> Result<Layered, Failure> {
                 let mut progress = progress_events(events, cancel);
-                let fs = foreign.plan.substitution.fs(&*build, foreign.target.fs());
+                let fs = foreign.plan.substitution.fs(&*build, &foreign.target.fs);
                 let image = build_cached(
                     &fs,
                     &foreign.plan.plan,
@@ -234,49 +248,66 @@ pub async fn plan_platforms(
     let own = super::base::reading_engine(req, dest).await;
     let engine = dest.engine.as_ref().or(own.as_ref());
     let registry = super::base::registry_options(req);
+    let cache = req
+        .layer_cache
+        .as_ref()
+        .and_then(|l| l.parent())
+        .map(|d| UnpackedCache {
+            dir: d.join("unpacked-images"),
+        });
     let mut refusals = Vec::new();
     for (platform, image) in sources {
-        events(Event::Step(format!(
-            "reading {image} for the {platform} image"
-        )));
-        let scratch = tempfile::Builder::new()
-            .prefix(".platform-")
-            .tempdir_in(&req.work_dir)
-            .map_err(|e| {
-                Failure::new(
-                    Reason::OutputError,
-                    format!(
-                        "cannot create a directory in {}: {e}",
-                        req.work_dir.display()
-                    ),
-                )
-            })?;
-        let blobs = image_core::archive::BlobDir {
-            root: scratch.path().join("blobs"),
+        // An image the engine has, of that platform, read before: its tree is kept by ID.
+        let in_engine = match engine {
+            Some(engine) if names_no_registry(&image) => engine
+                .image_platform(&image)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|(id, p)| {
+                    let p = image_core::platform::parse(&p).ok()?;
+                    let id = Digest::from_hex(id.strip_prefix("sha256:")?)?;
+                    same_platform(&p, &platform).then_some(id)
+                }),
+            _ => None,
         };
-        let target = load_base(
-            &image,
-            engine,
-            &registry,
-            &blobs,
-            Some(&platform),
-            req.compression_level,
-        )
-        .await
-        .map_err(|e| Failure::new(e.reason(), format!("for the {platform} image: {e}")))?;
+        let kept = match (&cache, &in_engine) {
+            (Some(cache), Some(id)) => cache.get(id),
+            _ => None,
+        };
+        let target = match kept {
+            Some(kept) => {
+                events(Event::Notice(format!(
+                    "{image} for {platform}: its tree as unpacked by an earlier run (the engine's image {})",
+                    in_engine.as_ref().map(|d| d.to_string()).unwrap_or_default()
+                )));
+                TargetImage {
+                    reference: image.clone(),
+                    source: "the Docker engine (unpacked by an earlier run)".into(),
+                    platform: kept.platform,
+                    fs: kept.fs,
+                    _held: None,
+                }
+            }
+            None => {
+                let t = read_target(req, engine, &registry, &image, &platform, events).await?;
+                match (&cache, &in_engine) {
+                    (Some(cache), Some(id)) if t.source.contains("Docker engine") => {
+                        keep_target(cache, id, t)?
+                    }
+                    _ => t,
+                }
+            }
+        };
         if !same_platform(&target.platform, &platform) {
             return Err(Failure::new(
                 Reason::PlatformIncompatible,
                 format!(
-                    "the {platform} image's files cannot come from {image}: it was read from {} and is an image of {} (an engine keeps one platform per tag). Name an image of {platform} with --platform-image {platform}=IMAGE (an image in a registry: REGISTRY/NAME:TAG, whose index has {platform})",
+                    "the {platform} image's files cannot come from {image}: it was read from {} and is an image of {} (an engine keeps one platform per tag). Name an image of {platform} with --platform-image {platform}=IMAGE (an image in a registry, REGISTRY/NAME:TAG, whose index has {platform})",
                     target.source, target.platform
                 ),
             ));
         }
-        events(Event::Notice(format!(
-            "{image} for {platform} read from {}",
-            target.source
-        )));
         let target = Arc::new(target);
         let planned = {
             let (fs, settings, target, platform, image) = (
@@ -290,7 +321,7 @@ pub async fn plan_platforms(
                 let t = Target {
                     platform,
                     image,
-                    fs: target.fs(),
+                    fs: &target.fs,
                     otp_roots: Vec::new(),
                 };
                 plan_for(&*fs, &settings, &t)
@@ -303,11 +334,13 @@ pub async fn plan_platforms(
                 platform,
                 target,
                 plan,
-                _scratch: scratch,
             }),
             Err(ForeignError::Refused(r)) => refusals.push(r),
             Err(ForeignError::Plan(e)) => return Err(e.into()),
         }
+    }
+    if let Some(cache) = &cache {
+        let _ = cache.prune(KEEP_UNPACKED.max(platforms.foreign.len() + 1));
     }
     if !refusals.is_empty() {
         return Err(Failure::new(
@@ -316,4 +349,91 @@ pub async fn plan_platforms(
         ));
     }
     Ok(platforms)
+}
+
+/// Whether `image` names no registry host (the engine is asked first for such a name).
+fn names_no_registry(image: &str) -> bool {
+    let name = image.split('@').next().unwrap_or(image);
+    image_core::reference::Reference::parse(name).is_ok_and(|r| r.domain.is_none())
+}
+
+/// Keep `t`'s tree (read for this run) in `cache` as image `id`, and read it from there.
+fn keep_target(cache: &UnpackedCache, id: &Digest, t: TargetImage) -> Result<TargetImage, Failure> {
+    let TargetImage {
+        reference,
+        source,
+        _held,
+        ..
+    } = t;
+    let Some((loaded, _scratch)) = _held else {
+        return Err(Failure::internal(
+            "a target read for this run holds no tree",
+        ));
+    };
+    let kept = cache.put(id, loaded).map_err(|e| {
+        Failure::new(
+            Reason::OutputError,
+            format!(
+                "cannot keep the unpacked {reference} in {}: {e}",
+                cache.dir.display()
+            ),
+        )
+    })?;
+    Ok(TargetImage {
+        reference,
+        source,
+        platform: kept.platform,
+        fs: kept.fs,
+        _held: None,
+    })
+}
+
+/// Read `image` for `platform` like a base image, into a scratch directory of the run.
+async fn read_target(
+    req: &Request,
+    engine: Option<&crate::engine::DockerEngine>,
+    registry: &crate::registry::RegistryOptions,
+    image: &str,
+    platform: &Platform,
+    events: &Events,
+) -> Result<TargetImage, Failure> {
+    events(Event::Step(format!(
+        "reading {image} for the {platform} image"
+    )));
+    let scratch = tempfile::Builder::new()
+        .prefix(".platform-")
+        .tempdir_in(&req.work_dir)
+        .map_err(|e| {
+            Failure::new(
+                Reason::OutputError,
+                format!(
+                    "cannot create a directory in {}: {e}",
+                    req.work_dir.display()
+                ),
+            )
+        })?;
+    let blobs = image_core::archive::BlobDir {
+        root: scratch.path().join("blobs"),
+    };
+    let loaded = load_base(
+        image,
+        engine,
+        registry,
+        &blobs,
+        Some(platform),
+        req.compression_level,
+    )
+    .await
+    .map_err(|e| Failure::new(e.reason(), format!("for the {platform} image: {e}")))?;
+    events(Event::Notice(format!(
+        "{image} for {platform} read from {}",
+        loaded.source
+    )));
+    Ok(TargetImage {
+        reference: image.to_string(),
+        source: loaded.source.clone(),
+        platform: loaded.platform.clone(),
+        fs: loaded.fs().clone(),
+        _held: Some((loaded, scratch)),
+    })
 }
