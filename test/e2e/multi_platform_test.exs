@@ -198,4 +198,80 @@ defmodule DockerRelease.E2E.MultiPlatformTest do
     {_, missing} = cmd("skopeo", ["inspect", "--raw", "--tls-verify=false", "docker://#{tag}"])
     refute missing == 0, "the tag was pushed"
   end
+
+  test "by default the builder's variant for arm64 comes from the builder's registry index",
+       ctx do
+    # The two Debian 13 builders pushed to the registry under one index, as a multi-arch
+    # builder image is published; the engine has the amd64 one under that name (it runs it).
+    repo = "#{ctx.registry}/team/builder"
+    builder = "#{repo}:multi"
+    on_exit(fn -> rm_images([builder]) end)
+
+    entries =
+      for {image, tag, arch} <- [{ctx.trixie, "amd64", "amd64"}, {ctx.arm64, "arm64", "arm64"}] do
+        skopeo!([
+          "copy",
+          "--dest-tls-verify=false",
+          "docker-daemon:#{image}",
+          "docker://#{repo}:#{tag}"
+        ])
+
+        raw = skopeo!(["inspect", "--raw", "--tls-verify=false", "docker://#{repo}:#{tag}"])
+        [_, media] = Regex.run(~r/"mediaType":\s*"([^"]+)"/, raw)
+
+        ~s({"mediaType":"#{media}","digest":"#{sha256(raw)}","size":#{byte_size(raw)},) <>
+          ~s("platform":{"architecture":"#{arch}","os":"linux"}})
+      end
+
+    index_file = Path.join(ctx.dir, "builder-index.json")
+
+    File.write!(
+      index_file,
+      ~s({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[) <>
+        Enum.join(entries, ",") <> "]}"
+    )
+
+    {put, 0} =
+      cmd("curl", [
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.index.v1+json",
+        "--data-binary",
+        "@#{index_file}",
+        "http://#{ctx.registry}/v2/team/builder/manifests/multi"
+      ])
+
+    assert put == "201"
+    docker!(["tag", ctx.trixie, builder])
+
+    project = example_copy!("hello", "dr-e2e-multi-default")
+    archive = Path.join(ctx.dir, "hello-default.tar")
+
+    {out, _} =
+      mix_release!(
+        ["--builder", builder, "--platform", "linux/amd64,linux/arm64"] ++
+          ["--tag", unique_repo("dr-e2e-multi-def") <> ":1", "--output", archive],
+        cd: project,
+        timeout: 900
+      )
+
+    assert out =~ "#{builder} for linux/arm64/v8 read from", out
+    assert out =~ ctx.registry
+    {_index, platforms} = printed_index!(out)
+
+    # The arm64 image's ERTS is the arm64 builder's: its beam.smp is an aarch64 ELF file.
+    files = tar_files!(archive)
+    arm = files["blobs/sha256/" <> String.trim_leading(platforms["linux/arm64/v8"], "sha256:")]
+    erts = layer_digests(arm) |> Enum.at(1)
+    erts_files = layer_files(files, erts)
+    {name, beam} = Enum.find(erts_files, fn {n, _} -> String.ends_with?(n, "/bin/beam.smp") end)
+    # e_machine (offset 18, little-endian) 183 is EM_AARCH64.
+    assert <<_::binary-size(18), 183, 0, _::binary>> = beam, "#{name} is not aarch64"
+  end
 end
