@@ -37,6 +37,7 @@ impl ImageIndex {
     /// let image = |platform: &str| Image {
     ///     platform: image_core::platform::parse(platform).unwrap(),
     ///     created: 0, config: RunConfig::default(), layers: vec![], base_history: vec![],
+    ///     annotations: Default::default(),
     /// };
     /// let a = ImageIndex::new(vec![image("linux/arm64"), image("linux/amd64")]).unwrap();
     /// let b = ImageIndex::new(vec![image("linux/amd64"), image("linux/arm64")]).unwrap();
