@@ -140,7 +140,7 @@ defmodule Mix.Tasks.Docker.Release do
 
   ## Several platforms
 
-      mix docker.release --builder my-elixir-builder:1.18 \\
+      mix docker.release --builder ghcr.io/acme/elixir-builder:1.18 \\
         --platform linux/amd64,linux/arm64 --tag ghcr.io/acme/app:1.2.0 --push
 
   The release is built once, natively. Every ELF file of a release (ERTS's executables, the
@@ -150,9 +150,9 @@ defmodule Mix.Tasks.Docker.Release do
   files and the runtime files (libraries, `/bin/sh`, the CA bundle) are taken from an image of
   that platform with the same Erlang/OTP, read and never run: the image
   `--platform-image PLATFORM=IMAGE` names (an image in the engine or a registry; needed for
-  host builds), else the builder image's variant for that platform: its registry's index
-  (`--builder REGISTRY/NAME:TAG`), or the engine's image when it is of that platform (an engine
-  keeps one platform per tag). An image read from the engine is kept unpacked by image ID
+  host builds), else the builder image's variant for that platform: the engine's image when it
+  is of that platform, else its registry's index (an engine keeps one platform per tag, so
+  usually the registry: `--builder REGISTRY/NAME:TAG`, or Docker Hub for names without a host). An image read from the engine is kept unpacked by image ID
   (`_build/docker_release/unpacked-images/`, the three most recently used), so a rebuild does
   not read it again. The `app` and `deps` layers of a project without native code are the same
   blobs on every platform (uploaded once).

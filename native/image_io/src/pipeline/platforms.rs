@@ -258,6 +258,9 @@ pub async fn plan_platforms(
     let mut refusals = Vec::new();
     for (platform, image) in sources {
         // An image the engine has, of that platform, read before: its tree is kept by ID.
+        // What the engine has under that name: an image of that platform (its ID, to find
+        // its tree kept by an earlier run), or of another one (an engine keeps one platform
+        // per tag: then the image is read from its registry, whose index has every platform).
         let in_engine = match engine {
             Some(engine) if names_no_registry(&image) => engine
                 .image_platform(&image)
@@ -267,10 +270,20 @@ pub async fn plan_platforms(
                 .and_then(|(id, p)| {
                     let p = image_core::platform::parse(&p).ok()?;
                     let id = Digest::from_hex(id.strip_prefix("sha256:")?)?;
-                    same_platform(&p, &platform).then_some(id)
+                    Some((same_platform(&p, &platform), id, p))
                 }),
             _ => None,
         };
+        let read_from = match &in_engine {
+            Some((false, _, other)) => {
+                events(Event::Notice(format!(
+                    "the engine's {image} is an image of {other}: reading its {platform} image from its registry"
+                )));
+                None
+            }
+            _ => engine,
+        };
+        let in_engine = in_engine.and_then(|(same, id, _)| same.then_some(id));
         let kept = match (&cache, &in_engine) {
             (Some(cache), Some(id)) => cache.get(id),
             _ => None,
@@ -290,7 +303,7 @@ pub async fn plan_platforms(
                 }
             }
             None => {
-                let t = read_target(req, engine, &registry, &image, &platform, events).await?;
+                let t = read_target(req, read_from, &registry, &image, &platform, events).await?;
                 match (&cache, &in_engine) {
                     (Some(cache), Some(id)) if t.source.contains("Docker engine") => {
                         keep_target(cache, id, t)?
