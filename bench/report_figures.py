@@ -13,6 +13,7 @@ PUSH_TARGET_SHARE = 0.05
 LATENESS_TARGET_MS = 20
 WARM_TARGET = 1.3
 INSTALL_TARGET_EXTRA_S = 15
+PLATFORMS_TARGET = 1.5
 
 
 def load_raw(path):
@@ -343,6 +344,46 @@ def install_figure(w, data, machine):
               " shows here).\n")
 
 
+def platforms_figure(w, data, machine):
+    if not _has(data, "platforms_ms"):
+        return
+    one = numbers(data, "platforms_ms", "one")
+    two = numbers(data, "platforms_ms", "two")
+    w("## 12. Several platforms: adding arm64 to an amd64 builder build\n")
+    w("examples/with_deps built in the amd64 Debian 13 builder (`--builder")
+    w("docker-release-test/builder:trixie`), warm (cache volumes, layer cache and the unpacked")
+    w("arm64 image kept by an untimed round), each build after its own one-line change, written")
+    w(f"to an archive (`--output`); {len(one)} rounds alternating (A B A B)")
+    w("(bench/figures/platforms.sh):\n")
+    w("- one: the amd64 image;")
+    w("- two: `--platform linux/amd64,linux/arm64 --platform-image")
+    w("  linux/arm64=docker-release-test/builder:trixie-arm64`: the release built once, the arm64")
+    w("  image's ERTS, OTP native files and runtime files read from the arm64 image (never run),")
+    w("  both images and the index in the archive.\n")
+    w(f"Target: two at most {PLATFORMS_TARGET}x one.\n")
+    w("| build | median time | range |")
+    w("| --- | ---: | ---: |")
+    w(f"| one platform | {secs(median(one))} | {spread(one, secs)} |")
+    w(f"| two platforms | {secs(median(two))} | {spread(two, secs)} |")
+    w("")
+    if one and two:
+        pr, _ = _pair_ratio(two, one)
+        r = median(two) / median(one)
+        w(f"Two / one: {r:.2f} (medians; per-round median {pr}): {_verdict(r <= PLATFORMS_TARGET)}.\n")
+    checks = data.get(("platforms_check", "arm64"), [])
+    if checks:
+        w(f"The arm64 image of the last archive says `aarch64-unknown-linux-gnu` under QEMU: {checks[0][1]}.\n")
+    why = data.get(("platforms_buildx", "why"), [])
+    w("Not compared: `docker buildx build --platform linux/amd64,linux/arm64` under QEMU, the usual")
+    w("way. Engine 20.10's BuildKit (the `docker` driver) refuses multi-platform builds (\"Switch to a")
+    w("different driver, or turn on the containerd image store\", which needs Engine 24+), and the")
+    w("`docker-container` driver needs the `moby/buildkit` image, which cannot be pulled here (no")
+    w("registry is reachable)" + (f"; on this run: {why[0][2] or why[0][1]}" if why else "") + ".")
+    w("For scale, measured by hand on this machine while researching issue 13 (load 7–12):")
+    w("`mix release` of with_deps under QEMU took 28–39 s, natively 4 s.\n")
+    _load(w, data, "platforms")
+
+
 FIGURES = (
     from_release_figure,
     memory_large_figure,
@@ -351,6 +392,7 @@ FIGURES = (
     responsiveness_figure,
     warm_figure,
     install_figure,
+    platforms_figure,
 )
 
 

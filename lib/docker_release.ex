@@ -38,6 +38,15 @@ defmodule DockerRelease do
           sbom_file: map | nil,
           sbom_referrer: map | nil,
           signatures: [map],
+          index_digest: String.t() | nil,
+          platforms: [
+            %{
+              platform: String.t(),
+              manifest_digest: String.t(),
+              image_id: String.t(),
+              layers: [map]
+            }
+          ],
           runtime_files: [{String.t(), String.t()}]
         }
 
@@ -57,13 +66,13 @@ defmodule DockerRelease do
   @spec build(Config.t(), keyword) :: {:ok, outcome} | {:error, Error.t()}
   def build(%Config{} = config, project) do
     cond do
-      config.platforms != [] ->
+      config.emulate ->
         raise Error,
           reason: :invalid_config,
           message:
-            "--platform: multi-platform images are not built yet (the options are checked; " <>
-              "building one image per platform follows in a later version). Drop --platform " <>
-              "(and platforms: in mix.exs) to build the image of the release's own platform"
+            "--emulate is not built yet: a release with native files of its own (NIFs, port " <>
+              "programs) cannot be made for another platform by this version. Build that " <>
+              "platform's image on a machine of that platform, or leave it out of --platform"
 
       config.build_dockerfile ->
         build_with_dockerfiles(config)

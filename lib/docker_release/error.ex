@@ -25,7 +25,13 @@ defmodule DockerRelease.Error do
        build_failed: :native,
        tarball_missing: :native
      ]},
-    {"base images", [base_not_found: :native, base_incompatible: :native, base_error: :native]},
+    {"base and platform images",
+     [
+       base_not_found: :native,
+       base_incompatible: :native,
+       base_error: :native,
+       platform_incompatible: :native
+     ]},
     {"the engine",
      [
        engine_config: :native,

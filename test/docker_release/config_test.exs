@@ -277,14 +277,15 @@ defmodule DockerRelease.ConfigTest do
       end
     end
 
-    test "a build with platforms stops before anything is built, saying so" do
-      c = Config.new!(@project, [platforms: ["linux/amd64", "linux/arm64"]], "/src")
+    test "--emulate (not built yet) stops before anything is built, saying so" do
+      opts = [platforms: ["linux/amd64", "linux/arm64"], emulate: true, builder: "b:1"]
+      c = Config.new!(@project, opts, "/src")
 
       assert {:error, %Error{reason: :invalid_config, message: m}} =
                DockerRelease.build(c, @project)
 
-      assert m =~ "multi-platform images are not built yet"
-      assert m =~ "Drop --platform"
+      assert m =~ "--emulate is not built yet"
+      assert m =~ "leave it out of --platform"
     end
   end
 

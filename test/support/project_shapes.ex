@@ -179,7 +179,8 @@ defmodule DockerRelease.E2E.Shapes do
     %{dir: dir, app: app, mod: mod, bin: app, port: 4400}
   end
 
-  defp c_nif!(root, suffix) do
+  @doc "Generates only the `:c_nif` shape under `root` (see the module doc). Returns the shape."
+  def c_nif!(root, suffix) do
     app = "shapes_nif_#{suffix}"
     dir = new!(root, [app, "--sup"])
     mod = Macro.camelize(app)

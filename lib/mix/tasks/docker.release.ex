@@ -77,7 +77,7 @@ defmodule Mix.Tasks.Docker.Release do
       `--platform linux/amd64,linux/arm64` (repeatable; see "Several platforms" below).
     * `--platform-image PLATFORM=IMAGE` - take PLATFORM's files from IMAGE (repeatable).
     * `--emulate` - build the release for each other platform in a builder of that platform
-      run under emulation (see below).
+      run under emulation (not built yet: refused; see below).
     * `--output PATH` - write an image archive at PATH instead of loading into the engine. A
       failed or killed run leaves an existing file at PATH untouched and no temporary file
       behind. A symlink is followed (the file it points to is replaced); a FIFO or character
@@ -148,11 +148,7 @@ defmodule Mix.Tasks.Docker.Release do
 
   ## Several platforms
 
-  **Not built yet**: the options below are checked (a wrong value fails at once, before any
-  build), and then the task stops with a message; building the images follows in a later
-  version. What they will do:
-
-      mix docker.release --builder my-elixir-builder:1.18 \\
+      mix docker.release --builder ghcr.io/acme/elixir-builder:1.18 \\
         --platform linux/amd64,linux/arm64 --tag ghcr.io/acme/app:1.2.0 --push
 
   The release is built once, natively. Every ELF file of a release (ERTS's executables, the
@@ -160,19 +156,44 @@ defmodule Mix.Tasks.Docker.Release do
   same path under the OTP installation it was copied from, and everything else in it (`.beam`
   files, boot files, scripts) is the same on every platform. So for each other platform, those
   files and the runtime files (libraries, `/bin/sh`, the CA bundle) are taken from an image of
-  that platform with the same Erlang/OTP, read and never run: by default the builder image's
-  variant for that platform (from its registry, or the engine), else the image
-  `--platform-image PLATFORM=IMAGE` names (needed for host builds). The `app` and `deps` layers
-  are the same on every platform.
+  that platform with the same Erlang/OTP, read and never run: the image
+  `--platform-image PLATFORM=IMAGE` names (an image in the engine or a registry; needed for
+  host builds), else the builder image's variant for that platform: the engine's image when it
+  is of that platform, else its registry's index (an engine keeps one platform per tag, so
+  usually the registry: `--builder REGISTRY/NAME:TAG`, or Docker Hub for names without a host). An image read from the engine is kept unpacked by image ID
+  (`_build/docker_release/unpacked-images/`, the three most recently used), so a rebuild does
+  not read it again. The `app` and `deps` layers of a project without native code are the same
+  blobs on every platform (uploaded once).
 
   Before any image is written, each platform's image is checked, and refused with every
-  problem found: the same ERTS version and the same versions of the release's OTP applications;
-  no native files built with the project (NIFs or port programs of dependencies or of your
-  apps: they exist for the build's platform only; each is named with its owner); the image's
-  loader, libraries, glibc versions, `/bin/sh` and shell tools. For projects with native code
-  of their own, `--emulate` builds the release for each other platform in a builder of that
-  platform run under QEMU user emulation (slow; the engine's machine needs `qemu-user-static`
-  and binfmt_misc with the F flag).
+  problem found, for every platform at once (`:platform_incompatible`): the same ERTS version
+  and the same versions of the release's OTP applications; no native files built with the
+  project (NIFs or port programs of dependencies or of your apps: they exist for the build's
+  platform only; each is named with its owner); the image's loader, libraries, glibc
+  versions, `/bin/sh` and shell tools.
+
+  What each output gets:
+
+    * `--push`: every platform's image (each manifest by digest), then one OCI image index;
+      the tags name the index. The summary prints `Index` and each platform's manifest digest.
+    * `--output FILE`: an OCI image layout whose `index.json` names the index (once per tag),
+      every image's blobs, and a Docker `manifest.json` listing one image: the engine's
+      platform's when it is one of them, else the release's own, else the first `--platform`
+      names. `docker load` (Engine 20.10–24) and `podman load` load that image; `skopeo copy
+      --all oci-archive:FILE:TAG docker://…` copies the index and every image; `skopeo copy
+      oci-archive:FILE:TAG` the image of its machine's platform (`--override-arch`).
+    * The engine: the image of its own platform; with a single `--platform`, that platform's
+      image, even another one than the engine's (it runs under emulation where the machine has
+      it).
+    * `--metadata-file`: the fields above for that one image, plus `index_digest` and
+      `platforms` (each platform's `platform`, `manifest_digest`, `image_id`, `layers`).
+
+  The same inputs give the same index digest (the images are in one order, by os,
+  architecture and variant, whatever the order of `--platform`).
+
+  `--emulate` (building the release for each other platform in a builder of that platform run
+  under QEMU, for projects with native code of their own) is **not built yet**: the task
+  refuses it with a message.
 
   A platform is `OS/ARCH[/VARIANT]`: `linux/amd64`, `linux/arm64` (the same as
   `linux/arm64/v8`), `linux/arm/v7`, `linux/s390x`, … `--platform` excludes `--base` and the
@@ -493,6 +514,8 @@ defmodule Mix.Tasks.Docker.Release do
     Size      #{sizes}; layers (compressed): #{layers}
     """)
 
+    report_index(outcome)
+
     if pushed = outcome.pushed do
       shell.info(
         "Pushed    #{Enum.join(pushed.tags, ", ")}: uploaded #{pushed.uploaded_blobs} blob(s), " <>
@@ -539,6 +562,18 @@ defmodule Mix.Tasks.Docker.Release do
   # Podman (its Docker-compatible API), `docker` otherwise (and when no engine was used).
   defp cli(%{engine_kind: :podman}), do: "podman"
   defp cli(_outcome), do: "docker"
+
+  # With several platforms: the index the tags name (registry, archive), and each platform's
+  # image; the lines above describe the one the engine loads.
+  defp report_index(%{index_digest: index} = outcome) when is_binary(index) do
+    Mix.shell().info("Index     #{index}")
+
+    for p <- outcome.platforms do
+      Mix.shell().info("  #{String.pad_trailing(p.platform, 16)} #{p.manifest_digest}")
+    end
+  end
+
+  defp report_index(_outcome), do: :ok
 
   @doc false
   # A size in the unit that shows it (SI, as `docker images` prints): "812 B", "45.9 kB",

@@ -948,7 +948,7 @@ pub(crate) fn missing_tools(fs: &dyn Fs, path: &str) -> Option<Problem> {
 
 /// Same OS and architecture; variants must agree only when both are given (`arm64` configs
 /// often omit `v8`).
-pub(crate) fn same_platform(a: &Platform, b: &Platform) -> bool {
+pub fn same_platform(a: &Platform, b: &Platform) -> bool {
     a.os == b.os
         && a.architecture == b.architecture
         && match (&a.variant, &b.variant) {

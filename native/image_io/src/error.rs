@@ -72,6 +72,8 @@ reasons! {
     BaseIncompatible = "base_incompatible",
     /// The base image could not be read.
     BaseError = "base_error",
+    /// An image of another platform (`--platform`) cannot provide that platform's files.
+    PlatformIncompatible = "platform_incompatible",
     // The engine.
     /// The engine's address is not usable.
     EngineConfig = "engine_config",

@@ -7,6 +7,7 @@ use crate::engine::EngineKind;
 use crate::registry::{PushOutcome, SbomReferrer, Signed};
 use image_core::digest::Digest;
 use image_core::image::{rfc3339, Image};
+use image_core::index::ImageIndex;
 use image_core::layer::LayerInfo;
 use image_core::plan::RuntimeFile;
 use serde::{Serialize, Serializer};
@@ -49,6 +50,12 @@ pub struct Outcome {
     pub sbom_referrer: Option<SbomReferrer>,
     /// The cosign signatures of the pushed image, one per repository (empty: not signed).
     pub signatures: Vec<Signed>,
+    /// With several platforms (`--platform`): the digest of the image index the tags name in a
+    /// registry and in the archive (the fields above are then those of the image of one
+    /// platform, the one the engine loads).
+    pub index_digest: Option<Digest>,
+    /// With several platforms: each platform's image, in the index's order.
+    pub platforms: Vec<PlatformImage>,
     /// Runtime files outside `/app` and why each is there.
     #[serde(serialize_with = "runtime_files")]
     pub runtime_files: Vec<RuntimeFile>,
@@ -75,7 +82,49 @@ impl Outcome {
             sbom_file: None,
             sbom_referrer: None,
             signatures: Vec::new(),
+            index_digest: None,
+            platforms: Vec::new(),
             runtime_files,
+        }
+    }
+
+    /// The outcome of a multi-platform build: `index`'s images, `image` (one of them) the one
+    /// the engine loads and the top-level fields describe.
+    pub fn of_index(
+        index: &ImageIndex,
+        image: &Image,
+        tags: Vec<String>,
+        runtime_files: Vec<RuntimeFile>,
+    ) -> Outcome {
+        Outcome {
+            index_digest: Some(index.digest()),
+            platforms: index.images().iter().map(PlatformImage::of).collect(),
+            ..Outcome::new(image, tags, runtime_files)
+        }
+    }
+}
+
+/// One platform's image of a multi-platform build.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformImage {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// Its manifest's digest (the index's entry).
+    pub manifest_digest: Digest,
+    /// Its config's digest (the engine's image ID, were it loaded).
+    pub image_id: Digest,
+    /// Its layers, bottom first (`app` and `deps` are the same blobs on every platform when
+    /// they hold no native file).
+    pub layers: Vec<LayerInfo>,
+}
+
+impl PlatformImage {
+    fn of(image: &Image) -> PlatformImage {
+        PlatformImage {
+            platform: image.platform.to_string(),
+            manifest_digest: image.manifest_digest(),
+            image_id: image.id(),
+            layers: image.layers.clone(),
         }
     }
 }

@@ -242,11 +242,11 @@ fn unique_built(dir: &Path, tag: &str) -> Arc<Built> {
         "/app/noise",
         rs::noise(seed, 3 << 20),
     )]);
-    Arc::new(Built {
+    Arc::new(Built::single(
         image,
         blobs,
-        tags: vec![Reference::parse(tag).unwrap()],
-    })
+        vec![Reference::parse(tag).unwrap()],
+    ))
 }
 
 fn unique_tag(name: &str) -> String {

@@ -39,11 +39,11 @@ fn small_built(dir: &Path, tag: &str) -> Arc<Built> {
         root: dir.join("blobs"),
     };
     let image = rs::image(vec![rs::layer(&blobs, "app", "/app/a", rs::noise(5, 4096))]);
-    Arc::new(Built {
+    Arc::new(Built::single(
         image,
         blobs,
-        tags: vec![Reference::parse(tag).unwrap()],
-    })
+        vec![Reference::parse(tag).unwrap()],
+    ))
 }
 
 fn what(key: bool) -> Attachments {

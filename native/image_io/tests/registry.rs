@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn built(image: Image, blobs: &BlobDir, tags: &[String]) -> Arc<Built> {
-    Arc::new(Built {
+    Arc::new(Built::single(
         image,
-        blobs: blobs.clone(),
-        tags: tags.iter().map(|t| Reference::parse(t).unwrap()).collect(),
-    })
+        blobs.clone(),
+        tags.iter().map(|t| Reference::parse(t).unwrap()).collect(),
+    ))
 }
 
 /// Options that never read this machine's credentials.

@@ -24,11 +24,11 @@ fn partial_files(dir: &Path) -> Vec<String> {
 
 fn built(dir: &Path, tags: &[&str]) -> Arc<Built> {
     let (image, blobs) = support::sample_image(dir);
-    Arc::new(Built {
+    Arc::new(Built::single(
         image,
         blobs,
-        tags: tags.iter().map(|t| Reference::parse(t).unwrap()).collect(),
-    })
+        tags.iter().map(|t| Reference::parse(t).unwrap()).collect(),
+    ))
 }
 
 /// An image whose archive is several MiB, more than the loader buffers, so a failing load
@@ -56,11 +56,11 @@ fn big_built(dir: &Path) -> Arc<Built> {
     file.flush().unwrap();
     std::fs::rename(&tmp, blobs.path(&info.digest)).unwrap();
     image.layers.push(info);
-    Arc::new(Built {
+    Arc::new(Built::single(
         image,
         blobs,
-        tags: vec![Reference::parse("hello:big").unwrap()],
-    })
+        vec![Reference::parse("hello:big").unwrap()],
+    ))
 }
 
 fn recording_progress() -> (Progress, Arc<Mutex<Vec<u64>>>) {
@@ -694,11 +694,11 @@ async fn a_real_engine_takes_an_archive_without_the_layers_it_holds() {
     file.flush().unwrap();
     std::fs::rename(&tmp, blobs.path(&info.digest)).unwrap();
     image.layers.push(info);
-    let second = Arc::new(Built {
+    let second = Arc::new(Built::single(
         image,
         blobs,
-        tags: vec![Reference::parse(&reference).unwrap()],
-    });
+        vec![Reference::parse(&reference).unwrap()],
+    ));
     let whole = image_core::archive::write_archive(
         &second.image,
         &[],

@@ -17,10 +17,12 @@
 //! with the image's other layers).
 
 mod archive;
+mod cache;
 mod pull;
 mod store;
 mod unpack;
 
+pub use cache::{Unpacked, UnpackedCache, KEEP as KEEP_UNPACKED};
 pub use unpack::NOT_UNPACKED;
 
 use crate::engine::DockerEngine;
@@ -198,6 +200,11 @@ impl LoadedBase {
     /// `host`, usually `HostFs::new("/")`).
     pub fn plan(&self, host: &dyn Fs, settings: &Settings) -> Result<Plan, BasePlanError> {
         plan_on_base(host, settings, &self.plan_base())
+    }
+
+    /// The unpacked tree, to keep it (dropping the guard removes it).
+    pub fn into_rootfs(self) -> tempfile::TempDir {
+        self.rootfs
     }
 
     /// The built image on top of this base: the base's layers first, its history first.

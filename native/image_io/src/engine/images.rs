@@ -178,6 +178,29 @@ impl DockerEngine {
         }
     }
 
+    /// The ID and platform (`os/arch[/variant]`) of the image `reference` names; `None` when the
+    /// engine has no such image.
+    pub async fn image_platform(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(String, String)>, EngineError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => {
+                let mut platform = format!(
+                    "{}/{}",
+                    i.os.unwrap_or_else(|| "linux".into()),
+                    i.architecture.unwrap_or_default()
+                );
+                if let Some(v) = i.variant.filter(|v| !v.is_empty()) {
+                    platform = format!("{platform}/{v}");
+                }
+                Ok(Some((i.id.unwrap_or_default(), platform)))
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.failure("the image inspection", e)),
+        }
+    }
+
     /// The image `reference` names as a docker-archive stream (`GET /images/{name}/get`).
     pub fn export(&self, reference: &str) -> Body {
         let endpoint = self.endpoint().to_string();

@@ -21,19 +21,9 @@ pub async fn base(
         return Ok(None);
     };
     events(Event::Step(format!("loading the base image {reference}")));
-    let own = match (&dest.engine, resolve_endpoint(&|k| std::env::var(k).ok())) {
-        (None, Ok(ep)) if !matches!(ep, Endpoint::Missing(_)) => {
-            DockerEngine::connect_with(&ep, req.stall_timeout)
-                .await
-                .ok()
-        }
-        _ => None,
-    };
+    let own = reading_engine(req, dest).await;
     let platform = release_platform(&*release.fs, &release.settings).ok();
-    let registry = req.outputs.push.clone().unwrap_or_else(|| RegistryOptions {
-        stall_timeout: Some(req.stall_timeout),
-        ..RegistryOptions::default()
-    });
+    let registry = registry_options(req);
     let loaded = load_base(
         reference,
         dest.engine.as_ref().or(own.as_ref()),
@@ -48,4 +38,25 @@ pub async fn base(
         loaded.source
     )));
     Ok(Some(Arc::new(loaded)))
+}
+
+/// An engine to read images from when the outputs do not use one (`dest.engine` is `None`): a
+/// connection of its own, when the environment names an engine that answers.
+pub(super) async fn reading_engine(req: &Request, dest: &Destinations) -> Option<DockerEngine> {
+    match (&dest.engine, resolve_endpoint(&|k| std::env::var(k).ok())) {
+        (None, Ok(ep)) if !matches!(ep, Endpoint::Missing(_)) => {
+            DockerEngine::connect_with(&ep, req.stall_timeout)
+                .await
+                .ok()
+        }
+        _ => None,
+    }
+}
+
+/// How images are read from registries: the push's transport and credentials, when pushing.
+pub(super) fn registry_options(req: &Request) -> RegistryOptions {
+    req.outputs.push.clone().unwrap_or_else(|| RegistryOptions {
+        stall_timeout: Some(req.stall_timeout),
+        ..RegistryOptions::default()
+    })
 }

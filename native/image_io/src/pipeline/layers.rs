@@ -7,6 +7,7 @@ use crate::base::LoadedBase;
 use crate::error::Failure;
 use image_core::build::{build_cached, LayerCache, Progress as BuildProgress};
 use image_core::image::Image;
+use image_core::index::ImageIndex;
 use image_core::plan::{Plan, RuntimeFile};
 use image_core::supply::SbomFile;
 use std::sync::Arc;
@@ -20,14 +21,22 @@ pub struct Layered {
     pub runtime_files: Vec<RuntimeFile>,
     /// The SBOM embedded in the image (what `--sbom` writes and a push attaches), if any.
     pub sbom: Option<SbomFile>,
+    /// With several platforms, the index over one image per platform, `image` among them
+    /// ([`super::Platforms::write`]).
+    pub index: Option<ImageIndex>,
+    /// Whether the user named `image`'s platform (`--platform`).
+    pub named_platform: bool,
 }
 
-/// Write the layers of `plan` into the run's blob directory and return the image.
+/// Write the layers of `plan` into the run's blob directory and return the image. The layer
+/// cache keeps this image's layers, `more_layers` (other platforms' images, written next) and
+/// as many of the previous run's.
 pub async fn write_layers(
     req: &Request,
     mut release: Release<'_>,
     plan: Plan,
     base: Option<Arc<LoadedBase>>,
+    more_layers: usize,
     events: &Events,
     cancel: &CancellationToken,
 ) -> Result<Layered, Failure> {
@@ -56,7 +65,7 @@ pub async fn write_layers(
             )?;
             if let Some(cache) = &cache {
                 // This image's layers and the previous image's stay.
-                let _ = cache.prune(2 * plan.layers.len().max(1));
+                let _ = cache.prune(2 * (plan.layers.len() + more_layers).max(1));
             }
             let image = match &base {
                 None => image,
@@ -66,6 +75,8 @@ pub async fn write_layers(
                 image,
                 runtime_files: plan.runtime_files,
                 sbom: plan.sbom,
+                index: None,
+                named_platform: false,
             })
         })
     };
@@ -78,7 +89,10 @@ pub async fn write_layers(
 
 /// The layer writer's progress as [`Event`]s: a step per layer, bytes as they go; `false`
 /// (stop) once `cancel` is cancelled.
-fn progress_events(events: Events, cancel: CancellationToken) -> impl FnMut(BuildProgress) -> bool {
+pub(super) fn progress_events(
+    events: Events,
+    cancel: CancellationToken,
+) -> impl FnMut(BuildProgress) -> bool {
     let mut last_step = usize::MAX;
     move |p: BuildProgress| {
         match p {

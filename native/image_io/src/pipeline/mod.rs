@@ -7,7 +7,8 @@
 //! | [`obtain_release`] | `release.rs` | the release (on the host, or built in a builder container) and the filesystem its runtime files come from |
 //! | [`base`] | `base.rs` | the base image, when `--base` is given |
 //! | [`plan_until_complete`] | `plan.rs` | what goes into the image, planned again after each fetch from the builder until it asks for nothing |
-//! | [`write_layers`] | `layers.rs` | the layers (from the layer cache where they are unchanged), the image value |
+//! | [`plan_platforms`] | `platforms.rs` | `--platform`: each other platform's image read, checked and planned, before any layer is written |
+//! | [`write_layers`] | `layers.rs` | the layers (from the layer cache where they are unchanged), the image value; then each other platform's ([`Platforms::write`]) and the image index |
 //! | [`publish`] | `publish.rs` | every output, committed together or not at all ([`crate::sink`]) |
 //!
 //! The NIF decodes a [`Request`], calls [`run`] on the shared runtime and forwards [`Event`]s and
@@ -17,6 +18,7 @@ mod base;
 mod destinations;
 mod layers;
 mod plan;
+mod platforms;
 mod publish;
 mod release;
 mod request;
@@ -25,6 +27,7 @@ pub use base::base;
 pub use destinations::{destinations, Destinations};
 pub use layers::{write_layers, Layered};
 pub use plan::plan_until_complete;
+pub use platforms::{plan_platforms, Foreign, Platforms, TargetImage};
 pub use publish::publish;
 pub use release::{obtain_release, Release};
 pub use request::{check_request, stall_from_secs, EngineOutput, Outputs, Request, Source};
@@ -33,7 +36,7 @@ pub use crate::error::Failure;
 pub use crate::outcome::Outcome;
 
 use crate::dockerfiles::{self, DockerfileFlow, FlowOutcome};
-use crate::engine::{DockerEngine, Endpoint};
+use crate::engine::{DockerEngine, Endpoint, Engine};
 use crate::error::Reason;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +88,17 @@ pub async fn run(
         obtain_release(&req, dest.engine.as_ref(), &events, &cancel, host_build).await?;
     let base = base(&req, &dest, &release, &events).await?;
     let plan = plan_until_complete(&mut release, base.as_ref(), &events, &cancel).await?;
-    let image = write_layers(&req, release, plan, base, &events, &cancel).await?;
+    let platforms = plan_platforms(&req, &dest, &release, base.is_some(), &events).await?;
+    let build_fs = release.fs.clone();
+    let more = platforms.layer_count();
+    let image = write_layers(&req, release, plan, base, more, &events, &cancel).await?;
+    let engine_platform = match (&dest.engine, dest.load) {
+        (Some(engine), true) => engine.platform().await.ok(),
+        _ => None,
+    };
+    let image = platforms
+        .write(&req, build_fs, image, engine_platform, &events, &cancel)
+        .await?;
     publish(&req, &dest, image, tags, &events).await
 }
 

@@ -24,9 +24,14 @@ pub async fn publish(
         image: layered.image,
         blobs: req.blobs(),
         tags,
+        index: layered.index,
+        named_platform: layered.named_platform,
     });
     let names: Vec<String> = built.tags.iter().map(|t| t.to_string()).collect();
-    let mut outcome = Outcome::new(&built.image, names, layered.runtime_files);
+    let mut outcome = match &built.index {
+        None => Outcome::new(&built.image, names, layered.runtime_files),
+        Some(index) => Outcome::of_index(index, &built.image, names, layered.runtime_files),
+    };
     let feedback = feedback(events);
     let key = match &req.supply.sign_key {
         None => None,

@@ -86,8 +86,8 @@ pub struct Request {
     pub settings: Settings,
     /// A base image to put the release on, instead of the runtime files.
     pub base: Option<String>,
-    /// `--platform`, `--platform-image`, `--emulate` as given (not used yet: the multi-platform
-    /// build is wired in a later change; `DockerRelease.build` refuses them until then).
+    /// `--platform`, `--platform-image`, `--emulate` as given: one image per platform and an
+    /// index over them ([`super::plan_platforms`]; `--emulate` is refused, not built yet).
     pub platforms: PlatformOptions,
     /// Timestamp of the image and of every file in it.
     pub created: u64,

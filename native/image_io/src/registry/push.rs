@@ -19,7 +19,8 @@ use std::sync::Arc;
 /// What a push did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PushOutcome {
-    /// The digest of the pushed manifest, the same in every repository.
+    /// The digest of what the tags name, the same in every repository: the image's manifest,
+    /// or with several platforms the image index.
     pub manifest_digest: Digest,
     /// Bytes of blobs uploaded (layers and config; manifests are not counted).
     pub uploaded_bytes: u64,
@@ -75,7 +76,8 @@ pub async fn push_undoable(
 }
 
 /// The first step of a push, which moves no tag: every blob of `built` (layers, then the
-/// config; each once) to every repository its tags name. `pushed` keeps the registry sessions
+/// config; each once; with several platforms, every image's, then each image's manifest by
+/// digest) to every repository its tags name. `pushed` keeps the registry sessions
 /// for [`move_tags`].
 pub async fn upload(
     built: Arc<Built>,
@@ -86,27 +88,32 @@ pub async fn upload(
     let targets = group_tags(&built.tags)?;
     let http = client(opts)?;
     let store = Arc::new(opts.credential_store());
-    let image = &built.image;
-    let config = Bytes::from(image.config_json());
-    let manifest_digest = image.manifest_digest();
+    let (_, manifest_digest, _) = top_document(built.as_ref());
     pushed.digest = Some(manifest_digest.clone());
 
-    // Each blob once, even when two layers are identical; the config last.
+    // Each blob once, even when two layers (or two platforms' layers) are identical; each
+    // image's config after its layers.
     let mut blobs: Vec<Blob> = Vec::new();
-    for l in &image.layers {
-        if !blobs.iter().any(|b| b.digest == l.digest) {
+    for image in built.images() {
+        let config = Bytes::from(image.config_json());
+        for l in &image.layers {
+            if !blobs.iter().any(|b| b.digest == l.digest) {
+                blobs.push(Blob {
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    content: Content::File(built.blobs.path(&l.digest)),
+                });
+            }
+        }
+        let digest = Digest::of(&config);
+        if !blobs.iter().any(|b| b.digest == digest) {
             blobs.push(Blob {
-                digest: l.digest.clone(),
-                size: l.size,
-                content: Content::File(built.blobs.path(&l.digest)),
+                digest,
+                size: config.len() as u64,
+                content: Content::Bytes(config),
             });
         }
     }
-    blobs.push(Blob {
-        digest: Digest::of(&config),
-        size: config.len() as u64,
-        content: Content::Bytes(config),
-    });
 
     let mut outcome = PushOutcome {
         manifest_digest,
@@ -135,6 +142,9 @@ pub async fn upload(
                     outcome.skipped_blobs += 1;
                 }
             }
+            if built.index.is_some() {
+                put_platform_manifests(&mut reg, path, &built).await?;
+            }
         }
         pushed.sessions.push(reg);
     }
@@ -150,8 +160,7 @@ pub async fn move_tags(
     outcome: &mut PushOutcome,
 ) -> Result<(), RegistryError> {
     let targets = group_tags(&built.tags)?;
-    let manifest = Bytes::from(built.image.manifest_json());
-    let manifest_digest = built.image.manifest_digest();
+    let (manifest, manifest_digest, media) = top_document(built);
     for (session, (host, repos)) in targets.iter().enumerate() {
         for (path, tags) in repos {
             for tag in tags {
@@ -172,7 +181,7 @@ pub async fn move_tags(
                 };
                 pushed.moved.push(moved);
                 if let Err(e) = reg
-                    .put_manifest(path, tag, &manifest, &manifest_digest)
+                    .put_manifest(path, tag, &manifest, &manifest_digest, media)
                     .await
                 {
                     // A PUT can fail after the registry stored the manifest (a cut connection):
@@ -191,6 +200,41 @@ pub async fn move_tags(
                 .references
                 .push(format!("{host}/{path}@{manifest_digest}"));
         }
+    }
+    Ok(())
+}
+
+/// What the tags name: the image's manifest, or with several platforms the image index (its
+/// bytes, digest and media type).
+fn top_document(built: &Built) -> (Bytes, Digest, &'static str) {
+    match &built.index {
+        None => (
+            Bytes::from(built.image.manifest_json()),
+            built.image.manifest_digest(),
+            media_type::MANIFEST,
+        ),
+        Some(index) => (Bytes::from(index.json()), index.digest(), media_type::INDEX),
+    }
+}
+
+/// With several platforms, each platform's manifest by its digest (no tag moves: the index the
+/// tags will name refers to them), after their blobs and before the index.
+async fn put_platform_manifests(
+    reg: &mut Registry,
+    path: &str,
+    built: &Built,
+) -> Result<(), RegistryError> {
+    for image in built.images() {
+        let digest = image.manifest_digest();
+        let manifest = Bytes::from(image.manifest_json());
+        reg.put_manifest(
+            path,
+            &digest.to_string(),
+            &manifest,
+            &digest,
+            media_type::MANIFEST,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -428,15 +472,17 @@ impl Registry {
         self.put(path, tag, bytes, media).await.map(|_| ())
     }
 
-    /// `PUT` our manifest under `tag`, checking the digest the registry says it stored.
+    /// `PUT` our manifest (or index: `media`) under `tag` (a tag or its own digest), checking
+    /// the digest the registry says it stored.
     async fn put_manifest(
         &mut self,
         path: &str,
         tag: &str,
         manifest: &Bytes,
         digest: &Digest,
+        media: &str,
     ) -> Result<(), RegistryError> {
-        let (url, stored) = self.put(path, tag, manifest, media_type::MANIFEST).await?;
+        let (url, stored) = self.put(path, tag, manifest, media).await?;
         match stored {
             Some(got) if got != digest.to_string() => Err(RegistryError::Protocol {
                 url: url.to_string(),

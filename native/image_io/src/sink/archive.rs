@@ -1,11 +1,12 @@
-//! The archive file: the image as an OCI layout plus a Docker `manifest.json`
+//! The archive file: the image (or the index over one image per platform) as an OCI layout plus
+//! a Docker `manifest.json`
 //! ([`image_core::archive`]), written to a [`PendingFile`] and published with the run's other
 //! outputs.
 
 use super::{Built, Changes, Feedback, FileOutput, Order, PendingFile, Progress, Sink, SinkError};
 use crate::outcome::Outcome;
 use futures_util::future::BoxFuture;
-use image_core::archive::write_archive;
+use image_core::archive::{write_archive, write_index_archive};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,13 +31,24 @@ pub async fn archive_into(
 ) -> Result<PendingFile, SinkError> {
     tokio::task::spawn_blocking(move || {
         let mut report = |n| progress(n);
-        write_archive(
-            &built.image,
-            &built.tags,
-            &built.blobs,
-            pending.writer(),
-            &mut report,
-        )?;
+        match &built.index {
+            None => write_archive(
+                &built.image,
+                &built.tags,
+                &built.blobs,
+                pending.writer(),
+                &mut report,
+            )?,
+            // Every platform's image under the index; `docker load` gets `image`'s.
+            Some(index) => write_index_archive(
+                index,
+                &built.image.platform,
+                &built.tags,
+                &built.blobs,
+                pending.writer(),
+                &mut report,
+            )?,
+        };
         Ok(pending)
     })
     .await

@@ -62,7 +62,9 @@ pub async fn engine_load<E: Engine>(
     let engine_platform = engine.platform().await?;
     let p = &built.image.platform;
     let image_platform = format!("{}/{}", p.os, p.architecture);
-    if engine_platform != image_platform {
+    // An image of a platform the user named (`--platform`) loads anyway: the engine runs it
+    // under emulation, where the machine has it.
+    if engine_platform != image_platform && !built.named_platform {
         return Err(EngineError::Platform {
             image: image_platform,
             engine: engine_platform,

@@ -36,6 +36,7 @@ use crate::registry::RegistryError;
 use futures_util::future::BoxFuture;
 use image_core::archive::{ArchiveError, BlobDir};
 use image_core::image::Image;
+use image_core::index::ImageIndex;
 use image_core::reference::Reference;
 use std::io;
 use std::path::PathBuf;
@@ -51,6 +52,34 @@ pub struct Built {
     pub blobs: BlobDir,
     /// Tags to apply.
     pub tags: Vec<Reference>,
+    /// With several platforms (`--platform`), the index over one image per platform, `image`
+    /// among them: a registry gets every image and the tags name the index, an archive holds
+    /// them all; the engine gets `image` (see [`Built::image`]).
+    pub index: Option<ImageIndex>,
+    /// `true` when the user named `image`'s platform (`--platform`): the engine loads it even
+    /// when it runs another platform (it runs such an image under emulation).
+    pub named_platform: bool,
+}
+
+impl Built {
+    /// One image, for its own platform: what a build without `--platform` makes.
+    pub fn single(image: Image, blobs: BlobDir, tags: Vec<Reference>) -> Built {
+        Built {
+            image,
+            blobs,
+            tags,
+            index: None,
+            named_platform: false,
+        }
+    }
+
+    /// Every image of the run: the index's, or the one image.
+    pub fn images(&self) -> Vec<&Image> {
+        match &self.index {
+            Some(index) => index.images().iter().collect(),
+            None => vec![&self.image],
+        }
+    }
 }
 
 /// Progress callback with bytes done so far.
