@@ -121,6 +121,25 @@ defmodule DockerRelease.E2E.DockerfilesTest do
     assert labelled_containers() -- ctx.before == []
   end
 
+  test "a failing final Dockerfile puts the tags back: the build tag names its old image", ctx do
+    # The tags before the run: the build tag names some image, the final tags none.
+    old = image_inspect!("docker-release-test/minbase:bookworm", "{{.Id}}")
+    docker!(["tag", "docker-release-test/minbase:bookworm", "#{ctx.repo}-build:t"])
+    path = Path.join(ctx.dir, "Dockerfile")
+    File.write!(path, File.read!(path) <> "RUN false\n")
+
+    {out, status} = flow(ctx, ["--tag", "#{ctx.repo}/app:1", "--tag", "#{ctx.repo}/app:latest"])
+    assert status != 0, out
+    # The build image was built and tagged, then the final build failed.
+    assert out =~ "creating a temporary container", out
+    assert out =~ "returned a non-zero code: 1", out
+    refute out =~ "could not put back", out
+    assert image_inspect!("#{ctx.repo}-build:t", "{{.Id}}") == old
+    refute image_exists?("#{ctx.repo}/app:1")
+    refute image_exists?("#{ctx.repo}/app:latest")
+    assert labelled_containers() -- ctx.before == []
+  end
+
   test "a build image without the tarball is a clear error and leaves no container", ctx do
     path = Path.join(ctx.dir, "Dockerfile.build")
 

@@ -28,7 +28,8 @@ mod context;
 mod tarball;
 
 use crate::engine::{
-    sweep_leftovers, BuildCallError, BuildEngine, BuildSpec, ContainerSpec, EngineError, Temporary,
+    sweep_leftovers, BuildCallError, BuildEngine, BuildSpec, ContainerSpec, Engine, EngineError,
+    Temporary,
 };
 use crate::error::Reason;
 use context::{context_excludes, context_stream};
@@ -290,7 +291,65 @@ pub async fn run<E: BuildEngine>(
     cancel: CancellationToken,
 ) -> Result<FlowOutcome, FlowError> {
     let checked = check(flow)?;
+    // What the build tag and the final tags name before the run: a run that fails puts them
+    // back, so that only a run that succeeds as a whole changes them.
+    let mut before = Vec::new();
+    for t in std::iter::once(&checked.build_tag).chain(&checked.final_tags) {
+        if let Ok(id) = engine.tagged(&t.repository(), &t.tag).await {
+            before.push((t.clone(), id));
+        }
+    }
+    let result = run_checked(engine, flow, checked, &on_step, &on_line, cancel).await;
+    if result.is_err() {
+        let left = put_back(engine, &before).await;
+        if !left.is_empty() {
+            on_line(
+                "restore",
+                &format!(
+                    "could not put back what these tags named before the run: {} (check them with `docker image inspect`)",
+                    left.join(", ")
+                ),
+            );
+        }
+    }
+    result
+}
 
+/// Point each tag of `before` at the image it named (untag it when it named none), where it
+/// names another image now. Returns the tags that could not be put back.
+async fn put_back<E: Engine>(engine: &E, before: &[(Reference, Option<String>)]) -> Vec<String> {
+    let mut left = Vec::new();
+    for (t, was) in before {
+        let (repo, tag) = (t.repository(), t.tag.clone());
+        let now = match engine.tagged(&repo, &tag).await {
+            Ok(now) => now,
+            Err(_) => {
+                left.push(t.to_string());
+                continue;
+            }
+        };
+        if now == *was {
+            continue;
+        }
+        let done = match was {
+            Some(id) => engine.tag(id, &repo, &tag).await,
+            None => engine.untag(&repo, &tag).await,
+        };
+        if done.is_err() {
+            left.push(t.to_string());
+        }
+    }
+    left
+}
+
+async fn run_checked<E: BuildEngine>(
+    engine: &E,
+    flow: &DockerfileFlow,
+    checked: Checked,
+    on_step: &OnStep,
+    on_line: &OnLine,
+    cancel: CancellationToken,
+) -> Result<FlowOutcome, FlowError> {
     // Leftovers of killed runs; a failing sweep must not stop this run.
     if let Ok(n @ 1..) = sweep_leftovers(engine).await {
         on_line(
@@ -322,7 +381,7 @@ pub async fn run<E: BuildEngine>(
         &flow.build_dockerfile,
         excludes,
         None,
-        &on_line,
+        on_line,
         &cancel,
     )
     .await?;
@@ -408,7 +467,7 @@ pub async fn run<E: BuildEngine>(
         &flow.dockerfile,
         excludes,
         extra,
-        &on_line,
+        on_line,
         &cancel,
     )
     .await?;
