@@ -471,8 +471,40 @@ defmodule DockerRelease.Config do
           "--emulate builds the release in a builder of each platform, run under emulation: it needs --builder IMAGE"
         )
 
+      missing = c.builder == nil && platforms_without_files(platforms, images) ->
+        [p | _] = missing
+        host = host_platform()
+
+        invalid!(
+          "--platform #{p}: a release built on this machine (#{host}) has no builder image whose #{p} variant could provide #{p}'s files: name an image of #{p} with the same Erlang/OTP as this machine's, --platform-image #{p}=IMAGE, or build in a builder (--builder IMAGE)"
+        )
+
       true ->
         %{c | platforms: platforms, platform_images: images}
+    end
+  end
+
+  # A build on this machine takes another platform's files from `--platform-image` only:
+  # the platforms (normal form) that are not this machine's and have none, or nil. Checked
+  # here so that the refusal comes before the release is built, not after.
+  defp platforms_without_files(platforms, images) do
+    host = host_platform()
+    named = Enum.map(images, &elem(&1, 0))
+
+    case Enum.reject(platforms, &(&1 == host or &1 in named)) do
+      [] -> nil
+      missing when host != nil -> missing
+      _unknown_host -> nil
+    end
+  end
+
+  # This machine's platform in the normal form of `platform_check` (nil when unknown here: the
+  # build then says it).
+  defp host_platform do
+    case :erlang.system_info(:system_architecture) |> to_string() |> String.split("-") do
+      ["x86_64" | _] -> "linux/amd64"
+      ["aarch64" | _] -> "linux/arm64/v8"
+      _ -> nil
     end
   end
 

@@ -277,6 +277,27 @@ defmodule DockerRelease.ConfigTest do
       end
     end
 
+    test "a build on this machine refuses another platform without its image, before building" do
+      host =
+        if :erlang.system_info(:system_architecture) |> to_string() =~ "aarch64",
+          do: "linux/amd64",
+          else: "linux/arm64"
+
+      e =
+        assert_raise Error, fn ->
+          Config.new!(@project ++ [docker_release: [platforms: [host]]], [], "/src")
+        end
+
+      assert e.reason == :invalid_config
+      assert e.message =~ "--platform-image"
+      assert e.message =~ "or build in a builder (--builder IMAGE)"
+
+      # With its image, or in a builder, it is accepted.
+      c = Config.new!(@project, [platforms: [host], platform_images: [{host, "b:1"}]], "/src")
+      assert c.platform_images != []
+      assert Config.new!(@project, [platforms: [host], builder: "b:1"], "/src").builder == "b:1"
+    end
+
     test "--emulate (not built yet) stops before anything is built, saying so" do
       opts = [platforms: ["linux/amd64", "linux/arm64"], emulate: true, builder: "b:1"]
       c = Config.new!(@project, opts, "/src")
