@@ -115,15 +115,21 @@ defmodule DockerRelease do
 
   @doc """
   Removes the builder cache volumes (`--builder`) of the project in `project_dir`, or of every
-  project when `nil`, from the engine the environment names. Returns
+  project when `nil`, from the engine the environment names, each engine request bounded by
+  `stall_timeout` seconds of silence. Returns
   `{:ok, %{removed: [name], kept: [{name, why}]}}` (a volume in use is kept) or
   `{:error, %DockerRelease.Error{}}`.
 
       {:ok, %{removed: _, kept: []}} = DockerRelease.clean_volumes(File.cwd!())
   """
-  @spec clean_volumes(Path.t() | nil) :: {:ok, map} | {:error, Error.t()}
-  def clean_volumes(project_dir) do
-    {:ok, job, id} = Native.image_clean(%Native.CleanRequest{project_dir: project_dir})
+  @spec clean_volumes(Path.t() | nil, pos_integer) :: {:ok, map} | {:error, Error.t()}
+  def clean_volumes(project_dir, stall_timeout \\ 300) do
+    {:ok, job, id} =
+      Native.image_clean(%Native.CleanRequest{
+        project_dir: project_dir,
+        stall_timeout: stall_timeout
+      })
+
     await(job, id)
   rescue
     e in Error -> {:error, e}

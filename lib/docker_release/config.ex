@@ -274,6 +274,19 @@ defmodule DockerRelease.Config do
     end
   end
 
+  @doc """
+  The bound on silence for a command that has no project configuration (`mix
+  docker.release.clean`): `flag` (`--stall-timeout`) when given, else
+  `DOCKER_RELEASE_STALL_TIMEOUT`, else 300 seconds; checked as `mix docker.release` checks it.
+  Raises `DockerRelease.Error` (`:invalid_config`) for a value out of range.
+  """
+  @spec stall_timeout!(integer | nil) :: pos_integer
+  def stall_timeout!(flag) do
+    seconds = flag || Keyword.get(env_config(), :stall_timeout, 300)
+    uint!(:stall_timeout, seconds, 1, @max_stall)
+    seconds
+  end
+
   # Settings from the environment, between mix.exs and the flags.
   defp env_config do
     case System.get_env("DOCKER_RELEASE_STALL_TIMEOUT") do

@@ -103,7 +103,7 @@ defmodule DockerRelease.Native do
   defmodule CleanRequest do
     @moduledoc false
     # Mirrors `NifCleanRequest` in native/docker_release_nif/src/lib.rs.
-    defstruct project_dir: nil
+    defstruct project_dir: nil, stall_timeout: 300
   end
 
   @doc false

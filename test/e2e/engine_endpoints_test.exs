@@ -80,6 +80,27 @@ defmodule DockerRelease.E2E.EngineEndpointsTest do
     assert out =~ "invalid stall_timeout: expected an integer from 1 to 86400, got: 0"
   end
 
+  test "mix docker.release.clean has the same bound on silence, and checks it" do
+    dir = DockerRelease.E2E.Builder.example_copy!("hello", "dr-e2e-clean-stall")
+    sock = Path.join(tmp_dir!(), "engine.sock")
+    EngineProxy.start!({:unix, sock}, [{~r{/volumes}, :swallow}])
+    env = [{"MIX_ENV", nil}, {"DOCKER_HOST", "unix://#{sock}"}]
+    started = System.monotonic_time(:millisecond)
+
+    {out, status} =
+      cmd("mix", ["docker.release.clean", "--stall-timeout", "1"], cd: dir, env: env, timeout: 300)
+
+    assert status != 0, out
+    assert out =~ "neither took nor sent a byte for 1 s", out
+    assert System.monotonic_time(:millisecond) - started < 120_000
+
+    {out, status} =
+      cmd("mix", ["docker.release.clean", "--stall-timeout", "0"], cd: dir, env: env)
+
+    assert status != 0, out
+    assert out =~ "invalid stall_timeout: expected an integer from 1 to 86400, got: 0", out
+  end
+
   test "an engine that answers 500 is reported as failing, not as absent", %{rel: rel, repo: repo} do
     sock = Path.join(tmp_dir!(), "engine.sock")
     EngineProxy.start!({:unix, sock}, [{~r{/version}, {:status, 500}}])

@@ -21,13 +21,16 @@ defmodule Mix.Tasks.Docker.Release.Clean do
 
     * `--all-projects` - remove every docker_release cache volume in the engine, of any
       project (local files are still only this project's).
+    * `--stall-timeout SECONDS` - how long a request to the engine may go with no byte moved
+      before it fails (default 300; `DOCKER_RELEASE_STALL_TIMEOUT` sets it too), as for
+      `mix docker.release`.
 
   Without a Docker engine only the local files are removed.
   """
 
   use Mix.Task
 
-  @switches [all_projects: :boolean]
+  @switches [all_projects: :boolean, stall_timeout: :integer]
 
   @impl true
   def run(args) do
@@ -45,6 +48,13 @@ defmodule Mix.Tasks.Docker.Release.Clean do
           "unexpected argument(s) #{Enum.join(rest, " ")}. See `mix help docker.release.clean`"
         )
 
+    stall_timeout =
+      try do
+        DockerRelease.Config.stall_timeout!(opts[:stall_timeout])
+      rescue
+        e in DockerRelease.Error -> Mix.raise(e.message)
+      end
+
     project_dir = File.cwd!()
     base = Path.join([project_dir, "_build", "docker_release"])
     shell = Mix.shell()
@@ -54,7 +64,7 @@ defmodule Mix.Tasks.Docker.Release.Clean do
 
     scope = if opts[:all_projects], do: nil, else: project_dir
 
-    case DockerRelease.clean_volumes(scope) do
+    case DockerRelease.clean_volumes(scope, stall_timeout) do
       {:ok, %{removed: removed, kept: kept}} ->
         whose = if scope, do: "of #{project_dir}", else: "of every project"
 

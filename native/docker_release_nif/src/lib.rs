@@ -458,6 +458,7 @@ fn lock_release(lock: ResourceArc<Lock>) -> Atom {
 #[module = "DockerRelease.Native.CleanRequest"]
 struct NifCleanRequest {
     project_dir: Option<String>,
+    stall_timeout: u64,
 }
 
 /// Remove the builder cache volumes of a project (or of all); `{:ok, job, id}` at once, then
@@ -465,8 +466,9 @@ struct NifCleanRequest {
 #[rustler::nif]
 fn image_clean(env: Env, request: NifCleanRequest) -> (Atom, ResourceArc<Job>, u64) {
     let project = request.project_dir.map(PathBuf::from);
+    let stall_timeout = stall_from_secs(request.stall_timeout);
     start_job(env, None, move |events, _cancel| {
-        image_io::clean::run_clean(project, events)
+        image_io::clean::run_clean(project, stall_timeout, events)
     })
 }
 

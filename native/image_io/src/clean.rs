@@ -56,17 +56,15 @@ pub async fn remove_cache_volumes(
     Ok(cleaned)
 }
 
-/// [`remove_cache_volumes`] on the engine the environment names.
+/// [`remove_cache_volumes`] on the engine the environment names, each request bounded by
+/// `stall_timeout` of silence.
 pub async fn run_clean(
     project: Option<std::path::PathBuf>,
+    stall_timeout: std::time::Duration,
     events: Events,
 ) -> Result<Cleaned, Failure> {
-    let engine = required_engine(
-        &events,
-        "removing the builder cache volumes",
-        crate::stall::DEFAULT_STALL,
-    )
-    .await?;
+    let engine =
+        required_engine(&events, "removing the builder cache volumes", stall_timeout).await?;
     Ok(remove_cache_volumes(&engine, project.as_deref()).await?)
 }
 
