@@ -464,15 +464,9 @@ defmodule DockerRelease do
   end
 
   defp walk_path_deps(proj, dir, env, root, acc) do
-    Enum.reduce(Keyword.get(proj, :deps, []), acc, fn dep, {outside, seen} = acc ->
-      {name, opts} = dep_opts(dep)
-      path = opts[:path]
-
+    Enum.reduce(DockerRelease.Deps.env_path_deps(proj, env), acc, fn {name, path},
+                                                                     {outside, seen} = acc ->
       cond do
-        is_nil(path) or opts[:in_umbrella] == true or
-            not (is_nil(opts[:only]) or env in List.wrap(opts[:only])) ->
-          acc
-
         not String.starts_with?(Path.expand(path, dir) <> "/", root <> "/") ->
           {[
              "#{inspect(name)} (#{path}) in #{Path.relative_to(Path.join(dir, "mix.exs"), root)}"
@@ -495,10 +489,6 @@ defmodule DockerRelease do
       end
     end)
   end
-
-  defp dep_opts({name, opts}) when is_list(opts), do: {name, opts}
-  defp dep_opts({name, _req, opts}) when is_list(opts), do: {name, opts}
-  defp dep_opts({name, _req}), do: {name, []}
 
   defp ensure_linux_host! do
     case :os.type() do

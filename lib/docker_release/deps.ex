@@ -144,15 +144,8 @@ defmodule DockerRelease.Deps do
   end
 
   defp walk(proj, dir, env, root, acc) do
-    Enum.reduce(Keyword.get(proj, :deps, []), acc, fn dep, {found, seen} = acc ->
-      {name, opts} = dep_opts(dep)
-      path = opts[:path]
-
+    Enum.reduce(env_path_deps(proj, env), acc, fn {name, path}, {found, seen} = acc ->
       cond do
-        is_nil(path) or opts[:in_umbrella] == true or
-            not (is_nil(opts[:only]) or env in List.wrap(opts[:only])) ->
-          acc
-
         MapSet.member?(seen, Path.expand(path, dir)) ->
           acc
 
@@ -174,6 +167,19 @@ defmodule DockerRelease.Deps do
           walk(sub, abs, env, root, {Map.put(found, app, dep), MapSet.put(seen, abs)})
       end
     end)
+  end
+
+  @doc false
+  # The path dependencies of `proj` (a project's config) that `env` gets, as `{name, path}`:
+  # umbrella siblings and dependencies of other environments left out.
+  @spec env_path_deps(keyword, atom) :: [{atom, String.t()}]
+  def env_path_deps(proj, env) do
+    for dep <- Keyword.get(proj, :deps, []),
+        {name, opts} = dep_opts(dep),
+        path = opts[:path],
+        path != nil and opts[:in_umbrella] != true,
+        is_nil(opts[:only]) or env in List.wrap(opts[:only]),
+        do: {name, path}
   end
 
   defp dep_opts({name, opts}) when is_list(opts), do: {name, opts}
