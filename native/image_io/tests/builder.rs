@@ -693,6 +693,10 @@ mod fake_engine {
         fetch_status: i64,
         fetch_stderr: &'static str,
         export: Vec<u8>,
+        /// The engine's command (`docker`, `podman`).
+        cli: &'static str,
+        /// Removing a container fails (the engine refuses).
+        fail_remove: bool,
     }
 
     impl Fake {
@@ -720,6 +724,8 @@ mod fake_engine {
                 fetch_status: 0,
                 fetch_stderr: "",
                 export: t.into_inner().unwrap(),
+                cli: "docker",
+                fail_remove: false,
             }
         }
 
@@ -739,10 +745,19 @@ mod fake_engine {
         }
         async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
             self.log(Call::Remove(id.into()));
+            if self.fail_remove {
+                return Err(EngineError::Api {
+                    action: "removing the container".into(),
+                    message: "device or resource busy".into(),
+                });
+            }
             Ok(())
         }
         fn remove_container_detached(&self, id: String) {
             self.log(Call::RemoveDetached(id));
+        }
+        async fn cli(&self) -> &'static str {
+            self.cli
         }
         async fn list_containers(
             &self,
@@ -1089,6 +1104,47 @@ mod fake_engine {
         );
         assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
         assert!(!fake.calls().iter().any(|c| matches!(c, Call::Fetch(_))));
+    }
+
+    #[tokio::test]
+    async fn a_container_that_cannot_be_removed_is_named_with_the_engines_command() {
+        let dir = project();
+        for cli in ["docker", "podman"] {
+            let hint = format!("remove it with `{cli} rm -f c1`");
+            // The build fails, then the removal: a warning line, the build's error returned.
+            let mut fake = Fake::new();
+            (fake.cli, fake.fail_remove, fake.build_status) = (cli, true, 1);
+            fake.build_output = vec!["@M deps.get", "@M release", "boom"];
+            let (on_step, on_line, seen) = callbacks();
+            let err = build_release(
+                &fake,
+                &spec(dir.path()),
+                on_step,
+                on_line,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(err.reason(), "release_build_failed");
+            let seen = seen.lock().unwrap().clone();
+            let warning = seen
+                .iter()
+                .find(|(_, l)| l.contains("could not be removed"))
+                .unwrap_or_else(|| panic!("no removal warning in {seen:?}"));
+            assert!(
+                warning.1.starts_with("warning: the builder container c1 could not be removed (the Docker engine refused removing the container: device or resource busy)"),
+                "{warning:?}"
+            );
+            assert!(warning.1.ends_with(&hint), "{warning:?}");
+
+            // The build succeeds, the removal at the end fails: `finish` says so.
+            let mut fake = Fake::new();
+            (fake.cli, fake.fail_remove) = (cli, true);
+            let mut built = build_with(&fake, dir.path()).await.unwrap();
+            let warning = built.finish().await.expect("a warning");
+            assert!(warning.ends_with(&hint), "{warning}");
+            assert_eq!(fake.calls().last(), Some(&Call::Remove("c1".into())));
+        }
     }
 
     #[tokio::test]

@@ -243,11 +243,11 @@ impl<E: ContainerEngine> BuiltRelease<'_, E> {
     /// not be removed (the release is built: what is left behind is said, not failed for).
     pub async fn finish(&mut self) -> Option<String> {
         let live = self.live.take()?;
-        let id = live.container.id().to_string();
+        let (id, cli) = (live.container.id().to_string(), live.container.cli());
         match live.container.remove().await {
             Ok(()) => None,
             Err(e) => Some(format!(
-                "warning: the builder container {id} could not be removed ({e}); remove it with `docker rm -f {id}`"
+                "warning: the builder container {id} could not be removed ({e}); remove it with `{cli} rm -f {id}`"
             )),
         }
     }
@@ -506,7 +506,7 @@ pub async fn build_release_with<'a, E: ContainerEngine>(
         ..ContainerSpec::temporary(spec.image.clone())
     };
     let container = Temporary::create(engine, &container).await?;
-    let id = container.id().to_string();
+    let (id, cli) = (container.id().to_string(), container.cli());
     let callbacks = (&on_step, &on_line, &on_bytes);
     let run = in_container(engine, &id, spec, &image, &project_dir, callbacks);
     let result = tokio::select! {
@@ -560,7 +560,7 @@ pub async fn build_release_with<'a, E: ContainerEngine>(
             // stopping; the explicit removal makes sure it is gone before we return.
             if let Err(r) = container.remove().await {
                 on_step(&format!(
-                    "warning: the builder container {id} could not be removed ({r}); remove it with `docker rm -f {id}`"
+                    "warning: the builder container {id} could not be removed ({r}); remove it with `{cli} rm -f {id}`"
                 ));
             }
             Err(e)

@@ -291,6 +291,8 @@ pub async fn run<E: BuildEngine>(
     cancel: CancellationToken,
 ) -> Result<FlowOutcome, FlowError> {
     let checked = check(flow)?;
+    // Asked while the engine answers: a message about tags left wrong names its command.
+    let cli = engine.cli().await;
     // What the build tag and the final tags name before the run: a run that fails puts them
     // back, so that only a run that succeeds as a whole changes them.
     let mut before = Vec::new();
@@ -306,7 +308,7 @@ pub async fn run<E: BuildEngine>(
             on_line(
                 "restore",
                 &format!(
-                    "could not put back what these tags named before the run: {} (check them with `docker image inspect`)",
+                    "could not put back what these tags named before the run: {} (check them with `{cli} image inspect`)",
                     left.join(", ")
                 ),
             );
@@ -403,7 +405,7 @@ async fn run_checked<E: BuildEngine>(
     let container = Temporary::create(engine, &spec)
         .await
         .map_err(|source| FlowError::Engine { step, source })?;
-    let id = container.id().to_string();
+    let (id, cli) = (container.id().to_string(), container.cli());
 
     let tar_path = format!("/tmp/{}", flow.release_tarball);
     on_step(&format!("copying {tar_path} from the build image"));
@@ -417,7 +419,7 @@ async fn run_checked<E: BuildEngine>(
             if let Err(r) = removed {
                 on_line(
                     Step::RemoveContainer.key(),
-                    &format!("{r}; remove it with `docker rm -f {id}`"),
+                    &format!("{r}; remove it with `{cli} rm -f {id}`"),
                 );
             }
             return Err(e);
@@ -682,6 +684,10 @@ mod tests {
         download: Option<Vec<u8>>,
         /// The download never answers.
         hang_download: bool,
+        /// The engine's command (`None`: the trait's default, `docker`).
+        cli: Option<&'static str>,
+        /// Removing the container fails, and so does every tag lookup once it is created.
+        broken_after_create: bool,
     }
 
     impl Fake {
@@ -709,7 +715,13 @@ mod tests {
             Ok(("sha256:final".into(), 1234))
         }
         async fn tagged(&self, _repo: &str, _tag: &str) -> Result<Option<String>, EngineError> {
-            Err(EngineError::Config("not used".into()))
+            match self.broken_after_create {
+                true if self.calls().iter().any(|c| c.starts_with("create")) => {
+                    Err(EngineError::Config("broken".into()))
+                }
+                true => Ok(Some("sha256:old".into())),
+                false => Err(EngineError::Config("not used".into())),
+            }
         }
         async fn untag(&self, _repo: &str, _tag: &str) -> Result<(), EngineError> {
             Err(EngineError::Config("not used".into()))
@@ -769,8 +781,14 @@ mod tests {
         }
         async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
             self.call(format!("remove {container}"));
+            if self.broken_after_create {
+                return Err(EngineError::Config("broken".into()));
+            }
             self.live.lock().unwrap().retain(|c| c != container);
             Ok(())
+        }
+        async fn cli(&self) -> &'static str {
+            self.cli.unwrap_or("docker")
         }
         fn remove_container_detached(&self, container: String) {
             self.live.lock().unwrap().retain(|c| *c != container);
@@ -1021,6 +1039,34 @@ mod tests {
         let err = go(&engine, &flow, None).await.0.unwrap_err();
         assert!(err.to_string().contains("is a directory"), "{err}");
         assert!(engine.live.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_is_left_behind_is_named_with_the_engines_command() {
+        let (_dir, flow) = project();
+        for cli in [None, Some("podman")] {
+            // No tarball: the copy fails, then the removal and the tags' restoring.
+            let engine = Fake {
+                cli,
+                broken_after_create: true,
+                ..Fake::default()
+            };
+            let (r, _, lines) = go(&engine, &flow, None).await;
+            assert_eq!(r.unwrap_err().reason(), "tarball_missing");
+            let cli = cli.unwrap_or("docker");
+            assert!(
+                lines.contains(&format!(
+                    "remove_container: broken; remove it with `{cli} rm -f c1`"
+                )),
+                "{lines:?}"
+            );
+            assert!(
+                lines.contains(&format!(
+                    "restore: could not put back what these tags named before the run: hello-build:0.1.0, hello:0.1.0, reg.example:5000/team/hello:latest (check them with `{cli} image inspect`)"
+                )),
+                "{lines:?}"
+            );
+        }
     }
 
     #[tokio::test]

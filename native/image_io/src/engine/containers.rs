@@ -8,7 +8,7 @@
 //! [`sweep_leftovers`] removes containers whose owner process on this host is gone. Cleanup
 //! never depends on code running at exit.
 
-use super::{status_of, Body, DockerEngine, EngineError};
+use super::{status_of, Body, DockerEngine, Engine, EngineError, EngineKind};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -157,6 +157,12 @@ pub trait Containers: Send + Sync {
         key: &str,
         value: &str,
     ) -> impl Future<Output = Result<Vec<LabelledContainer>, EngineError>> + Send;
+    /// The command-line tool people use with this engine (`docker`, `podman`: see
+    /// [`EngineKind::cli`]), for the commands a message tells them to type. Never fails: an
+    /// engine that cannot say is taken for Docker.
+    fn cli(&self) -> impl Future<Output = &'static str> + Send {
+        async { EngineKind::Docker.cli() }
+    }
 }
 
 /// What a builder container needs beyond the lifecycle: the image, a held stdin, uploads,
@@ -323,6 +329,13 @@ impl Containers for DockerEngine {
             })
             .collect())
     }
+
+    async fn cli(&self) -> &'static str {
+        // `GET /version`, asked once per connection (the engine sink asks it too).
+        Engine::kind(self)
+            .await
+            .map_or(EngineKind::Docker.cli(), EngineKind::cli)
+    }
 }
 
 impl ContainerEngine for DockerEngine {
@@ -488,21 +501,32 @@ impl ContainerEngine for DockerEngine {
 pub struct Temporary<'a, E: Containers> {
     engine: &'a E,
     id: Option<String>,
+    cli: &'static str,
 }
 
 impl<'a, E: Containers> Temporary<'a, E> {
-    /// Create the container `spec` describes and guard it.
+    /// Create the container `spec` describes and guard it. The engine's kind is asked first,
+    /// while it answers: a container that cannot be removed later is named with its engine's
+    /// command ([`Temporary::cli`]).
     pub async fn create(engine: &'a E, spec: &ContainerSpec) -> Result<Self, EngineError> {
+        let cli = engine.cli().await;
         let id = engine.create_container(spec).await?;
         Ok(Temporary {
             engine,
             id: Some(id),
+            cli,
         })
     }
 
     /// The container's ID (empty once removed or forgotten).
     pub fn id(&self) -> &str {
         self.id.as_deref().unwrap_or_default()
+    }
+
+    /// The command people use with the container's engine (`docker`, `podman`): what a
+    /// message about a container left behind tells them to type (`{cli} rm -f {id}`).
+    pub fn cli(&self) -> &'static str {
+        self.cli
     }
 
     /// The engine it lives in.
