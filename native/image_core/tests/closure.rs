@@ -3,8 +3,7 @@
 //! These tests assume a glibc Linux with gcc; the ERTS tests need `/usr/lib/erlang`. A missing
 //! prerequisite skips a test with a message, and fails it in CI (see `support/prereq.rs`).
 
-#[path = "support/prereq.rs"]
-mod prereq;
+mod support;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::symlink;
@@ -14,6 +13,7 @@ use std::process::Command;
 use image_core::closure::{ClosureError, How, Resolver};
 use image_core::elf::{find_elf_files, is_elf};
 use image_core::fs::{HostFs, Kind};
+use support::{cc, gcc, prereq};
 
 fn erlang_present() -> bool {
     if Path::new("/usr/lib/erlang").is_dir() {
@@ -212,15 +212,6 @@ fn crypto_nif_brings_ossl_modules() {
 // ---------------------------------------------------------------------------------------------
 // gcc fixtures
 
-fn gcc(args: &[&str]) {
-    let out = Command::new("gcc").args(args).output().expect("run gcc");
-    assert!(
-        out.status.success(),
-        "gcc {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn write(p: &Path, text: &str) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, text).unwrap();
@@ -253,10 +244,17 @@ struct Chain {
     root: PathBuf,
 }
 
-fn build_chain() -> Chain {
+/// In a fresh directory, with the C compiler `compiler`: `b/libb.so`, and `a/liba.so` which
+/// needs it (with no search path of its own); `src/main.c` calls liba and prints 42. Returns
+/// the directory and a function that links `src/main.c` into `out` with `-rpath` `search` and
+/// the linker flag `tags` (`--enable-new-dtags` makes it a RUNPATH).
+fn chain_libs(compiler: &'static str) -> (Chain, impl Fn(&str, &str, &str)) {
     let tmp = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(tmp.path()).unwrap();
-    let s = |p: &str| root.join(p).display().to_string();
+    let s = {
+        let root = root.clone();
+        move |p: &str| root.join(p).display().to_string()
+    };
     write(&root.join("src/b.c"), "int b(void) { return 42; }\n");
     write(
         &root.join("src/a.c"),
@@ -266,32 +264,47 @@ fn build_chain() -> Chain {
         &root.join("src/main.c"),
         "#include <stdio.h>\nint a(void);\nint main(void) { printf(\"%d\\n\", a()); return 0; }\n",
     );
-    std::fs::create_dir_all(root.join("b")).unwrap();
-    std::fs::create_dir_all(root.join("a")).unwrap();
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    gcc(&["-shared", "-fPIC", "-o", &s("b/libb.so"), &s("src/b.c")]);
-    gcc(&[
-        "-shared",
-        "-fPIC",
-        "-o",
-        &s("a/liba.so"),
-        &s("src/a.c"),
-        &format!("-L{}", s("b")),
-        "-lb",
-    ]);
-    let dirs = format!("{}:{}", s("a"), s("b"));
-    let link = |out: &str, search: &str, tags: &str| {
-        gcc(&[
+    for dir in ["a", "b", "bin"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    cc(
+        compiler,
+        &["-shared", "-fPIC", "-o", &s("b/libb.so"), &s("src/b.c")],
+    );
+    cc(
+        compiler,
+        &[
+            "-shared",
+            "-fPIC",
             "-o",
-            &s(out),
-            &s("src/main.c"),
-            &format!("-L{}", s("a")),
-            "-la",
-            &format!("-Wl,-rpath-link,{}", s("b")),
-            &format!("-Wl,-rpath,{search}"),
-            tags,
-        ])
+            &s("a/liba.so"),
+            &s("src/a.c"),
+            &format!("-L{}", s("b")),
+            "-lb",
+        ],
+    );
+    let link = move |out: &str, search: &str, tags: &str| {
+        cc(
+            compiler,
+            &[
+                "-o",
+                &s(out),
+                &s("src/main.c"),
+                &format!("-L{}", s("a")),
+                "-la",
+                &format!("-Wl,-rpath-link,{}", s("b")),
+                &format!("-Wl,-rpath,{search}"),
+                tags,
+            ],
+        )
     };
+    (Chain { _tmp: tmp, root }, link)
+}
+
+fn build_chain() -> Chain {
+    let (chain, link) = chain_libs("gcc");
+    let s = |p: &str| chain.root.join(p).display().to_string();
+    let dirs = format!("{}:{}", s("a"), s("b"));
     link("bin/rpath", &dirs, "-Wl,--disable-new-dtags");
     link("bin/runpath", &dirs, "-Wl,--enable-new-dtags");
     link(
@@ -299,13 +312,13 @@ fn build_chain() -> Chain {
         "$ORIGIN/../a:$ORIGIN/../b",
         "-Wl,--disable-new-dtags",
     );
-    fake_elf32(&root.join("w/libb.so"));
+    fake_elf32(&chain.root.join("w/libb.so"));
     link(
         "bin/wrongclass",
         &format!("{}:{dirs}", s("w")),
         "-Wl,--disable-new-dtags",
     );
-    Chain { _tmp: tmp, root }
+    chain
 }
 
 #[test]
@@ -537,49 +550,13 @@ fn musl_rules_match_musl_loader() {
         prereq::missing(format!("{} (apt-get install musl)", ldso.display()));
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let root = std::fs::canonicalize(tmp.path()).unwrap();
-    let s = |p: &str| root.join(p).display().to_string();
-    write(&root.join("src/b.c"), "int b(void) { return 42; }\n");
-    write(
-        &root.join("src/a.c"),
-        "int b(void); int a(void) { return b(); }\n",
-    );
-    write(
-        &root.join("src/main.c"),
-        "#include <stdio.h>\nint a(void);\nint main(void) { printf(\"%d\\n\", a()); return 0; }\n",
-    );
-    std::fs::create_dir_all(root.join("b")).unwrap();
-    std::fs::create_dir_all(root.join("a")).unwrap();
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    let mgcc = |args: &[&str]| {
-        let out = Command::new("musl-gcc").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    mgcc(&["-shared", "-fPIC", "-o", &s("b/libb.so"), &s("src/b.c")]);
-    mgcc(&[
-        "-shared",
-        "-fPIC",
-        "-o",
-        &s("a/liba.so"),
-        &s("src/a.c"),
-        &format!("-L{}", s("b")),
-        "-lb",
-    ]);
-    mgcc(&[
-        "-o",
-        &s("bin/exe"),
-        &s("src/main.c"),
-        &format!("-L{}", s("a")),
-        "-la",
-        &format!("-Wl,-rpath-link,{}", s("b")),
-        "-Wl,-rpath,$ORIGIN/../a:$ORIGIN/../b",
+    let (chain, link) = chain_libs("musl-gcc");
+    let root = chain.root.clone();
+    link(
+        "bin/exe",
+        "$ORIGIN/../a:$ORIGIN/../b",
         "-Wl,--enable-new-dtags",
-    ]);
+    );
     let exe = root.join("bin/exe");
     let out = run(&exe);
     assert!(out.status.success(), "{out:?}");

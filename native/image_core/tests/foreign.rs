@@ -14,16 +14,15 @@ use image_core::archive::BlobDir;
 use image_core::build::build;
 use image_core::elf::{Header, EM_AARCH64, EM_X86_64};
 use image_core::foreign::{check, plan_for, ForeignError, Owner, Problem, Refusal, Target};
-use image_core::fs::{Fs, HostFs, Meta};
+use image_core::fs::{Fs, HostFs};
 use image_core::glibc::{self, ReleaseOnBase};
 use image_core::image::Image;
 use image_core::layer::{LayerSpec, Source};
 use image_core::plan::{plan, Plan, Settings};
 use image_core::platform::parse;
-use std::ffi::OsString;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use support::builders::{builders, otp_apps, release, rootfs};
+use support::Hiding;
 
 const CREATED: u64 = 1_700_000_000;
 
@@ -411,56 +410,20 @@ fn an_image_of_another_platform_is_refused_for_its_files() {
     ));
 }
 
-/// A filesystem with some paths (and everything under them) removed.
-struct Without<'a> {
-    inner: &'a dyn Fs,
-    hidden: Vec<PathBuf>,
-}
-
-impl Without<'_> {
-    fn check(&self, p: &Path) -> io::Result<()> {
-        if self.hidden.iter().any(|h| p.starts_with(h)) {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "hidden"));
-        }
-        Ok(())
-    }
-}
-
-impl Fs for Without<'_> {
-    fn lstat(&self, p: &Path) -> io::Result<Meta> {
-        self.check(p)?;
-        self.inner.lstat(p)
-    }
-    fn read_link(&self, p: &Path) -> io::Result<PathBuf> {
-        self.check(p)?;
-        self.inner.read_link(p)
-    }
-    fn read_dir(&self, p: &Path) -> io::Result<Vec<OsString>> {
-        self.check(p)?;
-        let mut names = self.inner.read_dir(p)?;
-        names.retain(|n| self.check(&p.join(n)).is_ok());
-        Ok(names)
-    }
-    fn open(&self, p: &Path) -> io::Result<Box<dyn Read + Send>> {
-        self.check(p)?;
-        self.inner.open(p)
-    }
-}
-
 #[test]
 fn a_target_missing_a_library_a_tool_or_an_otp_file_is_refused_with_each() {
     let Some(s) = setup("hello") else {
         return;
     };
     let arm64_fs = HostFs::new(&s.arm64);
-    let without = Without {
-        inner: &arm64_fs,
-        hidden: vec![
+    let without = Hiding::under(
+        &arm64_fs,
+        vec![
             "/usr/lib/aarch64-linux-gnu/libcrypto.so.3".into(),
             "/usr/bin/awk".into(),
             "/usr/lib/erlang/lib/crypto-5.5.3/priv/lib/otp_test_engine.so".into(),
         ],
-    };
+    );
     let r = refused(&s, &s.release, &arm64_target(&without));
     assert_eq!(
         r.problems[0],
@@ -503,10 +466,10 @@ fn a_target_without_erlang_is_refused_once() {
         return;
     };
     let arm64_fs = HostFs::new(&s.arm64);
-    let without = Without {
-        inner: &arm64_fs,
-        hidden: vec!["/usr/lib/erlang".into(), "/usr/bin/erl".into()],
-    };
+    let without = Hiding::under(
+        &arm64_fs,
+        vec!["/usr/lib/erlang".into(), "/usr/bin/erl".into()],
+    );
     let r = refused(&s, &s.release, &arm64_target(&without));
     let [Problem::NoOtp { looked }] = r.problems.as_slice() else {
         panic!("{:?}", r.problems)

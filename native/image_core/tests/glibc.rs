@@ -6,10 +6,9 @@
 //! they are ignored. The ones that need Erlang or musl skip with a message when it is absent,
 //! and fail in CI (see `support/prereq.rs`).
 
-#[path = "support/prereq.rs"]
-mod prereq;
+mod support;
 
-use image_core::fs::{Fs, HostFs, Meta};
+use image_core::fs::{Fs, HostFs};
 use image_core::glibc::{
     check_release, highest_glibc, version_defs, version_key, version_needs, Incompatible, Problem,
     ReleaseOnBase,
@@ -19,20 +18,9 @@ use image_core::plan::{
     plan_on_base, Base, BasePlanError, Settings, BASE_HOME, COOKIE_DIR, CRASH_DUMP,
 };
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn gcc(args: &[&str]) {
-    let out = Command::new("gcc").args(args).output().expect("run gcc");
-    assert!(
-        out.status.success(),
-        "gcc {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::{gcc, prereq, Hiding};
 
 fn put(root: &Path, rel: &str, bytes: &[u8], mode: u32) {
     let p = root.join(rel);
@@ -79,6 +67,26 @@ fn host_libc() -> PathBuf {
 
 fn x86_64_glibc() -> bool {
     cfg!(all(target_arch = "x86_64", target_env = "gnu")) && host_libc().exists()
+}
+
+/// What most tests start from: a gcc-built "hello" program and a release holding it as
+/// `beam.smp` ([`release_with`]), in a temporary directory.
+struct Hello {
+    tmp: tempfile::TempDir,
+    prog: PathBuf,
+    rel: PathBuf,
+}
+
+/// [`Hello`], or `None` on a host without x86-64 glibc (said by [`prereq::missing`]).
+fn hello_release() -> Option<Hello> {
+    if !x86_64_glibc() {
+        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = hello_program(&tmp.path().join("src"));
+    let rel = release_with(tmp.path(), &prog);
+    Some(Hello { tmp, prog, rel })
 }
 
 /// A base rootfs with the host's loader and a fake `libc.so.6` defining `GLIBC_2.2.5` up to
@@ -128,48 +136,6 @@ fn old_glibc_base(dir: &Path) -> PathBuf {
         0o644,
     );
     root
-}
-
-/// This machine's filesystem with some file names hidden (a base that lacks a package).
-struct Hiding {
-    inner: HostFs,
-    prefixes: Vec<&'static str>,
-}
-
-impl Hiding {
-    fn hidden(&self, p: &Path) -> io::Result<()> {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-        match name {
-            Some(n) if self.prefixes.iter().any(|h| n.starts_with(h)) => {
-                Err(io::Error::from(io::ErrorKind::NotFound))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Fs for Hiding {
-    fn lstat(&self, p: &Path) -> io::Result<Meta> {
-        self.hidden(p)?;
-        self.inner.lstat(p)
-    }
-    fn read_link(&self, p: &Path) -> io::Result<PathBuf> {
-        self.hidden(p)?;
-        self.inner.read_link(p)
-    }
-    fn read_dir(&self, p: &Path) -> io::Result<Vec<OsString>> {
-        self.hidden(p)?;
-        Ok(self
-            .inner
-            .read_dir(p)?
-            .into_iter()
-            .filter(|n| self.hidden(Path::new(n)).is_ok())
-            .collect())
-    }
-    fn open(&self, p: &Path) -> io::Result<Box<dyn Read + Send>> {
-        self.hidden(p)?;
-        self.inner.open(p)
-    }
 }
 
 fn settings(rel: &Path) -> Settings {
@@ -298,13 +264,9 @@ fn messages_state_the_rule_and_what_to_do() {
     ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
 )]
 fn an_old_glibc_is_refused_with_the_highest_version_needed() {
-    if !x86_64_glibc() {
-        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
+    let Some(Hello { tmp, prog, rel }) = hello_release() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let prog = hello_program(&tmp.path().join("src"));
-    let rel = release_with(tmp.path(), &prog);
+    };
     let base_root = old_glibc_base(tmp.path());
     // The fabricated libc defines exactly these.
     let defs =
@@ -362,13 +324,13 @@ fn a_missing_library_names_the_release_file_and_the_package() {
         .filter_map(Result::ok)
         .map(|e| e.path().join("priv/lib/crypto.so"))
         .find(|p| p.is_file());
-    let Some(crypto) = crypto.filter(|_| x86_64_glibc()) else {
+    let Some(crypto) = crypto else {
         prereq::missing("the host's Erlang crypto NIF (apt-get install erlang-dev)");
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let prog = hello_program(&tmp.path().join("src"));
-    let rel = release_with(tmp.path(), &prog);
+    let Some(Hello { tmp: _tmp, rel, .. }) = hello_release() else {
+        return;
+    };
     copy(&crypto, &rel, "lib/crypto-5.1.2/priv/lib/crypto.so");
     copy(
         &crypto,
@@ -376,10 +338,7 @@ fn a_missing_library_names_the_release_file_and_the_package() {
         "lib/crypto-5.1.2/priv/lib/otp_test_engine.so",
     );
     let host = HostFs::new("/");
-    let base_fs = Hiding {
-        inner: HostFs::new("/"),
-        prefixes: vec!["libcrypto.so.3"],
-    };
+    let base_fs = Hiding::names(&host, &["libcrypto.so.3"]);
     let union = ReleaseOnBase::new(&host, &rel, &base_fs).unwrap();
     assert_eq!(
         check_release(&union).unwrap(),
@@ -402,16 +361,13 @@ fn a_missing_library_names_the_release_file_and_the_package() {
 )]
 fn a_glibc_release_on_a_musl_base_misses_its_interpreter() {
     let musl = Path::new("/lib/ld-musl-x86_64.so.1");
-    if !x86_64_glibc() || !musl.exists() {
-        prereq::missing(format!(
-            "{} and the host's glibc (apt-get install musl)",
-            musl.display()
-        ));
+    if !musl.exists() {
+        prereq::missing(format!("{} (apt-get install musl)", musl.display()));
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let prog = hello_program(&tmp.path().join("src"));
-    let rel = release_with(tmp.path(), &prog);
+    let Some(Hello { tmp, rel, .. }) = hello_release() else {
+        return;
+    };
     let root = tmp.path().join("alpine");
     copy(musl, &root, "lib/ld-musl-x86_64.so.1");
     std::os::unix::fs::symlink(
@@ -444,13 +400,9 @@ fn a_glibc_release_on_a_musl_base_misses_its_interpreter() {
     ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
 )]
 fn a_plan_on_a_compatible_base_has_no_runtime_layer_and_inherits_the_base_config() {
-    if !x86_64_glibc() {
-        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
+    let Some(Hello { tmp: _tmp, rel, .. }) = hello_release() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let prog = hello_program(&tmp.path().join("src"));
-    let rel = release_with(tmp.path(), &prog);
+    };
     let host = HostFs::new("/");
     // This machine is the base: it runs its own programs.
     let b = base(
@@ -529,13 +481,9 @@ fn a_plan_on_a_compatible_base_has_no_runtime_layer_and_inherits_the_base_config
     ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
 )]
 fn a_base_of_another_platform_is_refused_before_anything_else() {
-    if !x86_64_glibc() {
-        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
+    let Some(Hello { tmp: _tmp, rel, .. }) = hello_release() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let prog = hello_program(&tmp.path().join("src"));
-    let rel = release_with(tmp.path(), &prog);
+    };
     let host = HostFs::new("/");
     let mut b = base(&host, &[]);
     b.platform.architecture = "arm64".into();
@@ -556,28 +504,18 @@ fn a_base_of_another_platform_is_refused_before_anything_else() {
     ignore = "x86-64 glibc fixtures: an x86-64 glibc host"
 )]
 fn a_base_without_tmp_or_tools_gets_tmp_or_is_refused() {
-    if !x86_64_glibc() {
-        prereq::missing(format!("{} (the host's glibc)", host_libc().display()));
+    let Some(Hello { tmp: _tmp, rel, .. }) = hello_release() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let prog = hello_program(&tmp.path().join("src"));
-    let rel = release_with(tmp.path(), &prog);
-    let host = HostFs::new("/");
-    let no_awk = Hiding {
-        inner: HostFs::new("/"),
-        prefixes: vec!["awk", "mawk", "gawk"],
     };
+    let host = HostFs::new("/");
+    let no_awk = Hiding::names(&host, &["awk", "mawk", "gawk"]);
     let err = incompatible(plan_on_base(&host, &settings(&rel), &base(&no_awk, &[])).unwrap_err());
     assert_eq!(err.problems.len(), 1, "{err}");
     assert!(
         matches!(&err.problems[0], Problem::MissingTools { tools, .. } if tools == &["awk"]),
         "{err}"
     );
-    let no_tmp = Hiding {
-        inner: HostFs::new("/"),
-        prefixes: vec!["tmp"],
-    };
+    let no_tmp = Hiding::names(&host, &["tmp"]);
     let p =
         plan_on_base(&host, &settings(&rel), &base(&no_tmp, &[])).unwrap_or_else(|e| panic!("{e}"));
     let t = p.layers[0]

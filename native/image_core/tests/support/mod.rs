@@ -1,6 +1,7 @@
 //! Shared test helpers: an independent invariant checker for image archives
 //! ([`validate_archive`], in the spirit of go-containerregistry's `validate.Image`), a small
-//! sample image, and lookups for external tools.
+//! sample image, lookups for external tools, gcc, and a filesystem that hides some of its
+//! files ([`Hiding`]).
 //!
 //! The checker reads archives with `tar`, `flate2`, `sha2` and `serde_json` directly and never
 //! calls `image_core`, so it does not share bugs with the code it checks. It is included by
@@ -118,61 +119,9 @@ pub fn validate_archive_bytes(bytes: &[u8]) -> Result<Checked, String> {
     } = read_outer(bytes)?;
     let blobs = blob_map(&files)?;
     let mut unreferenced: BTreeSet<String> = blobs.keys().cloned().collect();
-    let blob = |d: &str, size: Option<u64>, what: &str| -> Result<Vec<u8>, String> {
-        let b = blobs
-            .get(d)
-            .ok_or_else(|| format!("{what} {d} is not in blobs/sha256"))?;
-        if let Some(size) = size {
-            if b.len() as u64 != size {
-                return Err(format!(
-                    "{what} {d}: size {size} recorded, {} stored",
-                    b.len()
-                ));
-            }
-        }
-        Ok(b.to_vec())
-    };
 
     // index.json → manifest.
-    let index = json(&files, "index.json")?;
-    expect(
-        &index["schemaVersion"],
-        &Value::from(2),
-        "index.json schemaVersion",
-    )?;
-    expect(
-        &index["mediaType"],
-        &Value::from("application/vnd.oci.image.index.v1+json"),
-        "index.json mediaType",
-    )?;
-    let descriptors = index["manifests"]
-        .as_array()
-        .filter(|m| !m.is_empty())
-        .ok_or("index.json has no manifests")?;
-    let mut manifest_digest = None;
-    let mut ref_names = Vec::new();
-    for d in descriptors {
-        expect(
-            &d["mediaType"],
-            &Value::from("application/vnd.oci.image.manifest.v1+json"),
-            "index.json manifest mediaType",
-        )?;
-        let digest = str_of(&d["digest"], "index.json manifest digest")?;
-        blob(
-            digest,
-            Some(u64_of(&d["size"], "index.json size")?),
-            "manifest",
-        )?;
-        match &manifest_digest {
-            None => manifest_digest = Some(digest.to_string()),
-            Some(m) if m == digest => {}
-            Some(m) => return Err(format!("index.json names two manifests: {m} and {digest}")),
-        }
-        if let Some(name) = d["annotations"]["org.opencontainers.image.ref.name"].as_str() {
-            ref_names.push(name.to_string());
-        }
-    }
-    let manifest_digest = manifest_digest.expect("checked non-empty");
+    let (manifest_digest, ref_names) = index_json(&files, &blobs, MANIFEST, "manifest")?;
     let ImagePart {
         manifest_bytes,
         config_digest,
@@ -186,48 +135,18 @@ pub fn validate_archive_bytes(bytes: &[u8]) -> Result<Checked, String> {
     }
 
     // Docker manifest.json → the same blobs.
-    let docker = json(&files, "manifest.json")?;
-    let docker = docker
-        .as_array()
-        .filter(|a| a.len() == 1)
-        .ok_or("manifest.json is not an array of one image")?;
-    let d = &docker[0];
+    let d = docker_manifest(&files)?;
     let want_config = format!("blobs/sha256/{}", hex_of(&config_digest));
     expect(
         &d["Config"],
         &Value::from(want_config),
         "manifest.json Config",
     )?;
-    let want_layers: Vec<Value> = layers
-        .iter()
-        .map(|l| Value::from(format!("blobs/sha256/{}", hex_of(&l.digest))))
-        .collect();
-    expect(
-        &d["Layers"],
-        &Value::from(want_layers),
-        "manifest.json Layers",
-    )?;
-    let repo_tags: Vec<String> = match &d["RepoTags"] {
-        Value::Null => vec![],
-        v => v
-            .as_array()
-            .ok_or("manifest.json RepoTags is not an array")?
-            .iter()
-            .map(|t| str_of(t, "RepoTags entry").map(str::to_string))
-            .collect::<Result<_, _>>()?,
-    };
-    let tags_of_repo_tags: Vec<&str> = repo_tags
-        .iter()
-        .map(|t| t.rsplit_once(':').map_or("latest", |(_, tag)| tag))
-        .collect();
-    if !repo_tags.is_empty() && tags_of_repo_tags != ref_names {
-        return Err(format!(
-            "manifest.json RepoTags {repo_tags:?} disagree with index.json ref names {ref_names:?}"
-        ));
-    }
+    expect_docker_layers(&d, &layers)?;
+    let repo_tags = repo_tags(&d, &ref_names)?;
 
     Ok(Checked {
-        manifest_digest: manifest_digest.clone(),
+        manifest_digest,
         config_digest,
         manifest: manifest_bytes,
         config_bytes,
@@ -284,79 +203,17 @@ pub fn validate_index_archive_bytes(bytes: &[u8]) -> Result<CheckedIndex, String
     let blobs = blob_map(&files)?;
     let mut unreferenced: BTreeSet<String> = blobs.keys().cloned().collect();
 
-    let top = json(&files, "index.json")?;
-    expect(
-        &top["schemaVersion"],
-        &Value::from(2),
-        "index.json schemaVersion",
-    )?;
-    expect(
-        &top["mediaType"],
-        &Value::from("application/vnd.oci.image.index.v1+json"),
-        "index.json mediaType",
-    )?;
-    let entries = top["manifests"]
-        .as_array()
-        .filter(|m| !m.is_empty())
-        .ok_or("index.json has no manifests")?;
-    let mut index_digest: Option<String> = None;
-    let mut ref_names = Vec::new();
-    for e in entries {
-        expect(
-            &e["mediaType"],
-            &Value::from("application/vnd.oci.image.index.v1+json"),
-            "index.json entry mediaType (a nested index)",
-        )?;
-        let digest = str_of(&e["digest"], "index.json entry digest")?;
-        let stored = blobs
-            .get(digest)
-            .ok_or_else(|| format!("index {digest} is not in blobs/sha256"))?;
-        if stored.len() as u64 != u64_of(&e["size"], "index.json entry size")? {
-            return Err(format!("index {digest}: size differs from index.json's"));
-        }
-        match &index_digest {
-            None => index_digest = Some(digest.to_string()),
-            Some(d) if d == digest => {}
-            Some(d) => return Err(format!("index.json names two indexes: {d} and {digest}")),
-        }
-        if let Some(name) = e["annotations"]["org.opencontainers.image.ref.name"].as_str() {
-            ref_names.push(name.to_string());
-        }
-    }
-    let index_digest = index_digest.expect("checked non-empty");
+    // index.json → the image index (nested), once per tag.
+    let (index_digest, ref_names) = index_json(&files, &blobs, INDEX, "nested index")?;
     unreferenced.remove(&index_digest);
     let index_bytes = blobs[&index_digest].to_vec();
     let index: Value =
         serde_json::from_slice(&index_bytes).map_err(|e| format!("index is not JSON: {e}"))?;
-    expect(
-        &index["schemaVersion"],
-        &Value::from(2),
-        "index schemaVersion",
-    )?;
-    expect(
-        &index["mediaType"],
-        &Value::from("application/vnd.oci.image.index.v1+json"),
-        "index mediaType",
-    )?;
-    let descs = index["manifests"]
-        .as_array()
-        .filter(|m| !m.is_empty())
-        .ok_or("the index lists no manifests")?;
+    let descs = index_entries(&index, "index")?;
     let mut images: Vec<IndexedImage> = Vec::new();
     let mut keys = Vec::new();
     for d in descs {
-        expect(
-            &d["mediaType"],
-            &Value::from("application/vnd.oci.image.manifest.v1+json"),
-            "index entry mediaType",
-        )?;
-        let digest = str_of(&d["digest"], "index entry digest")?.to_string();
-        let stored = blobs
-            .get(&digest)
-            .ok_or_else(|| format!("manifest {digest} is not in blobs/sha256"))?;
-        if stored.len() as u64 != u64_of(&d["size"], "index entry size")? {
-            return Err(format!("manifest {digest}: size differs from the index's"));
-        }
+        let digest = descriptor(&blobs, d, MANIFEST, "index entry", "manifest")?;
         let part = check_image(&blobs, &mut unreferenced, &digest, &outer_mtimes)?;
         let p = &d["platform"];
         for key in ["architecture", "os", "variant"] {
@@ -397,45 +254,14 @@ pub fn validate_index_archive_bytes(bytes: &[u8]) -> Result<CheckedIndex, String
         return Err(format!("blobs nothing refers to: {unreferenced:?}"));
     }
 
-    let docker = json(&files, "manifest.json")?;
-    let docker = docker
-        .as_array()
-        .filter(|a| a.len() == 1)
-        .ok_or("manifest.json is not an array of one image")?;
-    let d = &docker[0];
+    let d = docker_manifest(&files)?;
     let config = str_of(&d["Config"], "manifest.json Config")?;
     let loaded = images
         .iter()
         .find(|i| format!("blobs/sha256/{}", hex_of(&i.config_digest)) == config)
         .ok_or_else(|| format!("manifest.json Config {config} is none of the index's images"))?;
-    let want_layers: Vec<Value> = loaded
-        .layers
-        .iter()
-        .map(|l| Value::from(format!("blobs/sha256/{}", hex_of(&l.digest))))
-        .collect();
-    expect(
-        &d["Layers"],
-        &Value::from(want_layers),
-        "manifest.json Layers",
-    )?;
-    let repo_tags: Vec<String> = match &d["RepoTags"] {
-        Value::Null => vec![],
-        v => v
-            .as_array()
-            .ok_or("manifest.json RepoTags is not an array")?
-            .iter()
-            .map(|t| str_of(t, "RepoTags entry").map(str::to_string))
-            .collect::<Result<_, _>>()?,
-    };
-    let tags: Vec<&str> = repo_tags
-        .iter()
-        .map(|t| t.rsplit_once(':').map_or("latest", |(_, tag)| tag))
-        .collect();
-    if !repo_tags.is_empty() && tags != ref_names {
-        return Err(format!(
-            "manifest.json RepoTags {repo_tags:?} disagree with index.json ref names {ref_names:?}"
-        ));
-    }
+    expect_docker_layers(&d, &loaded.layers)?;
+    let repo_tags = repo_tags(&d, &ref_names)?;
     Ok(CheckedIndex {
         index_digest,
         index: index_bytes,
@@ -545,20 +371,7 @@ fn check_image(
     manifest_digest: &str,
     outer_mtimes: &[(String, u64)],
 ) -> Result<ImagePart, String> {
-    let blob = |d: &str, size: Option<u64>, what: &str| -> Result<Vec<u8>, String> {
-        let b = blobs
-            .get(d)
-            .ok_or_else(|| format!("{what} {d} is not in blobs/sha256"))?;
-        if let Some(size) = size {
-            if b.len() as u64 != size {
-                return Err(format!(
-                    "{what} {d}: size {size} recorded, {} stored",
-                    b.len()
-                ));
-            }
-        }
-        Ok(b.to_vec())
-    };
+    let blob = |d: &str, size: Option<u64>, what: &str| blob_of(blobs, d, size, what);
     let manifest_bytes = blob(manifest_digest, None, "manifest")?;
     unreferenced.remove(manifest_digest);
     let manifest: Value = serde_json::from_slice(&manifest_bytes)
@@ -769,6 +582,147 @@ pub fn check_layer_tar(tar_bytes: &[u8], created: u64) -> Result<Vec<TarEntry>, 
     Ok(out)
 }
 
+/// The media type of an image manifest.
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The media type of an image index.
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The blob `d`, checked to be stored with the `size` recorded for it (when one is).
+fn blob_of(
+    blobs: &BTreeMap<String, &Vec<u8>>,
+    d: &str,
+    size: Option<u64>,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let b = blobs
+        .get(d)
+        .ok_or_else(|| format!("{what} {d} is not in blobs/sha256"))?;
+    if let Some(size) = size {
+        if b.len() as u64 != size {
+            return Err(format!(
+                "{what} {d}: size {size} recorded, {} stored",
+                b.len()
+            ));
+        }
+    }
+    Ok(b.to_vec())
+}
+
+/// The entries of the image index `index` (`what`: where it is): schema version 2, the index
+/// media type, at least one entry.
+fn index_entries<'a>(index: &'a Value, what: &str) -> Result<&'a Vec<Value>, String> {
+    expect(
+        &index["schemaVersion"],
+        &Value::from(2),
+        &format!("{what} schemaVersion"),
+    )?;
+    expect(
+        &index["mediaType"],
+        &Value::from(INDEX),
+        &format!("{what} mediaType"),
+    )?;
+    index["manifests"]
+        .as_array()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| format!("{what} lists no manifests"))
+}
+
+/// The digest a descriptor of an index (`what`) names: of media type `media_type`, a blob
+/// (`blob_what`) stored with the size the descriptor records.
+fn descriptor(
+    blobs: &BTreeMap<String, &Vec<u8>>,
+    d: &Value,
+    media_type: &str,
+    what: &str,
+    blob_what: &str,
+) -> Result<String, String> {
+    expect(
+        &d["mediaType"],
+        &Value::from(media_type),
+        &format!("{what} mediaType"),
+    )?;
+    let digest = str_of(&d["digest"], &format!("{what} digest"))?;
+    let size = u64_of(&d["size"], &format!("{what} size"))?;
+    blob_of(blobs, digest, Some(size), blob_what)?;
+    Ok(digest.to_string())
+}
+
+/// `index.json`: every entry names the same blob of media type `media_type` (`what`), once
+/// per tag. Returns that digest and the entries' `org.opencontainers.image.ref.name`s.
+fn index_json(
+    files: &BTreeMap<String, Vec<u8>>,
+    blobs: &BTreeMap<String, &Vec<u8>>,
+    media_type: &str,
+    what: &str,
+) -> Result<(String, Vec<String>), String> {
+    let index = json(files, "index.json")?;
+    let mut named: Option<String> = None;
+    let mut ref_names = Vec::new();
+    for e in index_entries(&index, "index.json")? {
+        let digest = descriptor(
+            blobs,
+            e,
+            media_type,
+            &format!("index.json entry (a {what})"),
+            what,
+        )?;
+        match &named {
+            None => named = Some(digest),
+            Some(d) if *d == digest => {}
+            Some(d) => {
+                return Err(format!(
+                    "index.json names two different {what} blobs: {d} and {digest}"
+                ))
+            }
+        }
+        if let Some(name) = e["annotations"]["org.opencontainers.image.ref.name"].as_str() {
+            ref_names.push(name.to_string());
+        }
+    }
+    Ok((named.expect("checked non-empty"), ref_names))
+}
+
+/// The one image Docker's `manifest.json` lists.
+fn docker_manifest(files: &BTreeMap<String, Vec<u8>>) -> Result<Value, String> {
+    match json(files, "manifest.json")? {
+        Value::Array(mut a) if a.len() == 1 => Ok(a.remove(0)),
+        _ => Err("manifest.json is not an array of one image".into()),
+    }
+}
+
+/// `Layers` of a `manifest.json` image `d`: the blobs of `layers`, in order.
+fn expect_docker_layers(d: &Value, layers: &[CheckedLayer]) -> Result<(), String> {
+    let want: Vec<Value> = layers
+        .iter()
+        .map(|l| Value::from(format!("blobs/sha256/{}", hex_of(&l.digest))))
+        .collect();
+    expect(&d["Layers"], &Value::from(want), "manifest.json Layers")
+}
+
+/// `RepoTags` of a `manifest.json` image `d`, which must agree with the index's `ref_names`
+/// (their tags, in order) when there are any.
+fn repo_tags(d: &Value, ref_names: &[String]) -> Result<Vec<String>, String> {
+    let repo_tags: Vec<String> = match &d["RepoTags"] {
+        Value::Null => vec![],
+        v => v
+            .as_array()
+            .ok_or("manifest.json RepoTags is not an array")?
+            .iter()
+            .map(|t| str_of(t, "RepoTags entry").map(str::to_string))
+            .collect::<Result<_, _>>()?,
+    };
+    let tags: Vec<&str> = repo_tags
+        .iter()
+        .map(|t| t.rsplit_once(':').map_or("latest", |(_, tag)| tag))
+        .collect();
+    if !repo_tags.is_empty() && tags != ref_names {
+        return Err(format!(
+            "manifest.json RepoTags {repo_tags:?} disagree with index.json ref names {ref_names:?}"
+        ));
+    }
+    Ok(repo_tags)
+}
+
 fn json(files: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<Value, String> {
     let bytes = files
         .get(name)
@@ -833,6 +787,81 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     }
     prereq::missing(format!("{name} is not installed"));
     None
+}
+
+/// Run gcc with `args`, panicking with its output when it fails.
+pub fn gcc(args: &[&str]) {
+    cc("gcc", args)
+}
+
+/// Run the C compiler `compiler` (`gcc`, `musl-gcc`) with `args`, panicking with its output
+/// when it fails.
+pub fn cc(compiler: &str, args: &[&str]) {
+    let out = std::process::Command::new(compiler)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+    assert!(
+        out.status.success(),
+        "{compiler} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A filesystem with some paths hidden (a base that lacks a package, a tree without some
+/// files): each answers `NotFound` and is left out of its directory's listing.
+pub struct Hiding<'a> {
+    inner: &'a dyn image_core::fs::Fs,
+    hide: Box<dyn Fn(&Path) -> bool + Send + Sync + 'a>,
+}
+
+impl<'a> Hiding<'a> {
+    /// Hides every file whose name starts with one of `prefixes`, wherever it is.
+    pub fn names(inner: &'a dyn image_core::fs::Fs, prefixes: &'a [&'a str]) -> Hiding<'a> {
+        Hiding {
+            inner,
+            hide: Box::new(move |p: &Path| {
+                p.file_name()
+                    .is_some_and(|n| prefixes.iter().any(|h| n.to_string_lossy().starts_with(h)))
+            }),
+        }
+    }
+
+    /// Hides `paths` and everything under them.
+    pub fn under(inner: &'a dyn image_core::fs::Fs, paths: Vec<PathBuf>) -> Hiding<'a> {
+        Hiding {
+            inner,
+            hide: Box::new(move |p: &Path| paths.iter().any(|h| p.starts_with(h))),
+        }
+    }
+
+    fn check(&self, p: &Path) -> std::io::Result<()> {
+        if (self.hide)(p) {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "hidden"));
+        }
+        Ok(())
+    }
+}
+
+impl image_core::fs::Fs for Hiding<'_> {
+    fn lstat(&self, p: &Path) -> std::io::Result<image_core::fs::Meta> {
+        self.check(p)?;
+        self.inner.lstat(p)
+    }
+    fn read_link(&self, p: &Path) -> std::io::Result<PathBuf> {
+        self.check(p)?;
+        self.inner.read_link(p)
+    }
+    fn read_dir(&self, p: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        self.check(p)?;
+        let mut names = self.inner.read_dir(p)?;
+        names.retain(|n| self.check(&p.join(n)).is_ok());
+        Ok(names)
+    }
+    fn open(&self, p: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+        self.check(p)?;
+        self.inner.open(p)
+    }
 }
 
 /// Run `cmd`, panicking with its output when it fails; returns stdout.
