@@ -15,7 +15,7 @@
 mod registry_support;
 
 use flate2::read::GzDecoder;
-use image_core::archive::{write_archive, BlobDir};
+use image_core::archive::write_archive;
 use image_core::build::build;
 use image_core::fs::HostFs;
 use image_core::glibc::Problem;
@@ -25,7 +25,7 @@ use image_io::base::{load_base, BaseError, LoadedBase, BASE_LAYER_NAME};
 use image_io::engine::{resolve_endpoint, DockerEngine, Endpoint};
 use image_io::registry::credentials::{Credential, CredentialStore};
 use image_io::registry::RegistryOptions;
-use registry_support::{need, run, Registry};
+use registry_support::{blob_dir, need, run, Registry, TlsRegistry};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -143,12 +143,6 @@ fn settings(rel: &Path) -> Settings {
     }
 }
 
-fn blobs(dir: &Path) -> BlobDir {
-    BlobDir {
-        root: dir.join("blobs"),
-    }
-}
-
 async fn load(
     reference: &str,
     engine: Option<&DockerEngine>,
@@ -157,7 +151,15 @@ async fn load(
 ) -> Result<LoadedBase, BaseError> {
     let t = Instant::now();
     let platform = release_platform(&HostFs::new("/"), &settings(&hello_release().unwrap())).ok();
-    let r = load_base(reference, engine, opts, &blobs(dir), platform.as_ref(), 1).await;
+    let r = load_base(
+        reference,
+        engine,
+        opts,
+        &blob_dir(dir),
+        platform.as_ref(),
+        1,
+    )
+    .await;
     println!("load_base({reference}): {:.2?}", t.elapsed());
     r
 }
@@ -183,7 +185,7 @@ fn check_loaded(base: &LoadedBase, dir: &Path) {
     );
     for l in &base.layers {
         assert_eq!(l.name, BASE_LAYER_NAME);
-        let bytes = std::fs::read(blobs(dir).path(&l.digest)).unwrap();
+        let bytes = std::fs::read(blob_dir(dir).path(&l.digest)).unwrap();
         assert_eq!(bytes.len() as u64, l.size);
         assert_eq!(registry_support::sha256(&bytes), l.digest.to_string());
         let mut tar = Vec::new();
@@ -211,6 +213,34 @@ fn check_loaded(base: &LoadedBase, dir: &Path) {
     );
 }
 
+/// What the engine tests start from: the engine, the release, and the base `tag` (made from
+/// Debian `suite` with the packages `include` when absent) loaded from the engine into `tmp`
+/// and checked ([`check_loaded`]). `None` when a prerequisite is missing (said by
+/// `prereq::missing`).
+struct EngineBase {
+    base: LoadedBase,
+    rel: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+async fn engine_base(tag: &str, suite: &str, include: &str) -> Option<EngineBase> {
+    let engine = engine().await?;
+    let (Some(rel), true) = (hello_release(), ensure_image(tag, suite, include)) else {
+        return None;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let base = load(tag, Some(&engine), &RegistryOptions::default(), tmp.path())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        base.source.starts_with("the Docker engine at "),
+        "{}",
+        base.source
+    );
+    check_loaded(&base, tmp.path());
+    Some(EngineBase { base, rel, tmp })
+}
+
 /// `PUT /v2/<repo>/manifests/<tag>` over plain HTTP (what no CLI here does).
 fn put_manifest(host: &str, repo: &str, tag: &str, media_type: &str, body: &[u8]) {
     use std::io::Write;
@@ -231,28 +261,14 @@ fn put_manifest(host: &str, repo: &str, tag: &str, media_type: &str, body: &[u8]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn minbase_without_libssl_is_refused_naming_the_library_and_package() {
-    let Some(engine) = engine().await else { return };
-    let (Some(rel), true) = (
-        hello_release(),
-        ensure_image(MINBASE, "bookworm", "base-files"),
-    ) else {
+    let Some(EngineBase {
+        base,
+        rel,
+        tmp: _tmp,
+    }) = engine_base(MINBASE, "bookworm", "base-files").await
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let base = load(
-        MINBASE,
-        Some(&engine),
-        &RegistryOptions::default(),
-        tmp.path(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        base.source.starts_with("the Docker engine at "),
-        "{}",
-        base.source
-    );
-    check_loaded(&base, tmp.path());
     let t = Instant::now();
     let err = incompatible(&base, &rel);
     println!("check: {:.2?}\n{err}", t.elapsed());
@@ -268,23 +284,14 @@ async fn minbase_without_libssl_is_refused_naming_the_library_and_package() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bullseye_is_refused_for_its_old_glibc() {
-    let Some(engine) = engine().await else { return };
-    let (Some(rel), true) = (
-        hello_release(),
-        ensure_image(BULLSEYE, "bullseye", "base-files"),
-    ) else {
+    let Some(EngineBase {
+        base,
+        rel,
+        tmp: _tmp,
+    }) = engine_base(BULLSEYE, "bullseye", "base-files").await
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let base = load(
-        BULLSEYE,
-        Some(&engine),
-        &RegistryOptions::default(),
-        tmp.path(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    check_loaded(&base, tmp.path());
     let err = incompatible(&base, &rel);
     println!("{err}");
     assert!(
@@ -308,23 +315,11 @@ async fn bullseye_is_refused_for_its_old_glibc() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ssl_base_is_accepted_and_the_image_runs() {
-    let Some(engine) = engine().await else { return };
-    let (Some(rel), true) = (
-        hello_release(),
-        ensure_image(SSL_BASE, "bookworm", "libssl3,ca-certificates"),
-    ) else {
+    let Some(EngineBase { tmp, rel, base }) =
+        engine_base(SSL_BASE, "bookworm", "libssl3,ca-certificates").await
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let base = load(
-        SSL_BASE,
-        Some(&engine),
-        &RegistryOptions::default(),
-        tmp.path(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    check_loaded(&base, tmp.path());
     let host = HostFs::new("/");
     let t = Instant::now();
     let plan = base
@@ -342,7 +337,7 @@ async fn an_ssl_base_is_accepted_and_the_image_runs() {
         &plan,
         1_700_000_000,
         1,
-        &blobs(tmp.path()),
+        &blob_dir(tmp.path()),
         &mut |_| true,
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -375,7 +370,7 @@ async fn an_ssl_base_is_accepted_and_the_image_runs() {
     write_archive(
         &image,
         &[Reference::parse(tag).unwrap()],
-        &blobs(tmp.path()),
+        &blob_dir(tmp.path()),
         std::io::BufWriter::new(file),
         &mut |_| {},
     )
@@ -541,7 +536,7 @@ async fn a_base_in_a_registry_is_pulled_by_tag_digest_and_index() {
         &format!("{}/base:multi", reg.host),
         None,
         &opts,
-        &blobs(&tmp.path().join("s390")),
+        &blob_dir(&tmp.path().join("s390")),
         Some(&s390),
         1,
     )
@@ -594,17 +589,8 @@ async fn a_base_behind_tls_and_basic_auth_is_pulled_with_credentials() {
     if engine().await.is_none() || !ensure_image(SSL_BASE, "bookworm", "libssl3,ca-certificates") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    registry_support::make_tls(d);
-    registry_support::make_htpasswd(&d.join("htpasswd"), "user", "pass");
-    let extra = format!(
-        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-        d.join("server.crt").display(),
-        d.join("server.key").display(),
-        d.join("htpasswd").display()
-    );
-    let reg = Registry::start(&bin, d, &extra);
+    let TlsRegistry { reg, dir } = registry_support::tls_registry(&bin);
+    let d = dir.path();
     run(Command::new(need("skopeo", "skopeo")).args([
         "copy",
         "--quiet",
@@ -619,9 +605,16 @@ async fn a_base_behind_tls_and_basic_auth_is_pulled_with_credentials() {
         credentials: Some(CredentialStore::default()),
         ..RegistryOptions::default()
     };
-    let err = load_base(&reference, None, &anonymous, &blobs(&d.join("a")), None, 1)
-        .await
-        .unwrap_err();
+    let err = load_base(
+        &reference,
+        None,
+        &anonymous,
+        &blob_dir(&d.join("a")),
+        None,
+        1,
+    )
+    .await
+    .unwrap_err();
     println!("{err}");
     assert_eq!(err.reason(), "base_error");
     assert!(err.to_string().contains("none are configured"), "{err}");
@@ -635,9 +628,16 @@ async fn a_base_behind_tls_and_basic_auth_is_pulled_with_credentials() {
         }),
         ..anonymous
     };
-    let base = load_base(&reference, None, &with_creds, &blobs(&d.join("b")), None, 1)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let base = load_base(
+        &reference,
+        None,
+        &with_creds,
+        &blob_dir(&d.join("b")),
+        None,
+        1,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     check_loaded(&base, &d.join("b"));
 }
 

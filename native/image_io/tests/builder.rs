@@ -127,6 +127,14 @@ fn lines(log: &Log, step: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `Compiling …` lines of the build's `mix release` step: what Mix recompiled.
+fn compiled(log: &Log) -> Vec<String> {
+    lines(log, "release")
+        .into_iter()
+        .filter(|l| l.starts_with("Compiling"))
+        .collect()
+}
+
 /// When the step starting with `prefix` (or, for `end`, the build) was reported.
 fn at(log: &Log, prefix: &str) -> Instant {
     let log = log.lock().unwrap();
@@ -199,6 +207,18 @@ fn hello_copy() -> tempfile::TempDir {
     dir
 }
 
+/// [`hello_copy`] with a module `Hello.Slow` (`lib/hello/slow.ex`) whose compilation sleeps
+/// `ms` milliseconds: long enough to measure what the cache saves, or to kill a build in it.
+fn hello_copy_slow(ms: u64) -> tempfile::TempDir {
+    let copy = hello_copy();
+    std::fs::write(
+        copy.path().join("lib/hello/slow.ex"),
+        format!("defmodule Hello.Slow do\n  Process.sleep({ms})\nend\n"),
+    )
+    .unwrap();
+    copy
+}
+
 /// Remove the cache volumes of a throw-away project.
 async fn drop_cache(engine: &DockerEngine, project: &Path) {
     let project = project.canonicalize().unwrap().display().to_string();
@@ -237,9 +257,7 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
     assert_eq!(built.otp_release, "25");
     assert!(built.context.files >= 5, "{:?}", built.context);
     assert!(
-        lines(&cold_log, "release")
-            .iter()
-            .any(|l| l.starts_with("Compiling")),
+        !compiled(&cold_log).is_empty(),
         "a cold build compiles hello"
     );
     // The runtime files are read from the builder's filesystem.
@@ -281,13 +299,10 @@ async fn builds_hello_in_the_builder_and_reuses_the_cache() {
     let mut built = built.unwrap_or_else(|e| panic!("{e}"));
     assert!(is_file(&built, "/app/bin/hello"));
     assert_eq!(built.finish().await, None);
-    let compiled: Vec<_> = lines(&warm_log, "release")
-        .into_iter()
-        .filter(|l| l.starts_with("Compiling"))
-        .collect();
+    let recompiled = compiled(&warm_log);
     assert!(
-        compiled.is_empty(),
-        "the warm build recompiled: {compiled:?}"
+        recompiled.is_empty(),
+        "the warm build recompiled: {recompiled:?}"
     );
     eprintln!(
         "TIMING hello: cold {:.1}s (mix {:.1}s, reading the release {:.1}s), warm {:.1}s (mix {:.1}s, reading the release {:.1}s)",
@@ -307,22 +322,15 @@ async fn the_cache_saves_the_compilation_time() {
     let engine = engine().await;
     // hello compiles in a fraction of a second, less than the noise of a build: give the
     // project a module that takes 3 s to compile, so the saving is measurable.
-    let copy = hello_copy();
-    std::fs::write(
-        copy.path().join("lib/hello/slow.ex"),
-        "defmodule Hello.Slow do\n  Process.sleep(3_000)\nend\n",
-    )
-    .unwrap();
+    let copy = hello_copy_slow(3_000);
     let (cold, cold_log) = build(&engine, &spec(copy.path(), true)).await;
     let (warm, warm_log) = build(&engine, &spec(copy.path(), true)).await;
     cold.unwrap_or_else(|e| panic!("{e}"));
     warm.unwrap_or_else(|e| panic!("{e}"));
-    assert!(lines(&cold_log, "release")
+    assert!(compiled(&cold_log)
         .iter()
         .any(|l| l.starts_with("Compiling 3 files")));
-    assert!(!lines(&warm_log, "release")
-        .iter()
-        .any(|l| l.starts_with("Compiling")));
+    assert_eq!(compiled(&warm_log), Vec::<String>::new());
     let (cold_mix, warm_mix) = (mix_time(&cold_log), mix_time(&warm_log));
     eprintln!(
         "TIMING slow copy: mix cold {:.1}s, warm {:.1}s",
@@ -342,11 +350,10 @@ async fn the_cache_saves_the_compilation_time() {
     let (touched, touched_log) = build(&engine, &spec(copy.path(), true)).await;
     drop_cache(&engine, copy.path()).await;
     touched.unwrap_or_else(|e| panic!("{e}"));
-    let compiled: Vec<_> = lines(&touched_log, "release")
-        .into_iter()
-        .filter(|l| l.starts_with("Compiling"))
-        .collect();
-    assert_eq!(compiled, vec!["Compiling 1 file (.ex)".to_string()]);
+    assert_eq!(
+        compiled(&touched_log),
+        vec!["Compiling 1 file (.ex)".to_string()]
+    );
     assert!(labelled_containers(&owner()).is_empty());
 }
 
@@ -354,12 +361,7 @@ async fn the_cache_saves_the_compilation_time() {
 async fn two_builds_sharing_a_cache_take_turns() {
     let _heavy = heavy().await;
     let engine = engine().await;
-    let copy = hello_copy();
-    std::fs::write(
-        copy.path().join("lib/hello/slow.ex"),
-        "defmodule Hello.Slow do\n  Process.sleep(3_000)\nend\n",
-    )
-    .unwrap();
+    let copy = hello_copy_slow(3_000);
     let s = spec(copy.path(), true);
     let ((a, a_log), (b, b_log)) = tokio::join!(build(&engine, &s), build(&engine, &s));
     drop_cache(&engine, copy.path()).await;
@@ -371,11 +373,6 @@ async fn two_builds_sharing_a_cache_take_turns() {
             .iter()
             .any(|(_, s, l)| s == "step" && l.starts_with("waiting for another build"))
     };
-    let compiled = |log: &Log| {
-        lines(log, "release")
-            .iter()
-            .any(|l| l.starts_with("Compiling"))
-    };
     // One compiled while the other waited for the lock, then found nothing to compile.
     assert!(waited(&a_log) != waited(&b_log), "exactly one build waits");
     let (first, second) = if waited(&b_log) {
@@ -383,8 +380,8 @@ async fn two_builds_sharing_a_cache_take_turns() {
     } else {
         (&b_log, &a_log)
     };
-    assert!(compiled(first));
-    assert!(!compiled(second));
+    assert!(!compiled(first).is_empty());
+    assert_eq!(compiled(second), Vec::<String>::new());
     assert!(labelled_containers(&owner()).is_empty());
 }
 
@@ -552,13 +549,8 @@ const CHILD_ENV: &str = "DOCKER_RELEASE_TEST_CHILD_PROJECT";
 async fn a_sigkilled_build_leaves_no_container() {
     let _heavy = heavy().await;
     let engine = engine().await;
-    let copy = hello_copy();
     // A module whose compilation takes long enough to be killed in the middle of it.
-    std::fs::write(
-        copy.path().join("lib/hello/slow.ex"),
-        "defmodule Hello.Slow do\n  Process.sleep(60_000)\nend\n",
-    )
-    .unwrap();
+    let copy = hello_copy_slow(60_000);
     let _ = builder_image();
     // The child is this test binary running only `child_build`, which builds `copy`.
     let mut child = Child(

@@ -9,7 +9,6 @@
 mod registry_support;
 
 use bytes::Bytes;
-use image_core::archive::BlobDir;
 use image_core::reference::Reference;
 use image_io::engine::{Body, DockerEngine, Endpoint, Engine, EngineError};
 use image_io::engine::{BuildEngine, BuildSpec};
@@ -228,9 +227,7 @@ fn assert_stalled(e: &EngineError, proxy: &FaultProxy, request: &str, started: I
 
 /// A small image with content of its own (no other test or helper has the same image).
 fn unique_built(dir: &Path, tag: &str) -> Arc<Built> {
-    let blobs = BlobDir {
-        root: dir.join("blobs"),
-    };
+    let blobs = rs::blob_dir(dir);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -281,12 +278,13 @@ async fn an_inspect_that_is_never_answered_fails_after_the_bound() {
     assert_stalled(&e, &proxy, "GET /images/sha256:0123/json", started);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_load_the_engine_stops_reading_fails_after_the_bound_and_tags_nothing() {
+/// Load a fresh image (tagged `dr-engine-faults-NAME:…`) through a proxy that applies `fault`
+/// to the load: it must fail as stalled after the bound, and tag nothing.
+async fn assert_load_stalls(name: &str, fault: Fault) {
     let tmp = tempfile::tempdir().unwrap();
-    let tag = unique_tag("stop-reading");
+    let tag = unique_tag(name);
     let built = unique_built(tmp.path(), &tag);
-    let proxy = FaultProxy::start(vec![("/images/load", Fault::StopReadingAfter(256 << 10))]);
+    let proxy = FaultProxy::start(vec![("/images/load", fault)]);
     let engine = connect(&proxy).await;
     let started = Instant::now();
     let e = sink::engine(&engine, built, Arc::new(|_| {}))
@@ -301,22 +299,13 @@ async fn a_load_the_engine_stops_reading_fails_after_the_bound_and_tags_nothing(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_load_the_engine_stops_reading_fails_after_the_bound_and_tags_nothing() {
+    assert_load_stalls("stop-reading", Fault::StopReadingAfter(256 << 10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_load_that_is_taken_whole_and_never_answered_fails_after_the_bound() {
-    let tmp = tempfile::tempdir().unwrap();
-    let tag = unique_tag("swallow");
-    let built = unique_built(tmp.path(), &tag);
-    let proxy = FaultProxy::start(vec![("/images/load", Fault::SwallowAndHang)]);
-    let engine = connect(&proxy).await;
-    let started = Instant::now();
-    let e = sink::engine(&engine, built, Arc::new(|_| {}))
-        .await
-        .unwrap_err();
-    let sink::SinkError::Engine(e) = e else {
-        panic!("expected an engine error, got {e}");
-    };
-    println!("{e}");
-    assert_stalled(&e, &proxy, "POST /images/load", started);
-    assert!(!image_exists(&tag));
+    assert_load_stalls("swallow", Fault::SwallowAndHang).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

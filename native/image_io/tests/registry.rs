@@ -76,13 +76,8 @@ fn skopeo_raw_digest(reference: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_push_keeps_digests_uploads_once_and_skips_known_blobs() {
-    let Some(bin) = rs::registry_binary() else {
+    let Some((reg, blobs, tmp)) = rs::plain_registry() else {
         return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&bin, tmp.path(), "");
-    let blobs = BlobDir {
-        root: tmp.path().join("blobs"),
     };
     let image = rs::three_layer_image(&blobs, 1);
     let want = image.manifest_digest();
@@ -154,13 +149,8 @@ async fn plain_http_push_keeps_digests_uploads_once_and_skips_known_blobs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn incremental_push_uploads_only_the_changed_layer_and_config() {
-    let Some(bin) = rs::registry_binary() else {
+    let Some((reg, blobs, _tmp)) = rs::plain_registry() else {
         return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&bin, tmp.path(), "");
-    let blobs = BlobDir {
-        root: tmp.path().join("blobs"),
     };
     let tag = [format!("{}/team/app:1", reg.host)];
     let v1 = rs::three_layer_image(&blobs, 1);
@@ -206,13 +196,8 @@ async fn incremental_push_uploads_only_the_changed_layer_and_config() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tags_in_several_repositories_upload_blobs_per_repository() {
-    let Some(bin) = rs::registry_binary() else {
+    let Some((reg, blobs, _tmp)) = rs::plain_registry() else {
         return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&bin, tmp.path(), "");
-    let blobs = BlobDir {
-        root: tmp.path().join("blobs"),
     };
     let image = rs::image(vec![rs::layer(&blobs, "app", "/app", b"x".to_vec())]);
     let tags = [
@@ -235,9 +220,7 @@ async fn tags_in_several_repositories_upload_blobs_per_repository() {
 #[tokio::test]
 async fn a_tag_without_a_registry_host_is_refused_before_any_request() {
     let tmp = tempfile::tempdir().unwrap();
-    let blobs = BlobDir {
-        root: tmp.path().join("blobs"),
-    };
+    let blobs = rs::blob_dir(tmp.path());
     let image = rs::image(vec![rs::layer(&blobs, "app", "/app", b"x".to_vec())]);
     let tags = ["localhost:1/ok:1".to_string(), "team/app:1".to_string()];
     let err = push_err(&built(image, &blobs, &tags), &no_credentials()).await;
@@ -252,26 +235,6 @@ async fn a_tag_without_a_registry_host_is_refused_before_any_request() {
 
 // ---------------------------------------------------------------------------------------------
 // TLS and basic auth; credential helpers.
-
-struct TlsRegistry {
-    reg: Registry,
-    dir: tempfile::TempDir,
-}
-
-fn tls_registry(bin: &Path) -> TlsRegistry {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    rs::make_tls(d);
-    rs::make_htpasswd(&d.join("htpasswd"), "user", "pass");
-    let extra = format!(
-        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-        d.join("server.crt").display(),
-        d.join("server.key").display(),
-        d.join("htpasswd").display()
-    );
-    let reg = Registry::start(bin, d, &extra);
-    TlsRegistry { reg, dir }
-}
 
 fn docker_config(dir: &Path, json: serde_json::Value) -> std::path::PathBuf {
     let cfg = dir.join("docker-config");
@@ -297,11 +260,9 @@ async fn tls_registry_with_basic_auth() {
     let Some(bin) = rs::registry_binary() else {
         return;
     };
-    let t = tls_registry(&bin);
+    let t = rs::tls_registry(&bin);
     let host = t.reg.host.clone();
-    let blobs = BlobDir {
-        root: t.dir.path().join("blobs"),
-    };
+    let blobs = rs::blob_dir(t.dir.path());
     let image = rs::image(vec![
         rs::layer(&blobs, "runtime", "/lib/x", rs::noise(7, 300_000)),
         rs::layer(&blobs, "app", "/app/y", b"app".to_vec()),
@@ -403,12 +364,10 @@ async fn credential_helper_supplies_the_tls_registry_credentials() {
     let Some(bin) = rs::registry_binary() else {
         return;
     };
-    let t = tls_registry(&bin);
+    let t = rs::tls_registry(&bin);
     let host = t.reg.host.clone();
     let helper_bin = fake_helper(t.dir.path(), &host);
-    let blobs = BlobDir {
-        root: t.dir.path().join("blobs"),
-    };
+    let blobs = rs::blob_dir(t.dir.path());
     let image = rs::image(vec![rs::layer(&blobs, "app", "/app/y", b"app".to_vec())]);
     let b = built(image.clone(), &blobs, &[format!("{host}/team/app:helper")]);
     let ca = Some(t.dir.path().join("ca.crt"));
@@ -547,15 +506,9 @@ async fn token_auth_against_the_real_registry() {
             body.as_bytes(),
         )
     });
-    let extra = format!(
-        "auth:\n  token:\n    realm: http://{}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
-        tokens.host(),
-        d.join("token.crt").display()
-    );
+    let extra = rs::token_auth(&tokens.host(), &d);
     let reg = Registry::start(&bin, &d, &extra);
-    let blobs = BlobDir {
-        root: d.join("blobs"),
-    };
+    let blobs = rs::blob_dir(&d);
     let image = rs::image(vec![
         rs::layer(&blobs, "runtime", "/lib/x", rs::noise(9, 200_000)),
         rs::layer(&blobs, "app", "/app/y", b"app".to_vec()),
@@ -641,9 +594,7 @@ fn fake_registry(on: impl Fn(&rs::Request) -> Option<Reply> + Send + Sync + 'sta
 }
 
 fn small_built(dir: &Path, host: &str) -> Arc<Built> {
-    let blobs = BlobDir {
-        root: dir.join("blobs"),
-    };
+    let blobs = rs::blob_dir(&dir);
     let image = rs::image(vec![rs::layer(
         &blobs,
         "app",
@@ -1036,15 +987,9 @@ async fn an_identity_token_is_exchanged_for_a_token_the_real_registry_accepts() 
     let d = tmp.path().to_path_buf();
     rs::make_token_key(&d);
     let tokens = RefreshTokenService::start(d.clone(), "the-refresh-token");
-    let extra = format!(
-        "auth:\n  token:\n    realm: http://{}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
-        tokens.addr,
-        d.join("token.crt").display()
-    );
+    let extra = rs::token_auth(&tokens.addr.to_string(), &d);
     let reg = Registry::start(&bin, &d, &extra);
-    let blobs = BlobDir {
-        root: d.join("blobs"),
-    };
+    let blobs = rs::blob_dir(&d);
     let image = rs::image(vec![rs::layer(&blobs, "app", "/app/y", b"app".to_vec())]);
     let b = built(
         image.clone(),
@@ -1120,9 +1065,7 @@ async fn a_refused_second_tag_puts_the_first_back_on_its_previous_manifest() {
         _ => None,
     });
     let tmp = tempfile::tempdir().unwrap();
-    let blobs = BlobDir {
-        root: tmp.path().join("blobs"),
-    };
+    let blobs = rs::blob_dir(tmp.path());
     let image = rs::image(vec![rs::layer(
         &blobs,
         "app",
@@ -1185,9 +1128,7 @@ async fn blobs_go_to_every_registry_before_any_tag_moves() {
         _ => None,
     });
     let tmp = tempfile::tempdir().unwrap();
-    let blobs = BlobDir {
-        root: tmp.path().join("blobs"),
-    };
+    let blobs = rs::blob_dir(tmp.path());
     let image = rs::image(vec![rs::layer(
         &blobs,
         "app",
@@ -1215,13 +1156,8 @@ async fn blobs_go_to_every_registry_before_any_tag_moves() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn undo_after_a_push_puts_tags_back_and_names_the_new_ones() {
-    let Some(bin) = rs::registry_binary() else {
+    let Some((reg, blobs, _dir)) = rs::plain_registry() else {
         return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&bin, dir.path(), "");
-    let blobs = BlobDir {
-        root: dir.path().join("blobs"),
     };
     let old = rs::three_layer_image(&blobs, 1);
     let new = rs::three_layer_image(&blobs, 2);

@@ -3,8 +3,12 @@
 //! images built with `image_core`.
 #![allow(dead_code)]
 
-#[path = "../../../image_core/tests/support/prereq.rs"]
-pub mod prereq;
+/// image_core's test helpers: the independent archive checker, `prereq`, `run`, `sha256`.
+#[path = "../../../image_core/tests/support/mod.rs"]
+pub mod core_support;
+
+#[allow(unused_imports)]
+pub use core_support::{prereq, run, sha256};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -22,12 +26,6 @@ use std::time::{Duration, Instant};
 
 /// The image timestamp of every sample.
 pub const CREATED: u64 = 1_700_000_000;
-
-/// `sha256:<hex>` of `bytes`, computed here without image_core.
-pub fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
 
 /// `n` incompressible bytes from `seed`.
 pub fn noise(seed: u64, n: usize) -> Vec<u8> {
@@ -128,21 +126,6 @@ pub fn need(tool: &str, package: &str) -> PathBuf {
         }
     }
     panic!("{tool} is needed for this test: apt-get install -y {package}");
-}
-
-/// Run `cmd`; panic with its output when it fails; return stdout.
-pub fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// A `docker-registry serve` process on 127.0.0.1, killed on drop.
@@ -248,6 +231,59 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The blob directory of a test's temporary directory `dir` (`dir/blobs`).
+pub fn blob_dir(dir: &Path) -> BlobDir {
+    BlobDir {
+        root: dir.join("blobs"),
+    }
+}
+
+/// A plain-HTTP registry storing in a temporary directory of its own, a blob directory there,
+/// and that directory (removed on drop, after the registry stops); `None` when
+/// `docker-registry` is not installed (said by [`registry_binary`]).
+pub fn plain_registry() -> Option<(Registry, BlobDir, tempfile::TempDir)> {
+    let bin = registry_binary()?;
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&bin, dir.path(), "");
+    let blobs = blob_dir(dir.path());
+    Some((reg, blobs, dir))
+}
+
+/// A registry over TLS (`ca.crt` of its directory signs its certificate) with basic auth
+/// (`user`/`pass`).
+pub struct TlsRegistry {
+    /// The registry.
+    pub reg: Registry,
+    /// Its directory: `ca.crt`, `htpasswd`, its storage (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+/// Start a [`TlsRegistry`] with the `docker-registry` at `bin`.
+pub fn tls_registry(bin: &Path) -> TlsRegistry {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_tls(d);
+    make_htpasswd(&d.join("htpasswd"), "user", "pass");
+    let extra = format!(
+        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+        d.join("server.crt").display(),
+        d.join("server.key").display(),
+        d.join("htpasswd").display()
+    );
+    let reg = Registry::start(bin, d, &extra);
+    TlsRegistry { reg, dir }
+}
+
+/// The registry configuration (YAML to append, see [`Registry::start`]) for bearer tokens from
+/// the token service at `realm_host` (`HOST:PORT`), signed with the key [`make_token_key`] left
+/// in `dir` (issuer `test-issuer`, service `test-registry`).
+pub fn token_auth(realm_host: &str, dir: &Path) -> String {
+    format!(
+        "auth:\n  token:\n    realm: http://{realm_host}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+        dir.join("token.crt").display()
+    )
 }
 
 /// Count requests like `METHOD` whose path contains `part`.
