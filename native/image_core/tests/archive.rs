@@ -672,30 +672,51 @@ fn a_layer_spec_with_a_non_directory_parent_is_refused() {
     }
 }
 
-#[test]
-fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
-    use image_core::build::{build_cached, LayerCache, Progress};
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    support::sample_tree(&src, 0o644);
-    let cache = LayerCache {
-        dir: tmp.path().join("layers"),
-    };
-    let fs = image_core::fs::HostFs::new("/");
-    let mut run = 0;
-    let mut build = |cache: Option<&LayerCache>| {
-        run += 1;
+/// The layer cache tests' bench: the sample tree in a temporary directory and a layer cache
+/// beside it.
+struct CacheBench {
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    cache: image_core::build::LayerCache,
+    runs: usize,
+}
+
+impl CacheBench {
+    fn new() -> CacheBench {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        support::sample_tree(&src, 0o644);
+        let cache = image_core::build::LayerCache {
+            dir: tmp.path().join("layers"),
+        };
+        CacheBench {
+            tmp,
+            src,
+            cache,
+            runs: 0,
+        }
+    }
+
+    /// Build the sample plan over `fs` at level 6, into blobs of this run's own, with the cache
+    /// or without it. Returns the image, its blobs and the names of the layers the cache served.
+    fn build(
+        &mut self,
+        fs: &dyn image_core::fs::Fs,
+        cached: bool,
+    ) -> (Image, BlobDir, Vec<String>) {
+        use image_core::build::{build_cached, Progress};
+        self.runs += 1;
         let blobs = BlobDir {
-            root: tmp.path().join(format!("blobs-{run}")),
+            root: self.tmp.path().join(format!("blobs-{}", self.runs)),
         };
         let mut reused = Vec::new();
         let image = build_cached(
-            &fs,
-            &support::sample_plan(&src),
+            fs,
+            &support::sample_plan(&self.src),
             CREATED,
             6,
             &blobs,
-            cache,
+            cached.then_some(&self.cache),
             &mut |p| {
                 if let Progress::Reused { name, .. } = p {
                     reused.push(name);
@@ -705,11 +726,17 @@ fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
         )
         .unwrap();
         (image, blobs, reused)
-    };
+    }
+}
 
-    let (plain, plain_blobs, none) = build(None);
+#[test]
+fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
+    let mut bench = CacheBench::new();
+    let fs = image_core::fs::HostFs::new("/");
+
+    let (plain, plain_blobs, none) = bench.build(&fs, false);
     assert!(none.is_empty());
-    let (first, _, reused) = build(Some(&cache));
+    let (first, _, reused) = bench.build(&fs, true);
     assert!(
         reused.is_empty(),
         "an empty cache reuses nothing: {reused:?}"
@@ -717,7 +744,7 @@ fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
     assert_eq!(first.manifest_digest(), plain.manifest_digest());
 
     // Same inputs: every layer comes from the cache, and the image is the same.
-    let (second, second_blobs, reused) = build(Some(&cache));
+    let (second, second_blobs, reused) = bench.build(&fs, true);
     assert_eq!(reused, vec!["runtime", "app"]);
     assert_eq!(second.manifest_digest(), plain.manifest_digest());
     assert!(
@@ -727,47 +754,52 @@ fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
     );
 
     // One file of the app changes: only the runtime layer is reused.
-    std::fs::write(src.join("etc/greeting.txt"), b"howdy\n").unwrap();
-    let (changed, _, reused) = build(Some(&cache));
+    std::fs::write(bench.src.join("etc/greeting.txt"), b"howdy\n").unwrap();
+    let (changed, _, reused) = bench.build(&fs, true);
     assert_eq!(reused, vec!["runtime"]);
     assert_eq!(changed.layers[0].digest, plain.layers[0].digest);
     assert_ne!(changed.layers[1].diff_id, plain.layers[1].diff_id);
 
     // A damaged entry is not used (and is removed): the layer is compressed again, the image
     // is unchanged.
-    let entries: Vec<_> = std::fs::read_dir(&cache.dir)
+    let entries: Vec<_> = std::fs::read_dir(&bench.cache.dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(entries.len(), 3, "{entries:?}");
-    let runtime_entry = cache.entry(&plain.layers[0].diff_id, 6, &plain.layers[0].digest);
+    let runtime_entry = bench
+        .cache
+        .entry(&plain.layers[0].diff_id, 6, &plain.layers[0].digest);
     assert!(runtime_entry.exists(), "{runtime_entry:?} in {entries:?}");
     let mut bytes = std::fs::read(&runtime_entry).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::remove_file(&runtime_entry).unwrap(); // break the hard link to a run's blob
     std::fs::write(&runtime_entry, &bytes).unwrap();
-    let (repaired, _, reused) = build(Some(&cache));
+    let (repaired, _, reused) = bench.build(&fs, true);
     assert_eq!(reused, vec!["app"]);
     assert_eq!(repaired.manifest_digest(), changed.manifest_digest());
 
     // Pruning keeps the most recently used entries, and removes the temporary files of runs
     // killed while putting an entry in (not those of live ones).
-    let dead = cache.dir.join(".abc.999999999.partial");
-    let live = cache
+    let dead = bench.cache.dir.join(".abc.999999999.partial");
+    let live = bench
+        .cache
         .dir
         .join(format!(".abc.{}.partial", std::process::id()));
     std::fs::write(&dead, b"x").unwrap();
     std::fs::write(&live, b"x").unwrap();
-    cache.prune(2).unwrap();
+    bench.cache.prune(2).unwrap();
     assert!(!dead.exists() && live.exists());
     std::fs::remove_file(&live).unwrap();
-    let left: Vec<_> = std::fs::read_dir(&cache.dir)
+    let left: Vec<_> = std::fs::read_dir(&bench.cache.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left.len(), 2, "{left:?}");
-    let app_entry = cache.entry(&changed.layers[1].diff_id, 6, &changed.layers[1].digest);
+    let app_entry = bench
+        .cache
+        .entry(&changed.layers[1].diff_id, 6, &changed.layers[1].digest);
     assert!(app_entry.exists(), "{left:?}");
 }
 
@@ -776,40 +808,12 @@ fn the_layer_cache_reuses_identical_layers_and_never_changes_the_image() {
 /// fresh compression gives, or the manifest digest would change while the image ID does not.
 #[test]
 fn the_layer_cache_never_serves_another_encoding_of_the_right_tar() {
-    use image_core::build::{build_cached, encoder_fingerprint, LayerCache, Progress};
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    support::sample_tree(&src, 0o644);
-    let cache = LayerCache {
-        dir: tmp.path().join("layers"),
-    };
+    use image_core::build::encoder_fingerprint;
+    let mut bench = CacheBench::new();
     let fs = image_core::fs::HostFs::new("/");
-    let mut run = 0;
-    let mut build = |cache: Option<&LayerCache>| {
-        run += 1;
-        let blobs = BlobDir {
-            root: tmp.path().join(format!("blobs-{run}")),
-        };
-        let mut reused = Vec::new();
-        let image = build_cached(
-            &fs,
-            &support::sample_plan(&src),
-            CREATED,
-            6,
-            &blobs,
-            cache,
-            &mut |p| {
-                if let Progress::Reused { name, .. } = p {
-                    reused.push(name);
-                }
-                true
-            },
-        )
-        .unwrap();
-        (image, blobs, reused)
-    };
-    let (plain, plain_blobs, _) = build(None);
-    build(Some(&cache));
+    let (plain, plain_blobs, _) = bench.build(&fs, false);
+    bench.build(&fs, true);
+    let cache = bench.cache.clone();
     let layer = &plain.layers[0];
     let tar = {
         let gz = std::fs::read(plain_blobs.path(&layer.digest)).unwrap();
@@ -851,7 +855,7 @@ fn the_layer_cache_never_serves_another_encoding_of_the_right_tar() {
     let old_layout = cache.dir.join(format!("{}.gz6", layer.diff_id.hex()));
     for name in [&ours, &other_encoder, &old_layout] {
         put(name);
-        let (image, _, reused) = build(Some(&cache));
+        let (image, _, reused) = bench.build(&fs, true);
         assert!(
             !reused.contains(&"runtime".to_string()),
             "{name:?} was served: {reused:?}"
@@ -859,7 +863,7 @@ fn the_layer_cache_never_serves_another_encoding_of_the_right_tar() {
         assert_eq!(image.layers[0].digest, layer.digest, "{name:?}");
         assert_eq!(image.manifest_digest(), plain.manifest_digest(), "{name:?}");
         assert!(ours.exists(), "a fresh entry replaces {name:?}");
-        let (_, _, reused) = build(Some(&cache));
+        let (_, _, reused) = bench.build(&fs, true);
         assert!(reused.contains(&"runtime".to_string()));
     }
 }
@@ -869,7 +873,7 @@ fn the_layer_cache_never_serves_another_encoding_of_the_right_tar() {
 /// than `SETTLED` ago is read in full every time and no fingerprint is recorded for it.
 #[test]
 fn the_layer_cache_recognises_settled_files_without_reading_them() {
-    use image_core::build::{build_cached, LayerCache, Progress, SETTLED};
+    use image_core::build::SETTLED;
     use image_core::fs::{Fs, HostFs, Identity, Meta};
     use std::io::Read;
     use std::path::PathBuf;
@@ -896,36 +900,12 @@ fn the_layer_cache_recognises_settled_files_without_reading_them() {
         }
     }
 
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    support::sample_tree(&src, 0o644);
-    let cache = LayerCache {
-        dir: tmp.path().join("layers"),
-    };
+    let mut bench = CacheBench::new();
+    let (cache, src) = (bench.cache.clone(), bench.src.clone());
     let fs = Counting(HostFs::new("/"), Mutex::new(Vec::new()));
-    let mut run = 0;
     let mut build = || {
-        run += 1;
         fs.1.lock().unwrap().clear();
-        let blobs = BlobDir {
-            root: tmp.path().join(format!("blobs-{run}")),
-        };
-        let mut reused = Vec::new();
-        let image = build_cached(
-            &fs,
-            &support::sample_plan(&src),
-            CREATED,
-            6,
-            &blobs,
-            Some(&cache),
-            &mut |p| {
-                if let Progress::Reused { name, .. } = p {
-                    reused.push(name);
-                }
-                true
-            },
-        )
-        .unwrap();
+        let (image, _, reused) = bench.build(&fs, true);
         let opened = fs.1.lock().unwrap().len();
         (image, reused, opened)
     };
@@ -967,20 +947,6 @@ fn the_layer_cache_recognises_settled_files_without_reading_them() {
     assert!(opened > 0);
     assert_eq!(changed.layers[0].digest, first.layers[0].digest);
     assert_ne!(changed.layers[1].diff_id, first.layers[1].diff_id);
-    let plain = {
-        let blobs = BlobDir {
-            root: tmp.path().join("plain"),
-        };
-        build_cached(
-            &HostFs::new("/"),
-            &support::sample_plan(&src),
-            CREATED,
-            6,
-            &blobs,
-            None,
-            &mut |_| true,
-        )
-        .unwrap()
-    };
+    let (plain, _, _) = bench.build(&HostFs::new("/"), false);
     assert_eq!(changed.manifest_digest(), plain.manifest_digest());
 }
