@@ -594,7 +594,7 @@ fn fake_registry(on: impl Fn(&rs::Request) -> Option<Reply> + Send + Sync + 'sta
 }
 
 fn small_built(dir: &Path, host: &str) -> Arc<Built> {
-    let blobs = rs::blob_dir(&dir);
+    let blobs = rs::blob_dir(dir);
     let image = rs::image(vec![rs::layer(
         &blobs,
         "app",
@@ -656,14 +656,7 @@ async fn server_error_on_blob_upload() {
         "{msg}"
     );
     // The PUT went to the Location with the digest appended to its query, with the body size.
-    let put = fake
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|r| r.method == "PUT")
-        .cloned()
-        .unwrap();
+    let put = fake.first("PUT");
     assert_eq!(
         put.target,
         format!(
@@ -809,14 +802,7 @@ async fn a_manifest_digest_the_registry_disagrees_with_is_an_error() {
     let err = push_err(&small_built(tmp.path(), &fake.host()), &no_credentials()).await;
     assert_eq!(err.reason(), "registry_protocol", "{err}");
     assert!(err.to_string().contains("sha256:0000"), "{err}");
-    let put = fake
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|r| r.method == "PUT")
-        .cloned()
-        .unwrap();
+    let put = fake.first("PUT");
     assert_eq!(
         put.header("content-type"),
         Some("application/vnd.oci.image.manifest.v1+json")

@@ -117,8 +117,7 @@ pub fn validate_archive_bytes(bytes: &[u8]) -> Result<Checked, String> {
         files,
         outer_mtimes,
     } = read_outer(bytes)?;
-    let blobs = blob_map(&files)?;
-    let mut unreferenced: BTreeSet<String> = blobs.keys().cloned().collect();
+    let (blobs, mut unreferenced) = blob_map(&files)?;
 
     // index.json → manifest.
     let (manifest_digest, ref_names) = index_json(&files, &blobs, MANIFEST, "manifest")?;
@@ -200,8 +199,7 @@ pub fn validate_index_archive_bytes(bytes: &[u8]) -> Result<CheckedIndex, String
         files,
         outer_mtimes,
     } = read_outer(bytes)?;
-    let blobs = blob_map(&files)?;
-    let mut unreferenced: BTreeSet<String> = blobs.keys().cloned().collect();
+    let (blobs, mut unreferenced) = blob_map(&files)?;
 
     // index.json → the image index (nested), once per tag.
     let (index_digest, ref_names) = index_json(&files, &blobs, INDEX, "nested index")?;
@@ -334,8 +332,12 @@ fn read_outer(bytes: &[u8]) -> Result<Outer, String> {
     })
 }
 
-/// The blobs of an archive by digest, each checked to have the digest its name says.
-fn blob_map(files: &BTreeMap<String, Vec<u8>>) -> Result<BTreeMap<String, &Vec<u8>>, String> {
+/// An archive's blobs by digest.
+type Blobs<'a> = BTreeMap<String, &'a Vec<u8>>;
+
+/// The blobs of an archive by digest, each checked to have the digest its name says, and the
+/// set of their digests (for the caller to take each referenced one out of).
+fn blob_map(files: &BTreeMap<String, Vec<u8>>) -> Result<(Blobs<'_>, BTreeSet<String>), String> {
     // Blobs: name = digest.
     let mut blobs: BTreeMap<String, &Vec<u8>> = BTreeMap::new();
     for (path, data) in files {
@@ -349,7 +351,8 @@ fn blob_map(files: &BTreeMap<String, Vec<u8>>) -> Result<BTreeMap<String, &Vec<u
             return Err(format!("outer tar: unexpected file {path}"));
         }
     }
-    Ok(blobs)
+    let digests = blobs.keys().cloned().collect();
+    Ok((blobs, digests))
 }
 
 /// One image of an archive, checked from its manifest down.

@@ -460,6 +460,17 @@ impl FakeServer {
         self.addr.to_string()
     }
 
+    /// The first request received with `method`; panics when there is none.
+    pub fn first(&self, method: &str) -> Request {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.method == method)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {method} request among {:?}", self.lines()))
+    }
+
     /// The requests received so far, as `METHOD target`.
     pub fn lines(&self) -> Vec<String> {
         self.requests
