@@ -2,6 +2,7 @@ defmodule DockerRelease.ConfigTest do
   use ExUnit.Case, async: true
 
   alias DockerRelease.{Config, Error, Release}
+  import DockerRelease.E2E, only: [umbrella_dir!: 1]
 
   doctest DockerRelease.Config
   doctest DockerRelease
@@ -431,18 +432,5 @@ defmodule DockerRelease.ConfigTest do
       c = Config.new!([apps_path: "apps", version: "1.0.0"], [from_release: "rel"], dir)
       assert {c.app, c.tags, c.mix_release} == {:shop, ["shop:1.0.0", "shop:latest"], nil}
     end
-  end
-
-  # A directory with apps/NAME/mix.exs for each name, removed after the test.
-  defp umbrella_dir!(apps) do
-    dir = Path.join(System.tmp_dir!(), "dr-config-test-#{System.unique_integer([:positive])}")
-    on_exit(fn -> File.rm_rf(dir) end)
-
-    for app <- apps do
-      File.mkdir_p!(Path.join([dir, "apps", app]))
-      File.write!(Path.join([dir, "apps", app, "mix.exs"]), "")
-    end
-
-    dir
   end
 end

@@ -4,6 +4,7 @@ defmodule DockerRelease.ReleaseTest do
   use ExUnit.Case, async: false
 
   alias DockerRelease.{Config, Error}
+  import DockerRelease.E2E, only: [umbrella_dir!: 1]
 
   test "version: {:from_app, app} reads the app's mix.exs" do
     dir = umbrella_dir!(~w(core web))
@@ -29,17 +30,5 @@ defmodule DockerRelease.ReleaseTest do
     e = assert_raise Error, fn -> Config.new!(umbrella, [], dir) end
     assert e.message =~ "version: {:from_app, :nope}"
     assert e.message =~ ~s(set version: "X.Y.Z")
-  end
-
-  defp umbrella_dir!(apps) do
-    dir = Path.join(System.tmp_dir!(), "dr-release-test-#{System.unique_integer([:positive])}")
-    on_exit(fn -> File.rm_rf(dir) end)
-
-    for app <- apps do
-      File.mkdir_p!(Path.join([dir, "apps", app]))
-      File.write!(Path.join([dir, "apps", app, "mix.exs"]), "")
-    end
-
-    dir
   end
 end

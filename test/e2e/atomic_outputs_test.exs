@@ -25,11 +25,19 @@ defmodule DockerRelease.E2E.AtomicOutputsTest do
     %{tmp: tmp, repo: repo, rel: rel, stable: stable, old_id: old_id}
   end
 
-  defp failing_run(args) do
+  # `mix docker.release --from-release REL ARGS`, which must fail without making an image.
+  defp failing_run(ctx, args) do
+    args = ["--from-release", ctx.rel | args]
     {out, status} = mix_release(args)
     assert status != 0, "expected mix docker.release #{Enum.join(args, " ")} to fail:\n#{out}"
     refute out =~ ~r/^ID\s/m
     out
+  end
+
+  # The stable tag names the image it named before the failed run again; `fresh` is gone.
+  defp assert_tags_back(ctx, fresh) do
+    assert image_inspect!(ctx.stable, "{{.Id}}") == ctx.old_id
+    refute image_exists?(fresh)
   end
 
   test "a metadata file that fails after the load puts the engine's tags back", ctx do
@@ -38,22 +46,11 @@ defmodule DockerRelease.E2E.AtomicOutputsTest do
     refute image_exists?(fresh)
 
     # /dev/full accepts the open and fails the write: the last step of the run.
-    out =
-      failing_run([
-        "--from-release",
-        ctx.rel,
-        "--tag",
-        ctx.stable,
-        "--tag",
-        fresh,
-        "--metadata-file",
-        "/dev/full"
-      ])
+    out = failing_run(ctx, ["--tag", ctx.stable, "--tag", fresh, "--metadata-file", "/dev/full"])
 
     assert out =~ "cannot write /dev/full"
     assert out =~ "were put back"
-    assert image_inspect!(ctx.stable, "{{.Id}}") == ctx.old_id
-    refute image_exists?(fresh)
+    assert_tags_back(ctx, fresh)
   end
 
   test "--output EXISTING with a metadata file that fails leaves EXISTING as it was", ctx do
@@ -63,16 +60,7 @@ defmodule DockerRelease.E2E.AtomicOutputsTest do
     File.write!(path, bytes)
 
     out =
-      failing_run([
-        "--from-release",
-        ctx.rel,
-        "--tag",
-        ctx.stable,
-        "--output",
-        path,
-        "--metadata-file",
-        "/dev/full"
-      ])
+      failing_run(ctx, ["--tag", ctx.stable, "--output", path, "--metadata-file", "/dev/full"])
 
     assert out =~ "cannot write /dev/full"
     assert File.read!(path) == bytes
@@ -86,8 +74,7 @@ defmodule DockerRelease.E2E.AtomicOutputsTest do
     docker!(["tag", ctx.old_id, pushed])
     on_exit(fn -> rm_images([pushed, also]) end)
 
-    out =
-      failing_run(["--from-release", ctx.rel, "--tag", pushed, "--tag", also, "--push", "--load"])
+    out = failing_run(ctx, ["--tag", pushed, "--tag", also, "--push", "--load"])
 
     assert out =~ "127.0.0.1:#{port}"
     assert out =~ "were put back"
@@ -121,9 +108,7 @@ defmodule DockerRelease.E2E.AtomicOutputsTest do
     assert digest.("stable") == before
 
     out =
-      failing_run([
-        "--from-release",
-        ctx.rel,
+      failing_run(ctx, [
         "--tag",
         "#{repo}:stable",
         "--tag",
@@ -148,21 +133,10 @@ defmodule DockerRelease.E2E.AtomicOutputsTest do
     # The engine refuses repository names of 64 hex digits (they look like image IDs).
     refused = String.duplicate("ab", 32) <> ":x"
 
-    out =
-      failing_run([
-        "--from-release",
-        ctx.rel,
-        "--tag",
-        ctx.stable,
-        "--tag",
-        fresh,
-        "--tag",
-        refused
-      ])
+    out = failing_run(ctx, ["--tag", ctx.stable, "--tag", fresh, "--tag", refused])
 
     assert out =~ "64-byte hexadecimal"
-    assert image_inspect!(ctx.stable, "{{.Id}}") == ctx.old_id
-    refute image_exists?(fresh)
+    assert_tags_back(ctx, fresh)
   end
 
   test "--output through a symlink replaces the file it points to; the link stays", ctx do
@@ -205,7 +179,7 @@ defmodule DockerRelease.E2E.AtomicOutputsTest do
     fifo = Path.join(tmp_dir!(), "pipe")
     {_, 0} = cmd("mkfifo", [fifo])
     tag = "#{ctx.repo}/hello:no-reader"
-    out = failing_run(["--from-release", ctx.rel, "--tag", tag, "--output", fifo, "--load"])
+    out = failing_run(ctx, ["--tag", tag, "--output", fifo, "--load"])
     assert out =~ "no process has open for reading"
     refute image_exists?(tag)
   end

@@ -22,13 +22,7 @@ defmodule DockerRelease.E2E.BuilderTest do
   end
 
   setup do
-    repo = unique_repo("dr-e2e-builder")
-
-    on_exit(fn ->
-      {out, _} = docker(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
-      out |> String.split() |> Enum.filter(&String.starts_with?(&1, repo <> "/")) |> rm_images()
-    end)
-
+    repo = unique_repo_removed_on_exit("dr-e2e-builder")
     %{repo: repo}
   end
 

@@ -10,12 +10,7 @@ defmodule DockerRelease.E2E.ConcurrentBuildsTest do
   setup_all do
     tmp = tmp_dir!()
     small = release_copy!(Path.join(tmp, "small"))
-    big = Path.join(tmp, "big")
-    {_, 0} = cmd("cp", ["-a", small, big])
-    priv = Path.join(big, "lib/hello-0.1.0/priv")
-    File.mkdir_p!(priv)
-    {bytes, 0} = cmd("head", ["-c", "200M", "/dev/urandom"], stderr: false, timeout: 60)
-    File.write!(Path.join(priv, "random.bin"), bytes)
+    big = big_release_copy!(small, Path.join(tmp, "big"))
     %{tmp: tmp, small: small, big: big}
   end
 

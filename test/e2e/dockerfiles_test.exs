@@ -42,14 +42,7 @@ defmodule DockerRelease.E2E.DockerfilesTest do
     repo = unique_repo("dr-e2e-article")
     before = labelled_containers()
 
-    on_exit(fn ->
-      {out, _} = docker(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
-
-      out
-      |> String.split()
-      |> Enum.filter(&String.starts_with?(&1, repo))
-      |> rm_images()
-    end)
+    on_exit(fn -> rm_images_where(&String.starts_with?(&1, repo)) end)
 
     %{dir: dir, repo: repo, before: before}
   end

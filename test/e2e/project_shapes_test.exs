@@ -22,12 +22,7 @@ defmodule DockerRelease.E2E.ProjectShapesTest do
 
     on_exit(fn ->
       for {_, shape} <- shapes, do: rm_cache_volumes(shape.dir)
-      {out, _} = docker(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
-
-      out
-      |> String.split()
-      |> Enum.filter(&(String.starts_with?(&1, repo <> "/") or &1 =~ "_#{suffix}:"))
-      |> rm_images()
+      rm_images_where(&(String.starts_with?(&1, repo <> "/") or &1 =~ "_#{suffix}:"))
     end)
 
     %{

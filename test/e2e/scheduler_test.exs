@@ -13,13 +13,7 @@ defmodule DockerRelease.E2E.SchedulerTest do
   setup_all do
     tmp = tmp_dir!()
     rel = release_copy!(Path.join(tmp, "rel"))
-
-    big = Path.join(tmp, "big")
-    {_, 0} = cmd("cp", ["-a", rel, big])
-    priv = Path.join(big, "lib/hello-0.1.0/priv")
-    File.mkdir_p!(priv)
-    {out, 0} = cmd("head", ["-c", "200M", "/dev/urandom"], stderr: false, timeout: 60)
-    File.write!(Path.join(priv, "random.bin"), out)
+    big = big_release_copy!(rel, Path.join(tmp, "big"))
 
     # The build's scratch files go under this project directory, not examples/hello.
     project_dir = Path.join(tmp, "project")

@@ -28,6 +28,31 @@ defmodule DockerRelease.E2E do
   @doc "A tag prefix unique to this run, e.g. `dr-e2e-abcd1234`."
   def unique_repo(prefix \\ "dr-e2e"), do: "#{prefix}-#{rand()}"
 
+  @doc """
+  A `unique_repo/1` whose images (`REPO/NAME:TAG`) are removed from the engine when the calling
+  test (or setup_all) ends.
+  """
+  def unique_repo_removed_on_exit(prefix) do
+    repo = unique_repo(prefix)
+    ExUnit.Callbacks.on_exit(fn -> rm_images_where(&String.starts_with?(&1, repo <> "/")) end)
+    repo
+  end
+
+  @doc """
+  A directory with an empty `apps/NAME/mix.exs` for each of `apps` (an umbrella's layout, for
+  the config's umbrella rules), removed when the calling test ends.
+  """
+  def umbrella_dir!(apps) do
+    dir = tmp_dir!("dr-umbrella")
+
+    for app <- apps do
+      File.mkdir_p!(Path.join([dir, "apps", app]))
+      File.write!(Path.join([dir, "apps", app, "mix.exs"]), "")
+    end
+
+    dir
+  end
+
   @doc "A fresh temporary directory, removed when the calling test (or setup_all) ends."
   def tmp_dir!(prefix \\ "dr-e2e") do
     dir = Path.join(System.tmp_dir!(), "#{prefix}-#{rand()}")
@@ -201,6 +226,19 @@ defmodule DockerRelease.E2E do
     dest
   end
 
+  @doc """
+  Copies the release `rel` to `dest` with 200 MB of random bytes added to its application's
+  `priv` (a release whose build takes long enough to watch). Returns `dest`.
+  """
+  def big_release_copy!(rel, dest) do
+    {_, 0} = cmd("cp", ["-a", rel, dest])
+    priv = Path.join(dest, "lib/hello-0.1.0/priv")
+    File.mkdir_p!(priv)
+    {bytes, 0} = cmd("head", ["-c", "200M", "/dev/urandom"], stderr: false, timeout: 60)
+    File.write!(Path.join(priv, "random.bin"), bytes)
+    dest
+  end
+
   ## docker
 
   @doc "`docker ARGS` → `{output, status}` (stderr merged unless `stderr: false`)."
@@ -230,6 +268,12 @@ defmodule DockerRelease.E2E do
   def rm_images(refs) do
     for ref <- refs, image_exists?(ref), do: docker(["image", "rm", ref])
     :ok
+  end
+
+  @doc "Removes the engine's image references (`REPOSITORY:TAG`) for which `match?` is true."
+  def rm_images_where(match?) do
+    {out, _} = docker(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+    out |> String.split() |> Enum.filter(match?) |> rm_images()
   end
 
   @doc "Whether the engine has an image (ID or reference)."
