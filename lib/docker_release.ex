@@ -170,7 +170,7 @@ defmodule DockerRelease do
           {release.name, release.dir, build}
       end
 
-    cookie_notice(project, release_name)
+    cookie_release = if sets_cookie?(project, release_name), do: release_name
     labels = labels(config, created)
 
     if dirty?(config.project_dir) do
@@ -227,7 +227,7 @@ defmodule DockerRelease do
       await_host_build: host_build != nil
     }
 
-    {request, host_build}
+    {request, host_build, cookie_release}
   end
 
   # The SBOM file: the document the image embeds, written when the whole build succeeds.
@@ -294,7 +294,7 @@ defmodule DockerRelease do
 
   # The job starts first: what does not need the new release (the engine connection, its
   # platform) is done while the host's `mix release` runs; then the job goes on with it.
-  defp run({request, host_build}) do
+  defp run({request, host_build, cookie_release}) do
     {:ok, job, id} = Native.image_build(request)
 
     if host_build do
@@ -310,7 +310,10 @@ defmodule DockerRelease do
       Native.job_resume(job)
     end
 
-    await(job, id)
+    with {:ok, outcome} <- await(job, id) do
+      cookie_notice(cookie_release, outcome)
+      {:ok, outcome}
+    end
   after
     File.rm_rf(request.work_dir)
   end
@@ -389,21 +392,43 @@ defmodule DockerRelease do
     [release.dir, build_path, config.project_dir]
   end
 
-  # A `cookie:` in the release config is a choice: say that it stays out of the image, and how
-  # to give it to the containers.
-  defp cookie_notice(project, release_name) do
+  # Whether the release config of `release_name` sets a `cookie:`.
+  defp sets_cookie?(project, release_name) do
     options = Keyword.get(Keyword.get(project, :releases, []), String.to_atom(release_name), [])
-
-    if Keyword.has_key?(options, :cookie) do
-      Mix.shell().info([
-        :yellow,
-        "==> release #{release_name} sets cookie: in mix.exs; it is not put into the image (anyone " <>
-          "who can pull an image can read its files). Give it to each container at run time: " <>
-          "docker run -e RELEASE_COOKIE=... (the same value on every node that should connect)",
-        :reset
-      ])
-    end
+    Keyword.has_key?(options, :cookie)
   end
+
+  # A `cookie:` in the release config is a choice: once the image is built, say that it stays
+  # out of the image, and how to give it to the containers (with the command of the engine the
+  # image went to).
+  defp cookie_notice(nil, _outcome), do: :ok
+
+  defp cookie_notice(release_name, outcome) do
+    Mix.shell().info([
+      :yellow,
+      "==> release #{release_name} sets cookie: in mix.exs; it is not put into the image (anyone " <>
+        "who can pull an image can read its files). Give it to each container at run time: " <>
+        "#{engine_cli(outcome)} run -e RELEASE_COOKIE=... (the same value on every node that " <>
+        "should connect)",
+      :reset
+    ])
+  end
+
+  @doc """
+  The command people use with the engine a build's `outcome` went to: `"podman"` when that
+  engine is Podman (its Docker-compatible API, `engine_kind: :podman`), `"docker"` otherwise,
+  also when no engine was used (an archive, a registry).
+
+      iex> DockerRelease.engine_cli(%{engine_kind: :podman})
+      "podman"
+      iex> DockerRelease.engine_cli(%{engine_kind: :docker})
+      "docker"
+      iex> DockerRelease.engine_cli(%{engine_kind: nil})
+      "docker"
+  """
+  @spec engine_cli(%{engine_kind: :docker | :podman | nil}) :: String.t()
+  def engine_cli(%{engine_kind: :podman}), do: "podman"
+  def engine_cli(_outcome), do: "docker"
 
   defp now_ms, do: System.monotonic_time(:millisecond)
 

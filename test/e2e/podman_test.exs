@@ -1,9 +1,9 @@
 defmodule DockerRelease.E2E.PodmanTest do
   # Podman as the engine, through its Docker-compatible API (`podman system service`), as a
   # user with `DOCKER_HOST=unix://…/podman.sock` meets it: a host build and a `--builder`
-  # build load their images into Podman, the summary names `podman run`, the images run with
-  # `podman run`, and no container of ours is left (nor a "could not be removed" warning,
-  # though Podman removes the builder's auto-removed container itself).
+  # build load their images into Podman, the summary and the `cookie:` notice name `podman run`,
+  # the images run with `podman run`, and no container of ours is left (nor a "could not be
+  # removed" warning, though Podman removes the builder's auto-removed container itself).
   #
   # The service runs on a socket of its own and is stopped when the module ends. Podman here
   # needs explicit ulimits to run containers (CONTAINERS_CONF below). The builder image is
@@ -67,10 +67,12 @@ defmodule DockerRelease.E2E.PodmanTest do
     end
   end
 
-  test "a --builder build in Podman: podman run, no container left, no removal warning", ctx do
+  test "a --builder build in Podman: podman run (the cookie: notice too), no container left, no removal warning",
+       ctx do
     if ctx.podman do
       builder = podman_builder!(ctx)
       dir = example_copy!("hello", "dr-e2e-podman")
+      set_cookie!(dir)
       on_exit(fn -> rm_podman_volumes(ctx, dir) end)
       tag = "#{unique_repo("dr-e2e-podman")}/hello:builder"
       on_exit(fn -> podman(ctx, ["image", "rm", "-f", tag]) end)
@@ -86,6 +88,11 @@ defmodule DockerRelease.E2E.PodmanTest do
       assert run.status == 0, run.out
       assert run.out =~ "==> built the release in #{builder}", run.out
       assert run.out =~ ~r/^Run it:   podman run --rm #{Regex.escape(tag)}$/m, run.out
+      # The cookie stays out of the image; the notice names Podman's command to pass one.
+      assert run.out =~ "==> release hello sets cookie: in mix.exs; it is not put into the image",
+             run.out
+
+      assert run.out =~ "at run time: podman run -e RELEASE_COOKIE=... (the same value", run.out
       refute run.out =~ "could not be removed", run.out
       refute run.out =~ "docker run", run.out
 
@@ -96,6 +103,15 @@ defmodule DockerRelease.E2E.PodmanTest do
       assert our_containers(ctx, run.owner) == []
       assert all_containers(ctx) -- before == []
     end
+  end
+
+  # The copy's release config gets a `cookie:` (which the task keeps out of the image).
+  defp set_cookie!(dir) do
+    mix = Path.join(dir, "mix.exs")
+    text = File.read!(mix)
+    release = "releases: [hello: [include_executables_for: [:unix]"
+    assert text =~ release, "examples/hello/mix.exs no longer has #{release}]]"
+    File.write!(mix, String.replace(text, release, release <> ~s(, cookie: "dr-e2e-podman")))
   end
 
   # `podman run` of the image prints what `eval` computes in the release.

@@ -503,7 +503,7 @@ defmodule Mix.Tasks.Docker.Release do
 
     layers = Enum.map_join(outcome.layers, ", ", &"#{&1.name} #{size(&1.size)}")
     first_tag = hd(outcome.tags)
-    cli = cli(outcome)
+    cli = DockerRelease.engine_cli(outcome)
 
     shell.info("""
 
@@ -557,11 +557,6 @@ defmodule Mix.Tasks.Docker.Release do
     if config.metadata_file, do: shell.info("Metadata  #{config.metadata_file}")
     :ok
   end
-
-  # The command people use with the engine the image went to: `podman` when that engine is
-  # Podman (its Docker-compatible API), `docker` otherwise (and when no engine was used).
-  defp cli(%{engine_kind: :podman}), do: "podman"
-  defp cli(_outcome), do: "docker"
 
   # With several platforms: the index the tags name (registry, archive), and each platform's
   # image; the lines above describe the one the engine loads.
