@@ -593,15 +593,16 @@ fn fake_registry(on: impl Fn(&rs::Request) -> Option<Reply> + Send + Sync + 'sta
     })
 }
 
-fn small_built(dir: &Path, host: &str) -> Arc<Built> {
+/// An image of one layer holding `size` bytes of noise at `/app`, its blobs in `dir`, to be
+/// pushed to `tags`.
+fn noise_built(dir: &Path, size: usize, tags: &[String]) -> Arc<Built> {
     let blobs = rs::blob_dir(dir);
-    let image = rs::image(vec![rs::layer(
-        &blobs,
-        "app",
-        "/app",
-        rs::noise(3, 8 << 20),
-    )]);
-    built(image, &blobs, &[format!("{host}/team/app:1")])
+    let image = rs::image(vec![rs::layer(&blobs, "app", "/app", rs::noise(3, size))]);
+    built(image, &blobs, tags)
+}
+
+fn small_built(dir: &Path, host: &str) -> Arc<Built> {
+    noise_built(dir, 8 << 20, &[format!("{host}/team/app:1")])
 }
 
 #[tokio::test]
@@ -1051,21 +1052,11 @@ async fn a_refused_second_tag_puts_the_first_back_on_its_previous_manifest() {
         _ => None,
     });
     let tmp = tempfile::tempdir().unwrap();
-    let blobs = rs::blob_dir(tmp.path());
-    let image = rs::image(vec![rs::layer(
-        &blobs,
-        "app",
-        "/app",
-        rs::noise(3, 1 << 16),
-    )]);
-    let b = built(
-        image,
-        &blobs,
-        &[
-            format!("{}/team/app:1", fake.host()),
-            format!("{}/team/app:2", fake.host()),
-        ],
-    );
+    let tags = [
+        format!("{}/team/app:1", fake.host()),
+        format!("{}/team/app:2", fake.host()),
+    ];
+    let b = noise_built(tmp.path(), 1 << 16, &tags);
     let err = push_err(&b, &no_credentials()).await;
     assert!(err.to_string().contains("exploded"), "{err}");
     assert!(
@@ -1114,22 +1105,12 @@ async fn blobs_go_to_every_registry_before_any_tag_moves() {
         _ => None,
     });
     let tmp = tempfile::tempdir().unwrap();
-    let blobs = rs::blob_dir(tmp.path());
-    let image = rs::image(vec![rs::layer(
-        &blobs,
-        "app",
-        "/app",
-        rs::noise(3, 1 << 16),
-    )]);
     let unreachable = format!("127.0.0.1:{}", rs::free_port());
-    let b = built(
-        image,
-        &blobs,
-        &[
-            format!("{}/team/app:1", fake.host()),
-            format!("{unreachable}/team/app:1"),
-        ],
-    );
+    let tags = [
+        format!("{}/team/app:1", fake.host()),
+        format!("{unreachable}/team/app:1"),
+    ];
+    let b = noise_built(tmp.path(), 1 << 16, &tags);
     let err = push_err(&b, &no_credentials()).await;
     assert_eq!(err.reason(), "registry_unreachable", "{err}");
     assert_eq!(
