@@ -349,27 +349,41 @@ def platforms_figure(w, data, machine):
         return
     one = numbers(data, "platforms_ms", "one")
     two = numbers(data, "platforms_ms", "two")
+    emu = numbers(data, "platforms_ms", "emu")
     w("## 12. Several platforms: adding arm64 to an amd64 builder build\n")
     w("examples/with_deps built in the amd64 Debian 13 builder (`--builder")
     w("docker-release-test/builder:trixie`), warm (cache volumes, layer cache and the unpacked")
     w("arm64 image kept by an untimed round), each build after its own one-line change, written")
-    w(f"to an archive (`--output`); {len(one)} rounds alternating (A B A B)")
+    order = "A B C A B C" if emu else "A B A B"
+    w(f"to an archive (`--output`); {len(one)} rounds alternating ({order})")
     w("(bench/figures/platforms.sh):\n")
     w("- one: the amd64 image;")
     w("- two: `--platform linux/amd64,linux/arm64 --platform-image")
     w("  linux/arm64=docker-release-test/builder:trixie-arm64`: the release built once, the arm64")
     w("  image's ERTS, OTP native files and runtime files read from the arm64 image (never run),")
-    w("  both images and the index in the archive.\n")
+    w("  both images and the index in the archive" + (";" if emu else ".\n"))
+    if emu:
+        w("- two, `--emulate`: the same, plus `--emulate`: the arm64 release built again in the arm64")
+        w("  builder, run by the engine under QEMU (its own cache volumes, warm), and the arm64 image")
+        w("  made from it. This is the way for projects with native code of their own, and what a")
+        w("  build under QEMU costs (as `docker buildx --platform` builds do for the whole build).\n")
     w(f"Target: two at most {PLATFORMS_TARGET}x one.\n")
     w("| build | median time | range |")
     w("| --- | ---: | ---: |")
     w(f"| one platform | {secs(median(one))} | {spread(one, secs)} |")
     w(f"| two platforms | {secs(median(two))} | {spread(two, secs)} |")
+    if emu:
+        w(f"| two platforms, `--emulate` | {secs(median(emu))} | {spread(emu, secs)} |")
     w("")
     if one and two:
         pr, _ = _pair_ratio(two, one)
         r = median(two) / median(one)
         w(f"Two / one: {r:.2f} (medians; per-round median {pr}): {_verdict(r <= PLATFORMS_TARGET)}.\n")
+    if one and emu:
+        pr, _ = _pair_ratio(emu, one)
+        r = median(emu) / median(one)
+        w(f"Two with `--emulate` / one: {r:.2f} (medians; per-round median {pr}); / two:"
+          f" {median(emu) / median(two):.2f}. No target: the figure says what emulation costs.\n")
     checks = data.get(("platforms_check", "arm64"), [])
     if checks:
         w(f"The arm64 image of the last archive says `aarch64-unknown-linux-gnu` under QEMU: {checks[0][1]}.\n")

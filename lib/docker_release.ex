@@ -66,14 +66,6 @@ defmodule DockerRelease do
   @spec build(Config.t(), keyword) :: {:ok, outcome} | {:error, Error.t()}
   def build(%Config{} = config, project) do
     cond do
-      config.emulate ->
-        raise Error,
-          reason: :invalid_config,
-          message:
-            "--emulate is not built yet: a release with native files of its own (NIFs, port " <>
-              "programs) cannot be made for another platform by this version. Build that " <>
-              "platform's image on a machine of that platform, or leave it out of --platform"
-
       config.build_dockerfile ->
         build_with_dockerfiles(config)
 

@@ -59,8 +59,8 @@ defmodule DockerRelease.Config do
       "Several platforms" in `mix help docker.release`). Default: one image, for the
       platform the release is built on.
     * `:platform_images` - where a platform's files come from, `[{"linux/arm64", "IMAGE"}]`: an
-      image of that platform with the Erlang/OTP the release is built with. Default: the
-      builder's image for that platform.
+      image of that platform with the Erlang/OTP the release is built with (with `:emulate`:
+      that platform's builder). Default: the builder's image for that platform.
     * `:emulate` - build the release for each other platform in a builder of that platform run
       under emulation (QEMU; slow), for projects whose dependencies or own apps have native
       code (NIFs, port programs), which an image of another platform cannot provide. Needs

@@ -298,17 +298,6 @@ defmodule DockerRelease.ConfigTest do
       assert c.platform_images != []
       assert Config.new!(@project, [platforms: [host], builder: "b:1"], "/src").builder == "b:1"
     end
-
-    test "--emulate (not built yet) stops before anything is built, saying so" do
-      opts = [platforms: ["linux/amd64", "linux/arm64"], emulate: true, builder: "b:1"]
-      c = Config.new!(@project, opts, "/src")
-
-      assert {:error, %Error{reason: :invalid_config, message: m}} =
-               DockerRelease.build(c, @project)
-
-      assert m =~ "--emulate is not built yet"
-      assert m =~ "leave it out of --platform"
-    end
   end
 
   test "an umbrella root is named after its release" do

@@ -10,7 +10,9 @@ defmodule DockerRelease.E2E.MultiPlatformTest do
   @moduletag :engine
 
   import DockerRelease.E2E
-  import DockerRelease.E2E.Builder, only: [ensure_builder!: 1, example_copy!: 2]
+
+  import DockerRelease.E2E.Builder,
+    only: [ensure_builder!: 1, example_copy!: 2, publish_multi_arch!: 3]
 
   setup_all do
     trixie = ensure_builder!("trixie")
@@ -203,52 +205,14 @@ defmodule DockerRelease.E2E.MultiPlatformTest do
        ctx do
     # The two Debian 13 builders pushed to the registry under one index, as a multi-arch
     # builder image is published; the engine has the amd64 one under that name (it runs it).
-    repo = "#{ctx.registry}/team/builder"
-    builder = "#{repo}:multi"
+    builder =
+      publish_multi_arch!(
+        "#{ctx.registry}/team/builder",
+        [{ctx.trixie, "amd64"}, {ctx.arm64, "arm64"}],
+        ctx.dir
+      )
+
     on_exit(fn -> rm_images([builder]) end)
-
-    entries =
-      for {image, tag, arch} <- [{ctx.trixie, "amd64", "amd64"}, {ctx.arm64, "arm64", "arm64"}] do
-        skopeo!([
-          "copy",
-          "--dest-tls-verify=false",
-          "docker-daemon:#{image}",
-          "docker://#{repo}:#{tag}"
-        ])
-
-        raw = skopeo!(["inspect", "--raw", "--tls-verify=false", "docker://#{repo}:#{tag}"])
-        [_, media] = Regex.run(~r/"mediaType":\s*"([^"]+)"/, raw)
-
-        ~s({"mediaType":"#{media}","digest":"#{sha256(raw)}","size":#{byte_size(raw)},) <>
-          ~s("platform":{"architecture":"#{arch}","os":"linux"}})
-      end
-
-    index_file = Path.join(ctx.dir, "builder-index.json")
-
-    File.write!(
-      index_file,
-      ~s({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[) <>
-        Enum.join(entries, ",") <> "]}"
-    )
-
-    {put, 0} =
-      cmd("curl", [
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.index.v1+json",
-        "--data-binary",
-        "@#{index_file}",
-        "http://#{ctx.registry}/v2/team/builder/manifests/multi"
-      ])
-
-    assert put == "201"
-    docker!(["tag", ctx.trixie, builder])
 
     project = example_copy!("hello", "dr-e2e-multi-default")
     archive = Path.join(ctx.dir, "hello-default.tar")

@@ -147,7 +147,8 @@ defmodule DockerRelease.E2E do
 
   @doc """
   Starts `mix docker.release ARGS` in the background (like `mix_release/2`) and returns a
-  handle for `await_output/3` and `await_exit/2`; its output arrives line by line.
+  handle for `await_output/3` and `await_exit/2`; its output arrives line by line. It is
+  ended after `opts[:timeout]` seconds (default 300).
   """
   def start_mix_release(args, opts \\ []) do
     env =
@@ -160,7 +161,13 @@ defmodule DockerRelease.E2E do
         :exit_status,
         :stderr_to_stdout,
         {:line, 65_536},
-        args: ["-k", "5", "300", System.find_executable("mix"), "docker.release" | args],
+        args: [
+          "-k",
+          "5",
+          "#{Keyword.get(opts, :timeout, 300)}",
+          System.find_executable("mix"),
+          "docker.release" | args
+        ],
         cd: Keyword.get(opts, :cd, hello_dir()),
         env: env
       ])
@@ -626,29 +633,35 @@ defmodule DockerRelease.E2E.Builder do
     "trixie-cc" => "docker-release-test/builder:trixie-cc",
     # Debian 13 for arm64 (made without emulation; the same OTP as "trixie"): another
     # platform's files, read by multi-platform builds, run under QEMU by their tests.
-    "trixie-arm64" => "docker-release-test/builder:trixie-arm64"
+    "trixie-arm64" => "docker-release-test/builder:trixie-arm64",
+    # The same with the C toolchain of "trixie-cc": a builder run under QEMU (--emulate).
+    "trixie-arm64-cc" => "docker-release-test/builder:trixie-arm64-cc"
   }
 
   @cc_include "elixir,erlang-dev,ca-certificates,gcc,make,libc6-dev"
 
   @doc """
   The builder image of a Debian suite (`"bookworm"`, `"trixie"`, `"trixie-cc"`,
-  `"trixie-arm64"`).
+  `"trixie-arm64"`, `"trixie-arm64-cc"`).
   """
   def builder_image(suite), do: Map.fetch!(@builders, suite)
 
   @doc """
   Makes the builder image of `suite` with test/support/make-builder-image.sh unless it exists
   (`"trixie-cc"`: trixie plus gcc, make and libc6-dev; `"trixie-arm64"`: with
-  test/support/make-foreign-builder-image.sh, after `"trixie"`, whose OTP it must match).
+  test/support/make-foreign-builder-image.sh, after `"trixie"`, whose OTP it must match;
+  `"trixie-arm64-cc"`: the same after `"trixie-cc"`, with its C toolchain).
   Returns its tag.
   """
-  def ensure_builder!("trixie-arm64" = suite) do
-    native = ensure_builder!("trixie")
-    script = Path.join(root(), "test/support/make-foreign-builder-image.sh")
+  def ensure_builder!(suite) when suite in ["trixie-arm64", "trixie-arm64-cc"] do
+    {native, env} =
+      if suite == "trixie-arm64-cc",
+        do: {ensure_builder!("trixie-cc"), [{"BUILDER_INCLUDE", @cc_include}]},
+        else: {ensure_builder!("trixie"), []}
 
-    {out, status} =
-      cmd("bash", [script, "trixie", "arm64", builder_image(suite), native], timeout: 900)
+    script = Path.join(root(), "test/support/make-foreign-builder-image.sh")
+    args = [script, "trixie", "arm64", builder_image(suite), native]
+    {out, status} = cmd("bash", args, timeout: 900, env: env)
 
     assert status == 0, "could not make the #{suite} builder image:\n#{out}"
     builder_image(suite)
@@ -666,6 +679,56 @@ defmodule DockerRelease.E2E.Builder do
     {out, status} = cmd("bash", [script, debian, builder_image(suite)], timeout: 900, env: env)
     assert status == 0, "could not make the #{suite} builder image:\n#{out}"
     builder_image(suite)
+  end
+
+  @doc """
+  Publishes a multi-arch builder as one is published: each `{image, arch}` of the engine copied
+  to `repo:ARCH` (skopeo), and an OCI index over them put at `repo:multi` (curl); the engine's
+  `repo:multi` then names the first image (the engine's own platform's, which it runs). `dir`
+  holds the index file. Returns `"repo:multi"`.
+  """
+  def publish_multi_arch!(repo, images, dir) do
+    [registry | path] = String.split(repo, "/")
+
+    entries =
+      for {image, arch} <- images do
+        skopeo!([
+          "copy",
+          "--dest-tls-verify=false",
+          "docker-daemon:#{image}",
+          "docker://#{repo}:#{arch}"
+        ])
+
+        raw = skopeo!(["inspect", "--raw", "--tls-verify=false", "docker://#{repo}:#{arch}"])
+        [_, media] = Regex.run(~r/"mediaType":\s*"([^"]+)"/, raw)
+        digest = "sha256:" <> Base.encode16(:crypto.hash(:sha256, raw), case: :lower)
+
+        ~s({"mediaType":"#{media}","digest":"#{digest}","size":#{byte_size(raw)},) <>
+          ~s("platform":{"architecture":"#{arch}","os":"linux"}})
+      end
+
+    index_file = Path.join(dir, "index-#{rand()}.json")
+
+    File.write!(
+      index_file,
+      ~s({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[) <>
+        Enum.join(entries, ",") <> "]}"
+    )
+
+    url = "http://#{registry}/v2/#{Enum.join(path, "/")}/manifests/multi"
+    type = "Content-Type: application/vnd.oci.image.index.v1+json"
+    args = ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", type]
+    {put, 0} = cmd("curl", args ++ ["--data-binary", "@#{index_file}", url])
+    assert put == "201", "PUT #{url} answered #{put}"
+    [{first, _} | _] = images
+    docker!(["tag", first, "#{repo}:multi"])
+    "#{repo}:multi"
+  end
+
+  defp skopeo!(args) do
+    {out, status} = cmd("skopeo", args, stderr: false, timeout: 300)
+    assert status == 0, "skopeo #{Enum.join(args, " ")} failed (#{status}):\n#{out}"
+    out
   end
 
   @doc "`%{otp: \"25\", elixir: \"1.14.0\"}` of a builder image, asked from a container of it."

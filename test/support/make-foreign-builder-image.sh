@@ -15,7 +15,8 @@
 # 2. `dpkg-deb -x` of every downloaded package into the root: their files, no maintainer
 #    scripts.
 # 3. What those scripts make that a release, its runtime files or a build needs:
-#    /usr/bin/awk (update-alternatives: mawk), /etc/passwd and /etc/group (base-passwd's
+#    /usr/bin/awk (update-alternatives: mawk), /usr/bin/cc (gcc, when it is included),
+#    /etc/passwd and /etc/group (base-passwd's
 #    masters), /etc/ssl/certs/ca-certificates.crt (update-ca-certificates writes the sorted
 #    concatenation of /usr/share/ca-certificates/mozilla/*.crt, which gives the same bytes).
 # 4. One layer imported with umoci as ARCH (Engine 20.10 ignores `docker import --platform`)
@@ -112,6 +113,8 @@ debs=("$archives"/*.deb)
 log "extracting ${#debs[@]} packages (dpkg-deb -x: files only, no maintainer scripts)"
 for d in "${debs[@]}"; do dpkg-deb -x "$d" "$root"; done
 [ -e "$root/usr/bin/awk" ] || ln -s mawk "$root/usr/bin/awk"
+# gcc's maintainer script makes the `cc` alternative (make's default $(CC)).
+[ -e "$root/usr/bin/cc" ] || [ ! -e "$root/usr/bin/gcc" ] || ln -s gcc "$root/usr/bin/cc"
 [ -e "$root/etc/passwd" ] || cp "$root/usr/share/base-passwd/passwd.master" "$root/etc/passwd"
 [ -e "$root/etc/group" ] || cp "$root/usr/share/base-passwd/group.master" "$root/etc/group"
 if [ -d "$root/usr/share/ca-certificates/mozilla" ]; then

@@ -75,9 +75,10 @@ defmodule Mix.Tasks.Docker.Release do
       of what is missing. Its `/etc` is left as it is.
     * `--platform P[,P…]` - build one image per platform and an image index over them, e.g.
       `--platform linux/amd64,linux/arm64` (repeatable; see "Several platforms" below).
-    * `--platform-image PLATFORM=IMAGE` - take PLATFORM's files from IMAGE (repeatable).
+    * `--platform-image PLATFORM=IMAGE` - take PLATFORM's files from IMAGE (repeatable); with
+      `--emulate`, IMAGE is PLATFORM's builder.
     * `--emulate` - build the release for each other platform in a builder of that platform
-      run under emulation (not built yet: refused; see below).
+      run under emulation (QEMU), for projects with native code of their own (see below).
     * `--output PATH` - write an image archive at PATH instead of loading into the engine. A
       failed or killed run leaves an existing file at PATH untouched and no temporary file
       behind. A symlink is followed (the file it points to is replaced); a FIFO or character
@@ -191,9 +192,26 @@ defmodule Mix.Tasks.Docker.Release do
   The same inputs give the same index digest (the images are in one order, by os,
   architecture and variant, whatever the order of `--platform`).
 
-  `--emulate` (building the release for each other platform in a builder of that platform run
-  under QEMU, for projects with native code of their own) is **not built yet**: the task
-  refuses it with a message.
+  **Native code of your own** (a NIF your project or a dependency compiles, a port program)
+  cannot come from an image of another platform. With `--emulate`, the release is built for
+  each other platform in a builder of that platform, which the engine runs under QEMU user
+  emulation, and that platform's image is made from it like the native one (its own ERTS,
+  libraries and compiled NIFs):
+
+      mix docker.release --builder ghcr.io/acme/elixir-builder:1.18 \
+        --platform linux/amd64,linux/arm64 --emulate --tag ghcr.io/acme/app:1.2.0 --push
+
+  The builder of each other platform: `--platform-image PLATFORM=IMAGE` when given, else the
+  `--builder` image, when the engine's image of that name is of that platform, else that
+  platform's image in the builder's registry index, which the engine pulls by digest
+  (`NAME@sha256:…`: no tag of yours moves). It is found before anything is built; one that
+  cannot be had stops the run with what to do. Each builder has its own cache volumes. The
+  engine's machine must run the platform's programs: `qemu-user-static` with binfmt_misc and
+  the F flag (Debian, Ubuntu: `apt-get install qemu-user-static`). Expect the emulated build to
+  take several times as long as the native one (a small project with a C NIF, arm64 on amd64:
+  about a minute; see docs/BENCHMARKS.md). Builds run with `ERL_AFLAGS=+JMsingle true` (QEMU
+  and the JIT's doubly mapped code); OTP 25's JIT still crashes under QEMU here: use OTP 26 or
+  later in the builder.
 
   A platform is `OS/ARCH[/VARIANT]`: `linux/amd64`, `linux/arm64` (the same as
   `linux/arm64/v8`), `linux/arm/v7`, `linux/s390x`, … `--platform` excludes `--base` and the

@@ -69,6 +69,7 @@ fn spec(project: &Path, cache: bool) -> BuilderSpec {
         named_release: true,
         cache,
         excludes: Excludes::for_project(project).unwrap(),
+        env: vec![],
     }
 }
 
@@ -915,6 +916,7 @@ mod fake_engine {
             named_release: true,
             cache: true,
             excludes: Excludes::for_project(dir).unwrap(),
+            env: vec![],
         }
     }
 

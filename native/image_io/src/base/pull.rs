@@ -130,6 +130,40 @@ pub(super) async fn from_registry(
     finish(reference, format!("registry {host}"), parsed, layers)
 }
 
+/// The digest of `r`'s manifest for `want` in its registry, and the host it was asked from:
+/// the entry of its index for `want`, or the manifest itself when `r` names a single image
+/// (whoever uses it checks that image's platform).
+pub(super) async fn manifest_digest(
+    r: &BaseRef,
+    opts: &RegistryOptions,
+    want: &Platform,
+) -> Result<String, BaseError> {
+    let reference = r.given.as_str();
+    let mut puller = Puller::connect(&r.registry_host(), opts)
+        .await
+        .map_err(|source| BaseError::Registry {
+            reference: reference.to_string(),
+            source,
+        })?;
+    let first = r.digest.clone().unwrap_or_else(|| r.tag.clone());
+    let (bytes, media) = get_document(
+        &mut puller,
+        reference,
+        &r.registry_path(),
+        &format!("manifests/{first}"),
+        ACCEPT_MANIFESTS,
+        r.digest.as_deref(),
+    )
+    .await?;
+    let doc: Document = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(reference, format!("its manifest is not JSON ({e})")))?;
+    if doc.is_index(&media) {
+        pick_platform(reference, &doc, want)
+    } else {
+        Ok(Digest::of(&bytes).to_string())
+    }
+}
+
 /// The registry's own error when the download stream failed (a stall), else a broken download.
 fn download_error(host: &str, e: io::Error) -> RegistryError {
     let cause = e.to_string();

@@ -136,6 +136,9 @@ pub struct BuilderSpec {
     pub cache: bool,
     /// What to leave out of the upload (usually `Excludes::for_project(&project_dir)`).
     pub excludes: Excludes,
+    /// More environment for the build (`KEY=VALUE`), e.g.
+    /// [`image_core::foreign::EMULATED_BUILD_ENV`] for a builder run under emulation.
+    pub env: Vec<String>,
 }
 
 /// A release built in a builder container that is still running.
@@ -396,6 +399,7 @@ fn valid_name(s: &str) -> bool {
 ///     release_name: "hello".into(),
 ///     named_release: true,
 ///     cache: true,
+///     env: vec![],
 /// };
 /// let mut built = build_release(
 ///     &engine,
@@ -602,6 +606,7 @@ async fn in_container(
     if as_root {
         env.push("HOME=/root".into());
     }
+    env.extend(spec.env.iter().cloned());
     // The release goes to an empty RELEASE_DIR (whatever the builder image has there would
     // end up in the image). The upload and fresh volumes belong to root: a non-root image's
     // user gets them.

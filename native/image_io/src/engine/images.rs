@@ -201,6 +201,42 @@ impl DockerEngine {
         }
     }
 
+    /// Pull `reference` (`NAME@sha256:…`, a manifest of `platform`) from its registry into the
+    /// engine. Pulled by digest, the image gets no tag: no name the user has moves. `credential`
+    /// goes to the engine as the registry's login (`X-Registry-Auth`).
+    pub async fn pull_by_digest(
+        &self,
+        reference: &str,
+        platform: &str,
+        credential: Option<(String, String)>,
+    ) -> Result<(), EngineError> {
+        let opts = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(reference.to_string()),
+            platform: platform.to_string(),
+            ..Default::default()
+        };
+        let credentials = credential.map(|(username, password)| bollard::auth::DockerCredentials {
+            username: Some(username),
+            password: Some(password),
+            ..Default::default()
+        });
+        let action = format!("pulling {reference}");
+        let mut stream = self.docker.create_image(Some(opts), None, credentials);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => {}
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(EngineError::Api {
+                        action,
+                        message: error,
+                    })
+                }
+                Err(e) => return Err(self.failure(&action, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The image `reference` names as a docker-archive stream (`GET /images/{name}/get`).
     pub fn export(&self, reference: &str) -> Body {
         let endpoint = self.endpoint().to_string();

@@ -3,11 +3,11 @@
 //!
 //! | stage | file | what |
 //! |---|---|---|
-//! | [`destinations`] | `destinations.rs` | which outputs, and the engine connection they and the builder need |
+//! | [`destinations`] | `destinations.rs` | which outputs, and the engine connection they and the builder need; with `--emulate`, each other platform's builder found in the engine or pulled into it ([`find_emulators`], `emulate.rs`) |
 //! | [`obtain_release`] | `release.rs` | the release (on the host, or built in a builder container) and the filesystem its runtime files come from |
 //! | [`base`] | `base.rs` | the base image, when `--base` is given |
 //! | [`plan_until_complete`] | `plan.rs` | what goes into the image, planned again after each fetch from the builder until it asks for nothing |
-//! | [`plan_platforms`] | `platforms.rs` | `--platform`: each other platform's image read, checked and planned, before any layer is written |
+//! | [`plan_platforms`] | `platforms.rs`, `emulate.rs` | `--platform`: each other platform's image read, checked and planned, before any layer is written; with `--emulate`, each other platform's release built in a builder of that platform under emulation and planned from it |
 //! | [`write_layers`] | `layers.rs` | the layers (from the layer cache where they are unchanged), the image value; then each other platform's ([`Platforms::write`]) and the image index |
 //! | [`publish`] | `publish.rs` | every output, committed together or not at all ([`crate::sink`]) |
 //!
@@ -16,6 +16,7 @@
 
 mod base;
 mod destinations;
+mod emulate;
 mod layers;
 mod plan;
 mod platforms;
@@ -25,9 +26,10 @@ mod request;
 
 pub use base::base;
 pub use destinations::{destinations, Destinations};
+pub use emulate::{find_emulators, Emulated, Emulator};
 pub use layers::{write_layers, Layered};
 pub use plan::plan_until_complete;
-pub use platforms::{plan_platforms, Foreign, Platforms, TargetImage};
+pub use platforms::{plan_platforms, Foreign, ForeignFrom, Platforms, TargetImage};
 pub use publish::publish;
 pub use release::{obtain_release, Release};
 pub use request::{check_request, stall_from_secs, EngineOutput, Outputs, Request, Source};
@@ -84,11 +86,21 @@ pub async fn run(
 ) -> Result<Outcome, Failure> {
     let tags = check_request(&req)?;
     let dest = destinations(&req, &events).await?;
+    let emulators = find_emulators(&req, &dest, &events).await?;
     let mut release =
         obtain_release(&req, dest.engine.as_ref(), &events, &cancel, host_build).await?;
     let base = base(&req, &dest, &release, &events).await?;
     let plan = plan_until_complete(&mut release, base.as_ref(), &events, &cancel).await?;
-    let platforms = plan_platforms(&req, &dest, &release, base.is_some(), &events).await?;
+    let platforms = plan_platforms(
+        &req,
+        &dest,
+        &release,
+        base.is_some(),
+        emulators,
+        &events,
+        &cancel,
+    )
+    .await?;
     let build_fs = release.fs.clone();
     let more = platforms.layer_count();
     let image = write_layers(&req, release, plan, base, more, &events, &cancel).await?;

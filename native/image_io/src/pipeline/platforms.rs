@@ -11,7 +11,12 @@
 //! the builder image itself, resolved to P: its registry's index, or the engine's image when it
 //! is of P (the engine keeps one platform per tag). A host build has no image to take it from
 //! and must name one.
+//!
+//! With `--emulate`, no other platform's image is read for files: each other platform's release
+//! is built in a builder of that platform run under emulation and planned from it
+//! (`emulate.rs`, [`ForeignFrom::Emulated`]).
 
+use super::emulate::{build_emulated, find_emulator, Emulated, Emulator};
 use super::layers::{progress_events, Layered};
 use super::{Destinations, Event, Events, Release, Request, Source};
 use crate::base::{load_base, LoadedBase, UnpackedCache, KEEP_UNPACKED};
@@ -22,7 +27,7 @@ use image_core::elf::Platform;
 use image_core::foreign::{plan_for, ForeignError, ForeignPlan, Refused, Target};
 use image_core::fs::{Fs, HostFs};
 use image_core::index::ImageIndex;
-use image_core::plan::{release_platform, same_platform};
+use image_core::plan::{release_platform, same_platform, Plan};
 use image_core::platform::Selection;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -31,10 +36,40 @@ use tokio_util::sync::CancellationToken;
 pub struct Foreign {
     /// The platform (as `--platform` gave it, normalised).
     pub platform: Platform,
-    /// The image its files come from, unpacked.
-    pub target: Arc<TargetImage>,
-    /// The release's plan for it.
-    pub plan: ForeignPlan,
+    /// Where its image's files come from.
+    pub from: ForeignFrom,
+}
+
+/// Where the files of another platform's image come from.
+pub enum ForeignFrom {
+    /// The release built natively, with its ERTS, OTP native files and runtime files from an
+    /// image of that platform.
+    Files {
+        /// The image its files come from, unpacked.
+        target: Arc<TargetImage>,
+        /// The release's plan for it.
+        plan: ForeignPlan,
+    },
+    /// A release of its own, built under emulation (`--emulate`).
+    Emulated(Emulated),
+}
+
+impl Foreign {
+    /// The plan of its image.
+    fn plan(&self) -> &Plan {
+        match &self.from {
+            ForeignFrom::Files { plan, .. } => &plan.plan,
+            ForeignFrom::Emulated(e) => &e.plan,
+        }
+    }
+
+    /// Where its files come from, for people.
+    fn origin(&self) -> String {
+        match &self.from {
+            ForeignFrom::Files { target, .. } => format!("its files from {}", target.reference),
+            ForeignFrom::Emulated(e) => format!("built under emulation in {}", e.builder),
+        }
+    }
 }
 
 /// An image of another platform, unpacked: read for this run, or kept from an earlier one
@@ -65,7 +100,7 @@ pub struct Platforms {
 impl Platforms {
     /// Layers the other platforms add (to keep that many more in the layer cache).
     pub fn layer_count(&self) -> usize {
-        self.foreign.iter().map(|f| f.plan.plan.layers.len()).sum()
+        self.foreign.iter().map(|f| f.plan().layers.len()).sum()
     }
 
     /// Whether the release's own platform is one of the images.
@@ -103,28 +138,46 @@ impl Platforms {
         let cache = req.layer_cache.clone().map(|dir| LayerCache { dir });
         for foreign in self.foreign {
             events(Event::Step(format!(
-                "writing the {} image (its files from {})",
-                foreign.platform, foreign.target.reference
+                "writing the {} image ({})",
+                foreign.platform,
+                foreign.origin()
             )));
             let (events, cancel) = (events.clone(), cancel.clone());
             let (created, level, blobs) = (req.created, req.compression_level, req.blobs());
             let (build, cache) = (build.clone(), cache.clone());
             let written = tokio::task::spawn_blocking(move || -> Result<Layered, Failure> {
                 let mut progress = progress_events(events, cancel);
-                let fs = foreign.plan.substitution.fs(&*build, &foreign.target.fs);
-                let image = build_cached(
-                    &fs,
-                    &foreign.plan.plan,
-                    created,
-                    level,
-                    &blobs,
-                    cache.as_ref(),
-                    &mut progress,
-                )?;
+                let (image, plan) = match foreign.from {
+                    ForeignFrom::Files { target, plan } => {
+                        let fs = plan.substitution.fs(&*build, &target.fs);
+                        let image = build_cached(
+                            &fs,
+                            &plan.plan,
+                            created,
+                            level,
+                            &blobs,
+                            cache.as_ref(),
+                            &mut progress,
+                        )?;
+                        (image, plan.plan)
+                    }
+                    ForeignFrom::Emulated(e) => {
+                        let image = build_cached(
+                            &*e.fs,
+                            &e.plan,
+                            created,
+                            level,
+                            &blobs,
+                            cache.as_ref(),
+                            &mut progress,
+                        )?;
+                        (image, e.plan)
+                    }
+                };
                 Ok(Layered {
                     image,
-                    runtime_files: foreign.plan.plan.runtime_files,
-                    sbom: foreign.plan.plan.sbom,
+                    runtime_files: plan.runtime_files,
+                    sbom: plan.sbom,
                     index: None,
                     named_platform: true,
                 })
@@ -188,7 +241,9 @@ pub async fn plan_platforms(
     dest: &Destinations,
     release: &Release<'_>,
     on_base: bool,
+    emulators: Vec<Emulator>,
     events: &Events,
+    cancel: &CancellationToken,
 ) -> Result<Platforms, Failure> {
     let selection = req
         .platforms
@@ -209,11 +264,6 @@ pub async fn plan_platforms(
         return Ok(platforms);
     }
     let invalid = |m: String| Err(Failure::new(Reason::InvalidConfig, m));
-    if platforms.selection.emulate {
-        return invalid(
-            "--emulate is not built yet: a release with native files of its own (NIFs, port programs) cannot be made for another platform by this version. Build that platform's image on a machine of that platform, or leave it out of --platform".into(),
-        );
-    }
     let others: Vec<Platform> = platforms
         .selection
         .platforms
@@ -229,6 +279,38 @@ pub async fn plan_platforms(
             "--base cannot be combined with --platform for another platform than the release's own ({}): a base image would be needed for each platform. Drop --base, or build each platform's image on its own machine",
             platforms.native
         ));
+    }
+    if platforms.selection.emulate {
+        let Source::Builder { image: builder, .. } = &req.source else {
+            return invalid(
+                "--emulate builds the release in a builder of each platform: give --builder IMAGE"
+                    .into(),
+            );
+        };
+        let engine = dest
+            .engine
+            .as_ref()
+            .ok_or_else(|| Failure::internal("a builder build without an engine connection"))?;
+        let registry = super::base::registry_options(req);
+        for platform in others {
+            let found = emulators
+                .iter()
+                .find(|e| same_platform(&e.platform, &platform))
+                .cloned();
+            let emulator = match found {
+                Some(e) => e,
+                None => {
+                    let image = platforms.selection.images.get(&platform).unwrap_or(builder);
+                    find_emulator(engine, &registry, &platform, image, events).await?
+                }
+            };
+            let emulated = build_emulated(req, engine, &emulator, events, cancel).await?;
+            platforms.foreign.push(Foreign {
+                platform,
+                from: ForeignFrom::Emulated(emulated),
+            });
+        }
+        return Ok(platforms);
     }
     // Which image each platform's files come from, all decided before anything is read.
     let mut sources = Vec::new();
@@ -346,8 +428,7 @@ pub async fn plan_platforms(
         match planned {
             Ok(plan) => platforms.foreign.push(Foreign {
                 platform,
-                target,
-                plan,
+                from: ForeignFrom::Files { target, plan },
             }),
             Err(ForeignError::Refused(r)) => refusals.push(r),
             Err(ForeignError::Plan(e)) => return Err(e.into()),

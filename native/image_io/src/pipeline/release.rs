@@ -72,6 +72,7 @@ pub async fn obtain_release<'a>(
         named_release: *named_release,
         cache: *cache,
         excludes,
+        env: Vec::new(),
     };
     let (on_step, on_line) = step_and_line(events);
     let on_bytes = {

@@ -1,0 +1,320 @@
+//! Stage 4b under `--emulate`: each platform other than the release's own gets a release of its
+//! own, built in a builder of that platform that the engine runs under emulation (QEMU user
+//! mode through binfmt_misc), and planned from that builder's filesystem exactly like the
+//! native release ([`super::plan_until_complete`]). Nothing is taken from another platform's
+//! files: NIFs and port programs the project compiles are compiled for that platform.
+//!
+//! The builder of platform P: `--platform-image P=IMAGE`, else the `--builder` image, as the
+//! engine holds it when it is an image of P, else P's image in its registry's index, pulled into
+//! the engine by digest (`NAME@sha256:…`, so no tag the user has moves). Its cache volumes are
+//! its own (they are keyed by image ID). The build runs with
+//! [`image_core::foreign::EMULATED_BUILD_ENV`] (ERTS's JIT maps its code twice, which QEMU user
+//! mode does not support).
+
+use super::{
+    plan_until_complete, step_and_line, Destinations, Event, Events, Release, Request, Source,
+};
+use crate::base::registry_image_for;
+use crate::builder::{self, BuilderSpec};
+use crate::engine::DockerEngine;
+use crate::error::{Failure, Reason};
+use crate::registry::RegistryOptions;
+use image_core::elf::Platform;
+use image_core::foreign::EMULATED_BUILD_ENV;
+use image_core::fs::Fs;
+use image_core::plan::{release_platform, same_platform, Plan};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// A release built for another platform under emulation, and its plan.
+pub struct Emulated {
+    /// The builder it was built in, as given (`--platform-image`, or the `--builder` image).
+    pub builder: String,
+    /// The builder's filesystem as read (the release and its runtime files).
+    pub fs: Arc<dyn Fs>,
+    /// The image's plan.
+    pub plan: Plan,
+}
+
+/// A builder of another platform, in the engine.
+#[derive(Debug, Clone)]
+pub struct Emulator {
+    /// Its platform.
+    pub platform: Platform,
+    /// The image as given (`--platform-image`, or the `--builder` image).
+    pub given: String,
+    /// The engine's name for it: `given`, or `NAME@sha256:…` pulled from its registry.
+    pub in_engine: String,
+}
+
+/// With `--emulate`, the builder of each `--platform` other than the builder image's own, found
+/// in the engine or pulled into it by digest, before the release is built: a builder that
+/// cannot be had stops the run before any build. Empty without `--emulate` (or when the builder
+/// image is missing: the release stage says so).
+pub async fn find_emulators(
+    req: &Request,
+    dest: &Destinations,
+    events: &Events,
+) -> Result<Vec<Emulator>, Failure> {
+    let (Some(engine), Source::Builder { image: builder, .. }) = (&dest.engine, &req.source) else {
+        return Ok(Vec::new());
+    };
+    if !req.platforms.emulate {
+        return Ok(Vec::new());
+    }
+    let selection = req
+        .platforms
+        .check()
+        .map_err(|e| Failure::new(Reason::InvalidConfig, e.0))?;
+    let Some((_, own)) = engine.image_platform(builder).await? else {
+        return Ok(Vec::new());
+    };
+    let Ok(own) = image_core::platform::parse(&own) else {
+        return Ok(Vec::new());
+    };
+    let registry = super::base::registry_options(req);
+    let mut found = Vec::new();
+    for platform in selection
+        .platforms
+        .iter()
+        .filter(|p| !same_platform(p, &own))
+    {
+        let given = selection.images.get(platform).unwrap_or(builder);
+        found.push(find_emulator(engine, &registry, platform, given, events).await?);
+    }
+    Ok(found)
+}
+
+/// The builder of `platform` from `image` (see [`find_emulators`]).
+pub async fn find_emulator(
+    engine: &DockerEngine,
+    registry: &RegistryOptions,
+    platform: &Platform,
+    image: &str,
+    events: &Events,
+) -> Result<Emulator, Failure> {
+    Ok(Emulator {
+        platform: platform.clone(),
+        given: image.to_string(),
+        in_engine: builder_in_engine(engine, registry, platform, image, events).await?,
+    })
+}
+
+/// Build the release of `req` for the platform of `emulator` in it, run under emulation, and
+/// plan its image.
+pub async fn build_emulated(
+    req: &Request,
+    engine: &DockerEngine,
+    emulator: &Emulator,
+    events: &Events,
+    cancel: &CancellationToken,
+) -> Result<Emulated, Failure> {
+    let (platform, image) = (&emulator.platform, emulator.given.as_str());
+    let Source::Builder {
+        named_release,
+        project_dir,
+        mix_env,
+        cache,
+        ..
+    } = &req.source
+    else {
+        return Err(Failure::new(
+            Reason::InvalidConfig,
+            "--emulate builds the release in a builder of each platform: give --builder IMAGE",
+        ));
+    };
+    events(Event::Step(format!(
+        "building the release for {platform} in {image} under emulation (QEMU): slower than a native build"
+    )));
+    let excludes = image_core::context::Excludes::for_project(project_dir)
+        .map_err(|e| Failure::new(Reason::ReadError, e))?;
+    let mut settings = req.settings.clone();
+    let spec = BuilderSpec {
+        image: emulator.in_engine.clone(),
+        project_dir: project_dir.clone(),
+        mix_env: mix_env.clone(),
+        release_name: settings.release_name.clone(),
+        named_release: *named_release,
+        cache: *cache,
+        excludes,
+        env: EMULATED_BUILD_ENV
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+    };
+    let (on_step, on_line) = step_and_line(events);
+    let on_bytes = {
+        let events = events.clone();
+        Arc::new(move |step: &str, done: u64| {
+            events(Event::Bytes {
+                step: step.to_string(),
+                done,
+            })
+        })
+    };
+    let built =
+        builder::build_release_with(engine, &spec, on_step, on_line, on_bytes, cancel.clone())
+            .await
+            .map_err(|e| emulation_failure(platform, image, e))?;
+    events(Event::Step(format!(
+        "built the release for {platform} in {image} (OTP {})",
+        built.otp_release
+    )));
+    settings.release_dir = built.release_dir.clone();
+    let mut release = Release {
+        fs: built.fs.clone(),
+        settings,
+        builder: Some(built),
+    };
+    let planned = plan_until_complete(&mut release, None, events, cancel).await;
+    let finished = match release.builder.as_mut() {
+        Some(b) => b.finish().await,
+        None => None,
+    };
+    if let Some(warning) = finished {
+        events(Event::Step(warning));
+    }
+    let plan = planned?;
+    let built_for = {
+        let (fs, settings) = (release.fs.clone(), release.settings.clone());
+        tokio::task::spawn_blocking(move || release_platform(&*fs, &settings))
+            .await
+            .map_err(|e| Failure::internal(format!("the planner failed: {e}")))??
+    };
+    if !same_platform(&built_for, platform) {
+        return Err(Failure::new(
+            Reason::PlatformIncompatible,
+            format!(
+                "the release built under emulation in {image} is for {built_for}, not {platform}: its ERTS is not {platform}'s. Name a builder of {platform} with --platform-image {platform}=IMAGE"
+            ),
+        ));
+    }
+    Ok(Emulated {
+        builder: image.to_string(),
+        fs: release.fs,
+        plan,
+    })
+}
+
+/// The engine's name for a builder of `platform`: `image` itself when the engine's image of that
+/// name is of `platform`, else `platform`'s image in `image`'s registry (`NAME@sha256:…`),
+/// pulled by digest unless the engine has it already.
+async fn builder_in_engine(
+    engine: &DockerEngine,
+    registry: &RegistryOptions,
+    platform: &Platform,
+    image: &str,
+    events: &Events,
+) -> Result<String, Failure> {
+    let engine_has = |p: Option<(String, String)>| {
+        p.and_then(|(id, p)| {
+            let p = image_core::platform::parse(&p).ok()?;
+            Some((id, p))
+        })
+    };
+    let here = engine_has(engine.image_platform(image).await?);
+    if let Some((_, p)) = &here {
+        if same_platform(p, platform) {
+            return Ok(image.to_string());
+        }
+    }
+    let what_engine_has = match &here {
+        Some((_, p)) => format!("the engine's {image} is an image of {p}"),
+        None => format!("the engine has no image {image}"),
+    };
+    let pinned = registry_image_for(image, registry, platform)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                e.reason(),
+                format!(
+                    "--emulate needs a builder of {platform} in the engine: {what_engine_has}, and its {platform} image could not be read from its registry ({e}). Put one in the engine and name it: --platform-image {platform}=IMAGE"
+                ),
+            )
+        })?;
+    if engine_has(engine.image_platform(&pinned).await?).is_none() {
+        events(Event::Step(format!(
+            "{what_engine_has}: pulling its {platform} image {pinned} into the engine"
+        )));
+        let credential = registry
+            .credentials
+            .clone()
+            .unwrap_or_else(|| {
+                crate::registry::credentials::CredentialStore::from_env(&|k| std::env::var(k).ok())
+            })
+            .get(pinned.split('/').next().unwrap_or_default())
+            .ok()
+            .flatten()
+            .filter(|c| c.identity_token().is_none())
+            .map(|c| (c.username, c.password));
+        engine
+            .pull_by_digest(&pinned, &platform.to_string(), credential)
+            .await?;
+    }
+    match engine_has(engine.image_platform(&pinned).await?) {
+        Some((_, p)) if same_platform(&p, platform) => Ok(pinned),
+        Some((_, p)) => Err(Failure::new(
+            Reason::PlatformIncompatible,
+            format!(
+                "{pinned}, {image}'s entry for {platform} in its registry, is an image of {p}: the registry's index is wrong. Name a builder of {platform} with --platform-image {platform}=IMAGE"
+            ),
+        )),
+        None => Err(Failure::internal(format!(
+            "the engine pulled {pinned} but does not list it"
+        ))),
+    }
+}
+
+/// A failed build under emulation, with what to check when the engine's machine cannot run the
+/// platform's programs at all.
+fn emulation_failure(platform: &Platform, image: &str, e: builder::BuilderError) -> Failure {
+    let text = e.to_string();
+    if text.contains("exec format error") || text.contains("Exec format error") {
+        return Failure::new(
+            Reason::PlatformIncompatible,
+            format!(
+                "the engine cannot run programs of {platform} (starting the builder {image} failed: {text}): --emulate needs QEMU user emulation on the engine's machine, registered with binfmt_misc and the F flag (Debian and Ubuntu: apt-get install qemu-user-static binfmt-support)"
+            ),
+        );
+    }
+    e.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arm64() -> Platform {
+        image_core::platform::parse("linux/arm64").unwrap()
+    }
+
+    #[test]
+    fn an_engine_that_cannot_run_the_platform_is_told_what_to_install() {
+        let e = builder::BuilderError::Builder(
+            "exec /bin/sh: exec format error (the container exited with status 1)".into(),
+        );
+        let f = emulation_failure(&arm64(), "b:1", e);
+        assert_eq!(f.reason, Reason::PlatformIncompatible);
+        assert!(
+            f.message.contains("cannot run programs of linux/arm64/v8"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("qemu-user-static"), "{}", f.message);
+        assert!(f.message.contains("exec format error"), "{}", f.message);
+    }
+
+    #[test]
+    fn other_build_failures_keep_their_reason() {
+        let e = builder::BuilderError::BuildFailed {
+            step: "release".into(),
+            command: "mix release".into(),
+            image: "b:1".into(),
+            status: 1,
+            last_lines: vec!["** (Mix) boom".into()],
+        };
+        let f = emulation_failure(&arm64(), "b:1", e);
+        assert_eq!(f.reason, Reason::ReleaseBuildFailed);
+        assert!(f.message.contains("** (Mix) boom"), "{}", f.message);
+    }
+}
