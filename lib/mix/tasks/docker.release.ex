@@ -525,23 +525,7 @@ defmodule Mix.Tasks.Docker.Release do
       for ref <- pushed.references, do: shell.info("Deploy    #{ref}")
     end
 
-    if referrer = outcome.sbom_referrer do
-      how =
-        case referrer.fallback_tags do
-          [] -> "found through the referrers API"
-          tags -> "listed in the referrers index #{Enum.join(tags, ", ")}"
-        end
-
-      shell.info("SBOM      referrer #{referrer.digest} (#{referrer.artifact_type}), #{how}")
-    end
-
-    for signed <- outcome.signatures do
-      shell.info("Signed    #{signed.tag} (#{signed.digest})")
-    end
-
-    if written = outcome.sbom_file do
-      shell.info("SBOM file #{written.path} (#{written.media_type}, #{written.digest})")
-    end
+    report_supply_chain(outcome)
 
     if outcome.engine do
       ports = Enum.map_join(config.expose, "", &" -p #{&1}:#{&1}")
@@ -574,6 +558,50 @@ defmodule Mix.Tasks.Docker.Release do
   end
 
   defp report_index(_outcome), do: :ok
+
+  # The SBOM referrers, signatures and SBOM files: of the one image; with several platforms,
+  # the index's signatures and each platform's referrer, signatures and file, named so.
+  defp report_supply_chain(%{index_digest: index} = outcome) when is_binary(index) do
+    for p <- outcome.platforms, p.sbom_referrer, do: report_referrer(p.sbom_referrer, p.platform)
+    for signed <- outcome.signatures, do: report_signed(signed, "the index")
+    for p <- outcome.platforms, signed <- p.signatures, do: report_signed(signed, p.platform)
+    for p <- outcome.platforms, p.sbom_file, do: report_sbom_file(p.sbom_file, p.platform)
+  end
+
+  defp report_supply_chain(outcome) do
+    if referrer = outcome.sbom_referrer, do: report_referrer(referrer, nil)
+    for signed <- outcome.signatures, do: report_signed(signed, nil)
+    if written = outcome.sbom_file, do: report_sbom_file(written, nil)
+  end
+
+  defp report_referrer(referrer, platform) do
+    how =
+      case referrer.fallback_tags do
+        [] -> "found through the referrers API"
+        tags -> "listed in the referrers index #{Enum.join(tags, ", ")}"
+      end
+
+    of = if platform, do: " of #{platform}", else: ""
+
+    Mix.shell().info(
+      "SBOM      referrer #{referrer.digest} (#{referrer.artifact_type})#{of}, #{how}"
+    )
+  end
+
+  defp report_signed(signed, nil),
+    do: Mix.shell().info("Signed    #{signed.tag} (#{signed.digest})")
+
+  defp report_signed(signed, what),
+    do: Mix.shell().info("Signed    #{signed.tag} (#{signed.digest}), #{what}")
+
+  defp report_sbom_file(written, nil),
+    do: Mix.shell().info("SBOM file #{written.path} (#{written.media_type}, #{written.digest})")
+
+  defp report_sbom_file(written, platform) do
+    Mix.shell().info(
+      "SBOM file #{written.path} (#{platform}, #{written.media_type}, #{written.digest})"
+    )
+  end
 
   @doc false
   # A size in the unit that shows it (SI, as `docker images` prints): "812 B", "45.9 kB",
