@@ -44,7 +44,10 @@ defmodule DockerRelease do
               platform: String.t(),
               manifest_digest: String.t(),
               image_id: String.t(),
-              layers: [map]
+              layers: [map],
+              sbom_file: map | nil,
+              sbom_referrer: map | nil,
+              signatures: [map]
             }
           ],
           runtime_files: [{String.t(), String.t()}]

@@ -24,7 +24,7 @@ parse_common_args "$@"
 parse_only "with_deps"
 
 BUILDER=docker-release-test/builder:trixie
-ARM64=docker-release-test/builder:trixie-arm64
+ARM64=docker-release-test/builder:trixie-arm64-dpkgdb
 for suite in trixie; do
   bash "$ROOT/test/support/make-builder-image.sh" "$suite" "$BUILDER" >>"$LOG" 2>&1 ||
     die "could not make $BUILDER (see $LOG)"

@@ -37,13 +37,15 @@ defmodule DockerRelease.Config do
     * `:annotations` - extra annotations of the image's manifest, `[{"key", "value"}]`, over
       the ones the task sets (`org.opencontainers.image.created`, `.version`, `.revision`,
       `.source`); `--annotation KEY=VALUE` adds to them.
-    * `:sbom` - also write the image's SBOM to this path.
+    * `:sbom` - also write the image's SBOM to this path (with several `:platforms`, each
+      platform's SBOM beside it, the platform added to its name: `sbom-linux-amd64.spdx.json`).
     * `:sbom_format` - `"spdx"` (SPDX 2.3 JSON, the default) or `"cyclonedx"` (CycloneDX 1.5
       JSON).
     * `:no_sbom` - no SBOM in the image (and none written: excludes `:sbom`).
     * `:sign_key` - a PEM file with an ECDSA P-256 private key that signs the pushed image
-      (cosign's format). The environment variable `DOCKER_RELEASE_SIGN_KEY` may hold the PEM
-      text instead; the flag wins over the variable, the variable over `mix.exs`.
+      (cosign's format; with several `:platforms`, the index and each platform's image). The
+      environment variable `DOCKER_RELEASE_SIGN_KEY` may hold the PEM text instead; the flag
+      wins over the variable, the variable over `mix.exs`.
     * `:compression_level` - gzip level of the layers, 1 (fast, default) to 9 (small).
     * `:push` - push to the registry the tags name, over the distribution API (no engine needed).
     * `:load` - also load into the engine when `:push` or `:output` is given.
@@ -434,6 +436,8 @@ defmodule DockerRelease.Config do
 
     c = platforms!(c)
 
+    if c.sbom && length(c.platforms) > 1, do: sbom_per_platform!(c.sbom, c.platforms)
+
     tags = List.wrap(c.tags)
 
     if tags == [], do: invalid!("tags: give at least one NAME[:TAG]")
@@ -494,6 +498,20 @@ defmodule DockerRelease.Config do
 
       true ->
         %{c | platforms: platforms, platform_images: images}
+    end
+  end
+
+  # With several platforms `--sbom PATH` writes one file per platform beside PATH, the
+  # platform added to its name: a device or FIFO at PATH cannot name them.
+  defp sbom_per_platform!(path, platforms) do
+    case File.stat(path) do
+      {:ok, %{type: type}} when type != :regular ->
+        invalid!(
+          "--sbom #{path} with several platforms (#{Enum.join(platforms, ", ")}): one SBOM file is written per platform, beside the path given with the platform added to its name (sbom-linux-amd64.spdx.json for sbom.spdx.json), and #{path} is a device or FIFO, which cannot name them. Give the path of a file"
+        )
+
+      _ ->
+        :ok
     end
   end
 

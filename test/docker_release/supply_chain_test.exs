@@ -131,6 +131,24 @@ defmodule DockerRelease.SupplyChainTest do
       assert e.message =~ "--sbom /proc/version.json cannot be written"
     end
 
+    test "with several platforms --sbom must name a file, not a device or FIFO", %{dir: dir} do
+      two = [platforms: ["linux/amd64", "linux/arm64"], builder: "b:1"]
+      path = Path.join(dir, "sbom.spdx.json")
+      assert Config.new!(@project, [sbom: path] ++ two, dir).sbom == path
+      # One platform: one file, which a device may take.
+      one = [platforms: ["linux/amd64"], builder: "b:1"]
+      assert Config.new!(@project, [sbom: "/dev/null"] ++ one, dir).sbom == "/dev/null"
+
+      e = assert_raise Error, fn -> Config.new!(@project, [sbom: "/dev/null"] ++ two, dir) end
+      assert e.reason == :invalid_config
+
+      assert e.message =~
+               "--sbom /dev/null with several platforms (linux/amd64, linux/arm64/v8): one SBOM file is written per platform"
+
+      assert e.message =~ "(sbom-linux-amd64.spdx.json for sbom.spdx.json)"
+      assert e.message =~ "Give the path of a file"
+    end
+
     test "--no-sbom and --sbom exclude each other", %{dir: dir} do
       e =
         assert_raise Error, fn ->

@@ -11,6 +11,13 @@ defmodule DockerRelease.E2E.SupplyChainPushTest do
   #   pushed digest) and its signature, which `openssl dgst -sha256 -verify` accepts with the
   #   public key, and rejects for a changed payload;
   # - the private key appears in no output, no file written, no registry document.
+  #
+  # With several platforms (the release built once in the Debian 13 builder, the arm64 image's
+  # files from the arm64 builder, `--platform linux/amd64,linux/arm64`): each platform's
+  # manifest has its own SBOM referrer, whose blob is the SBOM in that image's app layer and
+  # lists that platform's packages, and one file per platform beside `--sbom F`; the index and
+  # every manifest have a `.sig` openssl accepts; a push whose attachments fail puts its tag
+  # back and writes no file.
   use ExUnit.Case, async: false
   import DockerRelease.E2E
   import DockerRelease.E2E.Builder
@@ -35,7 +42,27 @@ defmodule DockerRelease.E2E.SupplyChainPushTest do
     dir = example_copy!("hello", "dr-e2e-supply-push")
     in_builder = push!(tmp, "#{repo}:trixie", key, ["--builder", builder], cd: dir, timeout: 900)
 
-    %{tmp: tmp, port: port, repo: repo, key: key, pub: pub, host: host, builder: in_builder}
+    arm64 = ensure_builder!("trixie-arm64")
+    platforms = platform_args(builder, arm64)
+    multi = push!(tmp, "#{repo}:multi", key, platforms, cd: dir, timeout: 900)
+
+    %{
+      tmp: tmp,
+      port: port,
+      repo: repo,
+      key: key,
+      pub: pub,
+      host: host,
+      builder: in_builder,
+      multi: multi,
+      platforms: platforms,
+      project: dir
+    }
+  end
+
+  defp platform_args(builder, arm64) do
+    ["--builder", builder, "--platform", "linux/amd64,linux/arm64"] ++
+      ["--platform-image", "linux/arm64=#{arm64}"]
   end
 
   # Push `tag` with an SBOM file, a signature and a metadata file; what the run printed and wrote.
@@ -52,6 +79,14 @@ defmodule DockerRelease.E2E.SupplyChainPushTest do
       )
 
     %{out: out, digest: printed_digest!(out), sbom: sbom, meta: File.read!(meta)}
+  end
+
+  # The index digest the task printed (`Index     sha256:...`).
+  defp printed_index!(out) do
+    [_, index] =
+      Regex.run(~r/^Index\s+(sha256:[0-9a-f]{64})\s*$/m, out) || flunk("no index in:\n#{out}")
+
+    index
   end
 
   ## A reader that follows the specs: curl, python's json, openssl
@@ -254,6 +289,187 @@ defmodule DockerRelease.E2E.SupplyChainPushTest do
     assert status != 0, out
     refute File.exists?(sbom)
     assert File.ls!(ctx.tmp) |> Enum.filter(&String.starts_with?(&1, ".never")) == []
+    refute_key_in!(ctx, [out])
+  end
+
+  ## Several platforms
+
+  # The OS packages an SPDX document lists: [{name, arch}] from their purls, sorted.
+  defp deb_packages!(sbom) do
+    sbom
+    |> values!(
+      ~s|sorted(r["referenceLocator"] for p in d["packages"] for r in p.get("externalRefs", []) if r["referenceType"] == "purl" and r["referenceLocator"].startswith("pkg:deb/"))|
+    )
+    |> Enum.map(fn purl ->
+      [_, name] = Regex.run(~r|^pkg:deb/debian/([^@]+)@|, purl)
+      [_, arch] = Regex.run(~r/[?&]arch=([^&]+)/, purl)
+      {name, arch}
+    end)
+  end
+
+  test "several platforms: each manifest's own SBOM and every document's signature, found and verified without our code",
+       ctx do
+    run = ctx.multi
+    index_digest = printed_index!(run.out)
+
+    # What the tag names, read from the registry: the index and its two manifests.
+    index = get!(ctx, "manifests/multi", @index)
+    assert sha256(index) == index_digest
+
+    manifests =
+      index
+      |> values!(~s|[m["platform"]["architecture"] + " " + m["digest"] for m in d["manifests"]]|)
+      |> Map.new(fn line -> line |> String.split(" ") |> List.to_tuple() end)
+
+    assert Map.keys(manifests) == ["amd64", "arm64"]
+
+    # Nothing is written at the --sbom path itself: a file per platform beside it.
+    refute File.exists?(run.sbom)
+    base = Path.rootname(run.sbom, ".spdx.json")
+
+    packages =
+      for {arch, digest} <- manifests, into: %{} do
+        platform = if arch == "arm64", do: "linux/arm64/v8", else: "linux/#{arch}"
+        file = "#{base}-#{String.replace(platform, "/", "-")}.spdx.json"
+
+        # The platform's SBOM: the referrer of its manifest, the file in its app layer, the file.
+        {referrer_digest, _index, blob} = referred_sbom!(ctx, digest)
+        assert blob == image_file!(ctx, digest, "sbom.spdx.json")
+        assert blob == File.read!(file)
+
+        if venv = venv!() do
+          {report, status} = cmd(Path.join(venv, "bin/pyspdxtools"), ["-i", file])
+          assert status == 0, "pyspdxtools rejects the #{platform} SBOM:\n#{report}"
+        end
+
+        # It lists that platform's packages.
+        debs = deb_packages!(blob)
+        assert {"libc6", arch} in debs, inspect(debs)
+        assert Enum.all?(debs, fn {_, a} -> a in [arch, "all"] end), inspect(debs)
+
+        # The manifest's signature, over a payload naming it.
+        assert [{payload, der}] = signatures!(ctx, digest)
+        assert value!(payload, ~s|d["critical"]["image"]["docker-manifest-digest"]|) == digest
+        assert openssl_verifies?(ctx, payload, der)
+
+        # The summary and the metadata file name them, with the platform.
+        assert run.out =~
+                 "SBOM      referrer #{referrer_digest} (application/spdx+json) of #{platform}, listed in the referrers index #{ctx.repo}:sha256-#{hex(digest)}"
+
+        assert run.out =~
+                 "Signed    #{ctx.repo}:sha256-#{hex(digest)}.sig (sha256:"
+
+        assert run.out =~
+                 "SBOM file #{file} (#{platform}, application/spdx+json, #{sha256(blob)})"
+
+        entry = ~s|[p for p in d["platforms"] if p["manifest_digest"] == "#{digest}"][0]|
+        assert value!(run.meta, entry <> ~s|["platform"]|) == platform
+        assert value!(run.meta, entry <> ~s|["sbom_referrer"]["digest"]|) == referrer_digest
+        assert value!(run.meta, entry <> ~s|["sbom_file"]["path"]|) == file
+        assert value!(run.meta, entry <> ~s|["sbom_file"]["digest"]|) == sha256(blob)
+
+        assert value!(run.meta, entry <> ~s|["signatures"][0]["tag"]|) ==
+                 "#{ctx.repo}:sha256-#{hex(digest)}.sig"
+
+        {arch, debs}
+      end
+
+    # Both platforms' images hold the same Debian packages, each of its own architecture.
+    names = fn debs -> Enum.map(debs, &elem(&1, 0)) end
+    assert names.(packages["amd64"]) == names.(packages["arm64"])
+
+    # The index: signed (what `cosign verify IMAGE:multi` checks first), no SBOM of its own.
+    assert [{payload, der}] = signatures!(ctx, index_digest)
+    assert value!(payload, ~s|d["critical"]["image"]["docker-manifest-digest"]|) == index_digest
+    assert value!(payload, ~s|d["critical"]["identity"]["docker-reference"]|) == ctx.repo
+    assert openssl_verifies?(ctx, payload, der)
+    changed = String.replace(payload, hex(index_digest), String.reverse(hex(index_digest)))
+    refute openssl_verifies?(ctx, changed, der)
+    {_, missing} = cmd("curl", ["-sf", url(ctx, "manifests/sha256-#{hex(index_digest)}")])
+    refute missing == 0, "the index has a referrers index of its own"
+
+    assert run.out =~
+             ~r/^Signed    #{Regex.escape(ctx.repo)}:sha256-#{hex(index_digest)}\.sig \(sha256:[0-9a-f]{64}\), the index$/m
+
+    assert value!(run.meta, ~s|d["signatures"][0]["tag"]|) ==
+             "#{ctx.repo}:sha256-#{hex(index_digest)}.sig"
+
+    assert value!(run.meta, ~s|d["sbom_file"]|) == "None"
+    assert value!(run.meta, ~s|d["sbom_referrer"]|) == "None"
+
+    files = Path.wildcard(base <> "-linux-*.spdx.json")
+    assert length(files) == 2, inspect(files)
+    refute_key_in!(ctx, [run.out, run.meta | Enum.map(files, &File.read!/1)])
+  end
+
+  # A Docker schema 2 manifest put under `tag` with Python's urllib (not our code): Debian's
+  # docker-registry answers a GET of it that accepts only OCI manifests with 400.
+  @schema2 """
+  import hashlib, json, sys, urllib.request
+  repo, tag = sys.argv[1], sys.argv[2]
+  def send(method, url, data=None, ctype=None):
+      req = urllib.request.Request(url, data=data, method=method)
+      if ctype: req.add_header("Content-Type", ctype)
+      with urllib.request.urlopen(req) as r: return r
+  cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+  digest = "sha256:" + hashlib.sha256(cfg).hexdigest()
+  loc = send("POST", repo + "/blobs/uploads/").headers["Location"]
+  send("PUT", loc + ("&" if "?" in loc else "?") + "digest=" + digest, cfg, "application/octet-stream")
+  m = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+       "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": digest, "size": len(cfg)},
+       "layers": []}
+  send("PUT", repo + "/manifests/" + tag, json.dumps(m).encode(), m["mediaType"])
+  """
+
+  test "several platforms: when the attachments fail, the tag is put back and no SBOM file is written",
+       ctx do
+    # Another repository; its tag names an earlier manifest, and the index's `.sig` tag holds
+    # a document the signature cannot be added to: the first attachment fails, after the tag
+    # moved and before anything else was attached.
+    ctx = %{ctx | repo: ctx.repo <> "-fail"}
+    [_, path] = String.split(ctx.repo, "/", parts: 2)
+    registry = "http://127.0.0.1:#{ctx.port}/v2/#{path}"
+    index_digest = printed_index!(ctx.multi.out)
+
+    for tag <- ["1", "sha256-#{hex(index_digest)}.sig"] do
+      {out, status} = cmd("python3", ["-c", @schema2, registry, tag])
+      assert status == 0, out
+    end
+
+    before = get!(ctx, "manifests/1", "application/vnd.docker.distribution.manifest.v2+json")
+    sbom = Path.join(ctx.tmp, "fail-#{rand()}.spdx.json")
+    meta = Path.join(ctx.tmp, "fail-#{rand()}.json")
+
+    {out, status} =
+      mix_release(
+        ctx.platforms ++
+          ["--push", "--tag", "#{ctx.repo}:1", "--sbom", sbom, "--sign-key", ctx.key] ++
+          ["--metadata-file", meta],
+        cd: ctx.project,
+        timeout: 900
+      )
+
+    refute status == 0, out
+    assert out =~ "image index #{index_digest} over", out
+    assert out =~ "sha256-#{hex(index_digest)}.sig", out
+    assert out =~ "put back as they were", out
+
+    # The tag names what it named before; no referrer, signature or file was left.
+    after_ = get!(ctx, "manifests/1", "application/vnd.docker.distribution.manifest.v2+json")
+    assert after_ == before
+
+    # The same images as the first push: their manifests have no referrer or signature here.
+    manifests = Regex.scan(~r/^  linux\/\S+\s+(sha256:[0-9a-f]{64})\s*$/m, ctx.multi.out)
+    assert length(manifests) == 2
+
+    for [_, digest] <- manifests, tag <- ["sha256-#{hex(digest)}", "sha256-#{hex(digest)}.sig"] do
+      {_, missing} = cmd("curl", ["-sf", url(ctx, "manifests/#{tag}")])
+      refute missing == 0, "#{tag} was left"
+    end
+
+    refute File.exists?(meta)
+    leftovers = File.ls!(ctx.tmp) |> Enum.filter(&String.contains?(&1, "fail-"))
+    assert leftovers == [], inspect(leftovers)
     refute_key_in!(ctx, [out])
   end
 end

@@ -632,10 +632,11 @@ defmodule DockerRelease.E2E.Builder do
     # Debian 13 with a C toolchain, for projects that compile C code (a NIF) as they build.
     "trixie-cc" => "docker-release-test/builder:trixie-cc",
     # Debian 13 for arm64 (made without emulation; the same OTP as "trixie"): another
-    # platform's files, read by multi-platform builds, run under QEMU by their tests.
-    "trixie-arm64" => "docker-release-test/builder:trixie-arm64",
+    # platform's files, read by multi-platform builds, run under QEMU by their tests. With
+    # dpkg's database (the tag without -dpkgdb had none), as every real arm64 image has.
+    "trixie-arm64" => "docker-release-test/builder:trixie-arm64-dpkgdb",
     # The same with the C toolchain of "trixie-cc": a builder run under QEMU (--emulate).
-    "trixie-arm64-cc" => "docker-release-test/builder:trixie-arm64-cc"
+    "trixie-arm64-cc" => "docker-release-test/builder:trixie-arm64-cc-dpkgdb"
   }
 
   @cc_include "elixir,erlang-dev,ca-certificates,gcc,make,libc6-dev"

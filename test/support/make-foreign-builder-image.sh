@@ -5,7 +5,7 @@
 #
 #   test/support/make-foreign-builder-image.sh SUITE ARCH TAG [NATIVE_TAG]
 #   test/support/make-foreign-builder-image.sh trixie arm64 \
-#       docker-release-test/builder:trixie-arm64 docker-release-test/builder:trixie
+#       docker-release-test/builder:trixie-arm64-dpkgdb docker-release-test/builder:trixie
 #
 # How, with nothing of ARCH ever run:
 # 1. `debootstrap --foreign --arch=ARCH --variant=minbase --include=INCLUDE SUITE`: the first
@@ -18,7 +18,12 @@
 #    /usr/bin/awk (update-alternatives: mawk), /usr/bin/cc (gcc, when it is included),
 #    /etc/passwd and /etc/group (base-passwd's
 #    masters), /etc/ssl/certs/ca-certificates.crt (update-ca-certificates writes the sorted
-#    concatenation of /usr/share/ca-certificates/mozilla/*.crt, which gives the same bytes).
+#    concatenation of /usr/share/ca-certificates/mozilla/*.crt, which gives the same bytes);
+#    and dpkg's database as installing the packages leaves it (every real image of ARCH has
+#    one; the package records and the SBOM of that platform's image are read from it): in
+#    var/lib/dpkg/status each package's control fields with `Status: install ok installed`,
+#    and info/NAME.list (NAME:ARCH.list for `Multi-Arch: same`) with the paths it shipped,
+#    spelled as dpkg lists them (`/.` first, directories without a trailing slash).
 # 4. One layer imported with umoci as ARCH (Engine 20.10 ignores `docker import --platform`)
 #    and copied into the engine with skopeo.
 #
@@ -37,7 +42,7 @@ log() { printf 'make-foreign-builder-image: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ $# -ge 3 ] && [ $# -le 4 ] ||
-  die "usage: $0 SUITE ARCH TAG [NATIVE_TAG] (e.g. $0 trixie arm64 docker-release-test/builder:trixie-arm64 docker-release-test/builder:trixie)"
+  die "usage: $0 SUITE ARCH TAG [NATIVE_TAG] (e.g. $0 trixie arm64 docker-release-test/builder:trixie-arm64-dpkgdb docker-release-test/builder:trixie)"
 SUITE=$1
 ARCH=$2
 TAG=$3
@@ -112,6 +117,19 @@ fi
 debs=("$archives"/*.deb)
 log "extracting ${#debs[@]} packages (dpkg-deb -x: files only, no maintainer scripts)"
 for d in "${debs[@]}"; do dpkg-deb -x "$d" "$root"; done
+dpkgdb="$root/var/lib/dpkg"
+mkdir -p "$dpkgdb/info" "$dpkgdb/updates"
+: >"$dpkgdb/status"
+[ -e "$dpkgdb/diversions" ] || : >"$dpkgdb/diversions"
+for d in "${debs[@]}"; do
+  name=$(dpkg-deb -f "$d" Package)
+  list=$name
+  [ "$(dpkg-deb -f "$d" Multi-Arch)" = same ] && list="$name:$(dpkg-deb -f "$d" Architecture)"
+  dpkg-deb --fsys-tarfile "$d" | tar -t |
+    sed -e 's|^\./$|/.|' -e 's|^\./|/|' -e 's|/$||' >"$dpkgdb/info/$list.list"
+  { dpkg-deb -f "$d" | awk '{ print } /^Package:/ { print "Status: install ok installed" }'
+    echo; } >>"$dpkgdb/status"
+done
 [ -e "$root/usr/bin/awk" ] || ln -s mawk "$root/usr/bin/awk"
 # gcc's maintainer script makes the `cc` alternative (make's default $(CC)).
 [ -e "$root/usr/bin/cc" ] || [ ! -e "$root/usr/bin/gcc" ] || ln -s gcc "$root/usr/bin/cc"

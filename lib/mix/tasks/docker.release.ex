@@ -111,7 +111,10 @@ defmodule Mix.Tasks.Docker.Release do
     * `--no-sbom` - put no SBOM in the image (and attach none to a pushed image).
     * `--sbom PATH` - also write the SBOM to PATH: the same bytes as in the image, written
       atomically and only when the whole build succeeds (checked before the build: its
-      directory must exist and take a new file).
+      directory must exist and take a new file). With several platforms, each platform's
+      image has its own SBOM, written beside PATH with the platform added to the file name
+      (`sbom-linux-amd64.spdx.json`, `sbom-linux-arm64-v8.spdx.json` for `sbom.spdx.json`;
+      nothing at PATH itself; a device or FIFO is refused).
     * `--sign-key KEY.pem` - an ECDSA P-256 private key (PEM: `EC PRIVATE KEY` or `PRIVATE KEY`,
       unencrypted) to sign pushed images with, in the format `cosign verify --key` reads. The
       environment variable `DOCKER_RELEASE_SIGN_KEY` may hold the PEM text instead (for CI
@@ -122,9 +125,12 @@ defmodule Mix.Tasks.Docker.Release do
       metadata. With `--push`, the pushed manifest digest is signed in every repository:
       cosign's simple-signing payload as a layer of the manifest tagged `sha256-<hex>.sig`,
       the base64 signature in its `dev.cosignproject.cosign/signature` annotation (signatures
-      already there are kept). Verify with `cosign verify --key PUB.pem IMAGE@DIGEST`, or with
-      `openssl dgst -sha256 -verify PUB.pem -signature SIG.der PAYLOAD` (README, "Supply
-      chain"). Without `--push` nothing is signed, and the task says so.
+      already there are kept). With several platforms, the index the tags name and each
+      platform's manifest are signed, each under its own `sha256-<hex>.sig` tag (what
+      `cosign sign --recursive` signs). Verify with `cosign verify --key PUB.pem
+      IMAGE@DIGEST`, or with `openssl dgst -sha256 -verify PUB.pem -signature SIG.der
+      PAYLOAD` (README, "Supply chain"). Without `--push` nothing is signed, and the task says
+      so.
     * `--compression-level N` - gzip level of the layers, 1 (default, fast) to 9 (smallest).
     * `--list-files` - print the runtime files outside `/app` and why each is there.
     * `--quiet` (`-q`) - print nothing but errors, then one line: the image's first tag and its
@@ -177,6 +183,11 @@ defmodule Mix.Tasks.Docker.Release do
 
     * `--push`: every platform's image (each manifest by digest), then one OCI image index;
       the tags name the index. The summary prints `Index` and each platform's manifest digest.
+      Each platform's SBOM is attached to that platform's manifest (its own referrer, in the
+      fallback index `sha256-<hex of that manifest>`); with `--sign-key` the index and every
+      manifest are signed. A reader that resolves the tag to one platform finds that image's
+      SBOM and signature.
+    * `--sbom PATH`: one file per platform beside PATH, named with the platform (above).
     * `--output FILE`: an OCI image layout whose `index.json` names the index (once per tag),
       every image's blobs, and a Docker `manifest.json` listing one image: the engine's
       platform's when it is one of them, else the release's own, else the first `--platform`
@@ -187,7 +198,11 @@ defmodule Mix.Tasks.Docker.Release do
       image, even another one than the engine's (it runs under emulation where the machine has
       it).
     * `--metadata-file`: the fields above for that one image, plus `index_digest` and
-      `platforms` (each platform's `platform`, `manifest_digest`, `image_id`, `layers`).
+      `platforms` (each platform's `platform`, `manifest_digest`, `image_id`, `layers`, and
+      its `sbom_file`, `sbom_referrer` and `signatures`). The top-level `signatures` are the
+      index's; the top-level `sbom_file` and `sbom_referrer` are `null` (an index has no SBOM
+      of its own). The summary names each referrer, `.sig` tag and SBOM file with its
+      platform (`the index` for the index's signature).
 
   The same inputs give the same index digest (the images are in one order, by os,
   architecture and variant, whatever the order of `--platform`).
@@ -246,7 +261,8 @@ defmodule Mix.Tasks.Docker.Release do
       registry has none, in the referrers tag-schema fallback index tagged `sha256-<hex of the
       manifest digest>` (merged with what other tools listed there). The summary and
       `--metadata-file` name the referrer (`sbom_referrer`), the signatures (`signatures`)
-      and the file written (`sbom_file`).
+      and the file written (`sbom_file`); with several platforms, each platform's in its
+      `platforms` entry (see "Several platforms").
     * **Labels and annotations.** The config's labels are `org.opencontainers.image.title`,
       `.version`, `.created` (the image's timestamp), and from git `.revision` and `.source`
       (see `DockerRelease.labels/2`), then `labels:` and `--label`. The manifest's annotations
@@ -544,23 +560,7 @@ defmodule Mix.Tasks.Docker.Release do
       for ref <- pushed.references, do: shell.info("Deploy    #{ref}")
     end
 
-    if referrer = outcome.sbom_referrer do
-      how =
-        case referrer.fallback_tags do
-          [] -> "found through the referrers API"
-          tags -> "listed in the referrers index #{Enum.join(tags, ", ")}"
-        end
-
-      shell.info("SBOM      referrer #{referrer.digest} (#{referrer.artifact_type}), #{how}")
-    end
-
-    for signed <- outcome.signatures do
-      shell.info("Signed    #{signed.tag} (#{signed.digest})")
-    end
-
-    if written = outcome.sbom_file do
-      shell.info("SBOM file #{written.path} (#{written.media_type}, #{written.digest})")
-    end
+    report_supply_chain(outcome)
 
     if outcome.engine do
       ports = Enum.map_join(config.expose, "", &" -p #{&1}:#{&1}")
@@ -588,6 +588,50 @@ defmodule Mix.Tasks.Docker.Release do
   end
 
   defp report_index(_outcome), do: :ok
+
+  # The SBOM referrers, signatures and SBOM files: of the one image; with several platforms,
+  # the index's signatures and each platform's referrer, signatures and file, named so.
+  defp report_supply_chain(%{index_digest: index} = outcome) when is_binary(index) do
+    for p <- outcome.platforms, p.sbom_referrer, do: report_referrer(p.sbom_referrer, p.platform)
+    for signed <- outcome.signatures, do: report_signed(signed, "the index")
+    for p <- outcome.platforms, signed <- p.signatures, do: report_signed(signed, p.platform)
+    for p <- outcome.platforms, p.sbom_file, do: report_sbom_file(p.sbom_file, p.platform)
+  end
+
+  defp report_supply_chain(outcome) do
+    if referrer = outcome.sbom_referrer, do: report_referrer(referrer, nil)
+    for signed <- outcome.signatures, do: report_signed(signed, nil)
+    if written = outcome.sbom_file, do: report_sbom_file(written, nil)
+  end
+
+  defp report_referrer(referrer, platform) do
+    how =
+      case referrer.fallback_tags do
+        [] -> "found through the referrers API"
+        tags -> "listed in the referrers index #{Enum.join(tags, ", ")}"
+      end
+
+    of = if platform, do: " of #{platform}", else: ""
+
+    Mix.shell().info(
+      "SBOM      referrer #{referrer.digest} (#{referrer.artifact_type})#{of}, #{how}"
+    )
+  end
+
+  defp report_signed(signed, nil),
+    do: Mix.shell().info("Signed    #{signed.tag} (#{signed.digest})")
+
+  defp report_signed(signed, what),
+    do: Mix.shell().info("Signed    #{signed.tag} (#{signed.digest}), #{what}")
+
+  defp report_sbom_file(written, nil),
+    do: Mix.shell().info("SBOM file #{written.path} (#{written.media_type}, #{written.digest})")
+
+  defp report_sbom_file(written, platform) do
+    Mix.shell().info(
+      "SBOM file #{written.path} (#{platform}, #{written.media_type}, #{written.digest})"
+    )
+  end
 
   @doc false
   # A size in the unit that shows it (SI, as `docker images` prints): "812 B", "45.9 kB",

@@ -1,7 +1,7 @@
 //! A release built natively for amd64, planned for arm64 with the arm64 builder's files: real
 //! releases (examples built in the Debian 13 amd64 builder) and the real arm64 filesystem of
-//! `docker-release-test/builder:trixie-arm64` (made without emulation, read, never run; see
-//! `support/builders.rs`).
+//! `docker-release-test/builder:trixie-arm64-dpkgdb` (made without emulation, read, never run;
+//! see `support/builders.rs`).
 //!
 //! The proof, at the level of plans and layers: every ELF file of the arm64 image is aarch64
 //! (ERTS, OTP's NIFs, the library closure, the loader), the `app` and `deps` layers are byte
@@ -59,7 +59,7 @@ fn setup(example: &str) -> Option<Setup> {
 fn arm64_target(fs: &dyn Fs) -> Target<'_> {
     Target {
         platform: parse("linux/arm64").unwrap(),
-        image: "docker-release-test/builder:trixie-arm64".into(),
+        image: "docker-release-test/builder:trixie-arm64-dpkgdb".into(),
         fs,
         otp_roots: vec![PathBuf::from("/usr/lib/erlang")],
     }
@@ -343,7 +343,7 @@ fn native_files_built_with_the_project_are_refused_naming_each_file_and_its_owne
     );
     let m = r.to_string();
     for says in [
-        "cannot make the linux/arm64/v8 image from docker-release-test/builder:trixie-arm64:",
+        "cannot make the linux/arm64/v8 image from docker-release-test/builder:trixie-arm64-dpkgdb:",
         "lib/hello-0.1.0/priv/port (the project's :hello)",
         "lib/my_nif-0.3.0/priv/native/libmy_nif.so (dependency :my_nif)",
         "build the release for linux/arm64/v8 with --emulate",
@@ -384,7 +384,7 @@ fn another_erts_and_other_otp_application_versions_are_refused_with_both_version
     );
     let m = r.to_string();
     for says in [
-        "the release was built with ERTS 15.2.6, and docker-release-test/builder:trixie-arm64 has ERTS 15.2.7 in /usr/lib/erlang, OTP 27.3.4.1",
+        "the release was built with ERTS 15.2.6, and docker-release-test/builder:trixie-arm64-dpkgdb has ERTS 15.2.7 in /usr/lib/erlang, OTP 27.3.4.1",
         "crypto-5.5.2 (it has crypto-5.5.3)",
         "--platform-image linux/arm64/v8=IMAGE",
     ] {
@@ -406,7 +406,7 @@ fn an_image_of_another_platform_is_refused_for_its_files() {
     assert_eq!(files.len(), 16);
     assert!(files.contains(&("erts-15.2.7/bin/beam.smp".into(), "for linux/amd64".into())));
     assert!(r.to_string().contains(
-        "files of docker-release-test/builder:trixie-arm64 are not for linux/arm64/v8: erts-15.2.7/bin/beam.smp is for linux/amd64"
+        "files of docker-release-test/builder:trixie-arm64-dpkgdb are not for linux/arm64/v8: erts-15.2.7/bin/beam.smp is for linux/amd64"
     ));
 }
 
@@ -451,7 +451,7 @@ fn a_target_missing_a_library_a_tool_or_an_otp_file_is_refused_with_each() {
     let m = r.to_string();
     for says in [
         "lacks native files of the release's ERTS or OTP applications under /usr/lib/erlang: lib/crypto-5.5.3/priv/lib/otp_test_engine.so (OTP's :crypto)",
-        "the linux/arm64/v8 image docker-release-test/builder:trixie-arm64 has no libcrypto.so.3, needed by lib/crypto-5.5.3/priv/lib/crypto.so",
+        "the linux/arm64/v8 image docker-release-test/builder:trixie-arm64-dpkgdb has no libcrypto.so.3, needed by lib/crypto-5.5.3/priv/lib/crypto.so",
         "install it in that image (Debian: libssl3), or give another with --platform-image linux/arm64/v8=IMAGE",
         "has no awk (looked in",
     ] {
@@ -481,9 +481,9 @@ fn a_target_without_erlang_is_refused_once() {
             PathBuf::from("/usr/local/lib/erlang")
         ]
     );
-    assert!(r
-        .to_string()
-        .contains("docker-release-test/builder:trixie-arm64 has no Erlang/OTP installation"));
+    assert!(r.to_string().contains(
+        "docker-release-test/builder:trixie-arm64-dpkgdb has no Erlang/OTP installation"
+    ));
 }
 
 #[test]

@@ -44,15 +44,19 @@ pub struct Outcome {
     pub archive_size: Option<u64>,
     /// What a registry push did, when pushed.
     pub pushed: Option<PushOutcome>,
-    /// The SBOM written with `--sbom`, when written.
+    /// The SBOM written with `--sbom`, when written (with several platforms: none here, one
+    /// per platform in [`PlatformImage::sbom_file`]).
     pub sbom_file: Option<SbomWritten>,
-    /// The SBOM attached to the pushed image as an OCI referrer, when pushed with an SBOM.
+    /// The SBOM attached to the pushed image as an OCI referrer, when pushed with an SBOM (with
+    /// several platforms: none here, one per platform in [`PlatformImage::sbom_referrer`]).
     pub sbom_referrer: Option<SbomReferrer>,
-    /// The cosign signatures of the pushed image, one per repository (empty: not signed).
+    /// The cosign signatures of what the tags name (the image, or with several platforms the
+    /// image index), one per repository (empty: not signed).
     pub signatures: Vec<Signed>,
     /// With several platforms (`--platform`): the digest of the image index the tags name in a
-    /// registry and in the archive (the fields above are then those of the image of one
-    /// platform, the one the engine loads).
+    /// registry and in the archive (the image fields above are then those of the image of one
+    /// platform, the one the engine loads; its SBOM file, referrer and signatures are in its
+    /// entry of `platforms`, like every platform's).
     pub index_digest: Option<Digest>,
     /// With several platforms: each platform's image, in the index's order.
     pub platforms: Vec<PlatformImage>,
@@ -116,6 +120,12 @@ pub struct PlatformImage {
     /// Its layers, bottom first (`app` and `deps` are the same blobs on every platform when
     /// they hold no native file).
     pub layers: Vec<LayerInfo>,
+    /// Its SBOM as `--sbom` wrote it (a file per platform), when written.
+    pub sbom_file: Option<SbomWritten>,
+    /// Its SBOM attached as an OCI referrer of its manifest, when pushed with an SBOM.
+    pub sbom_referrer: Option<SbomReferrer>,
+    /// The cosign signatures of its manifest, one per repository (empty: not signed).
+    pub signatures: Vec<Signed>,
 }
 
 impl PlatformImage {
@@ -125,14 +135,18 @@ impl PlatformImage {
             manifest_digest: image.manifest_digest(),
             image_id: image.id(),
             layers: image.layers.clone(),
+            sbom_file: None,
+            sbom_referrer: None,
+            signatures: Vec::new(),
         }
     }
 }
 
-/// The SBOM file `--sbom` wrote: the same bytes as the image's `/sbom.*.json`.
+/// An SBOM file `--sbom` wrote: the same bytes as the image's `/sbom.*.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SbomWritten {
-    /// The path as given.
+    /// The path as given (with several platforms, the path given with the platform added:
+    /// [`crate::sink::platform_path`]).
     pub path: PathBuf,
     /// The document's media type (`application/spdx+json`, `application/vnd.cyclonedx+json`).
     pub media_type: String,

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 /// Debian 13 with Elixir, amd64 (the platform of this machine).
 pub const AMD64_BUILDER: &str = "docker-release-test/builder:trixie";
 /// The same packages for arm64.
-pub const ARM64_BUILDER: &str = "docker-release-test/builder:trixie-arm64";
+pub const ARM64_BUILDER: &str = "docker-release-test/builder:trixie-arm64-dpkgdb";
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {

@@ -3,9 +3,10 @@
 //! time; the image ID (its config's digest) names exactly one filesystem, so a tree unpacked once
 //! serves every later run that reads the same image.
 //!
-//! Layout: `DIR/<hex of the image ID>/platform` (`os/arch[/variant]`, written first) and
-//! `DIR/<hex>/rootfs/` (renamed into place whole, so a tree is complete or absent). Only
-//! read: nothing writes into a kept tree. [`UnpackedCache::prune`] keeps the most recently used.
+//! Layout: `DIR/<FORMAT>-<hex of the image ID>/platform` (`os/arch[/variant]`, written first)
+//! and `DIR/<FORMAT>-<hex>/rootfs/` (renamed into place whole, so a tree is complete or
+//! absent). Only read: nothing writes into a kept tree. [`UnpackedCache::prune`] keeps the
+//! most recently used (trees of another [`FORMAT`] are never used, so they go first).
 
 use super::LoadedBase;
 use image_core::digest::Digest;
@@ -16,6 +17,11 @@ use std::path::{Path, PathBuf};
 
 /// Entries kept by [`UnpackedCache::prune`]: two platforms' images, and one more.
 pub const KEEP: usize = 3;
+
+/// The version of what a kept tree holds ([`super::unpack::NOT_UNPACKED`]): a tree unpacked by
+/// other rules is not used. 2: with dpkg's status, diversions and file lists; the trees of 1
+/// (named by the image ID alone) had none.
+pub const FORMAT: &str = "2";
 
 /// A directory of unpacked images.
 #[derive(Debug, Clone)]
@@ -35,7 +41,7 @@ pub struct Unpacked {
 
 impl UnpackedCache {
     fn entry(&self, id: &Digest) -> PathBuf {
-        self.dir.join(id.hex())
+        self.dir.join(format!("{FORMAT}-{}", id.hex()))
     }
 
     /// The tree of image `id`, if kept (marked as used now).

@@ -56,7 +56,7 @@ pub enum ForeignFrom {
 
 impl Foreign {
     /// The plan of its image.
-    fn plan(&self) -> &Plan {
+    pub fn plan(&self) -> &Plan {
         match &self.from {
             ForeignFrom::Files { plan, .. } => &plan.plan,
             ForeignFrom::Emulated(e) => &e.plan,

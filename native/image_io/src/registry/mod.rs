@@ -6,6 +6,8 @@
 //!   ([`PushedTags::undo`]);
 //! - [`attach`] (`referrers.rs`): the SBOM as an OCI 1.1 referrer of a pushed image (the
 //!   referrers API, or the tag-schema fallback index) and its cosign signature (`.sig` tag);
+//!   with several platforms, each platform's SBOM to its manifest, and a signature on the
+//!   index and on each manifest ([`subjects`]);
 //! - pulling (`pull.rs`): manifests, indexes, configs and layer blobs, for base images
 //!   ([`crate::base`]).
 //!
@@ -29,7 +31,7 @@ mod referrers;
 pub use auth::parse_challenge;
 pub(crate) use pull::Puller;
 pub use push::{move_tags, push, push_undoable, upload, PushOutcome, PushedTags};
-pub use referrers::{attach, Attached, Attachments, SbomReferrer, Signed};
+pub use referrers::{attach, subjects, Attached, AttachedTo, SbomReferrer, Signed, Subject};
 
 use crate::error::Reason;
 use crate::stall::{Stalled, HOW_TO_CHANGE};

@@ -1,6 +1,10 @@
 //! What hangs off a pushed image, in every repository it was pushed to: its SBOM as an OCI 1.1
 //! referrer and its cosign signature (the documents are made by
 //! [`image_core::supply::artifact`] and [`image_core::supply::signing`]; this file sends them).
+//! With several platforms ([`subjects`]) each platform's manifest gets its own SBOM referrer,
+//! and the index the tags name and every platform manifest get a signature (what cosign's
+//! `sign --recursive` signs), so a reader that resolves a tag to one platform's image finds
+//! that image's SBOM and signature.
 //!
 //! - **The SBOM**: its blob and the empty config are uploaded, then the referrer manifest
 //!   (`artifactType` the SBOM's media type, `subject` the image manifest) is put by digest. A
@@ -11,8 +15,8 @@
 //!   tag is an empty index), the referrer's descriptor is added unless it is there, and the
 //!   index is put back under that tag.
 //! - **The signature**: cosign's simple-signing payload for `REGISTRY/REPOSITORY` and the
-//!   manifest digest, signed with the key; the manifest tagged `sha256-<hex>.sig` gains it as a
-//!   layer (signatures there are kept, as cosign keeps them; the same signature is not added
+//!   document's digest, signed with the key; the manifest tagged `sha256-<hex>.sig` gains it as
+//!   a layer (signatures there are kept, as cosign keeps them; the same signature is not added
 //!   twice, and signatures are deterministic, so pushing the same image again changes nothing).
 //!
 //! It runs after the push's tags moved, on the push's own sessions (the credentials and tokens
@@ -26,7 +30,7 @@ use super::RegistryError;
 use crate::sink::{Built, Progress};
 use bytes::Bytes;
 use image_core::digest::Digest;
-use image_core::image::media_type;
+use image_core::image::{media_type, Image};
 use image_core::supply::artifact::{
     add_referrer, add_signature, fallback_tag, referrer_manifest, signature_tag, Artifact,
     Descriptor,
@@ -36,15 +40,6 @@ use image_core::supply::SbomFile;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use std::sync::Arc;
-
-/// What to attach to a pushed image.
-#[derive(Clone, Default)]
-pub struct Attachments {
-    /// The SBOM the image embeds, attached as a referrer.
-    pub sbom: Option<SbomFile>,
-    /// The key that signs the image.
-    pub key: Option<Arc<SigningKey>>,
-}
 
 /// The SBOM attached to a pushed image.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -73,43 +68,106 @@ pub struct Signed {
     pub payload_digest: Digest,
 }
 
-/// What [`attach`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Attached {
-    /// The SBOM referrer, when an SBOM was attached.
+/// A document of a push that things hang off: what the tags name, or with several platforms
+/// also each platform's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject<'b> {
+    /// The document (an image manifest, or the image index).
+    pub descriptor: Descriptor,
+    /// The SBOM to attach to it as a referrer: its image's ([`Built::sboms`]; an index has
+    /// none).
+    pub sbom: Option<&'b SbomFile>,
+}
+
+/// What a push attaches to, in order: what the tags name (the image with its SBOM, or the
+/// image index), then with several platforms each platform's manifest with its SBOM, in the
+/// index's order. Each is signed when a key is given (cosign's `sign --recursive`: the index
+/// and every image it lists).
+pub fn subjects(built: &Built) -> Vec<Subject<'_>> {
+    let image = |i: &Image| Subject {
+        descriptor: Descriptor::of(media_type::MANIFEST, &i.manifest_json()),
+        sbom: built.sbom_of(i),
+    };
+    match &built.index {
+        None => vec![image(&built.image)],
+        Some(index) => {
+            let mut all = vec![Subject {
+                descriptor: Descriptor::of(media_type::INDEX, &index.json()),
+                sbom: None,
+            }];
+            all.extend(index.images().iter().map(image));
+            all
+        }
+    }
+}
+
+/// What [`attach`] did to one [`Subject`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedTo {
+    /// The subject's digest.
+    pub subject: Digest,
+    /// Its SBOM referrer, when it has an SBOM.
     pub sbom: Option<SbomReferrer>,
-    /// The signatures, one per repository, when a key was given.
+    /// Its signatures, one per repository, when a key was given.
     pub signatures: Vec<Signed>,
 }
 
-/// Attach `what` to the image manifest `subject` in every repository `built`'s tags name,
-/// after [`super::upload`] and [`super::move_tags`] with the same `pushed`, whose sessions it
-/// uses and in which it records each tag it moves. `created` (RFC 3339) annotates the SBOM
-/// referrer.
+/// What [`attach`] did, per subject in the order of [`subjects`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attached {
+    /// Each subject's referrer and signatures.
+    pub subjects: Vec<AttachedTo>,
+}
+
+impl Attached {
+    /// What was attached to the document with digest `subject`.
+    pub fn to(&self, subject: &Digest) -> Option<&AttachedTo> {
+        self.subjects.iter().find(|a| a.subject == *subject)
+    }
+}
+
+/// Attach to each of `built`'s [`subjects`], in every repository `built`'s tags name, its SBOM
+/// as a referrer and, with `key`, a signature; after [`super::upload`] and [`super::move_tags`]
+/// with the same `pushed`, whose sessions it uses and in which it records each tag it moves.
+/// `created` (RFC 3339) annotates the SBOM referrers.
 pub async fn attach(
     built: &Built,
-    subject: &Descriptor,
     created: &str,
-    what: &Attachments,
+    key: Option<&SigningKey>,
     pushed: &mut PushedTags,
 ) -> Result<Attached, RegistryError> {
-    let referrer = what.sbom.as_ref().map(|sbom| {
-        let title = sbom.image_path().trim_start_matches('/');
-        referrer_manifest(sbom.media_type(), &sbom.bytes, title, subject, created)
-    });
+    let subjects = subjects(built);
+    let referrers: Vec<Option<Artifact>> = subjects
+        .iter()
+        .map(|s| {
+            s.sbom.map(|sbom| {
+                let title = sbom.image_path().trim_start_matches('/');
+                referrer_manifest(
+                    sbom.media_type(),
+                    &sbom.bytes,
+                    title,
+                    &s.descriptor,
+                    created,
+                )
+            })
+        })
+        .collect();
     let mut attached = Attached {
-        sbom: referrer.as_ref().map(|r| SbomReferrer {
-            digest: r.descriptor().digest,
-            artifact_type: what
-                .sbom
-                .as_ref()
-                .map(|s| s.media_type().to_string())
-                .unwrap_or_default(),
-            subject: subject.digest.clone(),
-            references: Vec::new(),
-            fallback_tags: Vec::new(),
-        }),
-        signatures: Vec::new(),
+        subjects: subjects
+            .iter()
+            .zip(&referrers)
+            .map(|(s, r)| AttachedTo {
+                subject: s.descriptor.digest.clone(),
+                sbom: r.as_ref().zip(s.sbom).map(|(r, sbom)| SbomReferrer {
+                    digest: r.descriptor().digest,
+                    artifact_type: sbom.media_type().to_string(),
+                    subject: s.descriptor.digest.clone(),
+                    references: Vec::new(),
+                    fallback_tags: Vec::new(),
+                }),
+                signatures: Vec::new(),
+            })
+            .collect(),
     };
     for (session, (host, repos)) in group_tags(&built.tags)?.iter().enumerate() {
         if session >= pushed.sessions.len() {
@@ -118,18 +176,23 @@ pub async fn attach(
             ));
         }
         for (path, _) in repos {
-            if let (Some(referrer), Some(out)) = (&referrer, attached.sbom.as_mut()) {
-                let via_api = put_referrer(pushed, session, path, referrer, subject).await?;
-                out.references
-                    .push(format!("{host}/{path}@{}", referrer.descriptor().digest));
-                if !via_api {
-                    out.fallback_tags
-                        .push(format!("{host}/{path}:{}", fallback_tag(&subject.digest)));
+            for ((subject, referrer), out) in
+                subjects.iter().zip(&referrers).zip(&mut attached.subjects)
+            {
+                let subject = &subject.descriptor;
+                if let (Some(referrer), Some(out)) = (referrer, out.sbom.as_mut()) {
+                    let via_api = put_referrer(pushed, session, path, referrer, subject).await?;
+                    out.references
+                        .push(format!("{host}/{path}@{}", referrer.descriptor().digest));
+                    if !via_api {
+                        out.fallback_tags
+                            .push(format!("{host}/{path}:{}", fallback_tag(&subject.digest)));
+                    }
                 }
-            }
-            if let Some(key) = &what.key {
-                let signed = sign(pushed, session, host, path, key, subject).await?;
-                attached.signatures.push(signed);
+                if let Some(key) = key {
+                    let signed = sign(pushed, session, host, path, key, subject).await?;
+                    out.signatures.push(signed);
+                }
             }
         }
     }
@@ -341,4 +404,88 @@ async fn has_referrers_api(
         .await?;
     let media = header_text(&resp, CONTENT_TYPE.as_str()).unwrap_or_default();
     Ok(resp.status() == StatusCode::OK && media.starts_with(media_type::INDEX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::ImageSbom;
+    use image_core::archive::BlobDir;
+    use image_core::image::RunConfig;
+    use image_core::index::ImageIndex;
+    use image_core::supply::sbom::SbomFormat;
+
+    fn image(arch: &str) -> Image {
+        Image {
+            platform: image_core::platform::parse(&format!("linux/{arch}")).unwrap(),
+            created: 0,
+            config: RunConfig::default(),
+            layers: vec![],
+            base_history: vec![],
+            annotations: Default::default(),
+        }
+    }
+
+    fn sbom_of(image: &Image) -> ImageSbom {
+        ImageSbom {
+            manifest: image.manifest_digest(),
+            sbom: SbomFile {
+                format: SbomFormat::Spdx,
+                bytes: image.platform.to_string().into_bytes(),
+            },
+        }
+    }
+
+    fn built(images: Vec<Image>, sboms: bool) -> Built {
+        let blobs = BlobDir {
+            root: "/nowhere".into(),
+        };
+        let first = images[0].clone();
+        let with = images.iter().filter(|_| sboms).map(sbom_of).collect();
+        let mut built = Built::single(first, blobs, vec![]).with_sboms(with);
+        if images.len() > 1 {
+            built.index = Some(ImageIndex::new(images).unwrap());
+        }
+        built
+    }
+
+    #[test]
+    fn one_image_is_the_one_subject_with_its_sbom() {
+        let b = built(vec![image("amd64")], true);
+        let s = subjects(&b);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].descriptor.digest, b.image.manifest_digest());
+        assert_eq!(s[0].descriptor.media_type, media_type::MANIFEST);
+        assert_eq!(s[0].sbom.unwrap().bytes, b"linux/amd64");
+    }
+
+    #[test]
+    fn with_several_platforms_the_index_comes_first_then_each_manifest_with_its_own_sbom() {
+        // Given in another order than the index's: each SBOM still goes to its own image.
+        let b = built(vec![image("arm64"), image("amd64")], true);
+        let index = b.index.as_ref().unwrap();
+        let s = subjects(&b);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].descriptor.digest, index.digest());
+        assert_eq!(s[0].descriptor.media_type, media_type::INDEX);
+        assert_eq!(s[0].descriptor.size, index.json().len() as u64);
+        assert!(s[0].sbom.is_none(), "an index has no SBOM of its own");
+        for (subject, image) in s[1..].iter().zip(index.images()) {
+            assert_eq!(subject.descriptor.digest, image.manifest_digest());
+            assert_eq!(subject.descriptor.media_type, media_type::MANIFEST);
+            assert_eq!(
+                subject.sbom.unwrap().bytes,
+                image.platform.to_string().into_bytes()
+            );
+        }
+        assert_eq!(s[2].sbom.unwrap().bytes, b"linux/arm64/v8");
+    }
+
+    #[test]
+    fn without_sboms_every_subject_is_still_there_to_be_signed() {
+        let b = built(vec![image("amd64"), image("arm64")], false);
+        let s = subjects(&b);
+        assert_eq!(s.len(), 3);
+        assert!(s.iter().all(|s| s.sbom.is_none()));
+    }
 }

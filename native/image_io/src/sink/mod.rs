@@ -6,8 +6,8 @@
 //! | [`ArchiveSink`] (`--output`) | the archive into a [`PendingFile`] | — | the file at its path |
 //! | [`MetadataSink`] (`--metadata-file`) | a [`PendingFile`] | — | the outcome as JSON, the file at its path |
 //! | [`EngineSink`] (the engine) | — | the load, untagged, its image ID checked | the tags |
-//! | [`RegistrySink`] (`--push`) | — | every blob to every repository | the tags, then the SBOM referrer and signature |
-//! | [`SbomSink`] (`--sbom`) | a [`PendingFile`] with the SBOM | — | the file at its path |
+//! | [`RegistrySink`] (`--push`) | — | every blob to every repository | the tags, then each image's SBOM referrer and the signatures |
+//! | [`SbomSink`] (`--sbom`) | a [`PendingFile`] with the SBOM (one per platform) | — | the file(s) at their paths |
 //!
 //! A new output (an image index, an SBOM referrer, a signature) is one more type implementing
 //! [`Sink`], added to the list the pipeline's publish stage makes; what its commit changes it
@@ -27,7 +27,7 @@ pub use engine::{engine, engine_load, tag, untag, EngineSink, Loaded, TagMove};
 pub use metadata::MetadataSink;
 pub use pending::{PendingFile, Published};
 pub use registry::RegistrySink;
-pub use sbom::SbomSink;
+pub use sbom::{platform_path, SbomSink};
 
 use crate::engine::EngineError;
 use crate::error::{Failure, Reason};
@@ -35,9 +35,11 @@ use crate::outcome::Outcome;
 use crate::registry::RegistryError;
 use futures_util::future::BoxFuture;
 use image_core::archive::{ArchiveError, BlobDir};
+use image_core::digest::Digest;
 use image_core::image::Image;
 use image_core::index::ImageIndex;
 use image_core::reference::Reference;
+use image_core::supply::SbomFile;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +61,18 @@ pub struct Built {
     /// `true` when the user named `image`'s platform (`--platform`): the engine loads it even
     /// when it runs another platform (it runs such an image under emulation).
     pub named_platform: bool,
+    /// Each image's SBOM (the document its app layer embeds), for `--sbom` and the referrers a
+    /// push attaches: the one image's, or one per platform. Empty with `--no-sbom`.
+    pub sboms: Vec<ImageSbom>,
+}
+
+/// The SBOM of one image of a [`Built`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSbom {
+    /// The image's manifest digest.
+    pub manifest: Digest,
+    /// The document the image embeds.
+    pub sbom: SbomFile,
 }
 
 impl Built {
@@ -70,7 +84,22 @@ impl Built {
             tags,
             index: None,
             named_platform: false,
+            sboms: Vec::new(),
         }
+    }
+
+    /// The same, with `sboms` (each image's SBOM).
+    pub fn with_sboms(self, sboms: Vec<ImageSbom>) -> Built {
+        Built { sboms, ..self }
+    }
+
+    /// The SBOM of `image` (one of [`Built::images`]), if the run made one.
+    pub fn sbom_of(&self, image: &Image) -> Option<&SbomFile> {
+        let manifest = image.manifest_digest();
+        self.sboms
+            .iter()
+            .find(|s| s.manifest == manifest)
+            .map(|s| &s.sbom)
     }
 
     /// Every image of the run: the index's, or the one image.

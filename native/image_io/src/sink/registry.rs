@@ -1,15 +1,16 @@
 //! A registry: every blob uploaded at the write (no tag moves), the tags at the commit, each
 //! put back if a later output fails ([`crate::registry`]); then, on the same sessions, what
-//! hangs off the image (SBOM referrer, signature: [`crate::registry::attach`]).
+//! hangs off the images (each image's SBOM referrer, the signatures:
+//! [`crate::registry::attach`]).
 
 use super::{Built, Change, Changes, Feedback, Order, Sink, SinkError};
 use crate::outcome::Outcome;
 use crate::registry::{
-    attach, move_tags, upload, Attached, Attachments, PushOutcome, PushedTags, RegistryOptions,
+    attach, move_tags, upload, Attached, PushOutcome, PushedTags, RegistryOptions,
 };
 use futures_util::future::BoxFuture;
-use image_core::image::{media_type, rfc3339};
-use image_core::supply::artifact::Descriptor;
+use image_core::image::rfc3339;
+use image_core::supply::signing::SigningKey;
 use std::sync::Arc;
 
 /// `--push`: the tags name the registries and repositories.
@@ -18,7 +19,7 @@ pub struct RegistrySink {
     feedback: Feedback,
     pushed: PushedTags,
     outcome: Option<PushOutcome>,
-    attachments: Attachments,
+    key: Option<Arc<SigningKey>>,
     attached: Option<Attached>,
 }
 
@@ -30,15 +31,16 @@ impl RegistrySink {
             feedback,
             pushed: PushedTags::default(),
             outcome: None,
-            attachments: Attachments::default(),
+            key: None,
             attached: None,
         }
     }
 
-    /// Also attach the SBOM referrer and the signature of `what` once the tags moved
-    /// ([`crate::registry::attach`]); their tags are put back with the image's.
-    pub fn attaching(mut self, what: Attachments) -> RegistrySink {
-        self.attachments = what;
+    /// Also sign, with `key`, what the tags name (and with several platforms each platform's
+    /// manifest) once the tags moved ([`crate::registry::attach`], which also attaches each
+    /// image's SBOM, [`Built::sboms`]); the `.sig` tags are put back with the image's.
+    pub fn signing(mut self, key: Option<Arc<SigningKey>>) -> RegistrySink {
+        self.key = key;
         self
     }
 }
@@ -67,8 +69,7 @@ impl<'a> Sink<'a> for RegistrySink {
                 ));
             };
             let mut moved = move_tags(built, &mut self.pushed, outcome).await;
-            if moved.is_ok() && (self.attachments.sbom.is_some() || self.attachments.key.is_some())
-            {
+            if moved.is_ok() && (!built.sboms.is_empty() || self.key.is_some()) {
                 moved = self.attach(built).await;
             }
             changes.record(std::mem::take(&mut self.pushed));
@@ -80,9 +81,23 @@ impl<'a> Sink<'a> for RegistrySink {
         if let Some(p) = &self.outcome {
             outcome.pushed = Some(p.clone());
         }
-        if let Some(a) = &self.attached {
-            outcome.sbom_referrer = a.sbom.clone();
-            outcome.signatures = a.signatures.clone();
+        // What the tags name at the top level; with several platforms, each platform's manifest
+        // in its entry.
+        let (Some(a), Some(p)) = (&self.attached, &self.outcome) else {
+            return;
+        };
+        for to in &a.subjects {
+            if to.subject == p.manifest_digest {
+                outcome.sbom_referrer = to.sbom.clone();
+                outcome.signatures = to.signatures.clone();
+            } else if let Some(image) = outcome
+                .platforms
+                .iter_mut()
+                .find(|i| i.manifest_digest == to.subject)
+            {
+                image.sbom_referrer = to.sbom.clone();
+                image.signatures = to.signatures.clone();
+            }
         }
     }
 
@@ -92,32 +107,50 @@ impl<'a> Sink<'a> for RegistrySink {
 }
 
 impl RegistrySink {
-    /// The SBOM referrer and the signature of the pushed manifest, on the push's sessions.
+    /// Each image's SBOM referrer and the signatures, on the push's sessions.
     async fn attach(&mut self, built: &Built) -> Result<(), crate::registry::RegistryError> {
-        let subject = Descriptor::of(media_type::MANIFEST, &built.image.manifest_json());
-        let mut what = Vec::new();
-        if let Some(sbom) = &self.attachments.sbom {
-            what.push(format!("the SBOM ({})", sbom.format.describe()));
-        }
-        if self.attachments.key.is_some() {
-            what.push("a signature".to_string());
-        }
-        (self.feedback.step)(format!(
-            "attaching {} to {}",
-            what.join(" and "),
-            subject.digest
-        ));
+        (self.feedback.step)(attaching_step(built, self.key.is_some()));
         let created = rfc3339(built.image.created);
-        let attached = attach(
-            built,
-            &subject,
-            &created,
-            &self.attachments,
-            &mut self.pushed,
-        )
-        .await?;
+        let attached = attach(built, &created, self.key.as_deref(), &mut self.pushed).await?;
         self.attached = Some(attached);
         Ok(())
+    }
+}
+
+/// The step line of the attachments: `attaching the SBOM (SPDX 2.3) and a signature to
+/// sha256:…`, or with several platforms `… each platform's SBOM … and signatures to the index
+/// sha256:… and its 2 images`.
+fn attaching_step(built: &Built, signing: bool) -> String {
+    let format = built.sboms.first().map(|s| s.sbom.format.describe());
+    let mut what = Vec::new();
+    match &built.index {
+        None => {
+            if let Some(format) = format {
+                what.push(format!("the SBOM ({format})"));
+            }
+            if signing {
+                what.push("a signature".to_string());
+            }
+            format!(
+                "attaching {} to {}",
+                what.join(" and "),
+                built.image.manifest_digest()
+            )
+        }
+        Some(index) => {
+            if let Some(format) = format {
+                what.push(format!("each platform's SBOM ({format})"));
+            }
+            if signing {
+                what.push("signatures".to_string());
+            }
+            format!(
+                "attaching {} to the index {} and its {} images",
+                what.join(" and "),
+                index.digest(),
+                index.images().len()
+            )
+        }
     }
 }
 
