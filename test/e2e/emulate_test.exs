@@ -78,6 +78,11 @@ defmodule DockerRelease.E2E.EmulateTest do
 
     [_, index] = Regex.run(~r/^Index\s+(sha256:[0-9a-f]{64})\s*$/m, out) || flunk(out)
 
+    # Each image has its own SBOM, attached to its manifest: the emulated one's too.
+    for p <- ["linux/amd64", "linux/arm64/v8"] do
+      assert out =~ ~r/^SBOM      referrer sha256:[0-9a-f]{64} \(\S+\) of #{p}, /m, out
+    end
+
     {raw, 0} =
       cmd("skopeo", ["inspect", "--raw", "--tls-verify=false", "docker://#{tag}"], stderr: false)
 
