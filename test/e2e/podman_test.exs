@@ -3,13 +3,15 @@ defmodule DockerRelease.E2E.PodmanTest do
   # user with `DOCKER_HOST=unix://…/podman.sock` meets it: a host build and a `--builder`
   # build load their images into Podman, the summary and the `cookie:` notice name `podman run`,
   # the images run with `podman run`, and no container of ours is left (nor a "could not be
-  # removed" warning, though Podman removes the builder's auto-removed container itself).
+  # removed" warning, though Podman removes the builder's auto-removed container itself). The
+  # two-Dockerfile flow builds the article fixture in Podman, whose build applies the sent
+  # `.dockerignore` again (the fixture's has `*.tar.gz`, which names the release tarball).
   #
   # The service runs on a socket of its own and is stopped when the module ends. Podman here
-  # needs explicit ulimits to run containers (CONTAINERS_CONF below). The builder image is
-  # copied from the Docker engine into Podman's store with `skopeo copy` when Podman lacks it
-  # (kept there by tag, like the Docker engine's builder images); images and cache volumes the
-  # tests make are removed.
+  # needs explicit ulimits to run containers (CONTAINERS_CONF below). The builder image (and
+  # the article's minbase) is copied from the Docker engine into Podman's store with
+  # `skopeo copy` when Podman lacks it (kept there by tag, like the Docker engine's builder
+  # images); images and cache volumes the tests make are removed.
   use ExUnit.Case, async: false
   @moduletag :engine
   @moduletag timeout: 900_000
@@ -105,6 +107,79 @@ defmodule DockerRelease.E2E.PodmanTest do
     end
   end
 
+  test "the two-Dockerfile flow in Podman: the final build gets the tarball the fixture's .dockerignore (*.tar.gz) names",
+       ctx do
+    if ctx.podman do
+      podman_image!(ctx, ensure_builder!("bookworm"))
+      podman_image!(ctx, ensure_minbase!())
+      dir = article_copy!()
+      assert File.read!(Path.join(dir, ".dockerignore")) =~ ~r/^\*\.tar\.gz$/m
+      repo = unique_repo("dr-e2e-podman")
+      {build_tag, tag} = {"#{repo}-build:t", "#{repo}/app:1"}
+      on_exit(fn -> podman(ctx, ["image", "rm", "-f", tag, build_tag]) end)
+
+      before = all_containers(ctx)
+
+      run =
+        run_release(
+          [
+            "--build-dockerfile",
+            "Dockerfile.build",
+            "--dockerfile",
+            "Dockerfile",
+            "--build-tag",
+            build_tag,
+            "--tag",
+            tag
+          ],
+          cd: dir,
+          env: [{"DOCKER_HOST", ctx.docker_host}]
+        )
+
+      assert run.status == 0, run.out
+      assert run.out =~ "==> copying /tmp/article_app.tar.gz", run.out
+      assert run.out =~ "==> building the final image #{tag}", run.out
+
+      # In Podman's store (not the Docker engine's), with the ID the task printed, and the
+      # release the tarball held runs.
+      {id, 0} = podman(ctx, ["image", "inspect", "-f", "{{.Id}}", tag])
+      assert run.out =~ String.trim(id), run.out
+      refute image_exists?(tag)
+      bin = "/opt/article_app/bin/article_app"
+      {out, status} = podman(ctx, ["run", "--rm", tag, bin, "eval", "IO.puts(21 * 2)"])
+      assert status == 0, out
+      assert "42" in String.split(out, "\n", trim: true), out
+      assert our_containers(ctx, run.owner) == []
+      assert all_containers(ctx) -- before == []
+    end
+  end
+
+  # A copy of test/fixtures/article_app that lists docker_release as a dev-only dependency, as
+  # a user of the task does (as in dockerfiles_test.exs).
+  defp article_copy! do
+    dir = tmp_dir!("dr-e2e-podman-article")
+    File.cp_r!(Path.join(root(), "test/fixtures/article_app"), dir)
+    mix = Path.join(dir, "mix.exs")
+    dep = ~s(deps: [{:docker_release, path: "#{root()}", only: :dev, runtime: false}],)
+    File.write!(mix, String.replace(File.read!(mix), "deps: [],", dep))
+    dir
+  end
+
+  # The article's final Dockerfile is FROM this Debian minbase (as in dockerfiles_test.exs).
+  defp ensure_minbase! do
+    image = "docker-release-test/minbase:bookworm"
+    script = Path.join(root(), "test/support/make-builder-image.sh")
+
+    {out, status} =
+      cmd("bash", [script, "bookworm", image],
+        env: [{"BUILDER_INCLUDE", "base-files"}],
+        timeout: 900
+      )
+
+    assert status == 0, out
+    image
+  end
+
   # The copy's release config gets a `cookie:` (which the task keeps out of the image).
   defp set_cookie!(dir) do
     mix = Path.join(dir, "mix.exs")
@@ -191,26 +266,28 @@ defmodule DockerRelease.E2E.PodmanTest do
   # The local `podman` CLI on the same store, with the same containers.conf.
   defp podman(ctx, args), do: cmd("podman", args, env: ctx.env, timeout: 120)
 
-  # The bookworm builder image in Podman's store: copied from the Docker engine unless Podman
-  # has the same image ID already (the same config bytes: skopeo keeps them).
-  defp podman_builder!(ctx) do
-    builder = ensure_builder!("bookworm")
-    id = image_inspect!(builder, "{{.Id}}")
-    local = "localhost/#{builder}"
+  # The bookworm builder image in Podman's store.
+  defp podman_builder!(ctx), do: podman_image!(ctx, ensure_builder!("bookworm"))
+
+  # `image` of the Docker engine in Podman's store: copied unless Podman has the same image ID
+  # already (the same config bytes: skopeo keeps them).
+  defp podman_image!(ctx, image) do
+    id = image_inspect!(image, "{{.Id}}")
+    local = "localhost/#{image}"
 
     {have, _} = podman(ctx, ["image", "inspect", "-f", "{{.Id}}", local])
 
     if "sha256:" <> String.trim(have) != id do
       {out, status} =
-        cmd("skopeo", ["copy", "docker-daemon:#{builder}", "containers-storage:#{local}"],
+        cmd("skopeo", ["copy", "docker-daemon:#{image}", "containers-storage:#{local}"],
           env: ctx.env,
           timeout: 600
         )
 
-      assert status == 0, "skopeo could not copy #{builder} into Podman's store:\n#{out}"
+      assert status == 0, "skopeo could not copy #{image} into Podman's store:\n#{out}"
     end
 
-    builder
+    image
   end
 
   defp podman_volumes(ctx, dir) do

@@ -285,7 +285,8 @@ defmodule Mix.Tasks.Docker.Release do
     * `--dockerfile PATH` - the final image's Dockerfile. Default `Dockerfile`.
     * `--build-tag NAME[:TAG]` - the build image's tag. Default `APP-build:VERSION`.
     * `--release-tarball NAME` - the tarball the build image leaves at `/tmp/NAME`, which lands
-      at the root of the final build's context. Default `APP.tar.gz`.
+      at the root of the final build's context (whose `.dockerignore` gets a last line
+      `!/NAME`, so engines that apply it again, like Podman, keep it). Default `APP.tar.gz`.
     * `--tag NAME[:TAG]` - the final image's tag(s). Default `APP:VERSION`.
     * `--no-cache` - build both images without the engine's cache (also: fresh builder caches,
       and every layer compressed again instead of taken from the layer cache).

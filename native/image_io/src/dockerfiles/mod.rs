@@ -10,7 +10,8 @@
 //! 3. copy the release tarball out of `/tmp/NAME` into a temporary file;
 //! 4. remove the container;
 //! 5. build the *final image* from `Dockerfile`, whose context is the project's files plus the
-//!    tarball at the context root (so `ADD NAME /opt/app` unpacks it), and tag it.
+//!    tarball at the context root (so `ADD NAME /opt/app` unpacks it), with a `.dockerignore`
+//!    that re-includes the tarball for engines that apply it again (Podman), and tag it.
 //!
 //! The temporary container has the lifecycle of every temporary container
 //! ([`crate::engine::Temporary`], shared with [`crate::builder`]): labelled, removed on
@@ -32,8 +33,8 @@ use crate::engine::{
     Temporary,
 };
 use crate::error::Reason;
-use context::{context_excludes, context_stream};
-use image_core::context::{ContextError, Excludes};
+use context::{context_stream, final_context, release_context, BuildContext};
+use image_core::context::ContextError;
 use image_core::reference::{Reference, ReferenceError};
 use serde::Serialize;
 use std::future::Future;
@@ -374,15 +375,14 @@ async fn run_checked<E: BuildEngine>(
         build_args: vec![("version".into(), flow.version.clone())],
         no_cache: flow.no_cache,
     };
-    let excludes = context_excludes(flow, &checked.build_dockerfile, None)?;
+    let context = release_context(flow, &checked.build_dockerfile)?;
     build_step(
         engine,
         step,
         &spec,
         flow,
         &flow.build_dockerfile,
-        excludes,
-        None,
+        context,
         on_line,
         &cancel,
     )
@@ -456,19 +456,14 @@ async fn run_checked<E: BuildEngine>(
         build_args: Vec::new(),
         no_cache: flow.no_cache,
     };
-    let excludes = context_excludes(flow, &checked.dockerfile, Some(&flow.release_tarball))?;
-    let extra = Some((
-        flow.release_tarball.clone(),
-        tarball.file.path().to_path_buf(),
-    ));
+    let context = final_context(flow, &checked.dockerfile, tarball.file.path())?;
     let built = build_step(
         engine,
         step,
         &spec,
         flow,
         &flow.dockerfile,
-        excludes,
-        extra,
+        context,
         on_line,
         &cancel,
     )
@@ -588,7 +583,7 @@ fn dockerfile_in_project(
     Ok(parts.join("/"))
 }
 
-/// Build one image with the project (plus `extra`, a file at the context root) as context.
+/// Build one image with `context` (the project, plus files at its root) as context.
 #[allow(clippy::too_many_arguments)]
 async fn build_step<E: BuildEngine>(
     engine: &E,
@@ -596,13 +591,12 @@ async fn build_step<E: BuildEngine>(
     spec: &BuildSpec,
     flow: &DockerfileFlow,
     dockerfile: &Path,
-    excludes: Excludes,
-    extra: Option<(String, PathBuf)>,
+    context: BuildContext,
     on_line: &OnLine,
     cancel: &CancellationToken,
 ) -> Result<Option<String>, FlowError> {
     check_cancelled(cancel, step)?;
-    let (body, writer) = context_stream(flow.project_dir.clone(), excludes, extra);
+    let (body, writer) = context_stream(flow.project_dir.clone(), context);
     let lines = {
         let on_line = on_line.clone();
         move |l: &str| on_line(step.key(), l)
@@ -667,6 +661,8 @@ mod tests {
     };
     use bytes::Bytes;
     use futures_util::TryStreamExt;
+    use image_core::context::Excludes;
+    use std::io::Read;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -676,6 +672,8 @@ mod tests {
         calls: Mutex<Vec<String>>,
         /// Entry names of each build's context.
         contexts: Mutex<Vec<Vec<String>>>,
+        /// The `.dockerignore` each build's context holds, if any.
+        dockerignores: Mutex<Vec<Option<String>>>,
         live: Mutex<Vec<String>>,
         detached: Mutex<Vec<String>>,
         /// Builds of this tag fail with this message.
@@ -744,11 +742,19 @@ mod tests {
                 .await
                 .map_err(|e| BuildCallError::Engine(EngineError::Load(e.to_string())))?;
             let tar = bytes.concat();
-            let mut names = Vec::new();
+            let (mut names, mut ignore) = (Vec::new(), None);
             for e in tar::Archive::new(&tar[..]).entries().unwrap() {
-                names.push(e.unwrap().path().unwrap().display().to_string());
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().display().to_string();
+                if name == ".dockerignore" {
+                    let mut text = String::new();
+                    e.read_to_string(&mut text).unwrap();
+                    ignore = Some(text);
+                }
+                names.push(name);
             }
             self.contexts.lock().unwrap().push(names);
+            self.dockerignores.lock().unwrap().push(ignore);
             on_line("Step 1/2 : FROM x");
             if let Some((_, msg)) = self.fail_build.filter(|(t, _)| *t == spec.tag) {
                 return Err(BuildCallError::Failed(msg.into()));
@@ -939,7 +945,8 @@ mod tests {
                 "mix.exs"
             ]
         );
-        // The final context: the copied tarball first, the project's stale one left out.
+        // The final context: the copied tarball first, the project's stale one left out, then
+        // our .dockerignore in place of the project's.
         assert_eq!(
             contexts[1],
             vec![
@@ -951,7 +958,69 @@ mod tests {
                 "mix.exs"
             ]
         );
+        // The first build sends the project's .dockerignore as is; the final build's ends by
+        // re-including the tarball, for engines that apply it again (Podman).
+        let project = "secret.env\nDockerfile*\n_build\n";
+        let ignores = engine.dockerignores.lock().unwrap().clone();
+        assert_eq!(ignores[0].as_deref(), Some(project));
+        assert_eq!(
+            ignores[1].as_deref(),
+            Some(format!("{project}!/hello.tar.gz\n").as_str())
+        );
         assert!(engine.live.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_project_without_dockerignore_gets_none_and_a_tarball_rule_is_undone() {
+        // Without .dockerignore: none is sent, in either build.
+        let (_dir, flow) = project();
+        std::fs::remove_file(flow.project_dir.join(".dockerignore")).unwrap();
+        let engine = Fake {
+            download: Some(tar_with("hello.tar.gz", b"release bytes")),
+            ..Fake::default()
+        };
+        go(&engine, &flow, None).await.0.unwrap();
+        let contexts = engine.contexts.lock().unwrap().clone();
+        assert!(!contexts[0].contains(&".dockerignore".to_string()));
+        assert_eq!(
+            contexts[1],
+            vec![
+                "hello.tar.gz",
+                "Dockerfile",
+                "Dockerfile.build",
+                "_build",
+                "_build/prod",
+                "lib",
+                "lib/a.ex",
+                "mix.exs",
+                "secret.env"
+            ]
+        );
+        assert_eq!(*engine.dockerignores.lock().unwrap(), vec![None, None]);
+
+        // A project that ignores tarballs (the article's `*.tar.gz`, no final newline, the
+        // file itself ignored): the first context is what `docker build` sends, the final one
+        // holds our tarball and a .dockerignore whose last rule re-includes it.
+        let (_dir, flow) = project();
+        let ignore = "*.tar.gz\n.dockerignore";
+        std::fs::write(flow.project_dir.join(".dockerignore"), ignore).unwrap();
+        let engine = Fake {
+            download: Some(tar_with("hello.tar.gz", b"release bytes")),
+            ..Fake::default()
+        };
+        go(&engine, &flow, None).await.0.unwrap();
+        let contexts = engine.contexts.lock().unwrap().clone();
+        assert_eq!(contexts[0][0], ".dockerignore");
+        assert!(!contexts[0].contains(&"hello.tar.gz".to_string()));
+        assert_eq!(contexts[1][..2], ["hello.tar.gz", ".dockerignore"]);
+        let ignores = engine.dockerignores.lock().unwrap().clone();
+        assert_eq!(ignores[0].as_deref(), Some(ignore));
+        let last = ignores[1].as_deref().unwrap();
+        assert_eq!(last, format!("{ignore}\n!/hello.tar.gz\n"));
+        let mut rules = Excludes::default();
+        rules.extend_dockerignore(last.as_bytes()).unwrap();
+        assert!(!rules.is_excluded("hello.tar.gz"));
+        assert!(rules.is_excluded("other.tar.gz"));
     }
 
     #[tokio::test]
