@@ -6,6 +6,7 @@ defmodule DockerRelease.E2E.DockerfilesTest do
   @moduletag :engine
 
   import DockerRelease.E2E
+  import DockerRelease.E2E.Builder, only: [run_release: 2, owned_containers: 1]
 
   @fixture Path.join(root(), "test/fixtures/article_app")
 
@@ -40,19 +41,15 @@ defmodule DockerRelease.E2E.DockerfilesTest do
     )
 
     repo = unique_repo("dr-e2e-article")
-    before = labelled_containers()
-
     on_exit(fn -> rm_images_where(&String.starts_with?(&1, repo)) end)
 
-    %{dir: dir, repo: repo, before: before}
+    %{dir: dir, repo: repo}
   end
 
-  defp labelled_containers do
-    docker!(["ps", "-aq", "--filter", "label=docker_release.temporary=true"]) |> String.split()
-  end
-
+  # The run as a separate OS process; its temporary containers are those labelled with its
+  # owner (other runs on the same engine have their own).
   defp flow(ctx, extra) do
-    mix_release(
+    run_release(
       [
         "--build-dockerfile",
         "Dockerfile.build",
@@ -66,7 +63,9 @@ defmodule DockerRelease.E2E.DockerfilesTest do
   end
 
   test "builds the release image, copies the tarball out, builds and tags the final image", ctx do
-    {out, status} = flow(ctx, ["--tag", "#{ctx.repo}/app:1", "--tag", "#{ctx.repo}/app:latest"])
+    %{out: out, status: status, owner: owner} =
+      flow(ctx, ["--tag", "#{ctx.repo}/app:1", "--tag", "#{ctx.repo}/app:latest"])
+
     assert status == 0, out
 
     # One line per step, as the article's script prints.
@@ -98,7 +97,7 @@ defmodule DockerRelease.E2E.DockerfilesTest do
       ])
 
     assert run_out =~ "ok"
-    assert labelled_containers() -- ctx.before == []
+    assert owned_containers(owner) == []
   end
 
   test "a failing Dockerfile.build names the step, shows the engine's error, leaves nothing",
@@ -106,12 +105,12 @@ defmodule DockerRelease.E2E.DockerfilesTest do
     path = Path.join(ctx.dir, "Dockerfile.build")
     File.write!(path, String.replace(File.read!(path), "RUN mix release", "RUN false"))
 
-    {out, status} = flow(ctx, ["--tag", "#{ctx.repo}/app:1"])
+    %{out: out, status: status, owner: owner} = flow(ctx, ["--tag", "#{ctx.repo}/app:1"])
     assert status != 0
     assert out =~ "building the release image"
     assert out =~ "returned a non-zero code: 1"
     refute image_exists?("#{ctx.repo}/app:1")
-    assert labelled_containers() -- ctx.before == []
+    assert owned_containers(owner) == []
   end
 
   test "a failing final Dockerfile puts the tags back: the build tag names its old image", ctx do
@@ -121,7 +120,9 @@ defmodule DockerRelease.E2E.DockerfilesTest do
     path = Path.join(ctx.dir, "Dockerfile")
     File.write!(path, File.read!(path) <> "RUN false\n")
 
-    {out, status} = flow(ctx, ["--tag", "#{ctx.repo}/app:1", "--tag", "#{ctx.repo}/app:latest"])
+    %{out: out, status: status, owner: owner} =
+      flow(ctx, ["--tag", "#{ctx.repo}/app:1", "--tag", "#{ctx.repo}/app:latest"])
+
     assert status != 0, out
     # The build image was built and tagged, then the final build failed.
     assert out =~ "creating a temporary container", out
@@ -130,7 +131,7 @@ defmodule DockerRelease.E2E.DockerfilesTest do
     assert image_inspect!("#{ctx.repo}-build:t", "{{.Id}}") == old
     refute image_exists?("#{ctx.repo}/app:1")
     refute image_exists?("#{ctx.repo}/app:latest")
-    assert labelled_containers() -- ctx.before == []
+    assert owned_containers(owner) == []
   end
 
   test "a build image without the tarball is a clear error and leaves no container", ctx do
@@ -141,12 +142,12 @@ defmodule DockerRelease.E2E.DockerfilesTest do
       String.replace(File.read!(path), "/tmp/article_app.tar.gz", "/tmp/elsewhere.tar.gz")
     )
 
-    {out, status} = flow(ctx, ["--tag", "#{ctx.repo}/app:1"])
+    %{out: out, status: status, owner: owner} = flow(ctx, ["--tag", "#{ctx.repo}/app:1"])
     assert status != 0
     assert out =~ "has no /tmp/article_app.tar.gz"
     assert out =~ "Dockerfile.build must leave the release tarball there"
     refute image_exists?("#{ctx.repo}/app:1")
-    assert labelled_containers() -- ctx.before == []
+    assert owned_containers(owner) == []
   end
 
   test "a missing Dockerfile is refused before anything is built", ctx do
