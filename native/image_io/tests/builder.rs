@@ -1143,13 +1143,18 @@ mod fake_engine {
 
     #[tokio::test]
     async fn a_missing_image_is_reported_with_what_to_do() {
-        let dir = project();
-        let mut fake = Fake::new();
-        fake.image = None;
-        let err = build_with(&fake, dir.path()).await.unwrap_err();
-        assert_eq!(err.reason(), "builder_image_missing");
-        assert!(err.to_string().contains("docker image ls"), "{err}");
-        assert_eq!(fake.calls().len(), 1);
+        for cli in ["docker", "podman"] {
+            let dir = project();
+            let mut fake = Fake::new();
+            (fake.image, fake.cli) = (None, cli);
+            let err = build_with(&fake, dir.path()).await.unwrap_err();
+            assert_eq!(err.reason(), "builder_image_missing");
+            assert!(
+                err.to_string().contains(&format!("`{cli} image ls`")),
+                "{err}"
+            );
+            assert_eq!(fake.calls().len(), 1);
+        }
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use image_core::archive::ArchiveError;
 use image_core::image::Image;
 use image_core::layer::{write_layer, Entry, LayerSpec, Source};
 use image_core::reference::Reference;
-use image_io::engine::{Body, Engine, EngineError};
+use image_io::engine::{Body, Engine, EngineError, EngineKind};
 use image_io::sink::{self, Built, Progress, SinkError};
 use std::io::Write;
 use std::path::Path;
@@ -207,6 +207,8 @@ struct FakeEngine {
     body_error: Mutex<Option<String>>,
     /// The layers (`diff_id`s) the engine says the image `hello:latest` has.
     held: Option<Vec<String>>,
+    /// Which engine it says it is.
+    kind: EngineKind,
 }
 
 impl FakeEngine {
@@ -218,6 +220,7 @@ impl FakeEngine {
             calls: Mutex::new(vec![]),
             tag_map: Mutex::new(Default::default()),
             refuse_tag: None,
+            kind: EngineKind::Docker,
             received: Mutex::new(vec![]),
             body_error: Mutex::new(None),
             held: None,
@@ -244,6 +247,10 @@ impl Engine for FakeEngine {
     async fn platform(&self) -> Result<String, EngineError> {
         self.record(Call::Platform);
         Ok(self.platform.clone())
+    }
+
+    async fn kind(&self) -> Result<EngineKind, EngineError> {
+        Ok(self.kind)
     }
 
     async fn load(&self, mut body: Body) -> Result<String, EngineError> {
@@ -512,6 +519,35 @@ async fn untag_leaves_a_tag_someone_else_moved_since() {
         Some(&theirs),
         "another run's tag is not touched"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_that_cannot_be_put_back_is_named_with_the_engines_command() {
+    for (kind, cli) in [
+        (EngineKind::Docker, "docker"),
+        (EngineKind::Podman, "podman"),
+    ] {
+        let mut fake = FakeEngine::new(LoadBehaviour::Ok);
+        let (id, prev) = (
+            format!("sha256:{}", "1".repeat(64)),
+            "sha256:old".to_string(),
+        );
+        fake.tag_map.lock().unwrap().extend([
+            ("hello:1".to_string(), id.clone()),
+            ("hello:2".into(), id.clone()),
+        ]);
+        (fake.kind, fake.refuse_tag) = (kind, Some("hello:1".into()));
+        let moves = vec![sink::TagMove {
+            reference: Reference::parse("hello:1").unwrap(),
+            previous: Some(prev.clone()),
+        }];
+        let left = sink::untag(&fake, &id, moves).await;
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(
+            left[0].ends_with(&format!("put it back with `{cli} tag {prev} hello:1`")),
+            "{left:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

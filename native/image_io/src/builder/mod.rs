@@ -260,12 +260,14 @@ impl<E: ContainerEngine> BuiltRelease<'_, E> {
 #[derive(Debug, thiserror::Error)]
 pub enum BuilderError {
     /// The builder image is not in the engine.
-    #[error("the builder image {image:?} is not in the Docker engine ({message}); nothing is pulled: build or pull it first (`docker image ls` lists what the engine has)")]
+    #[error("the builder image {image:?} is not in the engine ({message}); nothing is pulled: build or pull it first (`{cli} image ls` lists what the engine has)")]
     BuilderImageMissing {
         /// The reference given.
         image: String,
         /// The engine's message.
         message: String,
+        /// The engine's command-line tool (`docker`, `podman`).
+        cli: &'static str,
     },
     /// A step of the build exited with a non-zero status.
     #[error("`{command}` failed in the builder container ({image}) with exit status {status}. Last lines of its output:\n{}", indent(last_lines))]
@@ -472,6 +474,7 @@ pub async fn build_release_with<'a, E: ContainerEngine>(
                 return Err(BuilderError::BuilderImageMissing {
                     image: spec.image.clone(),
                     message,
+                    cli: engine.cli().await,
                 })
             }
         };

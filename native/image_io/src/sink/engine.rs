@@ -205,6 +205,10 @@ pub async fn tag<E: Engine>(
 /// Returns what could not be put back, each with the command that does it.
 pub async fn untag<E: Engine>(engine: &E, id: &str, moves: Vec<TagMove>) -> Vec<String> {
     let mut left = Vec::new();
+    let cli = engine
+        .kind()
+        .await
+        .map_or(crate::engine::EngineKind::Docker.cli(), |k| k.cli());
     for m in moves.into_iter().rev() {
         let repo = m.reference.repository();
         let name = format!("{repo}:{}", m.reference.tag);
@@ -225,10 +229,10 @@ pub async fn untag<E: Engine>(engine: &E, id: &str, moves: Vec<TagMove>) -> Vec<
         if let Err(e) = result {
             left.push(match &m.previous {
                 Some(prev) => format!(
-                    "the engine's tag {name} points at {id} instead of {prev} ({e}); put it back with `docker tag {prev} {name}`"
+                    "the engine's tag {name} points at {id} instead of {prev} ({e}); put it back with `{cli} tag {prev} {name}`"
                 ),
                 None => format!(
-                    "the engine's tag {name} was left on {id} ({e}); remove it with `docker image rm {name}`"
+                    "the engine's tag {name} was left on {id} ({e}); remove it with `{cli} image rm {name}`"
                 ),
             });
         }
