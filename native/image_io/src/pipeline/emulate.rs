@@ -11,11 +11,9 @@
 //! [`image_core::foreign::EMULATED_BUILD_ENV`] (ERTS's JIT maps its code twice, which QEMU user
 //! mode does not support).
 
-use super::{
-    plan_until_complete, step_and_line, Destinations, Event, Events, Release, Request, Source,
-};
+use super::release::build_in_builder;
+use super::{plan_until_complete, Destinations, Event, Events, Request, Source};
 use crate::base::registry_image_for;
-use crate::builder::{self, BuilderSpec};
 use crate::engine::DockerEngine;
 use crate::error::{Failure, Reason};
 use crate::registry::RegistryOptions;
@@ -110,62 +108,20 @@ pub async fn build_emulated(
     cancel: &CancellationToken,
 ) -> Result<Emulated, Failure> {
     let (platform, image) = (&emulator.platform, emulator.given.as_str());
-    let Source::Builder {
-        named_release,
-        project_dir,
-        mix_env,
-        cache,
-        ..
-    } = &req.source
-    else {
-        return Err(Failure::new(
-            Reason::InvalidConfig,
-            "--emulate builds the release in a builder of each platform: give --builder IMAGE",
-        ));
-    };
     events(Event::Step(format!(
         "building the release for {platform} in {image} under emulation (QEMU): slower than a native build"
     )));
-    let excludes = image_core::context::Excludes::for_project(project_dir)
-        .map_err(|e| Failure::new(Reason::ReadError, e))?;
-    let mut settings = req.settings.clone();
-    let spec = BuilderSpec {
-        image: emulator.in_engine.clone(),
-        project_dir: project_dir.clone(),
-        mix_env: mix_env.clone(),
-        release_name: settings.release_name.clone(),
-        named_release: *named_release,
-        cache: *cache,
-        excludes,
-        env: EMULATED_BUILD_ENV
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-    };
-    let (on_step, on_line) = step_and_line(events);
-    let on_bytes = {
-        let events = events.clone();
-        Arc::new(move |step: &str, done: u64| {
-            events(Event::Bytes {
-                step: step.to_string(),
-                done,
-            })
-        })
-    };
-    let built =
-        builder::build_release_with(engine, &spec, on_step, on_line, on_bytes, cancel.clone())
+    let env = EMULATED_BUILD_ENV
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let (mut release, otp) =
+        build_in_builder(req, engine, &emulator.in_engine, env, events, cancel)
             .await
             .map_err(|e| emulation_failure(platform, image, e))?;
     events(Event::Step(format!(
-        "built the release for {platform} in {image} (OTP {})",
-        built.otp_release
+        "built the release for {platform} in {image} (OTP {otp})"
     )));
-    settings.release_dir = built.release_dir.clone();
-    let mut release = Release {
-        fs: built.fs.clone(),
-        settings,
-        builder: Some(built),
-    };
     let planned = plan_until_complete(&mut release, None, events, cancel).await;
     let finished = match release.builder.as_mut() {
         Some(b) => b.finish().await,
@@ -206,20 +162,15 @@ async fn builder_in_engine(
     image: &str,
     events: &Events,
 ) -> Result<String, Failure> {
-    let engine_has = |p: Option<(String, String)>| {
-        p.and_then(|(id, p)| {
-            let p = image_core::platform::parse(&p).ok()?;
-            Some((id, p))
-        })
-    };
+    // The platform of the engine's image of that name, if it has one.
+    let engine_has =
+        |p: Option<(String, String)>| p.and_then(|(_id, p)| image_core::platform::parse(&p).ok());
     let here = engine_has(engine.image_platform(image).await?);
-    if let Some((_, p)) = &here {
-        if same_platform(p, platform) {
-            return Ok(image.to_string());
-        }
+    if here.as_ref().is_some_and(|p| same_platform(p, platform)) {
+        return Ok(image.to_string());
     }
     let what_engine_has = match &here {
-        Some((_, p)) => format!("the engine's {image} is an image of {p}"),
+        Some(p) => format!("the engine's {image} is an image of {p}"),
         None => format!("the engine has no image {image}"),
     };
     let pinned = registry_image_for(image, registry, platform)
@@ -252,8 +203,8 @@ async fn builder_in_engine(
             .await?;
     }
     match engine_has(engine.image_platform(&pinned).await?) {
-        Some((_, p)) if same_platform(&p, platform) => Ok(pinned),
-        Some((_, p)) => Err(Failure::new(
+        Some(p) if same_platform(&p, platform) => Ok(pinned),
+        Some(p) => Err(Failure::new(
             Reason::PlatformIncompatible,
             format!(
                 "{pinned}, {image}'s entry for {platform} in its registry, is an image of {p}: the registry's index is wrong. Name a builder of {platform} with --platform-image {platform}=IMAGE"
@@ -267,8 +218,8 @@ async fn builder_in_engine(
 
 /// A failed build under emulation, with what to check when the engine's machine cannot run the
 /// platform's programs at all.
-fn emulation_failure(platform: &Platform, image: &str, e: builder::BuilderError) -> Failure {
-    let text = e.to_string();
+fn emulation_failure(platform: &Platform, image: &str, e: Failure) -> Failure {
+    let text = &e.message;
     if text.contains("exec format error") || text.contains("Exec format error") {
         return Failure::new(
             Reason::PlatformIncompatible,
@@ -277,12 +228,13 @@ fn emulation_failure(platform: &Platform, image: &str, e: builder::BuilderError)
             ),
         );
     }
-    e.into()
+    e
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builder;
 
     fn arm64() -> Platform {
         image_core::platform::parse("linux/arm64").unwrap()
@@ -293,7 +245,7 @@ mod tests {
         let e = builder::BuilderError::Builder(
             "exec /bin/sh: exec format error (the container exited with status 1)".into(),
         );
-        let f = emulation_failure(&arm64(), "b:1", e);
+        let f = emulation_failure(&arm64(), "b:1", e.into());
         assert_eq!(f.reason, Reason::PlatformIncompatible);
         assert!(
             f.message.contains("cannot run programs of linux/arm64/v8"),
@@ -313,7 +265,7 @@ mod tests {
             status: 1,
             last_lines: vec!["** (Mix) boom".into()],
         };
-        let f = emulation_failure(&arm64(), "b:1", e);
+        let f = emulation_failure(&arm64(), "b:1", e.into());
         assert_eq!(f.reason, Reason::ReleaseBuildFailed);
         assert!(f.message.contains("** (Mix) boom"), "{}", f.message);
     }

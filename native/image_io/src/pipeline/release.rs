@@ -30,15 +30,7 @@ pub async fn obtain_release<'a>(
     cancel: &CancellationToken,
     host_build: Option<HostBuild>,
 ) -> Result<Release<'a>, Failure> {
-    let mut settings = req.settings.clone();
-    let Source::Builder {
-        image,
-        named_release,
-        project_dir,
-        mix_env,
-        cache,
-    } = &req.source
-    else {
+    let Source::Builder { image, .. } = &req.source else {
         if let Some(done) = host_build {
             let cancelled = || Failure::new(Reason::Cancelled, "the build was cancelled");
             tokio::select! {
@@ -48,7 +40,7 @@ pub async fn obtain_release<'a>(
         }
         return Ok(Release {
             fs: Arc::new(HostFs::new("/")),
-            settings,
+            settings: req.settings.clone(),
             builder: None,
         });
     };
@@ -62,17 +54,46 @@ pub async fn obtain_release<'a>(
             "removed {swept} temporary container(s) left by an interrupted run"
         )));
     }
+    let (release, otp) = build_in_builder(req, engine, image, Vec::new(), events, cancel).await?;
+    events(Event::Step(format!(
+        "built the release in {image} (OTP {otp})"
+    )));
+    Ok(release)
+}
+
+/// Build the release of `req` (a builder build) in a container of `image`, with `env` added to
+/// the build's environment. Returns it with the builder's OTP release; the container keeps
+/// running while the plan reads its filesystem.
+pub(super) async fn build_in_builder<'a>(
+    req: &Request,
+    engine: &'a DockerEngine,
+    image: &str,
+    env: Vec<String>,
+    events: &Events,
+    cancel: &CancellationToken,
+) -> Result<(Release<'a>, String), Failure> {
+    let Source::Builder {
+        named_release,
+        project_dir,
+        mix_env,
+        cache,
+        ..
+    } = &req.source
+    else {
+        return Err(Failure::internal("a builder build without a builder"));
+    };
+    let mut settings = req.settings.clone();
     let excludes = image_core::context::Excludes::for_project(project_dir)
         .map_err(|e| Failure::new(Reason::ReadError, e))?;
     let spec = BuilderSpec {
-        image: image.clone(),
+        image: image.to_string(),
         project_dir: project_dir.clone(),
         mix_env: mix_env.clone(),
         release_name: settings.release_name.clone(),
         named_release: *named_release,
         cache: *cache,
         excludes,
-        env: Vec::new(),
+        env,
     };
     let (on_step, on_line) = step_and_line(events);
     let on_bytes = {
@@ -87,14 +108,12 @@ pub async fn obtain_release<'a>(
     let built =
         builder::build_release_with(engine, &spec, on_step, on_line, on_bytes, cancel.clone())
             .await?;
-    events(Event::Step(format!(
-        "built the release in {image} (OTP {})",
-        built.otp_release
-    )));
+    let otp = built.otp_release.clone();
     settings.release_dir = built.release_dir.clone();
-    Ok(Release {
+    let release = Release {
         fs: built.fs.clone(),
         settings,
         builder: Some(built),
-    })
+    };
+    Ok((release, otp))
 }
