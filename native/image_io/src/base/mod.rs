@@ -329,34 +329,35 @@ pub async fn load_base(
 
 /// `reference`'s image for `platform` in its registry, as a name an engine can pull without
 /// making or moving a tag: `NAME@sha256:…` (the index's entry for `platform`, or the manifest
-/// `reference` names when it is a single image). Names without a registry host are Docker
-/// Hub's, as for an engine.
+/// `reference` names when it is a single image), and the registry host it is pulled from.
+/// Names without a registry host are Docker Hub's, as for an engine.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), image_io::base::BaseError> {
 /// use image_core::elf::Platform;
 /// let arm64 = Platform { os: "linux".into(), architecture: "arm64".into(), variant: None };
-/// let pinned = image_io::base::registry_image_for(
+/// let (pinned, host) = image_io::base::registry_image_for(
 ///     "registry.example.com/team/builder:27",
 ///     &Default::default(),
 ///     &arm64,
 /// )
 /// .await?;
 /// assert!(pinned.starts_with("registry.example.com/team/builder@sha256:"));
+/// assert_eq!(host, "registry.example.com");
 /// # Ok(()) }
 /// ```
 pub async fn registry_image_for(
     reference: &str,
     registry: &RegistryOptions,
     platform: &Platform,
-) -> Result<String, BaseError> {
+) -> Result<(String, String), BaseError> {
     let r = BaseRef::parse(reference)?;
     let digest = pull::manifest_digest(&r, registry, platform).await?;
     let name = match &r.domain {
         Some(d) => format!("{d}/{}", r.path),
         None => r.path.clone(),
     };
-    Ok(format!("{name}@{digest}"))
+    Ok((format!("{name}@{digest}"), r.registry_host()))
 }
 
 fn invalid(reference: &str, problem: impl Into<String>) -> BaseError {

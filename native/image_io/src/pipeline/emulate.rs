@@ -173,7 +173,7 @@ async fn builder_in_engine(
         Some(p) => format!("the engine's {image} is an image of {p}"),
         None => format!("the engine has no image {image}"),
     };
-    let pinned = registry_image_for(image, registry, platform)
+    let (pinned, host) = registry_image_for(image, registry, platform)
         .await
         .map_err(|e| {
             Failure::new(
@@ -187,15 +187,12 @@ async fn builder_in_engine(
         events(Event::Step(format!(
             "{what_engine_has}: pulling its {platform} image {pinned} into the engine"
         )));
+        // The engine pulls with the login our pushes and reads use (a token exchange is
+        // ours alone: an identity token is not passed on).
         let credential = registry
-            .credentials
-            .clone()
-            .unwrap_or_else(|| {
-                crate::registry::credentials::CredentialStore::from_env(&|k| std::env::var(k).ok())
-            })
-            .get(pinned.split('/').next().unwrap_or_default())
-            .ok()
-            .flatten()
+            .credential_for(&host)
+            .await
+            .map_err(|e| Failure::new(e.reason(), format!("pulling {pinned}: {e}")))?
             .filter(|c| c.identity_token().is_none())
             .map(|c| (c.username, c.password));
         engine

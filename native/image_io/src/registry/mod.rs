@@ -229,4 +229,17 @@ impl RegistryOptions {
             ..CredentialStore::from_env(&|k| std::env::var(k).ok())
         })
     }
+
+    /// The credentials these options give for registry `host` (what is sent to an engine that
+    /// pulls from it), looked up off the async worker threads (a helper is a process).
+    pub(crate) async fn credential_for(
+        &self,
+        host: &str,
+    ) -> Result<Option<credentials::Credential>, RegistryError> {
+        let (store, host) = (self.credential_store(), host.to_string());
+        tokio::task::spawn_blocking(move || store.get(&host))
+            .await
+            .map_err(|e| RegistryError::Internal(format!("credential lookup failed: {e}")))?
+            .map_err(RegistryError::from)
+    }
 }
