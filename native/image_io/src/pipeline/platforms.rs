@@ -147,32 +147,16 @@ impl Platforms {
             let (build, cache) = (build.clone(), cache.clone());
             let written = tokio::task::spawn_blocking(move || -> Result<Layered, Failure> {
                 let mut progress = progress_events(events, cancel);
+                let mut write = |fs: &dyn Fs, plan: &Plan| {
+                    let (cache, progress) = (cache.as_ref(), &mut progress);
+                    build_cached(fs, plan, created, level, &blobs, cache, progress)
+                };
                 let (image, plan) = match foreign.from {
                     ForeignFrom::Files { target, plan } => {
                         let fs = plan.substitution.fs(&*build, &target.fs);
-                        let image = build_cached(
-                            &fs,
-                            &plan.plan,
-                            created,
-                            level,
-                            &blobs,
-                            cache.as_ref(),
-                            &mut progress,
-                        )?;
-                        (image, plan.plan)
+                        (write(&fs, &plan.plan)?, plan.plan)
                     }
-                    ForeignFrom::Emulated(e) => {
-                        let image = build_cached(
-                            &*e.fs,
-                            &e.plan,
-                            created,
-                            level,
-                            &blobs,
-                            cache.as_ref(),
-                            &mut progress,
-                        )?;
-                        (image, e.plan)
-                    }
+                    ForeignFrom::Emulated(e) => (write(&*e.fs, &e.plan)?, e.plan),
                 };
                 Ok(Layered {
                     image,
