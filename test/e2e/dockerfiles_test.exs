@@ -6,40 +6,19 @@ defmodule DockerRelease.E2E.DockerfilesTest do
   @moduletag :engine
 
   import DockerRelease.E2E
-  import DockerRelease.E2E.Builder, only: [run_release: 2, owned_containers: 1]
 
-  @fixture Path.join(root(), "test/fixtures/article_app")
+  import DockerRelease.E2E.Builder,
+    only: [run_release: 2, owned_containers: 1, ensure_builder!: 1, article_copy!: 1]
 
   setup_all do
-    for {suite, tag, include} <- [
-          {"bookworm", "docker-release-test/builder:bookworm", nil},
-          {"bookworm", "docker-release-test/minbase:bookworm", "base-files"}
-        ] do
-      env = if include, do: [{"BUILDER_INCLUDE", include}], else: []
-      script = Path.join(root(), "test/support/make-builder-image.sh")
-      {out, status} = cmd("bash", [script, suite, tag], env: env, timeout: 900)
-      assert status == 0, out
-    end
-
+    # The builder image Dockerfile.build is FROM, the minbase Dockerfile is FROM.
+    ensure_builder!("bookworm")
+    ensure_builder!("minbase")
     :ok
   end
 
   setup do
-    dir = tmp_dir!("dr-e2e-article")
-    File.cp_r!(@fixture, dir)
-
-    # The fixture has no deps; a user of the task lists docker_release as a dev-only dep.
-    mix = Path.join(dir, "mix.exs")
-
-    File.write!(
-      mix,
-      String.replace(
-        File.read!(mix),
-        "deps: [],",
-        ~s(deps: [{:docker_release, path: "#{root()}", only: :dev, runtime: false}],)
-      )
-    )
-
+    dir = article_copy!("dr-e2e-article")
     repo = unique_repo("dr-e2e-article")
     on_exit(fn -> rm_images_where(&String.starts_with?(&1, repo)) end)
 

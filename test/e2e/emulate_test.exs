@@ -83,8 +83,7 @@ defmodule DockerRelease.E2E.EmulateTest do
       assert out =~ ~r/^SBOM      referrer sha256:[0-9a-f]{64} \(\S+\) of #{p}, /m, out
     end
 
-    {raw, 0} =
-      cmd("skopeo", ["inspect", "--raw", "--tls-verify=false", "docker://#{tag}"], stderr: false)
+    raw = skopeo!(["inspect", "--raw", "--tls-verify=false", "docker://#{tag}"])
 
     assert "sha256:" <> Base.encode16(:crypto.hash(:sha256, raw), case: :lower) == index
 
@@ -92,15 +91,11 @@ defmodule DockerRelease.E2E.EmulateTest do
           {"amd64", "x86_64-pc-linux-gnu"},
           {"arm64", "aarch64-unknown-linux-gnu"}
         ] do
-      {copied, status} =
-        cmd(
-          "skopeo",
-          ["copy", "--quiet", "--src-tls-verify=false", "--override-arch", arch] ++
-            ["docker://#{tag}", "docker-daemon:#{local}:#{arch}"],
-          timeout: 300
-        )
+      skopeo!(
+        ["copy", "--quiet", "--src-tls-verify=false", "--override-arch", arch] ++
+          ["docker://#{tag}", "docker-daemon:#{local}:#{arch}"]
+      )
 
-      assert status == 0, copied
       assert image_inspect!("#{local}:#{arch}", "{{.Architecture}}") == arch
 
       # The NIF loads (an ELF file of the wrong machine would not) and answers.

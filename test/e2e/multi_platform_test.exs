@@ -62,12 +62,6 @@ defmodule DockerRelease.E2E.MultiPlatformTest do
     Map.new(entries, fn {name, bytes} -> {to_string(name), bytes} end)
   end
 
-  defp skopeo!(args) do
-    {out, status} = cmd("skopeo", args, stderr: false, timeout: 120)
-    assert status == 0, "skopeo #{Enum.join(args, " ")} failed (#{status}):\n#{out}"
-    out
-  end
-
   test "pushed: the tag names an index; the arm64 image pulled and run under QEMU", ctx do
     project = example_copy!("hello", "dr-e2e-multi")
     repo = "#{ctx.registry}/team/hello-multi"

@@ -111,8 +111,8 @@ defmodule DockerRelease.E2E.PodmanTest do
        ctx do
     if ctx.podman do
       podman_image!(ctx, ensure_builder!("bookworm"))
-      podman_image!(ctx, ensure_minbase!())
-      dir = article_copy!()
+      podman_image!(ctx, ensure_builder!("minbase"))
+      dir = article_copy!("dr-e2e-podman-article")
       assert File.read!(Path.join(dir, ".dockerignore")) =~ ~r/^\*\.tar\.gz$/m
       repo = unique_repo("dr-e2e-podman")
       {build_tag, tag} = {"#{repo}-build:t", "#{repo}/app:1"}
@@ -152,32 +152,6 @@ defmodule DockerRelease.E2E.PodmanTest do
       assert our_containers(ctx, run.owner) == []
       assert all_containers(ctx) -- before == []
     end
-  end
-
-  # A copy of test/fixtures/article_app that lists docker_release as a dev-only dependency, as
-  # a user of the task does (as in dockerfiles_test.exs).
-  defp article_copy! do
-    dir = tmp_dir!("dr-e2e-podman-article")
-    File.cp_r!(Path.join(root(), "test/fixtures/article_app"), dir)
-    mix = Path.join(dir, "mix.exs")
-    dep = ~s(deps: [{:docker_release, path: "#{root()}", only: :dev, runtime: false}],)
-    File.write!(mix, String.replace(File.read!(mix), "deps: [],", dep))
-    dir
-  end
-
-  # The article's final Dockerfile is FROM this Debian minbase (as in dockerfiles_test.exs).
-  defp ensure_minbase! do
-    image = "docker-release-test/minbase:bookworm"
-    script = Path.join(root(), "test/support/make-builder-image.sh")
-
-    {out, status} =
-      cmd("bash", [script, "bookworm", image],
-        env: [{"BUILDER_INCLUDE", "base-files"}],
-        timeout: 900
-      )
-
-    assert status == 0, out
-    image
   end
 
   # The copy's release config gets a `cookie:` (which the task keeps out of the image).

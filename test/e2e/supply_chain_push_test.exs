@@ -185,17 +185,6 @@ defmodule DockerRelease.E2E.SupplyChainPushTest do
     Enum.find_value(files, fn {name, bytes} -> to_string(name) == path && bytes end)
   end
 
-  defp venv! do
-    dir = System.get_env("DOCKER_RELEASE_SBOMCHECK") || "/var/cache/docker_release/sbomcheck"
-
-    if File.exists?(Path.join(dir, "bin/pyspdxtools")) do
-      dir
-    else
-      missing!("the SBOM validators' virtualenv #{dir} (scripts/setup.sh makes it)")
-      nil
-    end
-  end
-
   defp refute_key_in!(ctx, texts) do
     secret =
       for line <- String.split(File.read!(ctx.key), "\n"),
@@ -226,7 +215,7 @@ defmodule DockerRelease.E2E.SupplyChainPushTest do
       assert blob == file
       assert image_file!(ctx, digest, "sbom.spdx.json") == file
 
-      if venv = venv!() do
+      if venv = sbom_venv!() do
         {report, status} = cmd(Path.join(venv, "bin/pyspdxtools"), ["-i", run.sbom])
         assert status == 0, "pyspdxtools rejects the SBOM:\n#{report}"
       end
@@ -337,7 +326,7 @@ defmodule DockerRelease.E2E.SupplyChainPushTest do
         assert blob == image_file!(ctx, digest, "sbom.spdx.json")
         assert blob == File.read!(file)
 
-        if venv = venv!() do
+        if venv = sbom_venv!() do
           {report, status} = cmd(Path.join(venv, "bin/pyspdxtools"), ["-i", file])
           assert status == 0, "pyspdxtools rejects the #{platform} SBOM:\n#{report}"
         end

@@ -231,17 +231,6 @@ defmodule DockerRelease.E2E.SupplyChainTest do
 
   ## The SBOM
 
-  defp venv! do
-    dir = System.get_env("DOCKER_RELEASE_SBOMCHECK") || "/var/cache/docker_release/sbomcheck"
-
-    if File.exists?(Path.join(dir, "bin/pyspdxtools")) do
-      dir
-    else
-      missing!("the SBOM validators' virtualenv #{dir} (scripts/setup.sh makes it)")
-      nil
-    end
-  end
-
   # `name version` of every package of an SPDX document, read with Python's json module.
   defp spdx_packages(venv, file) do
     script =
@@ -252,7 +241,7 @@ defmodule DockerRelease.E2E.SupplyChainTest do
   end
 
   test "the embedded SBOM validates with pyspdxtools and lists every part of the release", ctx do
-    if venv = venv!() do
+    if venv = sbom_venv!() do
       layers = layers!(ctx.host)
       app = List.last(layers)
       sbom = app.files["/sbom.spdx.json"]
@@ -287,7 +276,7 @@ defmodule DockerRelease.E2E.SupplyChainTest do
 
   test "--sbom-format cyclonedx embeds /sbom.cdx.json valid for the CycloneDX 1.5 schema; --no-sbom none",
        ctx do
-    if venv = venv!() do
+    if venv = sbom_venv!() do
       cdx = Path.join(ctx.tmp, "cdx.tar")
 
       mix_release!(

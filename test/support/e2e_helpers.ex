@@ -77,6 +77,28 @@ defmodule DockerRelease.E2E do
   defp set?(var),
     do: String.trim(System.get_env(var) || "") not in ["", "0", "false", "FALSE", "False"]
 
+  @doc "Runs `skopeo ARGS` (stderr left out), asserting success; returns its output."
+  def skopeo!(args, timeout \\ 300) do
+    {out, status} = cmd("skopeo", args, stderr: false, timeout: timeout)
+    assert status == 0, "skopeo #{Enum.join(args, " ")} failed (#{status}):\n#{out}"
+    out
+  end
+
+  @doc """
+  The virtualenv with the SBOM validators (`pyspdxtools`, ...), made by scripts/setup.sh
+  (`DOCKER_RELEASE_SBOMCHECK` overrides where); `nil`, after `missing!/1`, when it is not there.
+  """
+  def sbom_venv! do
+    dir = System.get_env("DOCKER_RELEASE_SBOMCHECK") || "/var/cache/docker_release/sbomcheck"
+
+    if File.exists?(Path.join(dir, "bin/pyspdxtools")) do
+      dir
+    else
+      missing!("the SBOM validators' virtualenv #{dir} (scripts/setup.sh makes it)")
+      nil
+    end
+  end
+
   @doc "A TCP port on 127.0.0.1 that was free a moment ago."
   def free_port do
     {:ok, s} = :gen_tcp.listen(0, ip: {127, 0, 0, 1}, reuseaddr: true)
@@ -636,7 +658,9 @@ defmodule DockerRelease.E2E.Builder do
     # dpkg's database (the tag without -dpkgdb had none), as every real arm64 image has.
     "trixie-arm64" => "docker-release-test/builder:trixie-arm64-dpkgdb",
     # The same with the C toolchain of "trixie-cc": a builder run under QEMU (--emulate).
-    "trixie-arm64-cc" => "docker-release-test/builder:trixie-arm64-cc-dpkgdb"
+    "trixie-arm64-cc" => "docker-release-test/builder:trixie-arm64-cc-dpkgdb",
+    # Debian 12 minbase (base-files only): what the article's final Dockerfile is FROM.
+    "minbase" => "docker-release-test/minbase:bookworm"
   }
 
   @cc_include "elixir,erlang-dev,ca-certificates,gcc,make,libc6-dev"
@@ -674,6 +698,7 @@ defmodule DockerRelease.E2E.Builder do
     {debian, env} =
       case suite do
         "trixie-cc" -> {"trixie", [{"BUILDER_INCLUDE", @cc_include}]}
+        "minbase" -> {"bookworm", [{"BUILDER_INCLUDE", "base-files"}]}
         other -> {other, []}
       end
 
@@ -726,10 +751,20 @@ defmodule DockerRelease.E2E.Builder do
     "#{repo}:multi"
   end
 
-  defp skopeo!(args) do
-    {out, status} = cmd("skopeo", args, stderr: false, timeout: 300)
-    assert status == 0, "skopeo #{Enum.join(args, " ")} failed (#{status}):\n#{out}"
-    out
+  @doc """
+  A copy of test/fixtures/article_app (the article's two-Dockerfile project) in a fresh
+  temporary directory, listing docker_release as a dev-only dependency as a user of the task
+  does. Returns the directory.
+  """
+  def article_copy!(prefix) do
+    dir = tmp_dir!(prefix)
+    File.cp_r!(Path.join(root(), "test/fixtures/article_app"), dir)
+    mix = Path.join(dir, "mix.exs")
+    dep = ~s(deps: [{:docker_release, path: "#{root()}", only: :dev, runtime: false}],)
+    text = File.read!(mix)
+    assert text =~ "deps: [],", "the article fixture's mix.exs no longer has `deps: [],`"
+    File.write!(mix, String.replace(text, "deps: [],", dep))
+    dir
   end
 
   @doc "`%{otp: \"25\", elixir: \"1.14.0\"}` of a builder image, asked from a container of it."
