@@ -260,12 +260,8 @@ mod tests {
         blobs.path(&s.info.digest)
     }
 
-    fn read(root: &Path, p: &str) -> Option<String> {
-        std::fs::read_to_string(root.join(p)).ok()
-    }
-
-    #[test]
-    fn layers_apply_in_order_with_whiteouts_symlinked_parents_and_opaque_dirs() {
+    /// A scratch directory with an empty blob directory and an empty root to unpack into.
+    fn scratch() -> (tempfile::TempDir, BlobDir, std::path::PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let blobs = BlobDir {
             root: tmp.path().join("blobs"),
@@ -273,6 +269,16 @@ mod tests {
         std::fs::create_dir_all(&blobs.root).unwrap();
         let root = tmp.path().join("root");
         std::fs::create_dir(&root).unwrap();
+        (tmp, blobs, root)
+    }
+
+    fn read(root: &Path, p: &str) -> Option<String> {
+        std::fs::read_to_string(root.join(p)).ok()
+    }
+
+    #[test]
+    fn layers_apply_in_order_with_whiteouts_symlinked_parents_and_opaque_dirs() {
+        let (tmp, blobs, root) = scratch();
         let l1 = layer(
             &blobs,
             &[
@@ -330,13 +336,7 @@ mod tests {
 
     #[test]
     fn of_dpkg_state_only_what_the_package_survey_reads_is_unpacked() {
-        let tmp = tempfile::tempdir().unwrap();
-        let blobs = BlobDir {
-            root: tmp.path().join("blobs"),
-        };
-        std::fs::create_dir_all(&blobs.root).unwrap();
-        let root = tmp.path().join("root");
-        std::fs::create_dir(&root).unwrap();
+        let (_tmp, blobs, root) = scratch();
         let l1 = layer(
             &blobs,
             &[
