@@ -226,7 +226,8 @@ defmodule Mix.Tasks.Docker.Release do
   take several times as long as the native one (examples/with_deps, warm, one-line change:
   22 s for amd64 plus arm64 under emulation, 3.6 s for amd64 alone; docs/BENCHMARKS.md,
   figure 12). Builds run with `ERL_AFLAGS=+JMsingle true` (QEMU
-  and the JIT's doubly mapped code); OTP 25's JIT still crashes under QEMU here: use OTP 26 or
+  and the JIT's doubly mapped code). Tested with Debian 13's OTP 27 for arm64; Debian 12's
+  OTP 25 for arm64 crashed under this machine's QEMU when tried by hand: prefer OTP 26 or
   later in the builder.
 
   A platform is `OS/ARCH[/VARIANT]`: `linux/amd64`, `linux/arm64` (the same as

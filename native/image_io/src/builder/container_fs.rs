@@ -712,8 +712,8 @@ mod tests {
         }
     }
 
-    /// Many wants in one round: the script's work grows with the names, not their square
-    /// (checked by the answer being complete; the time is what `--emulate` needs).
+    /// Many wants in one round all come back (that the script's time grows with the names, not
+    /// their square, is measured in docs/BENCHMARKS.md figure 12, not here).
     #[test]
     fn a_round_of_many_wants_brings_them_all() {
         for shell in SHELLS {
