@@ -122,36 +122,30 @@ impl RegistrySink {
 /// sha256:… and its 2 images`.
 fn attaching_step(built: &Built, signing: bool) -> String {
     let format = built.sboms.first().map(|s| s.sbom.format.describe());
-    let mut what = Vec::new();
-    match &built.index {
-        None => {
-            if let Some(format) = format {
-                what.push(format!("the SBOM ({format})"));
-            }
-            if signing {
-                what.push("a signature".to_string());
-            }
+    let (sbom, signature, target) = match &built.index {
+        None => (
+            "the SBOM",
+            "a signature",
+            built.image.manifest_digest().to_string(),
+        ),
+        Some(index) => (
+            "each platform's SBOM",
+            "signatures",
             format!(
-                "attaching {} to {}",
-                what.join(" and "),
-                built.image.manifest_digest()
-            )
-        }
-        Some(index) => {
-            if let Some(format) = format {
-                what.push(format!("each platform's SBOM ({format})"));
-            }
-            if signing {
-                what.push("signatures".to_string());
-            }
-            format!(
-                "attaching {} to the index {} and its {} images",
-                what.join(" and "),
+                "the index {} and its {} images",
                 index.digest(),
                 index.images().len()
-            )
-        }
+            ),
+        ),
+    };
+    let mut what = Vec::new();
+    if let Some(format) = format {
+        what.push(format!("{sbom} ({format})"));
     }
+    if signing {
+        what.push(signature.to_string());
+    }
+    format!("attaching {} to {target}", what.join(" and "))
 }
 
 impl<'a> Change<'a> for PushedTags {
