@@ -35,7 +35,7 @@ defmodule DockerRelease.E2E.BuilderTest do
 
     # The container was removed before the task returned.
     assert owned_containers(run.owner) == []
-    assert [_] = containers_created(run.owner, run.started)
+    assert [_] = run.created
 
     # The only volumes that appeared are docker_release's cache volumes for this project.
     cache = cache_volumes(dir)
@@ -100,7 +100,7 @@ defmodule DockerRelease.E2E.BuilderTest do
         assert run.out =~ "undefined function no_such_function/1"
         assert run.out =~ "`mix release hello --overwrite --path /app` failed in the builder"
         refute image_exists?(tag)
-        assert [_] = containers_created(run.owner, run.started)
+        assert [_] = run.created
         assert owned_containers(run.owner) == []
       end
     end
@@ -168,7 +168,7 @@ defmodule DockerRelease.E2E.BuilderTest do
            "the dev-only docker_release dep was named:\n#{run.out}"
 
     refute run.out =~ "==> starting a builder container", run.out
-    assert containers_created(run.owner, run.started) == []
+    assert run.created == []
     assert cache_volumes(dir) == []
   end
 

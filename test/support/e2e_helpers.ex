@@ -849,26 +849,66 @@ defmodule DockerRelease.E2E.Builder do
   end
 
   @doc """
-  IDs of the containers labelled `docker_release.owner=OWNER` the engine created since
-  `since` (Unix seconds), from the engine's event log: also those already removed.
+  Starts recording the containers labelled `docker_release.owner` (any owner) the engine
+  creates from `since` (Unix seconds) on, including those removed again; `stop_watching/1`
+  returns them. The watch streams `docker events` from a process of its own: the engine replays
+  `--since` from a buffer of its last 256 events only, so a query after a long run (whose
+  `exec`s fill that buffer) misses what it created early.
   """
-  def containers_created(owner, since) do
-    docker!([
-      "events",
-      "--since",
-      "#{since - 1}",
-      "--until",
-      "#{System.os_time(:second) + 1}",
-      "--filter",
-      "type=container",
-      "--filter",
-      "event=create",
-      "--filter",
-      "label=docker_release.owner=#{owner}",
-      "--format",
-      "{{.Actor.ID}}"
-    ])
-    |> String.split()
+  def watch_created(since) do
+    Task.async(fn ->
+      port =
+        Port.open({:spawn_executable, System.find_executable("docker")}, [
+          :binary,
+          {:line, 4096},
+          args: [
+            "events",
+            "--since",
+            "#{since - 1}",
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--filter",
+            "label=docker_release.owner",
+            "--format",
+            ~s({{.Actor.ID}} {{index .Actor.Attributes "docker_release.owner"}})
+          ]
+        ])
+
+      watch_loop(port, [])
+    end)
+  end
+
+  @doc "`[{id, owner}]` a `watch_created/1` watch saw, once the engine has been quiet for 1 s."
+  def stop_watching(watch) do
+    send(watch.pid, :stop)
+    Task.await(watch, 15_000)
+  end
+
+  defp watch_loop(port, seen) do
+    receive do
+      {^port, {:data, {:eol, line}}} ->
+        [id, owner] = String.split(line, " ", parts: 2)
+        watch_loop(port, [{id, owner} | seen])
+
+      :stop ->
+        drain_watch(port, seen)
+    end
+  end
+
+  defp drain_watch(port, seen) do
+    receive do
+      {^port, {:data, {:eol, line}}} ->
+        [id, owner] = String.split(line, " ", parts: 2)
+        drain_watch(port, [{id, owner} | seen])
+    after
+      1000 ->
+        {:os_pid, pid} = Port.info(port, :os_pid)
+        System.cmd("kill", ["#{pid}"])
+        Port.close(port)
+        Enum.reverse(seen)
+    end
   end
 
   @doc """
@@ -904,10 +944,13 @@ defmodule DockerRelease.E2E.Builder do
   """
   def run_release(args, opts) do
     started = System.os_time(:second)
+    watch = watch_created(started)
     handle = start_mix_release(args, opts)
     pid = beam_pid!(handle)
     {out, status} = await_exit(handle, Keyword.get(opts, :timeout, 300) * 1000)
-    %{out: out, status: status, owner: owner(pid), started: started}
+    owner = owner(pid)
+    created = for {id, ^owner} <- stop_watching(watch), do: id
+    %{out: out, status: status, owner: owner, started: started, created: created}
   end
 
   @doc "The lines a `mix release` step in the builder printed (between its step line and the next one), unindented."
