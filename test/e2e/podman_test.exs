@@ -107,6 +107,21 @@ defmodule DockerRelease.E2E.PodmanTest do
     end
   end
 
+  test "a base image Podman does not have: the message names podman's commands", ctx do
+    if ctx.podman do
+      base = "#{unique_repo("dr-e2e-podman")}/no-such-base:1"
+      run = run_release(["--base", base], env: [{"DOCKER_HOST", ctx.docker_host}])
+
+      assert run.status != 0, run.out
+
+      assert run.out =~ "the base image #{base} was not found (not in the Docker engine at",
+             run.out
+
+      assert run.out =~ "make it available (`podman pull`, `podman images`)", run.out
+      refute run.out =~ "docker pull", run.out
+    end
+  end
+
   test "the two-Dockerfile flow in Podman: the final build gets the tarball the fixture's .dockerignore (*.tar.gz) names",
        ctx do
     if ctx.podman do

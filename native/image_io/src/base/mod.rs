@@ -57,12 +57,14 @@ pub enum BaseError {
         rule: String,
     },
     /// Neither the engine nor the registry has the image.
-    #[error("the base image {reference} was not found ({looked}): check its name and tag, or make it available (`docker pull`, `docker images`)")]
+    #[error("the base image {reference} was not found ({looked}): check its name and tag, or make it available ({})", match .cli { Some(cli) => format!("`{cli} pull`, `{cli} images`"), None => "push it to a registry, or start an engine that has it".to_string() })]
     NotFound {
         /// As given.
         reference: String,
         /// Where it was looked for.
         looked: String,
+        /// The command-line tool of the engine it was looked for in (`docker`, `podman`), if any.
+        cli: Option<&'static str>,
     },
     /// The image has no manifest for the release's platform.
     #[error("the base image {reference} has no image for {want} (it has: {available}): use a base image for {want}")]
@@ -121,7 +123,7 @@ impl BaseError {
     ///
     /// ```
     /// use image_io::base::BaseError;
-    /// let e = BaseError::NotFound { reference: "x:1".into(), looked: "nowhere".into() };
+    /// let e = BaseError::NotFound { reference: "x:1".into(), looked: "nowhere".into(), cli: None };
     /// assert_eq!(e.reason(), "base_not_found");
     /// ```
     pub fn reason(&self) -> Reason {
@@ -213,6 +215,15 @@ impl LoadedBase {
     }
 }
 
+/// The command-line tool of the engine a base image was looked for in, for the hint of a base
+/// image not found; `None` when no engine was asked.
+async fn engine_cli(engine: Option<&DockerEngine>) -> Option<&'static str> {
+    match engine {
+        Some(engine) => Some(crate::engine::Containers::cli(engine).await),
+        None => None,
+    }
+}
+
 /// Load `reference` as a base image: from `engine` when the reference names no registry host
 /// and the engine has the image, else from its registry (Docker Hub for names without a host)
 /// using `registry`'s transport and credentials. Layers go to `blobs` (gzip at `level`, 1–9,
@@ -277,6 +288,7 @@ pub async fn load_base(
                 return Err(BaseError::NotFound {
                     reference: reference.into(),
                     looked: looked.join(", "),
+                    cli: engine_cli(engine.filter(|_| r.domain.is_none())).await,
                 });
             }
             Err(BaseError::Registry { source, .. }) if !looked.is_empty() => {
@@ -287,6 +299,7 @@ pub async fn load_base(
                 return Err(BaseError::NotFound {
                     reference: reference.into(),
                     looked: looked.join(" "),
+                    cli: engine_cli(engine.filter(|_| r.domain.is_none())).await,
                 });
             }
             other => other?,
@@ -527,6 +540,26 @@ fn finish(
 mod tests {
     use super::pull::pick_platform;
     use super::*;
+
+    #[test]
+    fn a_base_not_found_names_the_commands_of_the_engine_it_was_looked_for_in() {
+        let not_found = |cli| {
+            BaseError::NotFound {
+                reference: "app-base:1".into(),
+                looked: "nowhere".into(),
+                cli,
+            }
+            .to_string()
+        };
+        let podman = not_found(Some("podman"));
+        assert!(
+            podman.contains("`podman pull`, `podman images`"),
+            "{podman}"
+        );
+        let none = not_found(None);
+        assert!(none.contains("push it to a registry"), "{none}");
+        assert!(!none.contains("docker"), "{none}");
+    }
 
     #[test]
     fn references_and_index_entries() {

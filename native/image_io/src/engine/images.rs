@@ -80,8 +80,9 @@ impl Engine for DockerEngine {
                         });
                     }
                     return Err(EngineError::Load(format!(
-                        "the engine closed the connection during the upload ({}); check the engine's log (`journalctl -u docker`, or dockerd's output) and its free disk space",
-                        bollard_chain(&e)
+                        "the engine closed the connection during the upload ({}); check the engine's log ({}) and its free disk space",
+                        bollard_chain(&e),
+                        super::hints(&self.endpoint).log
                     )));
                 }
             }

@@ -46,7 +46,7 @@ pub enum EngineError {
     #[error("{0}")]
     Config(String),
     /// The engine did not answer.
-    #[error("the Docker engine at {endpoint} did not answer ({cause}); start it (`sudo systemctl start docker` or `dockerd`), or pass --output PATH to write an archive instead")]
+    #[error("the Docker engine at {endpoint} did not answer ({cause}); start it ({}), or pass --output PATH to write an archive instead", hints(.endpoint).start)]
     Unreachable {
         /// Where we looked.
         endpoint: String,
@@ -72,7 +72,7 @@ pub enum EngineError {
         message: String,
     },
     /// The engine failed a request (it answered 5xx): it is there, but broken.
-    #[error("the Docker engine at {endpoint} failed {action}: it answered {status} ({message}); check the engine's log (`journalctl -u docker`, or dockerd's output)")]
+    #[error("the Docker engine at {endpoint} failed {action}: it answered {status} ({message}); check the engine's log ({})", hints(.endpoint).log)]
     Failed {
         /// Where.
         endpoint: String,
@@ -84,7 +84,7 @@ pub enum EngineError {
         message: String,
     },
     /// The engine went silent during a request (see [`crate::stall`]).
-    #[error("{stalled}, while {action}: the engine is hung or overloaded; check it (`docker info`, the engine's log) and retry; {HOW_TO_CHANGE}")]
+    #[error("{stalled}, while {action}: the engine is hung or overloaded; check it (`{} info`, the engine's log) and retry; {HOW_TO_CHANGE}", hints(&.stalled.peer).cli)]
     Stalled {
         /// What we were doing.
         action: String,
@@ -92,7 +92,7 @@ pub enum EngineError {
         stalled: Stalled,
     },
     /// The connection broke during a request (not a load).
-    #[error("the connection to the Docker engine at {endpoint} broke during {action} ({cause}); check that the engine is still running (`docker info`) and its log")]
+    #[error("the connection to the Docker engine at {endpoint} broke during {action} ({cause}); check that the engine is still running (`{} info`) and its log", hints(.endpoint).cli)]
     Broken {
         /// Where.
         endpoint: String,
@@ -113,6 +113,43 @@ pub enum EngineError {
         /// Engine platform.
         engine: String,
     },
+}
+
+/// What a person types to check, start and read the log of the engine at `endpoint` (before
+/// the engine has said what it is): Podman's when the address names it (its sockets are
+/// `/run/podman/podman.sock` and `$XDG_RUNTIME_DIR/podman/podman.sock`), else Docker's. Podman
+/// behind `/var/run/docker.sock` comes with podman-docker, whose `docker` command serves.
+pub(crate) struct Hints {
+    /// The command-line tool: `docker` or `podman`.
+    pub cli: &'static str,
+    /// How to start the engine.
+    pub start: &'static str,
+    /// Where its log is.
+    pub log: &'static str,
+}
+
+/// See [`Hints`].
+pub(crate) fn hints(endpoint: &str) -> Hints {
+    if !endpoint.contains("podman") {
+        return Hints {
+            cli: "docker",
+            start: "`sudo systemctl start docker` or `dockerd`",
+            log: "`journalctl -u docker`, or dockerd's output",
+        };
+    }
+    if endpoint.contains("/run/user/") {
+        Hints {
+            cli: "podman",
+            start: "`systemctl --user start podman.socket`, or `podman system service --time=0`",
+            log: "`journalctl --user -u podman`, or `podman system service`'s output",
+        }
+    } else {
+        Hints {
+            cli: "podman",
+            start: "`sudo systemctl start podman.socket`, or `sudo podman system service --time=0`",
+            log: "`journalctl -u podman`, or `podman system service`'s output",
+        }
+    }
 }
 
 /// A request or answer body streamed to or from the engine.
@@ -244,5 +281,62 @@ pub(crate) fn status_of(e: &bollard::errors::Error) -> Option<u16> {
     match e {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn hints_follow_the_engine_the_address_names() {
+        let docker = hints("unix:///var/run/docker.sock");
+        assert_eq!(docker.cli, "docker");
+        assert!(docker.start.contains("systemctl start docker"));
+        let user = hints("unix:///run/user/1000/podman/podman.sock");
+        assert_eq!(user.cli, "podman");
+        assert!(user.start.contains("systemctl --user start podman.socket"));
+        assert!(user.log.contains("journalctl --user -u podman"));
+        let root = hints("unix:///run/podman/podman.sock");
+        assert!(root.start.contains("sudo systemctl start podman.socket"));
+    }
+
+    #[test]
+    fn messages_name_podman_commands_for_a_podman_socket() {
+        let endpoint = "unix:///run/user/1000/podman/podman.sock".to_string();
+        let unreachable = EngineError::Unreachable {
+            endpoint: endpoint.clone(),
+            cause: "connection refused".into(),
+        }
+        .to_string();
+        assert!(unreachable.contains("podman.socket"), "{unreachable}");
+        assert!(!unreachable.contains("dockerd"), "{unreachable}");
+        let broken = EngineError::Broken {
+            endpoint: endpoint.clone(),
+            action: "listing images".into(),
+            cause: "reset".into(),
+        }
+        .to_string();
+        assert!(broken.contains("`podman info`"), "{broken}");
+        let stalled = EngineError::Stalled {
+            action: "loading the image".into(),
+            stalled: Stalled {
+                peer: format!("the Docker engine at {endpoint}"),
+                request: "POST /images/load".into(),
+                waited: Duration::from_secs(300),
+                detail: String::new(),
+            },
+        }
+        .to_string();
+        assert!(stalled.contains("`podman info`"), "{stalled}");
+        let failed = EngineError::Failed {
+            endpoint: "unix:///var/run/docker.sock".into(),
+            action: "tagging".into(),
+            status: 500,
+            message: "boom".into(),
+        }
+        .to_string();
+        assert!(failed.contains("journalctl -u docker"), "{failed}");
     }
 }
