@@ -5,8 +5,9 @@ defmodule DockerRelease.E2E.EmulateTest do
   # scripts/setup.sh). The builder is published as a multi-arch image in a registry; the engine
   # has its amd64 image under that name, and pulls the arm64 one by digest (no tag moves). Both
   # images are then pulled back from the registry and run: each says its architecture and its
-  # NIF answers. A builder that cannot be had stops the run before anything is built; a build
-  # that fails under emulation leaves nothing behind.
+  # NIF answers. With arm64 alone, the release is built under emulation only. A builder that
+  # cannot be had stops the run before anything is built; a build that fails under emulation
+  # leaves nothing behind.
   use ExUnit.Case, async: false
   @moduletag :engine
 
@@ -107,6 +108,33 @@ defmodule DockerRelease.E2E.EmulateTest do
       assert said =~ triple, said
       assert said =~ ~r/nif says glibc \d+\.\d+/, said
     end
+  end
+
+  test "only arm64: the release is built under emulation alone, no native build", ctx do
+    project = example_copy!("hello", "dr-e2e-emulate-only")
+    on_exit(fn -> rm_cache_volumes(project) end)
+    tag = "#{unique_repo("dr-e2e-emulate")}:arm64"
+    on_exit(fn -> rm_images([tag]) end)
+
+    args =
+      ["--builder", ctx.cc, "--platform", "linux/arm64", "--emulate"] ++
+        ["--platform-image", "linux/arm64=#{ctx.arm64_cc}", "--tag", tag]
+
+    run = run_release(args, cd: project, timeout: 900)
+    assert run.status == 0, "mix docker.release --emulate failed (#{run.status}):\n#{run.out}"
+    assert run.out =~ "building the release for linux/arm64/v8 in #{ctx.arm64_cc} under emulation"
+    assert run.out =~ "built the release for linux/arm64/v8 in #{ctx.arm64_cc} (OTP ", run.out
+
+    # One builder container, the arm64 one: the amd64 builder was not started, and only the
+    # arm64 builder's cache volumes exist.
+    refute run.out =~ "starting a builder container from #{ctx.cc}", run.out
+    assert length(run.created) == 1, run.out
+    assert owned_containers(run.owner) == []
+    assert length(cache_volumes(project)) == 2
+
+    assert image_inspect!(tag, "{{.Architecture}}") == "arm64"
+    said = eval!(tag, "IO.puts(:erlang.system_info(:system_architecture))")
+    assert said =~ "aarch64-unknown-linux-gnu", said
   end
 
   test "a builder that cannot be had stops the run before anything is built", ctx do

@@ -12,7 +12,7 @@
 //! mode does not support).
 
 use super::release::build_in_builder;
-use super::{plan_until_complete, Destinations, Event, Events, Request, Source};
+use super::{plan_until_complete, Destinations, Event, Events, Release, Request, Source};
 use crate::base::registry_image_for;
 use crate::engine::DockerEngine;
 use crate::error::{Failure, Reason};
@@ -45,42 +45,56 @@ pub struct Emulator {
     pub in_engine: String,
 }
 
+/// The builders `--emulate` runs under emulation, found before any build.
+#[derive(Debug, Default)]
+pub struct Emulators {
+    /// The builder of the release itself, when the builder image's own platform is not one of
+    /// `--platform`'s (`--platform linux/arm64 --emulate` on an amd64 builder): the first
+    /// platform named. No release is then built natively.
+    pub release: Option<Emulator>,
+    /// The builders of the other platforms, in `--platform`'s order.
+    pub others: Vec<Emulator>,
+}
+
 /// With `--emulate`, the builder of each `--platform` other than the builder image's own, found
 /// in the engine or pulled into it by digest, before the release is built: a builder that
-/// cannot be had stops the run before any build. Empty without `--emulate` (or when the builder
-/// image is missing: the release stage says so).
+/// cannot be had stops the run before any build. When the builder image's own platform is not
+/// asked for, the first platform's builder builds the release itself ([`Emulators::release`]).
+/// None without `--emulate` (or when the builder image is missing: the release stage says so).
 pub async fn find_emulators(
     req: &Request,
     dest: &Destinations,
     events: &Events,
-) -> Result<Vec<Emulator>, Failure> {
+) -> Result<Emulators, Failure> {
     let (Some(engine), Source::Builder { image: builder, .. }) = (&dest.engine, &req.source) else {
-        return Ok(Vec::new());
+        return Ok(Emulators::default());
     };
     if !req.platforms.emulate {
-        return Ok(Vec::new());
+        return Ok(Emulators::default());
     }
     let selection = req
         .platforms
         .check()
         .map_err(|e| Failure::new(Reason::InvalidConfig, e.0))?;
     let Some((_, own)) = engine.image_platform(builder).await? else {
-        return Ok(Vec::new());
+        return Ok(Emulators::default());
     };
     let Ok(own) = image_core::platform::parse(&own) else {
-        return Ok(Vec::new());
+        return Ok(Emulators::default());
     };
     let registry = super::base::registry_options(req);
-    let mut found = Vec::new();
+    let mut others = Vec::new();
     for platform in selection
         .platforms
         .iter()
         .filter(|p| !same_platform(p, &own))
     {
         let given = selection.images.get(platform).unwrap_or(builder);
-        found.push(find_emulator(engine, &registry, platform, given, events).await?);
+        others.push(find_emulator(engine, &registry, platform, given, events).await?);
     }
-    Ok(found)
+    let own_selected = selection.platforms.iter().any(|p| same_platform(p, &own));
+    let release = (!own_selected && !others.is_empty()).then(|| others.remove(0));
+    Ok(Emulators { release, others })
 }
 
 /// The builder of `platform` from `image` (see [`find_emulators`]).
@@ -98,15 +112,15 @@ pub async fn find_emulator(
     })
 }
 
-/// Build the release of `req` for the platform of `emulator` in it, run under emulation, and
-/// plan its image.
-pub async fn build_emulated(
+/// Build the release of `req` in `emulator`, run under emulation, and check that it is of
+/// the emulator's platform (its ERTS). The container keeps running while the plan reads it.
+pub(super) async fn build_release_emulated<'a>(
     req: &Request,
-    engine: &DockerEngine,
+    engine: &'a DockerEngine,
     emulator: &Emulator,
     events: &Events,
     cancel: &CancellationToken,
-) -> Result<Emulated, Failure> {
+) -> Result<Release<'a>, Failure> {
     let (platform, image) = (&emulator.platform, emulator.given.as_str());
     events(Event::Step(format!(
         "building the release for {platform} in {image} under emulation (QEMU): slower than a native build"
@@ -115,22 +129,12 @@ pub async fn build_emulated(
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let (mut release, otp) =
-        build_in_builder(req, engine, &emulator.in_engine, env, events, cancel)
-            .await
-            .map_err(|e| emulation_failure(platform, image, e))?;
+    let (release, otp) = build_in_builder(req, engine, &emulator.in_engine, env, events, cancel)
+        .await
+        .map_err(|e| emulation_failure(platform, image, e))?;
     events(Event::Step(format!(
         "built the release for {platform} in {image} (OTP {otp})"
     )));
-    let planned = plan_until_complete(&mut release, None, events, cancel).await;
-    let finished = match release.builder.as_mut() {
-        Some(b) => b.finish().await,
-        None => None,
-    };
-    if let Some(warning) = finished {
-        events(Event::Step(warning));
-    }
-    let plan = planned?;
     let built_for = {
         let (fs, settings) = (release.fs.clone(), release.settings.clone());
         tokio::task::spawn_blocking(move || release_platform(&*fs, &settings))
@@ -145,10 +149,31 @@ pub async fn build_emulated(
             ),
         ));
     }
+    Ok(release)
+}
+
+/// Build the release of `req` for the platform of `emulator` in it, run under emulation, and
+/// plan its image (another platform's image of an index).
+pub async fn build_emulated(
+    req: &Request,
+    engine: &DockerEngine,
+    emulator: &Emulator,
+    events: &Events,
+    cancel: &CancellationToken,
+) -> Result<Emulated, Failure> {
+    let mut release = build_release_emulated(req, engine, emulator, events, cancel).await?;
+    let planned = plan_until_complete(&mut release, None, events, cancel).await;
+    let finished = match release.builder.as_mut() {
+        Some(b) => b.finish().await,
+        None => None,
+    };
+    if let Some(warning) = finished {
+        events(Event::Step(warning));
+    }
     Ok(Emulated {
-        builder: image.to_string(),
+        builder: emulator.given.clone(),
         fs: release.fs,
-        plan,
+        plan: planned?,
     })
 }
 

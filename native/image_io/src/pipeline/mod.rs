@@ -26,7 +26,7 @@ mod request;
 
 pub use base::base;
 pub use destinations::{destinations, Destinations};
-pub use emulate::{find_emulators, Emulated, Emulator};
+pub use emulate::{find_emulators, Emulated, Emulator, Emulators};
 pub use layers::{write_layers, Layered};
 pub use plan::plan_until_complete;
 pub use platforms::{plan_platforms, Foreign, ForeignFrom, Platforms, TargetImage};
@@ -87,8 +87,15 @@ pub async fn run(
     let tags = check_request(&req)?;
     let dest = destinations(&req, &events).await?;
     let emulators = find_emulators(&req, &dest, &events).await?;
-    let mut release =
-        obtain_release(&req, dest.engine.as_ref(), &events, &cancel, host_build).await?;
+    let mut release = obtain_release(
+        &req,
+        dest.engine.as_ref(),
+        emulators.release.as_ref(),
+        &events,
+        &cancel,
+        host_build,
+    )
+    .await?;
     let base = base(&req, &dest, &release, &events).await?;
     let plan = plan_until_complete(&mut release, base.as_ref(), &events, &cancel).await?;
     let platforms = plan_platforms(
@@ -96,7 +103,7 @@ pub async fn run(
         &dest,
         &release,
         base.is_some(),
-        emulators,
+        emulators.others,
         &events,
         &cancel,
     )

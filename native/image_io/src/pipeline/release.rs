@@ -1,6 +1,7 @@
 //! Stage 2, the release: on the host (already assembled by the Elixir side), or built in a
 //! builder container; with it, the filesystem the runtime files are read from.
 
+use super::emulate::{build_release_emulated, Emulator};
 use super::{step_and_line, Event, Events, HostBuild, Request, Source};
 use crate::builder::{self, BuilderSpec, BuiltRelease};
 use crate::engine::{sweep_leftovers, DockerEngine};
@@ -22,10 +23,12 @@ pub struct Release<'a> {
 
 /// Obtain the release of `req`: the host's at `settings.release_dir` (once `host_build` is
 /// done, when the host's `mix release` still runs), or one built in a container of the builder
-/// image (leftover containers of killed runs are swept first).
+/// image, or of `emulated`, a builder of another platform run under emulation (`--emulate`
+/// without the builder's own platform). Leftover containers of killed runs are swept first.
 pub async fn obtain_release<'a>(
     req: &Request,
     engine: Option<&'a DockerEngine>,
+    emulated: Option<&Emulator>,
     events: &Events,
     cancel: &CancellationToken,
     host_build: Option<HostBuild>,
@@ -53,6 +56,9 @@ pub async fn obtain_release<'a>(
         events(Event::Notice(format!(
             "removed {swept} temporary container(s) left by an interrupted run"
         )));
+    }
+    if let Some(emulator) = emulated {
+        return build_release_emulated(req, engine, emulator, events, cancel).await;
     }
     let (release, otp) = build_in_builder(req, engine, image, Vec::new(), events, cancel).await?;
     events(Event::Step(format!(
