@@ -860,6 +860,7 @@ defmodule DockerRelease.E2E.Builder do
       port =
         Port.open({:spawn_executable, System.find_executable("docker")}, [
           :binary,
+          :exit_status,
           {:line, 4096},
           args: [
             "events",
@@ -892,6 +893,9 @@ defmodule DockerRelease.E2E.Builder do
         [id, owner] = String.split(line, " ", parts: 2)
         watch_loop(port, [{id, owner} | seen])
 
+      {^port, {:exit_status, status}} ->
+        raise "docker events stopped by itself (exit status #{status}): the watch is incomplete"
+
       :stop ->
         drain_watch(port, seen)
     end
@@ -902,11 +906,20 @@ defmodule DockerRelease.E2E.Builder do
       {^port, {:data, {:eol, line}}} ->
         [id, owner] = String.split(line, " ", parts: 2)
         drain_watch(port, [{id, owner} | seen])
+
+      {^port, {:exit_status, status}} ->
+        raise "docker events stopped by itself (exit status #{status}): the watch is incomplete"
     after
       1000 ->
         {:os_pid, pid} = Port.info(port, :os_pid)
         System.cmd("kill", ["#{pid}"])
-        Port.close(port)
+
+        receive do
+          {^port, {:exit_status, _}} -> :ok
+        after
+          5000 -> raise "docker events (pid #{pid}) did not stop"
+        end
+
         Enum.reverse(seen)
     end
   end
