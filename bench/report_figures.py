@@ -350,11 +350,12 @@ def platforms_figure(w, data, machine):
     one = numbers(data, "platforms_ms", "one")
     two = numbers(data, "platforms_ms", "two")
     emu = numbers(data, "platforms_ms", "emu")
+    arm = numbers(data, "platforms_ms", "arm")
     w("## 12. Several platforms: adding arm64 to an amd64 builder build\n")
     w("examples/with_deps built in the amd64 Debian 13 builder (`--builder")
     w("docker-release-test/builder:trixie`), warm (cache volumes, layer cache and the unpacked")
     w("arm64 image kept by an untimed round), each build after its own one-line change, written")
-    order = "A B C A B C" if emu else "A B A B"
+    order = "A B C D A B C D" if arm else "A B C A B C" if emu else "A B A B"
     w(f"to an archive (`--output`); {len(one)} rounds alternating ({order})")
     w("(bench/figures/platforms.sh):\n")
     w("- one: the amd64 image;")
@@ -366,7 +367,11 @@ def platforms_figure(w, data, machine):
         w("- two, `--emulate`: the same, plus `--emulate`: the arm64 release built again in the arm64")
         w("  builder, run by the engine under QEMU (its own cache volumes, warm), and the arm64 image")
         w("  made from it. This is the way for projects with native code of their own, and what a")
-        w("  build under QEMU costs (as `docker buildx --platform` builds do for the whole build).\n")
+        w("  build under QEMU costs (as `docker buildx --platform` builds do for the whole build)"
+          + (";" if arm else ".\n"))
+    if arm:
+        w("- arm64 alone, `--emulate`: `--platform linux/arm64 --emulate`: the release built only in")
+        w("  the arm64 builder under QEMU (no amd64 build), one image in the archive.\n")
     w(f"Target: two at most {PLATFORMS_TARGET}x one.\n")
     w("| build | median time | range |")
     w("| --- | ---: | ---: |")
@@ -374,6 +379,8 @@ def platforms_figure(w, data, machine):
     w(f"| two platforms | {secs(median(two))} | {spread(two, secs)} |")
     if emu:
         w(f"| two platforms, `--emulate` | {secs(median(emu))} | {spread(emu, secs)} |")
+    if arm:
+        w(f"| arm64 alone, `--emulate` | {secs(median(arm))} | {spread(arm, secs)} |")
     w("")
     if one and two:
         pr, _ = _pair_ratio(two, one)
@@ -384,6 +391,10 @@ def platforms_figure(w, data, machine):
         r = median(emu) / median(one)
         w(f"Two with `--emulate` / one: {r:.2f} (medians; per-round median {pr}); / two:"
           f" {median(emu) / median(two):.2f}. No target: the figure says what emulation costs.\n")
+    if arm and emu:
+        pr, _ = _pair_ratio(arm, emu)
+        w(f"arm64 alone with `--emulate` / two with `--emulate`: {median(arm) / median(emu):.2f}"
+          f" (medians; per-round median {pr}): the amd64 build, plan and layers it skips.\n")
     checks = data.get(("platforms_check", "arm64"), [])
     if checks:
         w(f"The arm64 image of the last archive says `aarch64-unknown-linux-gnu` under QEMU: {checks[0][1]}.\n")

@@ -3,14 +3,15 @@
 # builder, warm (one-line change, cache volumes and layer cache filled), written to an archive:
 # one platform vs two (`--platform linux/amd64,linux/arm64`, the arm64 files read from the
 # arm64 Debian 13 builder image, test/support/make-foreign-builder-image.sh) vs two with the
-# arm64 release built in that image under QEMU (`--emulate`).
+# arm64 release built in that image under QEMU (`--emulate`) vs the arm64 image alone
+# (`--platform linux/arm64 --emulate`: the release built under QEMU only).
 #
 #   bench/figures/platforms.sh [--raw F] [--log F] [--runs N]
 #
 # A copy of with_deps in a temp dir, one untimed round of each (fills the builders' cache
 # volumes, the layer cache and the kept unpacked arm64 image), then N rounds alternating
-# (A B C A B C), each after its own one-line change. Rows: platforms_ms (variant one / two /
-# emu),
+# (A B C D A B C D), each after its own one-line change. Rows: platforms_ms (variant one / two /
+# emu / arm),
 # platforms_check (the arm64 image of the last two-platform archive says aarch64 under QEMU,
 # or why not), platforms_buildx (why docker buildx under QEMU is not compared, if it is not).
 set -euo pipefail
@@ -62,6 +63,10 @@ emu() {
   in_project "$PROJ" mix docker.release --builder "$BUILDER" --tag "$TAG" --output "$FIGURE_WORK/emu.tar" \
     --platform linux/amd64,linux/arm64 --platform-image "linux/arm64=$ARM64" --emulate
 }
+arm() {
+  in_project "$PROJ" mix docker.release --builder "$BUILDER" --tag "$TAG" --output "$FIGURE_WORK/arm.tar" \
+    --platform linux/arm64 --platform-image "linux/arm64=$ARM64" --emulate
+}
 
 record load1 platforms 0 "$(cut -d' ' -f1 /proc/loadavg)"
 log "platforms: untimed round (builder cache volumes, layer cache, the unpacked arm64 image)"
@@ -69,6 +74,7 @@ in_project "$PROJ" mix compile >>"$LOG" 2>&1 || die "the with_deps copy does not
 timed one >/dev/null || die "the one-platform build failed (see $LOG)"
 timed two >/dev/null || die "the two-platform build failed (see $LOG)"
 timed emu >/dev/null || die "the two-platform build under emulation failed (see $LOG)"
+timed arm >/dev/null || die "the arm64 build under emulation failed (see $LOG)"
 log "platforms: $RUNS runs each, alternating"
 n=0
 for i in $(seq "$RUNS"); do
@@ -81,6 +87,9 @@ for i in $(seq "$RUNS"); do
   n=$((n + 1)) && change "$PROJ" "$n"
   ms=$(timed emu) || die "the two-platform build under emulation failed on run $i (see $LOG)"
   record platforms_ms emu "$i" "$ms"
+  n=$((n + 1)) && change "$PROJ" "$n"
+  ms=$(timed arm) || die "the arm64 build under emulation failed on run $i (see $LOG)"
+  record platforms_ms arm "$i" "$ms"
   warn "run $i/$RUNS done"
 done
 

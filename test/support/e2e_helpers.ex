@@ -887,30 +887,20 @@ defmodule DockerRelease.E2E.Builder do
     Task.await(watch, 15_000)
   end
 
-  defp watch_loop(port, seen) do
+  # Until :stop, collects lines; then until the stream has been quiet for `quiet` ms.
+  defp watch_loop(port, seen, quiet \\ :infinity) do
     receive do
       {^port, {:data, {:eol, line}}} ->
         [id, owner] = String.split(line, " ", parts: 2)
-        watch_loop(port, [{id, owner} | seen])
+        watch_loop(port, [{id, owner} | seen], quiet)
 
       {^port, {:exit_status, status}} ->
         raise "docker events stopped by itself (exit status #{status}): the watch is incomplete"
 
       :stop ->
-        drain_watch(port, seen)
-    end
-  end
-
-  defp drain_watch(port, seen) do
-    receive do
-      {^port, {:data, {:eol, line}}} ->
-        [id, owner] = String.split(line, " ", parts: 2)
-        drain_watch(port, [{id, owner} | seen])
-
-      {^port, {:exit_status, status}} ->
-        raise "docker events stopped by itself (exit status #{status}): the watch is incomplete"
+        watch_loop(port, seen, 1000)
     after
-      1000 ->
+      quiet ->
         {:os_pid, pid} = Port.info(port, :os_pid)
         System.cmd("kill", ["#{pid}"])
 
