@@ -226,9 +226,9 @@ defmodule Mix.Tasks.Docker.Release do
   engine's machine must run the platform's programs: `qemu-user-static` with binfmt_misc and
   the F flag (Debian, Ubuntu: `apt-get install qemu-user-static`). Expect the emulated build to
   take several times as long as the native one (examples/with_deps, warm, one-line change:
-  22 s for amd64 plus arm64 under emulation, 3.6 s for amd64 alone; docs/BENCHMARKS.md,
-  figure 12). Builds run with `ERL_AFLAGS=+JMsingle true` (QEMU
-  and the JIT's doubly mapped code). Tested with Debian 13's OTP 27 for arm64; Debian 12's
+  21 s for amd64 plus arm64 under emulation, 19 s for arm64 alone, 3.8 s for amd64 alone;
+  docs/BENCHMARKS.md, figure 12). Builds run with `ERL_AFLAGS=+JMsingle true` (QEMU and the
+  JIT's doubly mapped code). Tested with Debian 13's OTP 27 for arm64; Debian 12's
   OTP 25 for arm64 crashed under this machine's QEMU when tried by hand: prefer OTP 26 or
   later in the builder.
 
