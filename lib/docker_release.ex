@@ -148,9 +148,7 @@ defmodule DockerRelease do
           # Built in the builder container, at the path it runs from in the image.
           check_path_deps!(config, project)
 
-          Mix.shell().info(
-            "==> building release #{release.name} in #{config.builder} (MIX_ENV=#{config.env})"
-          )
+          Mix.shell().info(building(release, config))
 
           {release.name, "/app", nil}
 
@@ -450,6 +448,16 @@ defmodule DockerRelease do
   # A builder container sees only the project directory: a path dependency of the build's
   # environment outside it cannot be built there. Path deps are followed into their own mix.exs
   # (and into umbrella apps), so one declared deeper down is found too.
+  # What a builder build is about to do. With `--emulate`, the NIF finds each platform's builder
+  # (and the builder image's own platform may not be built at all): its steps name them.
+  defp building(release, %{emulate: true} = config),
+    do:
+      "==> building release #{release.name} for #{Enum.join(config.platforms, ", ")} with --emulate" <>
+        " (builder #{config.builder}, MIX_ENV=#{config.env})"
+
+  defp building(release, config),
+    do: "==> building release #{release.name} in #{config.builder} (MIX_ENV=#{config.env})"
+
   defp check_path_deps!(config, project) do
     env = String.to_atom(config.env)
     root = config.project_dir

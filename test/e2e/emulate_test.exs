@@ -122,6 +122,11 @@ defmodule DockerRelease.E2E.EmulateTest do
 
     run = run_release(args, cd: project, timeout: 900)
     assert run.status == 0, "mix docker.release --emulate failed (#{run.status}):\n#{run.out}"
+
+    assert run.out =~
+             "==> building release hello for linux/arm64/v8 with --emulate (builder #{ctx.cc}, MIX_ENV=prod)",
+           run.out
+
     assert run.out =~ "building the release for linux/arm64/v8 in #{ctx.arm64_cc} under emulation"
     assert run.out =~ "built the release for linux/arm64/v8 in #{ctx.arm64_cc} (OTP ", run.out
 
