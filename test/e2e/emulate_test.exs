@@ -142,6 +142,46 @@ defmodule DockerRelease.E2E.EmulateTest do
     assert said =~ "aarch64-unknown-linux-gnu", said
   end
 
+  test "an arm64 --builder on the amd64 engine: built under emulation, its environment set",
+       ctx do
+    project = example_copy!("hello", "dr-e2e-emulate-arm-builder")
+    on_exit(fn -> rm_cache_volumes(project) end)
+    archive = Path.join(ctx.dir, "arm-builder.tar")
+
+    run = run_release(["--builder", ctx.arm64_cc, "--output", archive], cd: project, timeout: 900)
+    assert run.status == 0, "mix docker.release failed (#{run.status}):\n#{run.out}"
+
+    assert run.out =~
+             "the builder #{ctx.arm64_cc} is an image of linux/arm64/v8 and the engine runs linux/amd64: it runs under emulation",
+           run.out
+
+    assert length(run.created) == 1, run.out
+    assert owned_containers(run.owner) == []
+
+    # The archive's image is arm64's (its config, as `docker load` reads it).
+    files = tar_files!(archive)
+    {config, _} = manifest_paths!(files["manifest.json"])
+    assert files[config] =~ ~s("architecture":"arm64"), files[config]
+  end
+
+  test "an arm64 --builder whose image would go into the amd64 engine is refused before the build",
+       ctx do
+    project = example_copy!("hello", "dr-e2e-emulate-arm-load")
+    tag = "#{unique_repo("dr-e2e-emulate")}:refused"
+    run = run_release(["--builder", ctx.arm64_cc, "--tag", tag], cd: project, timeout: 300)
+
+    refute run.status == 0, run.out
+
+    assert run.out =~
+             "the builder #{ctx.arm64_cc} is an image of linux/arm64/v8, and the engine runs linux/amd64",
+           run.out
+
+    assert run.out =~ "--platform linux/arm64/v8", run.out
+    refute run.out =~ "starting a builder container", run.out
+    assert run.created == []
+    refute image_exists?(tag)
+  end
+
   test "a builder that cannot be had stops the run before anything is built", ctx do
     project = example_copy!("hello", "dr-e2e-emulate-missing")
     archive = Path.join(ctx.dir, "missing.tar")

@@ -220,7 +220,10 @@ defmodule Mix.Tasks.Docker.Release do
   `--builder` image, when the engine's image of that name is of that platform, else that
   platform's image in the builder's registry index, which the engine pulls by digest
   (`NAME@sha256:…`: no tag of yours moves). It is found before anything is built; one that
-  cannot be had stops the run with what to do. When the builder's own platform is not one of
+  cannot be had stops the run with what to do. A `--builder` image of another architecture
+  than the engine's runs under emulation too (a notice says so; its build gets the same
+  environment); its image goes into that engine only when `--platform` names its platform,
+  else the run is refused before the build. When the builder's own platform is not one of
   `--platform`'s (`--platform linux/arm64 --emulate` with an amd64 builder), no release is
   built natively: the arm64 builder builds it. Each builder has its own cache volumes. The
   engine's machine must run the platform's programs: `qemu-user-static` with binfmt_misc and

@@ -14,7 +14,7 @@
 use super::release::build_in_builder;
 use super::{plan_until_complete, Destinations, Event, Events, Release, Request, Source};
 use crate::base::registry_image_for;
-use crate::engine::DockerEngine;
+use crate::engine::{DockerEngine, Engine};
 use crate::error::{Failure, Reason};
 use crate::registry::RegistryOptions;
 use image_core::elf::Platform;
@@ -125,13 +125,16 @@ pub(super) async fn build_release_emulated<'a>(
     events(Event::Step(format!(
         "building the release for {platform} in {image} under emulation (QEMU): slower than a native build"
     )));
-    let env = EMULATED_BUILD_ENV
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let (release, otp) = build_in_builder(req, engine, &emulator.in_engine, env, events, cancel)
-        .await
-        .map_err(|e| emulation_failure(platform, image, e))?;
+    let (release, otp) = build_in_builder(
+        req,
+        engine,
+        &emulator.in_engine,
+        emulated_env(),
+        events,
+        cancel,
+    )
+    .await
+    .map_err(|e| emulation_failure(platform, image, e))?;
     events(Event::Step(format!(
         "built the release for {platform} in {image} (OTP {otp})"
     )));
@@ -238,9 +241,52 @@ async fn builder_in_engine(
     }
 }
 
+/// The environment of a build under emulation ([`EMULATED_BUILD_ENV`]), as `NAME=value`.
+pub(super) fn emulated_env() -> Vec<String> {
+    EMULATED_BUILD_ENV
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+/// Whether the engine runs `image` under emulation: an image of another architecture than the
+/// engine's (`--builder` naming an arm64 image on an amd64 engine), as `--emulate`'s builders
+/// are. `None` when it runs natively, or when the engine cannot say (a missing image is the
+/// builder stage's to report); else the image's platform and the engine's.
+pub(super) async fn runs_emulated(
+    engine: &DockerEngine,
+    image: &str,
+) -> Option<(Platform, Platform)> {
+    let own = image_core::platform::parse(&engine.platform().await.ok()?).ok()?;
+    let (_, theirs) = engine.image_platform(image).await.ok()??;
+    let theirs = image_core::platform::parse(&theirs).ok()?;
+    (theirs.os != own.os || theirs.architecture != own.architecture).then_some((theirs, own))
+}
+
+/// Refuse, before anything is built, a build whose builder the engine runs under emulation when
+/// the image would go into that engine without `--platform` naming its platform: the engine's
+/// load would refuse an image of another platform only after the (slow) build.
+pub async fn check_builder_platform(req: &Request, dest: &Destinations) -> Result<(), Failure> {
+    let (Some(engine), true, Source::Builder { image, .. }) =
+        (&dest.engine, dest.load, &req.source)
+    else {
+        return Ok(());
+    };
+    let named = req.platforms.check().is_ok_and(|s| !s.is_empty());
+    match runs_emulated(engine, image).await {
+        Some((theirs, engine_runs)) if !named => Err(Failure::new(
+            Reason::PlatformMismatch,
+            format!(
+                "the builder {image} is an image of {theirs}, and the engine runs {engine_runs}: the release would be built for {theirs}, under emulation, and the engine keeps images of {engine_runs}. Name a builder of {engine_runs}, or ask for {theirs} with --platform {theirs} (the engine then runs the image under emulation), or write it elsewhere (--output PATH, --push)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A failed build under emulation, with what to check when the engine's machine cannot run the
 /// platform's programs at all.
-fn emulation_failure(platform: &Platform, image: &str, e: Failure) -> Failure {
+pub(super) fn emulation_failure(platform: &Platform, image: &str, e: Failure) -> Failure {
     let text = &e.message;
     if text.contains("exec format error") || text.contains("Exec format error") {
         return Failure::new(

@@ -1,7 +1,9 @@
 //! Stage 2, the release: on the host (already assembled by the Elixir side), or built in a
 //! builder container; with it, the filesystem the runtime files are read from.
 
-use super::emulate::{build_release_emulated, Emulator};
+use super::emulate::{
+    build_release_emulated, emulated_env, emulation_failure, runs_emulated, Emulator,
+};
 use super::{step_and_line, Event, Events, HostBuild, Request, Source};
 use crate::builder::{self, BuilderSpec, BuiltRelease};
 use crate::engine::{sweep_leftovers, DockerEngine};
@@ -60,7 +62,19 @@ pub async fn obtain_release<'a>(
     if let Some(emulator) = emulated {
         return build_release_emulated(req, engine, emulator, events, cancel).await;
     }
-    let (release, otp) = build_in_builder(req, engine, image, Vec::new(), events, cancel).await?;
+    // A builder of another architecture than the engine's runs under emulation: with the
+    // environment `--emulate`'s builders get, and the same message when the engine cannot.
+    let (release, otp) = match runs_emulated(engine, image).await {
+        Some((theirs, engine_runs)) => {
+            events(Event::Notice(format!(
+                "the builder {image} is an image of {theirs} and the engine runs {engine_runs}: it runs under emulation (QEMU), slower than a native build"
+            )));
+            build_in_builder(req, engine, image, emulated_env(), events, cancel)
+                .await
+                .map_err(|e| emulation_failure(&theirs, image, e))?
+        }
+        None => build_in_builder(req, engine, image, Vec::new(), events, cancel).await?,
+    };
     events(Event::Step(format!(
         "built the release in {image} (OTP {otp})"
     )));
