@@ -60,13 +60,19 @@ pub struct Emulators {
 /// in the engine or pulled into it by digest, before the release is built: a builder that
 /// cannot be had stops the run before any build. When the builder image's own platform is not
 /// asked for, the first platform's builder builds the release itself ([`Emulators::release`]).
-/// None without `--emulate` (or when the builder image is missing: the release stage says so).
+/// None without `--emulate` (or when the builder image's platform is not known: the release
+/// stage reports a missing image).
 pub async fn find_emulators(
     req: &Request,
     dest: &Destinations,
+    builder_platform: Option<&BuilderPlatform>,
     events: &Events,
 ) -> Result<Emulators, Failure> {
-    let (Some(engine), Source::Builder { image: builder, .. }) = (&dest.engine, &req.source) else {
+    let (Some(engine), Source::Builder { image: builder, .. }, Some(own)) = (
+        &dest.engine,
+        &req.source,
+        builder_platform.map(|b| &b.image),
+    ) else {
         return Ok(Emulators::default());
     };
     if !req.platforms.emulate {
@@ -76,23 +82,17 @@ pub async fn find_emulators(
         .platforms
         .check()
         .map_err(|e| Failure::new(Reason::InvalidConfig, e.0))?;
-    let Some((_, own)) = engine.image_platform(builder).await? else {
-        return Ok(Emulators::default());
-    };
-    let Ok(own) = image_core::platform::parse(&own) else {
-        return Ok(Emulators::default());
-    };
     let registry = super::base::registry_options(req);
     let mut others = Vec::new();
     for platform in selection
         .platforms
         .iter()
-        .filter(|p| !same_platform(p, &own))
+        .filter(|p| !same_platform(p, own))
     {
         let given = selection.images.get(platform).unwrap_or(builder);
         others.push(find_emulator(engine, &registry, platform, given, events).await?);
     }
-    let own_selected = selection.platforms.iter().any(|p| same_platform(p, &own));
+    let own_selected = selection.platforms.iter().any(|p| same_platform(p, own));
     let release = (!own_selected && !others.is_empty()).then(|| others.remove(0));
     Ok(Emulators { release, others })
 }
@@ -249,37 +249,65 @@ pub(super) fn emulated_env() -> Vec<String> {
         .collect()
 }
 
-/// Whether the engine runs `image` under emulation: an image of another architecture than the
-/// engine's (`--builder` naming an arm64 image on an amd64 engine), as `--emulate`'s builders
-/// are. `None` when it runs natively, or when the engine cannot say (a missing image is the
-/// builder stage's to report); else the image's platform and the engine's.
-pub(super) async fn runs_emulated(
-    engine: &DockerEngine,
-    image: &str,
-) -> Option<(Platform, Platform)> {
-    let own = image_core::platform::parse(&engine.platform().await.ok()?).ok()?;
-    let (_, theirs) = engine.image_platform(image).await.ok()??;
-    let theirs = image_core::platform::parse(&theirs).ok()?;
-    (theirs.os != own.os || theirs.architecture != own.architecture).then_some((theirs, own))
+/// The `--builder` image's platform and the engine's, asked once per run.
+#[derive(Debug, Clone)]
+pub struct BuilderPlatform {
+    /// The builder image's platform, as the engine has it.
+    pub image: Platform,
+    /// The engine's platform, when it says.
+    pub engine: Option<Platform>,
+}
+
+impl BuilderPlatform {
+    /// The engine's platform, when the engine runs the builder under emulation: the builder is
+    /// of another OS or architecture (`--builder` naming an arm64 image on an amd64 engine), as
+    /// `--emulate`'s builders are.
+    pub fn emulated_on(&self) -> Option<&Platform> {
+        self.engine
+            .as_ref()
+            .filter(|e| e.os != self.image.os || e.architecture != self.image.architecture)
+    }
+}
+
+/// The platform of `req`'s builder image in the engine. `None` for a host build, and when the
+/// engine cannot say (a missing image is the builder stage's to report).
+pub async fn builder_platform(req: &Request, dest: &Destinations) -> Option<BuilderPlatform> {
+    let (Some(engine), Source::Builder { image, .. }) = (&dest.engine, &req.source) else {
+        return None;
+    };
+    let (_, platform) = engine.image_platform(image).await.ok()??;
+    Some(BuilderPlatform {
+        image: image_core::platform::parse(&platform).ok()?,
+        engine: engine
+            .platform()
+            .await
+            .ok()
+            .and_then(|p| image_core::platform::parse(&p).ok()),
+    })
 }
 
 /// Refuse, before anything is built, a build whose builder the engine runs under emulation when
 /// the image would go into that engine without `--platform` naming its platform: the engine's
 /// load would refuse an image of another platform only after the (slow) build.
-pub async fn check_builder_platform(req: &Request, dest: &Destinations) -> Result<(), Failure> {
-    let (Some(engine), true, Source::Builder { image, .. }) =
-        (&dest.engine, dest.load, &req.source)
-    else {
+pub fn check_builder_platform(
+    req: &Request,
+    dest: &Destinations,
+    builder: Option<&BuilderPlatform>,
+) -> Result<(), Failure> {
+    let (Some(b), true, Source::Builder { image, .. }) = (builder, dest.load, &req.source) else {
         return Ok(());
     };
     let named = req.platforms.check().is_ok_and(|s| !s.is_empty());
-    match runs_emulated(engine, image).await {
-        Some((theirs, engine_runs)) if !named => Err(Failure::new(
-            Reason::PlatformMismatch,
-            format!(
-                "the builder {image} is an image of {theirs}, and the engine runs {engine_runs}: the release would be built for {theirs}, under emulation, and the engine keeps images of {engine_runs}. Name a builder of {engine_runs}, or ask for {theirs} with --platform {theirs} (the engine then runs the image under emulation), or write it elsewhere (--output PATH, --push)"
-            ),
-        )),
+    match b.emulated_on() {
+        Some(engine_runs) if !named => {
+            let theirs = &b.image;
+            Err(Failure::new(
+                Reason::PlatformMismatch,
+                format!(
+                    "the builder {image} is an image of {theirs}, and the engine runs {engine_runs}: the release would be built for {theirs}, under emulation, and the engine keeps images of {engine_runs}. Name a builder of {engine_runs}, or ask for {theirs} with --platform {theirs} (the engine then runs the image under emulation), or write it elsewhere (--output PATH, --push)"
+                ),
+            ))
+        }
         _ => Ok(()),
     }
 }

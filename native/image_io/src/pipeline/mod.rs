@@ -26,7 +26,10 @@ mod request;
 
 pub use base::base;
 pub use destinations::{destinations, Destinations};
-pub use emulate::{check_builder_platform, find_emulators, Emulated, Emulator, Emulators};
+pub use emulate::{
+    builder_platform, check_builder_platform, find_emulators, BuilderPlatform, Emulated, Emulator,
+    Emulators,
+};
 pub use layers::{write_layers, Layered};
 pub use plan::plan_until_complete;
 pub use platforms::{plan_platforms, Foreign, ForeignFrom, Platforms, TargetImage};
@@ -86,11 +89,13 @@ pub async fn run(
 ) -> Result<Outcome, Failure> {
     let tags = check_request(&req)?;
     let dest = destinations(&req, &events).await?;
-    check_builder_platform(&req, &dest).await?;
-    let emulators = find_emulators(&req, &dest, &events).await?;
+    let builder = builder_platform(&req, &dest).await;
+    check_builder_platform(&req, &dest, builder.as_ref())?;
+    let emulators = find_emulators(&req, &dest, builder.as_ref(), &events).await?;
     let mut release = obtain_release(
         &req,
         dest.engine.as_ref(),
+        builder.as_ref(),
         emulators.release.as_ref(),
         &events,
         &cancel,

@@ -2,7 +2,7 @@
 //! builder container; with it, the filesystem the runtime files are read from.
 
 use super::emulate::{
-    build_release_emulated, emulated_env, emulation_failure, runs_emulated, Emulator,
+    build_release_emulated, emulated_env, emulation_failure, BuilderPlatform, Emulator,
 };
 use super::{step_and_line, Event, Events, HostBuild, Request, Source};
 use crate::builder::{self, BuilderSpec, BuiltRelease};
@@ -25,11 +25,13 @@ pub struct Release<'a> {
 
 /// Obtain the release of `req`: the host's at `settings.release_dir` (once `host_build` is
 /// done, when the host's `mix release` still runs), or one built in a container of the builder
-/// image, or of `emulated`, a builder of another platform run under emulation (`--emulate`
-/// without the builder's own platform). Leftover containers of killed runs are swept first.
+/// image (of `builder`'s platform: run under emulation when not the engine's), or of
+/// `emulated`, a builder of another platform run under emulation (`--emulate` without the
+/// builder's own platform). Leftover containers of killed runs are swept first.
 pub async fn obtain_release<'a>(
     req: &Request,
     engine: Option<&'a DockerEngine>,
+    builder: Option<&BuilderPlatform>,
     emulated: Option<&Emulator>,
     events: &Events,
     cancel: &CancellationToken,
@@ -64,14 +66,14 @@ pub async fn obtain_release<'a>(
     }
     // A builder of another architecture than the engine's runs under emulation: with the
     // environment `--emulate`'s builders get, and the same message when the engine cannot.
-    let (release, otp) = match runs_emulated(engine, image).await {
+    let (release, otp) = match builder.and_then(|b| Some((&b.image, b.emulated_on()?))) {
         Some((theirs, engine_runs)) => {
             events(Event::Notice(format!(
                 "the builder {image} is an image of {theirs} and the engine runs {engine_runs}: it runs under emulation (QEMU), slower than a native build"
             )));
             build_in_builder(req, engine, image, emulated_env(), events, cancel)
                 .await
-                .map_err(|e| emulation_failure(&theirs, image, e))?
+                .map_err(|e| emulation_failure(theirs, image, e))?
         }
         None => build_in_builder(req, engine, image, Vec::new(), events, cancel).await?,
     };
