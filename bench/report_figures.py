@@ -360,7 +360,7 @@ def platforms_figure(w, data, machine):
     w("(bench/figures/platforms.sh):\n")
     w("- one: the amd64 image;")
     w("- two: `--platform linux/amd64,linux/arm64 --platform-image")
-    w("  linux/arm64=docker-release-test/builder:trixie-arm64`: the release built once, the arm64")
+    w("  linux/arm64=docker-release-test/builder:trixie-arm64-dpkgdb`: the release built once, the arm64")
     w("  image's ERTS, OTP native files and runtime files read from the arm64 image (never run),")
     w("  both images and the index in the archive" + (";" if emu else ".\n"))
     if emu:

@@ -445,9 +445,6 @@ defmodule DockerRelease do
     progress
   end
 
-  # A builder container sees only the project directory: a path dependency of the build's
-  # environment outside it cannot be built there. Path deps are followed into their own mix.exs
-  # (and into umbrella apps), so one declared deeper down is found too.
   # What a builder build is about to do. With `--emulate`, the NIF finds each platform's builder
   # (and the builder image's own platform may not be built at all): its steps name them.
   defp building(release, %{emulate: true} = config),
@@ -458,6 +455,9 @@ defmodule DockerRelease do
   defp building(release, config),
     do: "==> building release #{release.name} in #{config.builder} (MIX_ENV=#{config.env})"
 
+  # A builder container sees only the project directory: a path dependency of the build's
+  # environment outside it cannot be built there. Path deps are followed into their own mix.exs
+  # (and into umbrella apps), so one declared deeper down is found too.
   defp check_path_deps!(config, project) do
     env = String.to_atom(config.env)
     root = config.project_dir

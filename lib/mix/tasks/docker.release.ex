@@ -222,12 +222,12 @@ defmodule Mix.Tasks.Docker.Release do
   (`NAME@sha256:…`: no tag of yours moves). It is found before anything is built; one that
   cannot be had stops the run with what to do. A `--builder` image of another architecture
   than the engine's runs under emulation too (a notice says so; its build gets the same
-  environment); its image goes into that engine only when `--platform` names its platform,
-  else the run is refused before the build. When the builder's own platform is not one of
+  environment); its image goes into that engine only with `--platform`, else the run is
+  refused before the build. When the builder's own platform is not one of
   `--platform`'s (`--platform linux/arm64 --emulate` with an amd64 builder), no release is
   built natively: the arm64 builder builds it. Each builder has its own cache volumes. The
   engine's machine must run the platform's programs: `qemu-user-static` with binfmt_misc and
-  the F flag (Debian, Ubuntu: `apt-get install qemu-user-static`). Expect the emulated build to
+  the F flag (Debian, Ubuntu: `apt-get install qemu-user-static binfmt-support`). Expect the emulated build to
   take several times as long as the native one (examples/with_deps, warm, one-line change:
   21 s for amd64 plus arm64 under emulation, 19 s for arm64 alone, 3.8 s for amd64 alone;
   docs/BENCHMARKS.md, figure 12). Builds run with `ERL_AFLAGS=+JMsingle true` (QEMU and the

@@ -589,7 +589,7 @@ async fn a_base_behind_tls_and_basic_auth_is_pulled_with_credentials() {
     if engine().await.is_none() || !ensure_image(SSL_BASE, "bookworm", "libssl3,ca-certificates") {
         return;
     }
-    let TlsRegistry { reg, dir } = registry_support::tls_registry(&bin);
+    let TlsRegistry { dir, reg } = registry_support::tls_registry(&bin);
     let d = dir.path();
     run(Command::new(need("skopeo", "skopeo")).args([
         "copy",

@@ -76,7 +76,7 @@ fn skopeo_raw_digest(reference: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_push_keeps_digests_uploads_once_and_skips_known_blobs() {
-    let Some((reg, blobs, tmp)) = rs::plain_registry() else {
+    let Some((tmp, reg, blobs)) = rs::plain_registry() else {
         return;
     };
     let image = rs::three_layer_image(&blobs, 1);
@@ -149,7 +149,7 @@ async fn plain_http_push_keeps_digests_uploads_once_and_skips_known_blobs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn incremental_push_uploads_only_the_changed_layer_and_config() {
-    let Some((reg, blobs, _tmp)) = rs::plain_registry() else {
+    let Some((_tmp, reg, blobs)) = rs::plain_registry() else {
         return;
     };
     let tag = [format!("{}/team/app:1", reg.host)];
@@ -196,7 +196,7 @@ async fn incremental_push_uploads_only_the_changed_layer_and_config() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tags_in_several_repositories_upload_blobs_per_repository() {
-    let Some((reg, blobs, _tmp)) = rs::plain_registry() else {
+    let Some((_tmp, reg, blobs)) = rs::plain_registry() else {
         return;
     };
     let image = rs::image(vec![rs::layer(&blobs, "app", "/app", b"x".to_vec())]);
@@ -1123,7 +1123,7 @@ async fn blobs_go_to_every_registry_before_any_tag_moves() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn undo_after_a_push_puts_tags_back_and_names_the_new_ones() {
-    let Some((reg, blobs, _dir)) = rs::plain_registry() else {
+    let Some((_dir, reg, blobs)) = rs::plain_registry() else {
         return;
     };
     let old = rs::three_layer_image(&blobs, 1);

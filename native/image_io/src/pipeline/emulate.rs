@@ -211,7 +211,8 @@ async fn builder_in_engine(
                 ),
             )
         })?;
-    if engine_has(engine.image_platform(&pinned).await?).is_none() {
+    let mut held = engine_has(engine.image_platform(&pinned).await?);
+    if held.is_none() {
         events(Event::Step(format!(
             "{what_engine_has}: pulling its {platform} image {pinned} into the engine"
         )));
@@ -226,8 +227,9 @@ async fn builder_in_engine(
         engine
             .pull_by_digest(&pinned, &platform.to_string(), credential)
             .await?;
+        held = engine_has(engine.image_platform(&pinned).await?);
     }
-    match engine_has(engine.image_platform(&pinned).await?) {
+    match held {
         Some(p) if same_platform(&p, platform) => Ok(pinned),
         Some(p) => Err(Failure::new(
             Reason::PlatformIncompatible,
@@ -287,7 +289,7 @@ pub async fn builder_platform(req: &Request, dest: &Destinations) -> Option<Buil
 }
 
 /// Refuse, before anything is built, a build whose builder the engine runs under emulation when
-/// the image would go into that engine without `--platform` naming its platform: the engine's
+/// the image would go into that engine without `--platform`: the engine's
 /// load would refuse an image of another platform only after the (slow) build.
 pub fn check_builder_platform(
     req: &Request,

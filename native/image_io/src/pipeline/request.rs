@@ -87,7 +87,8 @@ pub struct Request {
     /// A base image to put the release on, instead of the runtime files.
     pub base: Option<String>,
     /// `--platform`, `--platform-image`, `--emulate` as given: one image per platform and an
-    /// index over them ([`super::plan_platforms`]; `--emulate` is refused, not built yet).
+    /// index over them ([`super::plan_platforms`]; with `--emulate`, built in each platform's
+    /// builder, [`super::find_emulators`]).
     pub platforms: PlatformOptions,
     /// Timestamp of the image and of every file in it.
     pub created: u64,

@@ -119,13 +119,6 @@ pub struct Attached {
     pub subjects: Vec<AttachedTo>,
 }
 
-impl Attached {
-    /// What was attached to the document with digest `subject`.
-    pub fn to(&self, subject: &Digest) -> Option<&AttachedTo> {
-        self.subjects.iter().find(|a| a.subject == *subject)
-    }
-}
-
 /// Attach to each of `built`'s [`subjects`], in every repository `built`'s tags name, its SBOM
 /// as a referrer and, with `key`, a signature; after [`super::upload`] and [`super::move_tags`]
 /// with the same `pushed`, whose sessions it uses and in which it records each tag it moves.

@@ -240,15 +240,16 @@ pub fn blob_dir(dir: &Path) -> BlobDir {
     }
 }
 
-/// A plain-HTTP registry storing in a temporary directory of its own, a blob directory there,
-/// and that directory (removed on drop, after the registry stops); `None` when
-/// `docker-registry` is not installed (said by [`registry_binary`]).
-pub fn plain_registry() -> Option<(Registry, BlobDir, tempfile::TempDir)> {
+/// A temporary directory (removed on drop), a plain-HTTP registry storing in it, and a blob
+/// directory there; `None` when `docker-registry` is not installed (said by
+/// [`registry_binary`]). The directory comes first: the bindings of a `let` pattern are dropped
+/// last to first, so the registry stops before its directory is removed.
+pub fn plain_registry() -> Option<(tempfile::TempDir, Registry, BlobDir)> {
     let bin = registry_binary()?;
     let dir = tempfile::tempdir().unwrap();
     let reg = Registry::start(&bin, dir.path(), "");
     let blobs = blob_dir(dir.path());
-    Some((reg, blobs, dir))
+    Some((dir, reg, blobs))
 }
 
 /// A registry over TLS (`ca.crt` of its directory signs its certificate) with basic auth
