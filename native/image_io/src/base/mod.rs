@@ -219,7 +219,7 @@ impl LoadedBase {
 /// image not found; `None` when no engine was asked.
 async fn engine_cli(engine: Option<&DockerEngine>) -> Option<&'static str> {
     match engine {
-        Some(engine) => Some(crate::engine::Containers::cli(engine).await),
+        Some(engine) => Some(crate::engine::Engine::cli(engine).await),
         None => None,
     }
 }
@@ -255,22 +255,20 @@ pub async fn load_base(
     let level = level.clamp(1, 9);
 
     let mut looked = Vec::new();
+    // The engine is asked for a name without a registry host.
+    let asked = engine.filter(|_| r.domain.is_none());
     let fetched = 'found: {
-        if r.domain.is_none() {
-            if let Some(engine) = engine {
-                match engine.has_image(reference).await {
-                    Ok(true) => {
-                        break 'found archive::from_engine(&r, engine, blobs, level).await?
-                    }
-                    Ok(false) => {
-                        looked.push(format!("not in the Docker engine at {}", engine.endpoint()))
-                    }
-                    Err(e) => {
-                        return Err(BaseError::Engine {
-                            reference: reference.into(),
-                            message: e.to_string(),
-                        })
-                    }
+        if let Some(engine) = asked {
+            match engine.has_image(reference).await {
+                Ok(true) => break 'found archive::from_engine(&r, engine, blobs, level).await?,
+                Ok(false) => {
+                    looked.push(format!("not in the Docker engine at {}", engine.endpoint()))
+                }
+                Err(e) => {
+                    return Err(BaseError::Engine {
+                        reference: reference.into(),
+                        message: e.to_string(),
+                    })
                 }
             }
         }
@@ -288,7 +286,7 @@ pub async fn load_base(
                 return Err(BaseError::NotFound {
                     reference: reference.into(),
                     looked: looked.join(", "),
-                    cli: engine_cli(engine.filter(|_| r.domain.is_none())).await,
+                    cli: engine_cli(asked).await,
                 });
             }
             Err(BaseError::Registry { source, .. }) if !looked.is_empty() => {
@@ -299,7 +297,7 @@ pub async fn load_base(
                 return Err(BaseError::NotFound {
                     reference: reference.into(),
                     looked: looked.join(" "),
-                    cli: engine_cli(engine.filter(|_| r.domain.is_none())).await,
+                    cli: engine_cli(asked).await,
                 });
             }
             other => other?,

@@ -293,7 +293,7 @@ pub async fn run<E: BuildEngine>(
 ) -> Result<FlowOutcome, FlowError> {
     let checked = check(flow)?;
     // Asked while the engine answers: a message about tags left wrong names its command.
-    let cli = engine.cli().await;
+    let cli = crate::engine::Containers::cli(engine).await;
     // What the build tag and the final tags name before the run: a run that fails puts them
     // back, so that only a run that succeeds as a whole changes them.
     let mut before = Vec::new();

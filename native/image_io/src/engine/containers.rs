@@ -332,9 +332,7 @@ impl Containers for DockerEngine {
 
     async fn cli(&self) -> &'static str {
         // `GET /version`, asked once per connection (the engine sink asks it too).
-        Engine::kind(self)
-            .await
-            .map_or(EngineKind::Docker.cli(), EngineKind::cli)
+        Engine::cli(self).await
     }
 }
 

@@ -13,6 +13,15 @@ pub trait Engine: Send + Sync {
     fn kind(&self) -> impl Future<Output = Result<EngineKind, EngineError>> + Send {
         async { Ok(EngineKind::Docker) }
     }
+    /// The command people use with this engine ([`EngineKind::cli`]), for the commands a
+    /// message tells them to type; Docker's when the engine cannot say.
+    fn cli(&self) -> impl Future<Output = &'static str> + Send {
+        async {
+            self.kind()
+                .await
+                .map_or(EngineKind::Docker.cli(), EngineKind::cli)
+        }
+    }
     /// Load an image archive; returns what the engine printed.
     fn load(&self, body: Body) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// Point `repo:tag` at image `id`.

@@ -205,10 +205,7 @@ pub async fn tag<E: Engine>(
 /// Returns what could not be put back, each with the command that does it.
 pub async fn untag<E: Engine>(engine: &E, id: &str, moves: Vec<TagMove>) -> Vec<String> {
     let mut left = Vec::new();
-    let cli = engine
-        .kind()
-        .await
-        .map_or(crate::engine::EngineKind::Docker.cli(), |k| k.cli());
+    let cli = engine.cli().await;
     for m in moves.into_iter().rev() {
         let repo = m.reference.repository();
         let name = format!("{repo}:{}", m.reference.tag);
