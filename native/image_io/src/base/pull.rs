@@ -31,28 +31,12 @@ pub(super) async fn from_registry(
         reference: reference.to_string(),
         source,
     };
-    let mut puller = Puller::connect(&host, opts).await.map_err(reg_err)?;
-    let first = r.digest.clone().unwrap_or_else(|| r.tag.clone());
-    let (bytes, media) = get_document(
-        &mut puller,
-        reference,
-        &path,
-        &format!("manifests/{first}"),
-        ACCEPT_MANIFESTS,
-        r.digest.as_deref(),
-    )
-    .await?;
-    let document = |bytes: &[u8]| -> Result<Document, BaseError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| invalid(reference, format!("its manifest is not JSON ({e})")))
-    };
-    let mut doc = document(&bytes)?;
-    if doc.schema_version == Some(1) {
-        return Err(invalid(
-            reference,
-            "it has a Docker schema 1 manifest, which is obsolete: push it again with a current tool",
-        ));
-    }
+    let Top {
+        mut puller,
+        media,
+        document: mut doc,
+        ..
+    } = top_document(r, opts).await?;
     if doc.is_index(&media) {
         let digest = pick_platform(reference, &doc, want)?;
         let (bytes, _) = get_document(
@@ -64,7 +48,7 @@ pub(super) async fn from_registry(
             Some(&digest),
         )
         .await?;
-        doc = document(&bytes)?;
+        doc = parse_document(reference, &bytes)?;
     }
     let config_digest = doc
         .config
@@ -130,14 +114,18 @@ pub(super) async fn from_registry(
     finish(reference, format!("registry {host}"), parsed, layers)
 }
 
-/// The digest of `r`'s manifest for `want` in its registry, and the host it was asked from:
-/// the entry of its index for `want`, or the manifest itself when `r` names a single image
-/// (whoever uses it checks that image's platform).
-pub(super) async fn manifest_digest(
-    r: &BaseRef,
-    opts: &RegistryOptions,
-    want: &Platform,
-) -> Result<String, BaseError> {
+/// The document `r` names in its registry (a manifest, or an index), read over a connection
+/// the caller goes on using.
+struct Top {
+    puller: Puller,
+    bytes: Vec<u8>,
+    media: String,
+    document: Document,
+}
+
+/// Connect to `r`'s registry and read the manifest or index `r` names (a Docker schema 1
+/// manifest is refused).
+async fn top_document(r: &BaseRef, opts: &RegistryOptions) -> Result<Top, BaseError> {
     let reference = r.given.as_str();
     let mut puller = Puller::connect(&r.registry_host(), opts)
         .await
@@ -155,12 +143,40 @@ pub(super) async fn manifest_digest(
         r.digest.as_deref(),
     )
     .await?;
-    let doc: Document = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(reference, format!("its manifest is not JSON ({e})")))?;
-    if doc.is_index(&media) {
-        pick_platform(reference, &doc, want)
+    let document = parse_document(reference, &bytes)?;
+    if document.schema_version == Some(1) {
+        return Err(invalid(
+            reference,
+            "it has a Docker schema 1 manifest, which is obsolete: push it again with a current tool",
+        ));
+    }
+    Ok(Top {
+        puller,
+        bytes,
+        media,
+        document,
+    })
+}
+
+/// A manifest or index document of `reference`.
+fn parse_document(reference: &str, bytes: &[u8]) -> Result<Document, BaseError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| invalid(reference, format!("its manifest is not JSON ({e})")))
+}
+
+/// The digest of `r`'s manifest for `want` in its registry: the entry of its index for `want`,
+/// or the manifest itself when `r` names a single image (whoever uses it checks that image's
+/// platform).
+pub(super) async fn manifest_digest(
+    r: &BaseRef,
+    opts: &RegistryOptions,
+    want: &Platform,
+) -> Result<String, BaseError> {
+    let top = top_document(r, opts).await?;
+    if top.document.is_index(&top.media) {
+        pick_platform(&r.given, &top.document, want)
     } else {
-        Ok(Digest::of(&bytes).to_string())
+        Ok(Digest::of(&top.bytes).to_string())
     }
 }
 

@@ -165,11 +165,7 @@ impl Registry {
         if let Some(c) = &self.credential {
             return Ok(c.clone());
         }
-        let (store, host) = (self.store.clone(), self.host.clone());
-        // A credential helper is a process: keep it off the async worker threads.
-        let found = tokio::task::spawn_blocking(move || store.get(&host))
-            .await
-            .map_err(|e| RegistryError::Internal(format!("credential lookup failed: {e}")))??;
+        let found = self.store.lookup(&self.host).await?;
         self.credential = Some(found.clone());
         Ok(found)
     }

@@ -112,6 +112,18 @@ pub enum CredentialError {
 }
 
 impl CredentialStore {
+    /// [`CredentialStore::get`] off the async worker threads (a credential helper is a process).
+    pub(crate) async fn lookup(
+        &self,
+        host: &str,
+    ) -> Result<Option<Credential>, super::RegistryError> {
+        let (store, host) = (self.clone(), host.to_string());
+        tokio::task::spawn_blocking(move || store.get(&host))
+            .await
+            .map_err(|e| super::RegistryError::Internal(format!("credential lookup failed: {e}")))?
+            .map_err(super::RegistryError::from)
+    }
+
     /// The store described by the environment: `env` looks up a variable (production passes
     /// `std::env::var`; tests pass a map). Reads `DOCKER_RELEASE_REGISTRY_USERNAME`,
     /// `DOCKER_RELEASE_REGISTRY_PASSWORD`, `DOCKER_CONFIG`, `HOME` and `PATH`.

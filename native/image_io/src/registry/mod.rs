@@ -236,10 +236,6 @@ impl RegistryOptions {
         &self,
         host: &str,
     ) -> Result<Option<credentials::Credential>, RegistryError> {
-        let (store, host) = (self.credential_store(), host.to_string());
-        tokio::task::spawn_blocking(move || store.get(&host))
-            .await
-            .map_err(|e| RegistryError::Internal(format!("credential lookup failed: {e}")))?
-            .map_err(RegistryError::from)
+        self.credential_store().lookup(host).await
     }
 }
