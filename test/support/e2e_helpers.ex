@@ -943,7 +943,9 @@ defmodule DockerRelease.E2E.Builder do
   @doc """
   Runs `mix docker.release ARGS` (like `mix_release/2`, but in the background so the BEAM's pid
   is known) and waits for it. Returns `%{out: output, status: exit_status, owner: "HOST:PID",
-  started: unix_seconds}`.
+  started: unix_seconds, created: container_ids}`: `created` names the containers the run
+  made in the Docker engine (from its event stream, `watch_created/1`: also those removed
+  again).
   """
   def run_release(args, opts) do
     started = System.os_time(:second)

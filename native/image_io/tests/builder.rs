@@ -925,8 +925,18 @@ mod fake_engine {
         fake: &'a Fake,
         dir: &Path,
     ) -> Result<BuiltRelease<'a, Fake>, BuilderError> {
-        let (on_step, on_line, _) = callbacks();
-        build_release(fake, &spec(dir), on_step, on_line, CancellationToken::new()).await
+        build_seen(fake, dir).await.0
+    }
+
+    /// A build of the fake with `dir`'s spec, and what its callbacks saw.
+    async fn build_seen<'a>(
+        fake: &'a Fake,
+        dir: &Path,
+    ) -> (Result<BuiltRelease<'a, Fake>, BuilderError>, Seen) {
+        let (on_step, on_line, seen) = callbacks();
+        let built =
+            build_release(fake, &spec(dir), on_step, on_line, CancellationToken::new()).await;
+        (built, seen)
     }
 
     type Seen = Arc<Mutex<Vec<(String, String)>>>;
@@ -952,16 +962,8 @@ mod fake_engine {
             "@M release",
             "Compiling 1 file (.ex)",
         ];
-        let (on_step, on_line, seen) = callbacks();
-        let mut built = build_release(
-            &fake,
-            &spec(dir.path()),
-            on_step,
-            on_line,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let (built, seen) = build_seen(&fake, dir.path()).await;
+        let mut built = built.unwrap();
         assert_eq!(built.otp_release, "25");
         assert_eq!(built.release_dir, Path::new("/app"));
         let hello = built.fs.read(Path::new("/app/bin/hello")).unwrap();
@@ -1109,16 +1111,8 @@ mod fake_engine {
             let mut fake = Fake::new();
             (fake.cli, fake.fail_remove, fake.build_status) = (cli, true, 1);
             fake.build_output = vec!["@M deps.get", "@M release", "boom"];
-            let (on_step, on_line, seen) = callbacks();
-            let err = build_release(
-                &fake,
-                &spec(dir.path()),
-                on_step,
-                on_line,
-                CancellationToken::new(),
-            )
-            .await
-            .unwrap_err();
+            let (built, seen) = build_seen(&fake, dir.path()).await;
+            let err = built.unwrap_err();
             assert_eq!(err.reason(), "release_build_failed");
             let seen = seen.lock().unwrap().clone();
             let warning = seen
