@@ -8,7 +8,13 @@ defmodule DockerRelease.E2E.DockerfilesTest do
   import DockerRelease.E2E
 
   import DockerRelease.E2E.Builder,
-    only: [run_release: 2, owned_containers: 1, ensure_builder!: 1, article_copy!: 1]
+    only: [
+      run_release: 2,
+      owned_containers: 1,
+      ensure_builder!: 1,
+      article_copy!: 1,
+      article_args: 1
+    ]
 
   setup_all do
     # The builder image Dockerfile.build is FROM, the minbase Dockerfile is FROM.
@@ -28,17 +34,7 @@ defmodule DockerRelease.E2E.DockerfilesTest do
   # The run as a separate OS process; its temporary containers are those labelled with its
   # owner (other runs on the same engine have their own).
   defp flow(ctx, extra) do
-    run_release(
-      [
-        "--build-dockerfile",
-        "Dockerfile.build",
-        "--dockerfile",
-        "Dockerfile",
-        "--build-tag",
-        "#{ctx.repo}-build:t"
-      ] ++ extra,
-      cd: ctx.dir
-    )
+    run_release(article_args("#{ctx.repo}-build:t") ++ extra, cd: ctx.dir)
   end
 
   test "builds the release image, copies the tarball out, builds and tags the final image", ctx do

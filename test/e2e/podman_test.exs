@@ -136,17 +136,7 @@ defmodule DockerRelease.E2E.PodmanTest do
       before = all_containers(ctx)
 
       run =
-        run_release(
-          [
-            "--build-dockerfile",
-            "Dockerfile.build",
-            "--dockerfile",
-            "Dockerfile",
-            "--build-tag",
-            build_tag,
-            "--tag",
-            tag
-          ],
+        run_release(article_args(build_tag) ++ ["--tag", tag],
           cd: dir,
           env: [{"DOCKER_HOST", ctx.docker_host}]
         )

@@ -767,6 +767,12 @@ defmodule DockerRelease.E2E.Builder do
     dir
   end
 
+  @doc "The arguments of the article's two-Dockerfile flow for `article_copy!/1`'s project."
+  def article_args(build_tag) do
+    ["--build-dockerfile", "Dockerfile.build", "--dockerfile", "Dockerfile"] ++
+      ["--build-tag", build_tag]
+  end
+
   @doc "`%{otp: \"25\", elixir: \"1.14.0\"}` of a builder image, asked from a container of it."
   def builder_versions!(image) do
     script = ~s{IO.puts(:erlang.system_info(:otp_release)); IO.puts(System.version())}
