@@ -5,6 +5,7 @@
 use super::{Event, Events, Release, Request};
 use crate::base::LoadedBase;
 use crate::error::Failure;
+use crate::sink::ImageSbom;
 use image_core::build::{build_cached, LayerCache, Progress as BuildProgress};
 use image_core::image::Image;
 use image_core::index::ImageIndex;
@@ -26,6 +27,8 @@ pub struct Layered {
     pub index: Option<ImageIndex>,
     /// Whether the user named `image`'s platform (`--platform`).
     pub named_platform: bool,
+    /// With `index`, the SBOM of each of its images ([`Platforms::write`]).
+    pub index_sboms: Vec<ImageSbom>,
 }
 
 /// Write the layers of `plan` into the run's blob directory and return the image. The layer
@@ -77,6 +80,7 @@ pub async fn write_layers(
                 sbom: plan.sbom,
                 index: None,
                 named_platform: false,
+                index_sboms: Vec::new(),
             })
         })
     };

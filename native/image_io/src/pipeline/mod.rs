@@ -33,7 +33,7 @@ pub use emulate::{
 pub use layers::{write_layers, Layered};
 pub use plan::plan_until_complete;
 pub use platforms::{plan_platforms, Foreign, ForeignFrom, Platforms, TargetImage};
-pub use publish::{platform_sboms, publish};
+pub use publish::publish;
 pub use release::{obtain_release, Release};
 pub use request::{check_request, stall_from_secs, EngineOutput, Outputs, Request, Source};
 
@@ -121,11 +121,10 @@ pub async fn run(
         (Some(engine), true) => engine.platform().await.ok(),
         _ => None,
     };
-    let sboms = platform_sboms(&platforms, &image);
     let image = platforms
         .write(&req, build_fs, image, engine_platform, &events, &cancel)
         .await?;
-    publish(&req, &dest, image, sboms, tags, &events).await
+    publish(&req, &dest, image, tags, &events).await
 }
 
 /// Connect to the engine the environment names; an engine is required.

@@ -18,6 +18,7 @@
 
 use super::emulate::{build_emulated, find_emulator, Emulated, Emulator};
 use super::layers::{progress_events, Layered};
+use super::publish::index_sboms;
 use super::{Destinations, Event, Events, Release, Request, Source};
 use crate::base::{load_base, LoadedBase, UnpackedCache, KEEP_UNPACKED};
 use crate::error::{Failure, Reason};
@@ -164,6 +165,7 @@ impl Platforms {
                     sbom: plan.sbom,
                     index: None,
                     named_platform: true,
+                    index_sboms: Vec::new(),
                 })
             })
             .await
@@ -193,6 +195,7 @@ impl Platforms {
             })
             .ok_or_else(|| Failure::internal("a multi-platform build made no image"))?;
         let images = made.iter().map(|l| l.image.clone()).collect::<Vec<_>>();
+        let sboms = index_sboms(&made)?;
         let mut chosen = made.swap_remove(loaded);
         chosen.named_platform = true;
         if images.len() > 1 {
@@ -209,6 +212,7 @@ impl Platforms {
                     .join(", ")
             )));
             chosen.index = Some(index);
+            chosen.index_sboms = sboms;
         }
         Ok(chosen)
     }

@@ -2,75 +2,50 @@
 //! committed together or not at all.
 
 use super::layers::Layered;
-use super::{Destinations, Event, Events, Outcome, Platforms, Request};
+use super::{Destinations, Event, Events, Outcome, Request};
 use crate::error::Failure;
 use crate::sink::{
     self, ArchiveSink, Built, EngineSink, Feedback, ImageSbom, MetadataSink, RegistrySink,
     SbomSink, Sink,
 };
-use image_core::elf::Platform;
-use image_core::image::Image;
-use image_core::plan::same_platform;
 use image_core::reference::Reference;
 use image_core::supply::signing::SigningKey;
-use image_core::supply::SbomFile;
 use std::sync::Arc;
 
-/// Each platform's SBOM (see [`Layered::sbom`]): the release's own (`native`'s) and every
-/// other platform's (its plan's). Taken before [`Platforms::write`], which keeps the
-/// [`Layered`] of the image the engine loads only; [`publish`] gives each image of the index
-/// its own.
-pub fn platform_sboms(platforms: &Platforms, native: &Layered) -> Vec<(Platform, SbomFile)> {
-    let own = native.sbom.clone().map(|s| (platforms.native.clone(), s));
-    let others = platforms
-        .foreign
-        .iter()
-        .filter_map(|f| Some((f.platform.clone(), f.plan().sbom.clone()?)));
-    own.into_iter().chain(others).collect()
-}
-
-/// The SBOM of each of `images` (those of an index), found by platform in `sboms`: all or
-/// none of them have one (`--no-sbom`); an image left without one while others have theirs
-/// is a bug, reported as such rather than attached or written for some platforms only.
-fn image_sboms(
-    images: &[Image],
-    sboms: &[(Platform, SbomFile)],
-) -> Result<Vec<ImageSbom>, Failure> {
-    if sboms.is_empty() {
+/// The SBOM of each image of `made` (one per platform, for an index): all or none of them
+/// have one (`--no-sbom`); an image left without one while others have theirs is a bug,
+/// reported as such rather than attached or written for some platforms only.
+pub(super) fn index_sboms(made: &[Layered]) -> Result<Vec<ImageSbom>, Failure> {
+    if made.iter().all(|l| l.sbom.is_none()) {
         return Ok(Vec::new());
     }
-    images
-        .iter()
-        .map(|image| {
-            let (_, sbom) = sboms
-                .iter()
-                .find(|(p, _)| same_platform(p, &image.platform))
-                .ok_or_else(|| {
-                    Failure::internal(format!(
-                        "the {} image has no SBOM, while the other platforms' have theirs",
-                        image.platform
-                    ))
-                })?;
+    made.iter()
+        .map(|l| {
+            let sbom = l.sbom.clone().ok_or_else(|| {
+                Failure::internal(format!(
+                    "the {} image has no SBOM, while the other platforms' have theirs",
+                    l.image.platform
+                ))
+            })?;
             Ok(ImageSbom {
-                manifest: image.manifest_digest(),
-                sbom: sbom.clone(),
+                manifest: l.image.manifest_digest(),
+                sbom,
             })
         })
         .collect()
 }
 
-/// Send the image of `layered`, tagged `tags`, to the destinations of `req` and `dest`. With
-/// several platforms, `sboms` holds each platform's SBOM ([`platform_sboms`]).
+/// Send the image of `layered`, tagged `tags`, to the destinations of `req` and `dest`, with
+/// its SBOM (each image's, for an index: [`Layered::index_sboms`]).
 pub async fn publish(
     req: &Request,
     dest: &Destinations,
     layered: Layered,
-    sboms: Vec<(Platform, SbomFile)>,
     tags: Vec<Reference>,
     events: &Events,
 ) -> Result<Outcome, Failure> {
     let sboms = match (&layered.index, layered.sbom) {
-        (Some(index), _) => image_sboms(index.images(), &sboms)?,
+        (Some(_), _) => layered.index_sboms,
         (None, Some(sbom)) => vec![ImageSbom {
             manifest: layered.image.manifest_digest(),
             sbom,
@@ -154,9 +129,11 @@ fn feedback(events: &Events) -> Feedback {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image_core::image::Image;
     use image_core::image::RunConfig;
     use image_core::platform::parse;
     use image_core::supply::sbom::SbomFormat;
+    use image_core::supply::SbomFile;
 
     fn image(platform: &str) -> Image {
         Image {
@@ -176,28 +153,40 @@ mod tests {
         }
     }
 
+    fn layered(platform: &str, sbom: Option<SbomFile>) -> Layered {
+        Layered {
+            image: image(platform),
+            runtime_files: vec![],
+            sbom,
+            index: None,
+            named_platform: true,
+            index_sboms: vec![],
+        }
+    }
+
     #[test]
     fn each_image_gets_the_sbom_of_its_platform() {
-        let images = [image("linux/amd64"), image("linux/arm64")];
-        // As the plans name them: the release's own first, arm64 without its variant.
-        let sboms = [
-            (parse("linux/arm64").unwrap(), sbom("arm")),
-            (parse("linux/amd64").unwrap(), sbom("amd")),
+        let made = [
+            layered("linux/amd64", Some(sbom("amd"))),
+            layered("linux/arm64", Some(sbom("arm"))),
         ];
-        let paired = image_sboms(&images, &sboms).unwrap();
+        let paired = index_sboms(&made).unwrap();
         assert_eq!(paired.len(), 2);
-        assert_eq!(paired[0].manifest, images[0].manifest_digest());
+        assert_eq!(paired[0].manifest, made[0].image.manifest_digest());
         assert_eq!(paired[0].sbom.bytes, b"amd");
-        assert_eq!(paired[1].manifest, images[1].manifest_digest());
+        assert_eq!(paired[1].manifest, made[1].image.manifest_digest());
         assert_eq!(paired[1].sbom.bytes, b"arm");
     }
 
     #[test]
     fn no_sbom_at_all_is_no_sbom_and_one_missing_is_a_bug() {
-        let images = [image("linux/amd64"), image("linux/arm64")];
-        assert_eq!(image_sboms(&images, &[]).unwrap(), vec![]);
-        let one = [(parse("linux/amd64").unwrap(), sbom("amd"))];
-        let e = image_sboms(&images, &one).unwrap_err();
+        let none = [layered("linux/amd64", None), layered("linux/arm64", None)];
+        assert_eq!(index_sboms(&none).unwrap(), vec![]);
+        let one = [
+            layered("linux/amd64", Some(sbom("amd"))),
+            layered("linux/arm64", None),
+        ];
+        let e = index_sboms(&one).unwrap_err();
         assert_eq!(e.reason, crate::error::Reason::Internal);
         assert!(
             e.message.contains("linux/arm64/v8 image has no SBOM"),
